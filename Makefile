@@ -1,0 +1,44 @@
+# prober: the commands the README promises. Run as root on Debian 12.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEBIAN_PACKAGES := caddy dbus-daemon polkitd python3-venv util-linux
+
+.PHONY: all deps venv test lint demo bench clean
+
+all: test
+
+# System packages the tests and the demo drive for real (caddy, a system bus, polkit).
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  systemctl disable --now caddy.service >/dev/null 2>&1 || true; \
+	fi
+
+$(PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(PY)
+
+venv: $(PY)
+
+test: deps venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check prober tests
+	$(VENV)/bin/mypy
+
+demo: deps venv
+	$(PY) -m tests.demo
+
+bench: deps venv
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info

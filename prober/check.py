@@ -1,0 +1,264 @@
+"""One run end to end: probe, track, decide, act, remember. `watch` loops over it.
+
+This is the imperative shell around the pure core (tracker, policy): it owns the clock, the
+lock, the state file and the actuator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from prober import policy, tracker
+from prober.config import Bus, Config, Target
+from prober.errors import ProberError
+from prober.policy import Action, Decision, Outcome, UnitFacts
+from prober.probe import probe_all, probe_one
+from prober.results import ProbeResult
+from prober.state import LockBusy, StateStore
+from prober.tracker import Health, State, TargetState, Verdict
+
+log = logging.getLogger("prober")
+
+VERIFY_INTERVAL = 0.5
+
+
+class Status(StrEnum):
+    """The run's overall status, Nagios style; the values are the JSON `status` field."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[self.value]
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """What the actuator reports about one restart."""
+
+    ok: bool  # the restart job completed ("done")
+    detail: str  # one line: "job done in 0.2s", "job failed", "via systemctl: ..."
+    main_pid_before: int = 0
+    main_pid_after: int = 0
+
+
+class Actuator(Protocol):
+    """What the run needs from systemd. `systemd.SystemdActuator` is the real one."""
+
+    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts: ...
+
+    async def restart(self, target: Target) -> RestartResult: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """Everything one run found and did about one target."""
+
+    target: Target
+    result: ProbeResult
+    health: Health
+    decision: Decision
+    state: TargetState
+    outcome: str | None = None  # how a restart went, one line
+
+    @property
+    def status(self) -> Status:
+        if self.decision.action.is_critical or self.health is Health.DOWN:
+            return Status.CRITICAL
+        if self.health in (Health.FAILING, Health.RECOVERING):
+            return Status.WARNING
+        return Status.OK
+
+
+@dataclass(frozen=True)
+class RunReport:
+    targets: tuple[TargetReport, ...]
+    dry_run: bool = False
+    started_at: float = 0.0
+    duration: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def status(self) -> Status:
+        statuses = [t.status for t in self.targets]
+        for status in (Status.CRITICAL, Status.WARNING):
+            if status in statuses:
+                return status
+        return Status.OK
+
+
+def select_targets(config: Config, names: Sequence[str]) -> tuple[Target, ...]:
+    """The targets named (all when none are), in config order."""
+    if not names:
+        return config.targets
+    wanted = set(names)
+    return tuple(t for t in config.targets if t.name in wanted)
+
+
+def _needs_facts(target: Target, verdict: Verdict, state: TargetState) -> bool:
+    return verdict.wants_restart and target.unit is not None and not state.given_up
+
+
+async def _gather_facts(
+    actuator_factory: Callable[[], Actuator] | None,
+    wanted: Sequence[Target],
+) -> tuple[Actuator | None, dict[str, UnitFacts], dict[str, str]]:
+    if not wanted or actuator_factory is None:
+        return None, {}, {t.name: "no actuator" for t in wanted}
+    actuator = actuator_factory()
+    facts: dict[str, UnitFacts] = {}
+    errors: dict[str, str] = {}
+    answers = await asyncio.gather(
+        *(actuator.unit_facts(t.unit or "", t.policy.bus) for t in wanted),
+        return_exceptions=True,
+    )
+    for target, answer in zip(wanted, answers, strict=True):
+        if isinstance(answer, UnitFacts):
+            facts[target.name] = answer
+        elif isinstance(answer, ProberError):
+            errors[target.name] = str(answer)
+        else:
+            raise answer
+    return actuator, facts, errors
+
+
+async def verify(target: Target, budget: float) -> ProbeResult:
+    """Probe again until the target passes or `budget` seconds have gone."""
+    deadline = time.monotonic() + budget
+    result = await probe_one(target)
+    while not result.ok and time.monotonic() + VERIFY_INTERVAL < deadline:
+        await asyncio.sleep(VERIFY_INTERVAL)
+        result = await probe_one(target)
+    return result
+
+
+async def _restart_and_verify(
+    actuator: Actuator, target: Target
+) -> tuple[Outcome, str, ProbeResult | None]:
+    log.warning("target=%s unit=%s: restarting", target.name, target.unit)
+    try:
+        restarted = await actuator.restart(target)
+    except ProberError as exc:
+        log.error("target=%s unit=%s: restart refused: %s", target.name, target.unit, exc)
+        return Outcome.JOB_FAILED, str(exc), None
+    if not restarted.ok:
+        log.error("target=%s unit=%s: restart failed: %s", target.name, target.unit,
+                  restarted.detail)
+        return Outcome.JOB_FAILED, f"restart failed: {restarted.detail}", None
+    result = await verify(target, target.policy.verify_timeout)
+    if result.ok:
+        log.info("target=%s unit=%s: recovered after restart (%s)", target.name, target.unit,
+                 restarted.detail)
+        return Outcome.RECOVERED, f"restarted ({restarted.detail}); answering again", result
+    log.error("target=%s unit=%s: still failing after restart: %s", target.name, target.unit,
+              result.reason)
+    return (Outcome.NOT_RECOVERED,
+            f"restarted ({restarted.detail}); still failing: {result.reason}", result)
+
+
+async def run_once(
+    config: Config,
+    state: State,
+    clock: Callable[[], float],
+    actuator_factory: Callable[[], Actuator] | None,
+    *,
+    dry_run: bool = False,
+    only: Sequence[str] = (),
+) -> tuple[State, RunReport]:
+    """One check: the new state and what was found and done."""
+    started = clock()
+    targets = select_targets(config, only)
+    results = await probe_all(targets)
+    now = clock()
+    state, verdicts = tracker.fold(config, state, results, now)
+    _log_probe_results(state, verdicts)
+    wanted = [t for t, v in zip(targets, verdicts, strict=True)
+              if _needs_facts(t, v, state.get(t.name))]
+    actuator, facts, errors = await _gather_facts(actuator_factory, wanted)
+    try:
+        reports = []
+        restarted_units: dict[str, tuple[Outcome, str]] = {}
+        for target, verdict in zip(targets, verdicts, strict=True):
+            target_state = state.get(target.name)
+            decision = policy.decide(
+                target, verdict, target_state, facts.get(target.name), now,
+                dry_run=dry_run, facts_error=errors.get(target.name, ""),
+            )
+            target_state = policy.apply_decision(target, target_state, decision, now)
+            outcome_text = None
+            if decision.action is Action.RESTART and actuator is not None and target.unit:
+                if target.unit not in restarted_units:
+                    outcome, text, _ = await _restart_and_verify(actuator, target)
+                    restarted_units[target.unit] = (outcome, text)
+                outcome, outcome_text = restarted_units[target.unit]
+                target_state = policy.apply_restart(target, target_state, outcome, outcome_text,
+                                                    clock())
+                if outcome is Outcome.JOB_FAILED:
+                    decision = Decision(target.name, Action.RESTART_FAILED, outcome_text,
+                                        target.unit)
+            _log_decision(target, decision)
+            state = state.with_target(target.name, target_state)
+            reports.append(TargetReport(
+                target=target, result=verdict.result, health=target_state.health,
+                decision=decision, state=target_state, outcome=outcome_text,
+            ))
+    finally:
+        if actuator is not None:
+            await actuator.close()
+    report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
+                       duration=clock() - started)
+    return state, report
+
+
+def _log_probe_results(state: State, verdicts: Sequence[Verdict]) -> None:
+    for verdict in verdicts:
+        result = verdict.result
+        if not result.ok:
+            log.warning("target=%s: probe failed (%s): %s [%d in a row]", verdict.name,
+                        result.failure, result.reason, verdict.consecutive_failures)
+        elif state.get(verdict.name).history and \
+                state.get(verdict.name).history[-1].at == state.updated_at and \
+                state.get(verdict.name).history[-1].event is tracker.Event.RECOVERED:
+            log.info("target=%s: recovered: %s", verdict.name, result.reason)
+
+
+def _log_decision(target: Target, decision: Decision) -> None:
+    action = decision.action
+    if action in (Action.NONE, Action.RESTART, Action.DEPENDENCY):
+        return
+    level = logging.WARNING if action in (Action.WAIT, Action.WOULD_RESTART) else logging.ERROR
+    log.log(level, "target=%s unit=%s: %s: %s", target.name, target.unit or "-", action.value,
+            decision.reason)
+
+
+def run_check(
+    config: Config,
+    store: StateStore,
+    actuator_factory: Callable[[], Actuator] | None,
+    *,
+    dry_run: bool = False,
+    only: Sequence[str] = (),
+    clock: Callable[[], float] = time.time,
+) -> RunReport | None:
+    """Lock, load, run once, save. None if another run holds the lock."""
+    try:
+        with store.locked():
+            state = tracker.prune(store.load(), config.names)
+            new_state, report = asyncio.run(
+                run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
+            )
+            store.save(new_state)
+            return report
+    except LockBusy:
+        return None

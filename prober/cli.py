@@ -1,0 +1,253 @@
+"""The command line: click commands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from prober import __version__, report
+from prober.config import Bus, Config, config_path, load_config, parse_config
+from prober.errors import ProberError, UsageError
+from prober.state import StateStore, state_path
+
+log = logging.getLogger("prober")
+
+EXIT_UNKNOWN = 3
+
+_config_option = click.option(
+    "--config", "config_file", metavar="PATH",
+    help="Config file [env PROBER_CONFIG; default /etc/prober/prober.toml].",
+)
+_state_option = click.option(
+    "--state", "state_file", metavar="PATH",
+    help="State file [env PROBER_STATE; default $STATE_DIRECTORY/state.json or "
+         "/var/lib/prober/state.json].",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@dataclasses.dataclass
+class Context:
+    debug: bool = False
+
+
+def _load(config_file: str | None, user: bool = False) -> Config:
+    config = load_config(config_path(config_file, os.environ))
+    if user:
+        config = dataclasses.replace(config, targets=tuple(
+            dataclasses.replace(t, policy=dataclasses.replace(t.policy, bus=Bus.USER))
+            for t in config.targets
+        ))
+    return config
+
+
+def _store(state_file: str | None) -> StateStore:
+    return StateStore(state_path(state_file, os.environ))
+
+
+def _check_names(config: Config, names: Sequence[str]) -> None:
+    import difflib
+
+    for name in names:
+        if name not in config.names:
+            close = difflib.get_close_matches(name, config.names, n=1)
+            hint = f'did you mean "{close[0]}"?' if close else \
+                f"targets are: {', '.join(config.names)}"
+            raise UsageError(f'no target named "{name}" in {config.path}', hint)
+
+
+def _actuator_factory() -> Callable[[], Any]:
+    def make() -> Any:
+        from prober.systemd import SystemdActuator  # D-Bus only costs when a restart is near
+
+        return SystemdActuator()
+
+    return make
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="prober")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-q", "--quiet", count=True, help="Only errors in the log.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool) -> None:
+    """HTTP liveness prober and auto-restarter for systemd hosts."""
+    from prober.logs import setup_logging
+
+    setup_logging(verbose - quiet + (2 if debug else 0))
+    ctx.obj = Context(debug=debug)
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@_json_option
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help="Check only this target (repeatable).")
+@click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
+def check(config_file: str | None, state_file: str | None, dry_run: bool, as_json: bool,
+          targets: tuple[str, ...], user: bool) -> int:
+    """Probe every target once, restart what is down, exit with a Nagios code."""
+    from prober.check import run_check
+
+    config = _load(config_file, user)
+    _check_names(config, targets)
+    store = _store(state_file)
+    result = run_check(config, store, _actuator_factory(), dry_run=dry_run, only=targets)
+    if result is None:
+        message = f"another prober run holds {store.lock_path}; leaving this run to it"
+        if as_json:
+            click.echo(report.dumps({"status": "ok", "skipped": message, "targets": []}))
+        else:
+            click.echo(message)
+        return 0
+    click.echo(report.dumps(report.run_json(result)) if as_json else report.run_text(result))
+    return result.status.exit_code
+
+
+@cli.command()
+@_config_option
+@_state_option
+@_json_option
+def status(config_file: str | None, state_file: str | None, as_json: bool) -> int:
+    """Show what is remembered about each target: health, since when, restarts, history."""
+    config = _load(config_file)
+    state = _store(state_file).load()
+    now = time.time()
+    if as_json:
+        click.echo(report.dumps(report.status_json(config, state, now)))
+    else:
+        click.echo(report.status_text(config, state, now))
+    return 0
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--method", type=click.Choice(["GET", "HEAD"], case_sensitive=False))
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'")
+@click.option("--expect-status", multiple=True, metavar="CODE|NXX")
+@click.option("--expect-body", metavar="TEXT")
+@click.option("--expect-body-regex", metavar="REGEX")
+@click.option("--timeout", metavar="DURATION", default="5s", show_default=True)
+@click.option("--retries", type=int)
+@click.option("--max-latency", metavar="DURATION")
+@click.option("--max-body", type=int, metavar="BYTES")
+@click.option("--resolve", metavar="IP", help="Connect to IP, keep the URL's host (curl-style).")
+@click.option("--unix-socket", metavar="PATH")
+@click.option("--ca-file", metavar="PATH")
+@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
+@click.option("--follow-redirects", is_flag=True)
+@_json_option
+def probe(url: str, method: str | None, headers: tuple[str, ...],
+          expect_status: tuple[str, ...], expect_body: str | None,
+          expect_body_regex: str | None, timeout: str, retries: int | None,
+          max_latency: str | None, max_body: int | None, resolve: str | None,
+          unix_socket: str | None, ca_file: str | None, insecure: bool,
+          follow_redirects: bool, as_json: bool) -> int:
+    """Probe URL (http://, https:// or tcp://HOST:PORT) once: no state, no restart."""
+    import asyncio
+
+    from prober.probe import probe_one
+
+    table: dict[str, Any] = {"name": "probe", "timeout": timeout}
+    if url.startswith("tcp://"):
+        table["tcp"] = url.removeprefix("tcp://").rstrip("/")
+    else:
+        table["url"] = url
+    options = {"method": method, "expect_body": expect_body, "retries": retries,
+               "expect_body_regex": expect_body_regex, "max_latency": max_latency,
+               "max_body": max_body, "resolve": resolve, "unix_socket": unix_socket,
+               "ca_file": ca_file}
+    table.update({k: v for k, v in options.items() if v is not None})
+    if headers:
+        table["headers"] = dict(_split_header(h) for h in headers)
+    if expect_status:
+        table["expect_status"] = list(expect_status)
+    if insecure:
+        table["tls_verify"] = False
+    if follow_redirects:
+        table["follow_redirects"] = True
+    config = parse_config({"target": [table]}, path="command line")
+    target = config.targets[0]
+    result = asyncio.run(probe_one(target))
+    endpoint = target.endpoint
+    click.echo(report.dumps(report.probe_json(result, endpoint)) if as_json
+               else report.probe_text(result, endpoint))
+    return 0 if result.ok else 2
+
+
+def _split_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise UsageError(f'--header "{text}": expected "Name: value"')
+    return name.strip(), value.strip()
+
+
+@cli.command()
+@_config_option
+def validate(config_file: str | None) -> int:
+    """Check the config file and say what it will do."""
+    config = _load(config_file)
+    click.echo(f"{config.path}: OK, {len(config.targets)} target(s)")
+    for target in config.targets:
+        unit = f"restarts {target.unit}" if target.unit else "no unit: monitor only"
+        deps = f", depends on {', '.join(target.depends_on)}" if target.depends_on else ""
+        click.echo(f"  {target.name}: {report.redact_url(target.endpoint)} ({unit}{deps})")
+    return 0
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.argument("names", nargs=-1)
+def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...]) -> int:
+    """Forget the failures, restarts and given-up flag of NAMES (all targets if none)."""
+    from prober import tracker
+
+    config = _load(config_file)
+    _check_names(config, names)
+    store = _store(state_file)
+    chosen = names or config.names
+    with store.locked():
+        store.save(tracker.forget(store.load(), chosen, time.time()))
+    click.echo(f"reset: {', '.join(chosen)}")
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code; every failure becomes one line on stderr."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="prober",
+                        standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("prober: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"prober: error: {exc.format_message()}", err=True)
+        return EXIT_UNKNOWN
+    except ProberError as exc:
+        click.echo(f"prober: error: {exc}", err=True)
+        return EXIT_UNKNOWN
+    except Exception:
+        if debug:
+            traceback.print_exc()
+        else:
+            click.echo(f"prober: internal error: {sys.exc_info()[1]!r} "
+                       "(run with --debug for a traceback, and please report it)", err=True)
+        return EXIT_UNKNOWN
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

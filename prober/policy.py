@@ -1,0 +1,223 @@
+"""The restart policy: whether to restart a down target's unit now, wait, or give up. Pure.
+
+Decisions take the tracker's verdict, what is remembered about the target, what systemd says
+about its unit, and `now`; they return an action with its reason. Applying the outcome of an
+action back onto the state is here too, so every rule about restarts lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from prober.config import Target, format_duration
+from prober.tracker import Event, Health, TargetState, Verdict, record
+
+
+class Action(StrEnum):
+    """What a run did (or would do) for a target; the values are the JSON `action` field."""
+
+    NONE = "none"  # healthy, or failing below the threshold
+    DEPENDENCY = "dependency"  # failing because a dependency fails: that one is handled
+    WAIT = "wait"  # down, but in startup grace, cooldown, or the unit is busy
+    RESTART = "restart"  # the unit was restarted
+    WOULD_RESTART = "would-restart"  # --dry-run: the unit would have been restarted
+    RESTART_FAILED = "restart-failed"  # asked, but systemd's job failed or timed out
+    GIVEN_UP = "given-up"  # restart budget spent: no more restarts until it recovers or reset
+    UNIT_NOT_ACTIVE = "unit-not-active"  # the unit is stopped or failed: never started by us
+    NO_UNIT = "no-unit"  # down, but no unit is configured to restart
+    UNIT_UNKNOWN = "unit-unknown"  # systemd could not be asked about the unit
+
+    @property
+    def is_critical(self) -> bool:
+        """Whether this action makes the run critical (exit 2)."""
+        return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT)
+
+
+class ActiveState(StrEnum):
+    ACTIVE = "active"
+    RELOADING = "reloading"
+    INACTIVE = "inactive"
+    FAILED = "failed"
+    ACTIVATING = "activating"
+    DEACTIVATING = "deactivating"
+    MAINTENANCE = "maintenance"
+    REFRESHING = "refreshing"
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    """What systemd says about a unit. Times are epoch seconds."""
+
+    unit: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    active_enter: float | None = None
+    main_pid: int = 0
+    job_pending: bool = False
+    start_limit_burst: int = 0
+    start_limit_interval: float = 0.0
+
+    def describe(self) -> str:
+        return f"{self.unit} is {self.active_state} ({self.sub_state})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    action: Action
+    reason: str
+    unit: str | None = None
+
+
+def cooldown_for(target: Target, state: TargetState) -> float:
+    """The wait before the next restart: doubled for each restart that did not help."""
+    policy = target.policy
+    return float(min(policy.max_cooldown, policy.cooldown * 2 ** state.unhelpful_restarts))
+
+
+def restarts_within(state: TargetState, window: float, now: float) -> int:
+    return sum(1 for at in state.restarts if now - at < window)
+
+
+def decide(
+    target: Target,
+    verdict: Verdict,
+    state: TargetState,
+    facts: UnitFacts | None,
+    now: float,
+    *,
+    dry_run: bool = False,
+    facts_error: str = "",
+) -> Decision:
+    """What to do about one target this run, and why."""
+
+    def decision(action: Action, reason: str) -> Decision:
+        return Decision(target.name, action, reason, target.unit)
+
+    if not verdict.health.is_failing:
+        return decision(Action.NONE, verdict.result.reason)
+    if verdict.blamed_on is not None:
+        return decision(Action.DEPENDENCY, f"its dependency {verdict.blamed_on} is failing")
+    threshold = target.policy.failure_threshold
+    if verdict.health is Health.FAILING:
+        count = f"{verdict.consecutive_failures}/{threshold}"
+        return decision(Action.NONE, f"failing {count}: {verdict.result.reason}")
+    if target.unit is None:
+        return decision(Action.NO_UNIT, f"down, and no unit is configured to restart: "
+                        f"{verdict.result.reason}")
+    if state.given_up:
+        return decision(Action.GIVEN_UP, state.given_up_reason or "given up")
+    if facts is None:
+        if dry_run:
+            return decision(Action.WOULD_RESTART, f"would restart {target.unit} "
+                            f"(its state is unknown: {facts_error or 'systemd not asked'})")
+        return decision(Action.UNIT_UNKNOWN, f"cannot ask systemd about {target.unit}: "
+                        f"{facts_error or 'unknown error'}")
+    action, reason = _judge_unit(target, state, facts, now)
+    if action is Action.RESTART and dry_run:
+        return decision(Action.WOULD_RESTART, reason.replace("restarting", "would restart", 1))
+    return decision(action, reason)
+
+
+def _judge_unit(
+    target: Target, state: TargetState, facts: UnitFacts, now: float
+) -> tuple[Action, str]:
+    policy = target.policy
+    if facts.load_state != "loaded":
+        return Action.UNIT_NOT_ACTIVE, f"{facts.unit} is not loaded ({facts.load_state})"
+    if facts.job_pending or facts.active_state in (
+        ActiveState.ACTIVATING, ActiveState.RELOADING, ActiveState.DEACTIVATING,
+        ActiveState.REFRESHING,
+    ):
+        return Action.WAIT, f"{facts.describe()}, a job is under way: waiting for it"
+    if facts.active_state != ActiveState.ACTIVE:
+        return Action.UNIT_NOT_ACTIVE, (
+            f"{facts.describe()}: not starting it (an admin may have stopped it; "
+            "restarting crashed services is systemd's Restart= job)"
+        )
+    grace_end = (facts.active_enter or 0.0) + policy.startup_grace
+    counted = sum(1 for at in state.failure_times if at >= grace_end)
+    if counted < policy.failure_threshold:
+        return Action.WAIT, (
+            f"{facts.unit} started {format_duration(max(0.0, now - (facts.active_enter or now)))}"
+            f" ago, within startup_grace {format_duration(policy.startup_grace)}: "
+            f"{counted}/{policy.failure_threshold} failures count"
+        )
+    if policy.max_restarts == 0:
+        return Action.GIVEN_UP, "max_restarts is 0: restarts are disabled for this target"
+    recent = restarts_within(state, policy.restart_window, now)
+    if recent >= policy.max_restarts:
+        return Action.GIVEN_UP, (
+            f"given up: {recent} restarts within {format_duration(policy.restart_window)} did "
+            f"not bring it back (max_restarts {policy.max_restarts}); no more restarts until "
+            "it passes again or `prober reset`"
+        )
+    if facts.start_limit_burst > 0 and facts.start_limit_interval > 0:
+        starts = restarts_within(state, facts.start_limit_interval, now)
+        if facts.active_enter is not None and now - facts.active_enter < facts.start_limit_interval:
+            starts = max(starts, 1)
+        # Keep one start in hand: systemd also counts starts the prober does not know about.
+        if starts + 1 >= facts.start_limit_burst:
+            return Action.GIVEN_UP, (
+                f"given up: one more restart would come within one start of {facts.unit}'s "
+                f"StartLimitBurst="
+                f"{facts.start_limit_burst} within StartLimitIntervalSec="
+                f"{format_duration(facts.start_limit_interval)} and leave it failed "
+                "(start-limit-hit)"
+            )
+    wait = cooldown_for(target, state)
+    if state.last_restart_at is not None and now < state.last_restart_at + wait:
+        ready = state.last_restart_at + wait
+        return Action.WAIT, (
+            f"cooldown {format_duration(wait)} after the last restart: next restart allowed in "
+            f"{format_duration(ready - now)}"
+        )
+    return Action.RESTART, f"restarting {facts.unit}: {facts.describe()} but not answering"
+
+
+class Outcome(StrEnum):
+    """How a restart went."""
+
+    RECOVERED = "recovered"  # job done and the target answers again
+    NOT_RECOVERED = "not-recovered"  # job done, the target still fails
+    JOB_FAILED = "job-failed"  # systemd's job ended in failed/timeout/canceled, or no answer
+
+
+def apply_decision(
+    target: Target, state: TargetState, decision: Decision, now: float
+) -> TargetState:
+    """The state after a decision that needs no actuator (give up, forgive in grace)."""
+    if decision.action is Action.GIVEN_UP and not state.given_up:
+        given_up = replace(state, given_up=True, given_up_reason=decision.reason)
+        return record(given_up, now, Event.GIVEN_UP, decision.reason)
+    return state
+
+
+def apply_restart(
+    target: Target, state: TargetState, outcome: Outcome, reason: str, now: float
+) -> TargetState:
+    """The state after the prober restarted the target's unit."""
+    window = max(target.policy.restart_window, 1.0)
+    restarts = (*(at for at in state.restarts if now - at < window), now)
+    helped = outcome is Outcome.RECOVERED
+    after = replace(
+        state,
+        restarts=restarts,
+        restarts_total=state.restarts_total + 1,
+        last_restart_at=now,
+        unhelpful_restarts=0 if helped else state.unhelpful_restarts + 1,
+        consecutive_failures=0,
+        failure_times=(),
+    )
+    if helped:
+        health = Health.HEALTHY if target.policy.success_threshold <= 1 else Health.RECOVERING
+        after = replace(after, health=health, since=now, consecutive_passes=1)
+    else:
+        after = replace(after, health=Health.FAILING, since=now, consecutive_passes=0)
+    event = Event.RESTART if outcome is not Outcome.JOB_FAILED else Event.RESTART_FAILED
+    after = record(after, now, event, reason)
+    if helped:
+        after = record(after, now, Event.RECOVERED, "answering again after the restart")
+    return after

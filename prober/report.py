@@ -1,0 +1,200 @@
+"""How runs and stored state are shown: a table for humans, JSON for machines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from prober.check import RunReport, TargetReport
+from prober.config import Config, format_duration
+from prober.policy import cooldown_for, restarts_within
+from prober.results import ProbeResult
+from prober.tracker import State, TargetState
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password: `http://user:secret@host/` -> `http://user:***@host/`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _health_cell(item: TargetReport) -> str:
+    failures = item.state.consecutive_failures
+    if failures:
+        return f"{item.health.value} {failures}/{item.target.policy.failure_threshold}"
+    return item.health.value
+
+
+def _detail(item: TargetReport) -> str:
+    result = item.result
+    if result.ok and not item.outcome:
+        latency = "" if result.latency_ms is None else f" in {result.latency_ms:g} ms"
+        return f"{result.reason}{latency}"
+    detail = item.decision.reason if item.decision.reason != result.reason else result.reason
+    if item.outcome:
+        detail = f"{detail}; {item.outcome}"
+    return detail
+
+
+def run_text(report: RunReport) -> str:
+    rows = [("TARGET", "HEALTH", "ACTION", "DETAIL")]
+    for item in report.targets:
+        rows.append((item.target.name, _health_cell(item), item.decision.action.value,
+                     _detail(item)))
+    summary = f"{report.status.value.upper()}: {_summary(report)}"
+    if report.dry_run:
+        summary += " (dry run: nothing was restarted)"
+    return _table(rows) + "\n" + summary
+
+
+def _summary(report: RunReport) -> str:
+    counts: dict[str, int] = {}
+    for item in report.targets:
+        counts[item.status.value] = counts.get(item.status.value, 0) + 1
+    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+    return ", ".join(parts) + f" of {len(report.targets)} targets in {report.duration:.2f}s"
+
+
+def run_json(report: RunReport) -> dict[str, Any]:
+    return {
+        "status": report.status.value,
+        "dry_run": report.dry_run,
+        "duration_ms": round(report.duration * 1000, 1),
+        "targets": [_target_json(item) for item in report.targets],
+    }
+
+
+def _target_json(item: TargetReport) -> dict[str, Any]:
+    result = item.result
+    return {
+        "name": item.target.name,
+        "ok": result.ok,
+        "reason": result.reason,
+        "failure": None if result.failure is None else result.failure.value,
+        "status_code": result.status_code,
+        "latency_ms": result.latency_ms,
+        "consecutive_failures": item.state.consecutive_failures,
+        "health": item.health.value,
+        "unit": item.target.unit,
+        "action": item.decision.action.value,
+        "action_reason": item.decision.reason,
+        "outcome": item.outcome,
+        "status": item.status.value,
+        "endpoint": redact_url(item.target.endpoint),
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, indent=2)
+
+
+def probe_text(result: ProbeResult, endpoint: str) -> str:
+    verdict = "OK" if result.ok else f"FAIL ({result.failure})"
+    latency = "" if result.latency_ms is None else f" in {result.latency_ms:g} ms"
+    return f"{verdict}: {redact_url(endpoint)}: {result.reason}{latency}"
+
+
+def probe_json(result: ProbeResult, endpoint: str) -> dict[str, Any]:
+    return {
+        "endpoint": redact_url(endpoint),
+        "ok": result.ok,
+        "reason": result.reason,
+        "failure": None if result.failure is None else result.failure.value,
+        "status_code": result.status_code,
+        "latency_ms": result.latency_ms,
+        "attempts": result.attempts,
+    }
+
+
+# --- stored state -------------------------------------------------------------------------
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(at: float | None, now: float) -> str:
+    return "-" if at is None else f"{format_duration(max(0.0, round(now - at)))} ago"
+
+
+def _next_restart(config: Config, name: str, state: TargetState) -> float | None:
+    if state.last_restart_at is None:
+        return None
+    return state.last_restart_at + cooldown_for(config.target(name), state)
+
+
+def status_json(config: Config, state: State, now: float, history: int = 10) -> dict[str, Any]:
+    out = []
+    for target in config.targets:
+        t = state.get(target.name)
+        next_at = _next_restart(config, target.name, t)
+        out.append({
+            "name": target.name,
+            "unit": target.unit,
+            "endpoint": redact_url(target.endpoint),
+            "health": t.health.value,
+            "since": t.since,
+            "last_checked_at": t.last_checked_at,
+            "last_ok": t.last_ok,
+            "last_reason": t.last_reason,
+            "consecutive_failures": t.consecutive_failures,
+            "consecutive_passes": t.consecutive_passes,
+            "restarts_in_window": restarts_within(t, target.policy.restart_window, now),
+            "restarts_total": t.restarts_total,
+            "last_restart_at": t.last_restart_at,
+            "next_restart_allowed_at": next_at if next_at and next_at > now else None,
+            "given_up": t.given_up,
+            "given_up_reason": t.given_up_reason or None,
+            "history": [{"at": h.at, "event": h.event.value, "reason": h.reason}
+                        for h in t.history[-history:]],
+        })
+    return {"updated_at": state.updated_at, "targets": out}
+
+
+def status_text(config: Config, state: State, now: float, history: int = 5) -> str:
+    rows = [("TARGET", "HEALTH", "SINCE", "RESTARTS", "LAST RESULT")]
+    for target in config.targets:
+        t = state.get(target.name)
+        health = t.health.value + (" (given up)" if t.given_up else "")
+        restarts = f"{restarts_within(t, target.policy.restart_window, now)}/" \
+                   f"{target.policy.max_restarts}"
+        rows.append((target.name, health, _ago(t.since, now), restarts, t.last_reason or "-"))
+    lines = [_table(rows)]
+    if state.updated_at is not None:
+        lines.append(f"last run: {_when(state.updated_at)} ({_ago(state.updated_at, now)})")
+    else:
+        lines.append("no run recorded yet")
+    for target in config.targets:
+        t = state.get(target.name)
+        next_at = _next_restart(config, target.name, t)
+        extra = []
+        if target.unit:
+            extra.append(f"unit {target.unit}")
+        if next_at and next_at > now:
+            extra.append(f"next restart allowed at {_when(next_at)}")
+        if t.given_up:
+            extra.append(t.given_up_reason)
+        if not t.history and not extra:
+            continue
+        lines.append(f"\n{target.name}: " + "; ".join(extra) if extra else f"\n{target.name}:")
+        for h in t.history[-history:]:
+            lines.append(f"  {_when(h.at)}  {h.event.value:<14} {h.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""The state file: versioned JSON, written atomically, guarded by a lock held for the whole run.
+
+The prober never dies of its own state: a corrupt or unreadable file is moved aside with a
+warning and the run goes on from fresh state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prober.errors import StateError
+from prober.tracker import Event, Health, State, TargetState, Transition
+
+log = logging.getLogger("prober")
+
+STATE_VERSION = 1
+DEFAULT_STATE_DIR = "/var/lib/prober"
+
+
+def state_path(cli_value: str | None, environ: Mapping[str, str]) -> str:
+    """--state beats PROBER_STATE beats $STATE_DIRECTORY (systemd's StateDirectory=)."""
+    if cli_value:
+        return cli_value
+    if environ.get("PROBER_STATE"):
+        return environ["PROBER_STATE"]
+    # StateDirectory= may list several directories, separated by colons.
+    directory = environ.get("STATE_DIRECTORY", "").split(":")[0] or DEFAULT_STATE_DIR
+    return os.path.join(directory, "state.json")
+
+
+# --- JSON <-> State: pure -------------------------------------------------------------------
+
+
+def _target_to_json(state: TargetState) -> dict[str, Any]:
+    out = dataclasses.asdict(state)
+    out["health"] = state.health.value
+    out["history"] = [
+        {"at": t.at, "event": t.event.value, "reason": t.reason} for t in state.history
+    ]
+    out["restarts"] = list(state.restarts)
+    out["failure_times"] = list(state.failure_times)
+    return out
+
+
+def to_json(state: State) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "updated_at": state.updated_at,
+        "targets": {name: _target_to_json(t) for name, t in sorted(state.targets.items())},
+    }
+
+
+_TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
+
+
+def _target_from_json(data: Mapping[str, Any]) -> TargetState:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _TARGET_FIELDS:
+            continue  # written by a newer prober: ignore rather than lose everything
+        if key == "health":
+            values[key] = Health(value)
+        elif key == "history":
+            values[key] = tuple(
+                Transition(float(t["at"]), Event(t["event"]), str(t["reason"])) for t in value
+            )
+        elif key in ("restarts", "failure_times"):
+            values[key] = tuple(float(x) for x in value)
+        else:
+            values[key] = value
+    state = TargetState(**values)
+    _check_types(state)
+    return state
+
+
+def _check_types(state: TargetState) -> None:
+    ints = (state.consecutive_failures, state.consecutive_passes, state.restarts_total,
+            state.unhelpful_restarts)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ints):
+        raise ValueError("counters must be non-negative integers")
+    if not isinstance(state.given_up, bool) or not isinstance(state.last_reason, str):
+        raise ValueError("bad field types")
+
+
+def from_json(data: Any) -> State:
+    """A State from parsed JSON; ValueError/KeyError/TypeError if it is not one."""
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        raise ValueError(f"not a version {STATE_VERSION} state file")
+    targets = data["targets"]
+    if not isinstance(targets, dict):
+        raise ValueError("targets is not an object")
+    updated = data.get("updated_at")
+    return State(
+        targets={str(n): _target_from_json(t) for n, t in targets.items()},
+        updated_at=None if updated is None else float(updated),
+    )
+
+
+def dumps(state: State) -> str:
+    return json.dumps(to_json(state), sort_keys=True, indent=1) + "\n"
+
+
+# --- the file: I/O ----------------------------------------------------------------------------
+
+
+class LockBusy(Exception):
+    """Another prober run holds the state lock."""
+
+
+class StateStore:
+    """The state file at `path`, its lock file beside it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run lock; LockBusy at once if another run holds it."""
+        self._ensure_directory()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"{self.lock_path}: cannot open the lock file: {_why(exc)}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockBusy(str(self.lock_path)) from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _ensure_directory(self) -> None:
+        directory = self.path.parent
+        if directory.is_dir():
+            return
+        try:
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"{directory}: cannot create the state directory: {_why(exc)}",
+                "create it, or pass --state / set PROBER_STATE to a writable path",
+            ) from None
+
+    def load(self) -> State:
+        """The stored state; fresh state (with a warning) if it is missing or unusable."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return State()
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._set_aside(f"cannot read it: {_why(exc)}")
+        try:
+            return from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return self._set_aside(f"it is corrupt ({exc})")
+
+    def _set_aside(self, problem: str) -> State:
+        aside = self.path.with_name(f"{self.path.name}.corrupt")
+        try:
+            os.replace(self.path, aside)
+            where = f"moved it to {aside}"
+        except OSError as exc:
+            where = f"could not move it aside: {_why(exc)}"
+        log.warning("state file %s: %s; %s and starting from fresh state", self.path, problem,
+                    where)
+        return State()
+
+    def save(self, state: State) -> None:
+        """Write the state atomically: a temp file, fsync, rename, fsync the directory."""
+        self._ensure_directory()
+        data = dumps(state).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_directory(self.path.parent)
+            self._remove_stale_temp_files()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            hint = "the disk is full" if exc.errno == errno.ENOSPC else None
+            raise StateError(f"{self.path}: cannot write the state: {_why(exc)}", hint) from None
+
+
+    def _remove_stale_temp_files(self) -> None:
+        # A run killed mid-save leaves its temp file; runs hold the lock, so any is stale.
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)

@@ -1,0 +1,216 @@
+"""The failure tracker: folds each run's probe results into per-target state. Pure.
+
+Per target it counts consecutive failed and passed runs and decides whether the target is
+healthy, failing (below failure_threshold) or down (at or over it). A failing target whose
+dependency (`depends_on`) fails in the same run is blamed on the deepest failing dependency:
+only that one may be restarted, so a dead backend gets restarted rather than the proxy in
+front of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from prober.config import Config, Target
+from prober.results import ProbeResult
+
+HISTORY_LIMIT = 500
+
+
+class Health(StrEnum):
+    UNKNOWN = "unknown"  # never probed
+    HEALTHY = "healthy"
+    RECOVERING = "recovering"  # passing again, fewer than success_threshold times in a row
+    FAILING = "failing"  # failing, fewer than failure_threshold times in a row
+    DOWN = "down"  # failed failure_threshold runs in a row
+
+    @property
+    def is_failing(self) -> bool:
+        return self in (Health.FAILING, Health.DOWN)
+
+
+class Event(StrEnum):
+    """What the history records; the values are what status and logs show."""
+
+    FAILING = "failing"
+    DOWN = "down"
+    RECOVERED = "recovered"
+    RESTART = "restart"
+    RESTART_FAILED = "restart-failed"
+    GIVEN_UP = "given-up"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    event: Event
+    reason: str
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """Everything remembered about one target between runs. Times are epoch seconds."""
+
+    health: Health = Health.UNKNOWN
+    since: float | None = None  # when `health` last changed
+    consecutive_failures: int = 0
+    consecutive_passes: int = 0
+    failure_times: tuple[float, ...] = ()  # the current streak's latest failures, for grace
+    last_checked_at: float | None = None
+    last_ok: bool | None = None
+    last_reason: str = ""
+    last_failure: str | None = None
+    last_status_code: int | None = None
+    last_latency_ms: float | None = None
+    restarts: tuple[float, ...] = ()  # when the prober restarted the unit, within the window
+    restarts_total: int = 0
+    unhelpful_restarts: int = 0  # restarts in a row that did not bring the target back
+    last_restart_at: float | None = None
+    given_up: bool = False
+    given_up_reason: str = ""
+    history: tuple[Transition, ...] = ()
+
+
+@dataclass(frozen=True)
+class State:
+    targets: Mapping[str, TargetState] = field(default_factory=dict)
+    updated_at: float | None = None
+
+    def get(self, name: str) -> TargetState:
+        return self.targets.get(name, TargetState())
+
+    def with_target(self, name: str, target_state: TargetState) -> State:
+        return replace(self, targets={**self.targets, name: target_state})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The tracker's judgement of one target after this run."""
+
+    name: str
+    health: Health
+    result: ProbeResult
+    consecutive_failures: int
+    blamed_on: str | None = None  # the deepest failing dependency, if the failure is its fault
+
+    @property
+    def wants_restart(self) -> bool:
+        return self.health is Health.DOWN and self.blamed_on is None
+
+
+def record(state: TargetState, at: float, event: Event, reason: str) -> TargetState:
+    """Append a transition to the target's history, keeping it bounded."""
+    history = (*state.history, Transition(at, event, reason))[-HISTORY_LIMIT:]
+    return replace(state, history=history)
+
+
+def _next_health(target: Target, failures: int, passes: int, previous: Health) -> Health:
+    if failures >= target.policy.failure_threshold:
+        return Health.DOWN
+    if failures > 0:
+        return Health.FAILING
+    was_bad = previous in (Health.FAILING, Health.DOWN, Health.RECOVERING)
+    if was_bad and passes < target.policy.success_threshold:
+        return Health.RECOVERING
+    return Health.HEALTHY
+
+
+def fold_result(target: Target, state: TargetState, result: ProbeResult, now: float) -> TargetState:
+    """One target's state after one more probe result."""
+    times: tuple[float, ...] = ()
+    if result.ok:
+        failures, passes = 0, state.consecutive_passes + 1
+    else:
+        failures, passes = state.consecutive_failures + 1, 0
+        times = (*state.failure_times, now)[-target.policy.failure_threshold :]
+    health = _next_health(target, failures, passes, state.health)
+    new = replace(
+        state,
+        health=health,
+        since=state.since if health is state.health else now,
+        consecutive_failures=failures,
+        consecutive_passes=passes,
+        failure_times=times,
+        last_checked_at=now,
+        last_ok=result.ok,
+        last_reason=result.reason,
+        last_failure=None if result.failure is None else result.failure.value,
+        last_status_code=result.status_code,
+        last_latency_ms=result.latency_ms,
+    )
+    return _record_change(new, state, now, result.reason)
+
+
+def _record_change(new: TargetState, old: TargetState, now: float, reason: str) -> TargetState:
+    if new.health is old.health:
+        return new
+    if new.health is Health.FAILING:
+        return record(new, now, Event.FAILING, reason)
+    if new.health is Health.DOWN:
+        return record(new, now, Event.DOWN, reason)
+    if new.health is Health.HEALTHY and old.health is not Health.UNKNOWN:
+        recovered = replace(new, given_up=False, given_up_reason="", unhelpful_restarts=0)
+        return record(recovered, now, Event.RECOVERED, reason)
+    return new
+
+
+def fold(
+    config: Config, state: State, results: Iterable[ProbeResult], now: float
+) -> tuple[State, list[Verdict]]:
+    """The state after this run's results, and a verdict per probed target."""
+    by_name = {r.name: r for r in results}
+    targets = {**state.targets}
+    for name, result in by_name.items():
+        targets[name] = fold_result(config.target(name), state.get(name), result, now)
+    failed = {name for name, r in by_name.items() if not r.ok}
+    verdicts = []
+    for name, result in by_name.items():
+        blamed = deepest_failing_dependency(config, name, failed) if not result.ok else None
+        verdicts.append(
+            Verdict(
+                name=name,
+                health=targets[name].health,
+                result=result,
+                consecutive_failures=targets[name].consecutive_failures,
+                blamed_on=blamed,
+            )
+        )
+    return State(targets=targets, updated_at=now), verdicts
+
+
+def deepest_failing_dependency(config: Config, name: str, failed: set[str]) -> str | None:
+    """The failing dependency furthest down the chain from `name`, or None if none fails.
+
+    Ties between equally deep chains go to the dependency listed first.
+    """
+
+    def chain(current: str, seen: frozenset[str]) -> Sequence[str]:
+        best: Sequence[str] = ()
+        for dep in config.target(current).depends_on:
+            if dep in failed and dep not in seen:
+                candidate = (dep, *chain(dep, seen | {dep}))
+                if len(candidate) > len(best):
+                    best = candidate
+        return best
+
+    found = chain(name, frozenset({name}))
+    return found[-1] if found else None
+
+
+def forget(state: State, names: Iterable[str], now: float) -> State:
+    """Drop what is remembered about these targets, keeping a note in their history."""
+    targets = {**state.targets}
+    for name in names:
+        old = targets.get(name, TargetState())
+        fresh = TargetState(history=old.history)
+        targets[name] = record(fresh, now, Event.RESET, "state reset by an operator")
+    return replace(state, targets=targets)
+
+
+def prune(state: State, names: Iterable[str]) -> State:
+    """Keep only the targets still in the config."""
+    keep = set(names)
+    return replace(state, targets={n: s for n, s in state.targets.items() if n in keep})

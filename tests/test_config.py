@@ -1,0 +1,163 @@
+"""Config parsing: defaults, overrides, durations, and one exact message per bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prober.config import (
+    Bus,
+    Method,
+    Policy,
+    ProbeKind,
+    StatusRange,
+    format_duration,
+    load_config,
+    normalize_unit,
+    parse_config,
+    parse_duration,
+    parse_host_port,
+)
+from prober.errors import ConfigError
+
+BAD = Path(__file__).parent / "testdata" / "bad-configs"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _bad_cases() -> list[Any]:
+    cases = []
+    for path in sorted(BAD.glob("*.toml")):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# expect: "), path
+        cases.append(pytest.param(path, first.removeprefix("# expect: "), id=path.stem))
+    return cases
+
+
+@pytest.mark.parametrize(("path", "expected"), _bad_cases())
+def test_bad_config_gives_one_exact_line(path: Path, expected: str) -> None:
+    """Each bad config file is rejected with exactly the message written in its first line."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == f"{path}: {expected}"
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("1.5s", 1.5),
+     (10, 10), (2.5, 2.5), ("0s", 0), ("2d", 172800)],
+    ids=str,
+)
+def test_durations(text: object, seconds: float) -> None:
+    """Durations accept unit suffixes and plain numbers of seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 sec", "-1s", "1x", True, [1], "s", -3],
+                         ids=repr)
+def test_bad_durations(text: object) -> None:
+    """Anything that is not a duration is refused."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "500ms"), (30, "30s"), (90, "1m30s"), (3600, "1h"), (0, "0s"), (1.25, "1.2s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    """Durations are shown in their shortest readable form."""
+    assert format_duration(seconds) == text
+
+
+def test_defaults_apply_and_targets_override() -> None:
+    """[defaults] sets every target's policy; a target's own key wins."""
+    config = parse_config({
+        "defaults": {"timeout": "2s", "failure_threshold": 5, "tls_verify": False,
+                     "bus": "user"},
+        "target": [
+            {"name": "a", "url": "https://a.test/health"},
+            {"name": "b", "url": "https://b.test/", "timeout": "1s", "tls_verify": True},
+        ],
+    })
+    a, b = config.targets
+    assert a.policy == Policy(timeout=2.0, failure_threshold=5, bus=Bus.USER)
+    assert not a.tls_verify
+    assert b.policy.timeout == 1.0 and b.policy.failure_threshold == 5
+    assert b.tls_verify
+
+
+def test_full_target() -> None:
+    """Every target key is parsed into its typed field."""
+    config = parse_config({"target": [{
+        "name": "web", "url": "https://example.test:8443/health", "method": "head",
+        "headers": {"X-Token": "abc"}, "resolve": "127.0.0.1", "follow_redirects": True,
+        "expect_status": [200, "3xx"], "max_latency": "800ms", "max_body": 1024,
+        "unit": "mastodon-web", "retries": 2, "signal_before_restart": "abrt",
+    }]})
+    (web,) = config.targets
+    assert web.kind is ProbeKind.HTTP and web.method is Method.HEAD
+    assert web.headers == (("X-Token", "abc"),)
+    assert web.expect_status == (StatusRange(200, 200), StatusRange(300, 399))
+    assert web.unit == "mastodon-web.service"
+    assert web.max_latency == 0.8 and web.max_body == 1024
+    assert web.policy.retries == 2 and web.policy.signal_before_restart == "SIGABRT"
+
+
+def test_tcp_and_unix_socket_targets() -> None:
+    """tcp targets keep host and port; unix_socket targets default their URL."""
+    config = parse_config({"target": [
+        {"name": "redis", "tcp": "[::1]:6379"},
+        {"name": "puma", "unix_socket": "/run/mastodon/web.sock"},
+    ]})
+    redis, puma = config.targets
+    assert (redis.kind, redis.tcp_host, redis.tcp_port) == (ProbeKind.TCP, "::1", 6379)
+    assert redis.endpoint == "tcp://[::1]:6379"
+    assert puma.url == "http://localhost/" and puma.unix_socket == "/run/mastodon/web.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:443", ("::1", 443)),
+     ("localhost:8080", ("localhost", 8080))],
+)
+def test_host_port(text: str, expected: tuple[str, int]) -> None:
+    """host:port accepts names, IPv4 and bracketed IPv6."""
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("caddy", "caddy.service"), ("caddy.service", "caddy.service"),
+     ("mastodon-web.service", "mastodon-web.service"), ("getty@tty1", "getty@tty1.service")],
+)
+def test_unit_names_are_normalized(name: str, expected: str) -> None:
+    """A unit without a suffix is a .service, as with systemctl."""
+    assert normalize_unit(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["prober.service", "prober-watch", "dbus", "dbus-broker.service", "systemd-journald",
+     "init.scope", "-.slice", "caddy.socket", "../etc", "a b.service", ""],
+)
+def test_dangerous_or_invalid_units_are_refused(name: str) -> None:
+    """The prober's own units, the bus, journald, scopes and malformed names are refused."""
+    with pytest.raises(ValueError, match=r"refusing|not a service unit"):
+        normalize_unit(name)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_examples_are_valid(path: Path) -> None:
+    """Every shipped example config passes validation."""
+    config = load_config(str(path))
+    assert config.targets
+
+
+def test_missing_file_has_a_hint(tmp_path: Path) -> None:
+    """A missing config file says where examples are."""
+    with pytest.raises(ConfigError, match="no such config file") as caught:
+        load_config(str(tmp_path / "nope.toml"))
+    assert caught.value.hint and "examples" in caught.value.hint

@@ -1,0 +1,136 @@
+"""The failure tracker, as tables: sequences of run results -> expected health and blame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prober import tracker
+from prober.config import Config, parse_config
+from prober.results import FailureClass, ProbeResult
+from prober.tracker import Event, Health, State
+
+
+def _config(**defaults: Any) -> Config:
+    """caddy -> web -> db, plus an independent streaming target."""
+    return parse_config({
+        "defaults": defaults,
+        "target": [
+            {"name": "caddy", "url": "http://127.0.0.1:1/", "unit": "caddy",
+             "depends_on": ["web", "streaming"]},
+            {"name": "web", "url": "http://127.0.0.1:2/", "unit": "web", "depends_on": ["db"]},
+            {"name": "streaming", "url": "http://127.0.0.1:3/", "unit": "streaming"},
+            {"name": "db", "tcp": "127.0.0.1:4", "unit": "postgresql"},
+        ],
+    })
+
+
+def _result(name: str, ok: bool) -> ProbeResult:
+    if ok:
+        return ProbeResult(name, True, "status 200", status_code=200, latency=0.01)
+    return ProbeResult(name, False, "connection refused", FailureClass.REFUSED)
+
+
+def _run(config: Config, runs: str, name: str = "caddy") -> list[Health]:
+    """Feed 'F'/'P' runs for one target; the health after each."""
+    state, seen = State(), []
+    for i, mark in enumerate(runs):
+        state, verdicts = tracker.fold(config, state, [_result(name, mark == "P")], now=i * 30.0)
+        seen.append(verdicts[0].health)
+    return seen
+
+
+H, F, D, R = Health.HEALTHY, Health.FAILING, Health.DOWN, Health.RECOVERING
+
+
+@pytest.mark.parametrize(
+    ("settings", "runs", "expected"),
+    [
+        ({}, "P", [H]),
+        ({}, "FF", [F, F]),
+        ({}, "FFF", [F, F, D]),
+        ({}, "FFFF", [F, F, D, D]),
+        ({}, "FFPFF", [F, F, H, F, F]),
+        ({"failure_threshold": 1}, "F", [D]),
+        ({"failure_threshold": 2}, "FFP", [F, D, H]),
+        ({"success_threshold": 2}, "FFFPP", [F, F, D, R, H]),
+        ({"success_threshold": 3}, "FFFPPFPPP", [F, F, D, R, R, F, R, R, H]),
+        ({"success_threshold": 2}, "PP", [H, H]),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_thresholds(settings: dict[str, Any], runs: str, expected: list[Health]) -> None:
+    """failure_threshold failures in a row make a target down; success_threshold passes heal."""
+    assert _run(_config(**settings), runs) == expected
+
+
+@pytest.mark.parametrize(
+    ("failing", "blame"),
+    [
+        ({"caddy"}, {"caddy": None}),
+        ({"caddy", "web"}, {"caddy": "web", "web": None}),
+        ({"caddy", "web", "db"}, {"caddy": "db", "web": "db", "db": None}),
+        ({"caddy", "db"}, {"caddy": None, "db": None}),  # web passes: caddy's own fault
+        ({"web", "db"}, {"web": "db", "db": None}),
+        ({"caddy", "streaming"}, {"caddy": "streaming", "streaming": None}),
+        ({"caddy", "streaming", "web", "db"},
+         {"caddy": "db", "web": "db", "streaming": None, "db": None}),
+    ],
+    ids=lambda v: "+".join(sorted(v)) if isinstance(v, set) else None,
+)
+def test_failures_are_blamed_on_the_deepest_failing_dependency(
+    failing: set[str], blame: dict[str, str | None]
+) -> None:
+    """A failing target whose dependency also fails is not a restart candidate; the deepest is."""
+    config = _config(failure_threshold=1)
+    results = [_result(n, n not in failing) for n in config.names]
+    _, verdicts = tracker.fold(config, State(), results, now=0.0)
+    got = {v.name: v.blamed_on for v in verdicts if not v.result.ok}
+    assert got == blame
+    wants = {v.name for v in verdicts if v.wants_restart}
+    assert wants == {n for n, b in blame.items() if b is None}
+
+
+def test_state_counts_and_history() -> None:
+    """The state keeps streak counters, first transition times and a history of changes."""
+    config = _config()
+    state = State()
+    for i, ok in enumerate([True, False, False, False, True]):
+        state, _ = tracker.fold(config, state, [_result("caddy", ok)], now=100.0 + i)
+    caddy = state.get("caddy")
+    assert caddy.health is Health.HEALTHY and caddy.consecutive_passes == 1
+    assert [(t.event, t.at) for t in caddy.history] == [
+        (Event.FAILING, 101.0), (Event.DOWN, 103.0), (Event.RECOVERED, 104.0)]
+    assert caddy.since == 104.0
+
+
+def test_failure_times_are_bounded_by_the_threshold() -> None:
+    """Only the latest failure_threshold failure times are kept, whatever the streak length."""
+    config = _config(failure_threshold=3)
+    state = State()
+    for i in range(50):
+        state, _ = tracker.fold(config, state, [_result("caddy", False)], now=float(i))
+    assert state.get("caddy").failure_times == (47.0, 48.0, 49.0)
+    assert state.get("caddy").consecutive_failures == 50
+
+
+def test_history_stays_bounded_over_thousands_of_runs() -> None:
+    """Flapping for 10,000 runs keeps at most HISTORY_LIMIT transitions."""
+    config = _config(failure_threshold=1)
+    state = State()
+    for i in range(10_000):
+        state, _ = tracker.fold(config, state, [_result("caddy", i % 2 == 0)], now=float(i))
+    assert len(state.get("caddy").history) == tracker.HISTORY_LIMIT
+    assert state.get("caddy").history[-1].at == 9999.0
+
+
+def test_forget_and_prune() -> None:
+    """reset forgets counters but notes itself; prune drops targets no longer configured."""
+    config = _config(failure_threshold=1)
+    state, _ = tracker.fold(config, State(), [_result("caddy", False)], now=1.0)
+    state = tracker.forget(state, ["caddy"], now=2.0)
+    caddy = state.get("caddy")
+    assert caddy.consecutive_failures == 0 and caddy.health is Health.UNKNOWN
+    assert caddy.history[-1].event is Event.RESET
+    assert tracker.prune(state, ["web"]).targets == {}

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from prober import policy, tracker
-from prober.config import Bus, Config, Target
+from prober.config import Bus, Config, Target, format_duration
 from prober.errors import ProberError
 from prober.policy import Action, Decision, Outcome, UnitFacts
 from prober.probe import probe_all, probe_one
@@ -242,6 +242,18 @@ def _log_decision(target: Target, decision: Decision) -> None:
             decision.reason)
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A run that chose not to probe, and why."""
+
+    reason: str
+
+
+def is_fresh(state: State, max_age: float, now: float) -> bool:
+    """Whether another run (the timer's) wrote the state less than `max_age` ago."""
+    return state.updated_at is not None and 0 <= now - state.updated_at < max_age
+
+
 def run_check(
     config: Config,
     store: StateStore,
@@ -249,16 +261,58 @@ def run_check(
     *,
     dry_run: bool = False,
     only: Sequence[str] = (),
+    if_stale: float | None = None,
     clock: Callable[[], float] = time.time,
-) -> RunReport | None:
-    """Lock, load, run once, save. None if another run holds the lock."""
+) -> RunReport | Skipped:
+    """Lock, load, run once, save; or say why the run was skipped."""
     try:
         with store.locked():
             state = tracker.prune(store.load(), config.names)
+            if if_stale is not None and is_fresh(state, if_stale, clock()):
+                return Skipped(f"the state was updated less than {format_duration(if_stale)} "
+                               "ago: the timer is running, nothing to do")
             new_state, report = asyncio.run(
                 run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
             )
             store.save(new_state)
             return report
     except LockBusy:
-        return None
+        return Skipped(f"another prober run holds {store.lock_path}; leaving this run to it")
+
+
+def watch(
+    config: Config,
+    store: StateStore,
+    actuator_factory: Callable[[], Actuator] | None,
+    *,
+    interval: float,
+    dry_run: bool = False,
+    on_report: Callable[[RunReport | Skipped], None] = lambda _: None,
+    runs: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run checks forever (or `runs` times), `interval` apart from the end of one to the next.
+
+    Tells systemd READY=1 once and WATCHDOG=1 after every run and during the pauses, so a hung
+    watcher is restarted by systemd (WatchdogSec= in units/prober-watch.service).
+    """
+    from prober.sdnotify import notify, watchdog_interval
+
+    ping = watchdog_interval()
+    notify("READY=1")
+    done = 0
+    while runs is None or done < runs:
+        result = run_check(config, store, actuator_factory, dry_run=dry_run)
+        done += 1
+        on_report(result)
+        summary = result.reason if isinstance(result, Skipped) else \
+            f"{result.status.value}: {len(result.targets)} targets in {result.duration:.2f}s"
+        notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
+        if runs is not None and done >= runs:
+            break
+        wake = clock() + interval
+        while (left := wake - clock()) > 0:
+            sleep(min(left, ping) if ping else left)
+            if ping:
+                notify("WATCHDOG=1")

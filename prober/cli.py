@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from prober import __version__, report
-from prober.config import Bus, Config, config_path, load_config, parse_config
+from prober.config import Bus, Config, config_path, load_config, parse_config, parse_duration
 from prober.errors import ProberError, UsageError
 from prober.state import StateStore, state_path
 
@@ -47,6 +47,15 @@ def _load(config_file: str | None, user: bool = False) -> Config:
             for t in config.targets
         ))
     return config
+
+
+def _duration_option(flag: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def _store(state_file: str | None) -> StateStore:
@@ -92,27 +101,73 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool) -> None:
 @_state_option
 @click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
 @_json_option
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "nagios"]),
+              help="Output format [default: text; --json means json].")
+@click.option("--textfile", metavar="PATH",
+              help="Also write Prometheus textfile-collector metrics to PATH.")
 @click.option("--target", "targets", multiple=True, metavar="NAME",
               help="Check only this target (repeatable).")
 @click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
+@click.option("--if-stale", metavar="DURATION",
+              help="Do nothing if another run updated the state less than DURATION ago "
+                   "(for the cron fallback).")
 def check(config_file: str | None, state_file: str | None, dry_run: bool, as_json: bool,
-          targets: tuple[str, ...], user: bool) -> int:
+          output_format: str | None, textfile: str | None, targets: tuple[str, ...],
+          user: bool, if_stale: str | None) -> int:
     """Probe every target once, restart what is down, exit with a Nagios code."""
-    from prober.check import run_check
+    from prober.check import Skipped, run_check
 
+    stale = _duration_option("--if-stale", if_stale)
     config = _load(config_file, user)
     _check_names(config, targets)
     store = _store(state_file)
-    result = run_check(config, store, _actuator_factory(), dry_run=dry_run, only=targets)
-    if result is None:
-        message = f"another prober run holds {store.lock_path}; leaving this run to it"
-        if as_json:
-            click.echo(report.dumps({"status": "ok", "skipped": message, "targets": []}))
+    result = run_check(config, store, _actuator_factory(), dry_run=dry_run, only=targets,
+                       if_stale=stale)
+    fmt = output_format or ("json" if as_json else "text")
+    if isinstance(result, Skipped):
+        if fmt == "json":
+            click.echo(report.dumps({"status": "ok", "skipped": result.reason, "targets": []}))
+        elif fmt == "nagios":
+            click.echo(f"PROBER OK - skipped: {result.reason}")
         else:
-            click.echo(message)
+            click.echo(result.reason)
         return 0
-    click.echo(report.dumps(report.run_json(result)) if as_json else report.run_text(result))
+    if fmt == "json":
+        click.echo(report.dumps(report.run_json(result)))
+    elif fmt == "nagios":
+        click.echo(report.run_nagios(result))
+    else:
+        click.echo(report.run_text(result))
+    metrics_path = textfile or config.textfile
+    if metrics_path:
+        report.write_atomically(metrics_path, report.run_prometheus(result, time.time()))
     return result.status.exit_code
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.option("--interval", metavar="DURATION",
+              help="Pause between runs [default: the config's interval, 30s].")
+@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+def watch(config_file: str | None, state_file: str | None, interval: str | None,
+          dry_run: bool) -> int:
+    """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog)."""
+    from prober.check import Skipped
+    from prober.check import watch as watch_loop
+
+    config = _load(config_file)
+    pause = _duration_option("--interval", interval) or config.interval
+
+    def show(result: Any) -> None:
+        if isinstance(result, Skipped):
+            log.info("%s", result.reason)
+        else:
+            log.info("%s", report.run_text(result).splitlines()[-1])
+
+    watch_loop(config, _store(state_file), _actuator_factory(), interval=pause,
+               dry_run=dry_run, on_report=show)
+    return 0
 
 
 @cli.command()
@@ -221,6 +276,18 @@ def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...
     with store.locked():
         store.save(tracker.forget(store.load(), chosen, time.time()))
     click.echo(f"reset: {', '.join(chosen)}")
+    return 0
+
+
+@cli.command("polkit-rule")
+@_config_option
+@click.option("--user-name", default="prober", show_default=True,
+              help="The system user the prober runs as.")
+def polkit_rule(config_file: str | None, user_name: str) -> int:
+    """Print the polkit rule letting the prober user restart the configured units only."""
+    from prober.polkit import polkit_rule as make_rule
+
+    click.echo(make_rule(_load(config_file), user_name), nl=False)
     return 0
 
 

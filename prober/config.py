@@ -123,10 +123,15 @@ class Target:
         return attempts * self.policy.timeout + self.policy.retries * self.policy.retry_delay
 
 
+DEFAULT_INTERVAL = 30.0
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
     targets: tuple[Target, ...]
+    interval: float = DEFAULT_INTERVAL  # between runs of `prober watch`
+    textfile: str | None = None  # Prometheus textfile-collector output, written every run
 
     def target(self, name: str) -> Target:
         for target in self.targets:
@@ -210,7 +215,7 @@ def normalize_unit(value: str) -> str:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-_TOP_KEYS = ("defaults", "target")
+_TOP_KEYS = ("defaults", "target", "interval", "textfile")
 _POLICY_KEYS = tuple(f.name for f in fields(Policy))
 _SHARED_TARGET_KEYS = (
     "method",
@@ -590,7 +595,15 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     if not result:
         raise top.error("target", "no targets (add at least one [[target]] table)")
     _check_links(result, path)
-    return Config(path=path, targets=result)
+    interval = _duration(data, "interval", top) if "interval" in data else DEFAULT_INTERVAL
+    if interval < 1:
+        raise top.error("interval", "must be at least 1s")
+    textfile = None
+    if "textfile" in data:
+        textfile = _typed(data["textfile"], str, "textfile", top, "a path")
+        if not os.path.isabs(textfile):
+            raise top.error("textfile", f'"{textfile}" must be an absolute path')
+    return Config(path=path, targets=result, interval=interval, textfile=textfile)
 
 
 def read_config_text(path: str) -> str:

@@ -44,7 +44,7 @@ class TerminalFormatter(logging.Formatter):
     """`prober: warning: target=web: probe failed ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = super().format(record).replace("\n", " ")
         if record.levelno >= logging.WARNING:
             return f"prober: {record.levelname.lower()}: {text}"
         return f"prober: {text}"

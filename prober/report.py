@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from prober.check import RunReport, TargetReport
 from prober.config import Config, format_duration
+from prober.errors import StateError
 from prober.policy import cooldown_for, restarts_within
 from prober.results import ProbeResult
 from prober.tracker import State, TargetState
+
+if TYPE_CHECKING:  # check imports the probes (httpx): `status` and `validate` need not
+    from prober.check import RunReport, TargetReport
 
 
 def redact_url(url: str) -> str:
@@ -198,3 +202,88 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
         for h in t.history[-history:]:
             lines.append(f"  {_when(h.at)}  {h.event.value:<14} {h.reason}")
     return "\n".join(lines)
+
+
+# --- Nagios / Icinga --------------------------------------------------------------------------
+
+
+def _perf_label(name: str) -> str:
+    return "'" + name.replace("'", "''") + "'"
+
+
+def run_nagios(report: RunReport) -> str:
+    """One status line and perfdata: `PROBER CRITICAL - ... | 'web'=0.012s;;5;0`."""
+    problems = [f"{i.target.name} {i.health.value} ({i.decision.action.value}: "
+                f"{i.decision.reason})" for i in report.targets if i.status.value != "ok"]
+    healthy = [i.target.name for i in report.targets if i.status.value == "ok"]
+    text = "; ".join(problems) if problems else f"{len(healthy)} targets ok"
+    if problems and healthy:
+        text += f"; ok: {', '.join(healthy)}"
+    perf = []
+    for item in report.targets:
+        latency = item.result.latency if item.result.latency is not None else 0.0
+        warn = "" if item.target.max_latency is None else f"{item.target.max_latency:g}"
+        perf.append(f"{_perf_label(item.target.name)}={latency:.6f}s;{warn};"
+                    f"{item.target.policy.timeout:g};0")
+    line = f"PROBER {report.status.value.upper()} - {text}".replace("|", "/")
+    return f"{line} | {' '.join(perf)}"
+
+
+# --- Prometheus textfile ------------------------------------------------------------------------
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+_METRICS = (
+    ("prober_probe_success", "gauge", "1 if the last probe of the target passed, else 0."),
+    ("prober_probe_duration_seconds", "gauge", "How long the last probe took."),
+    ("prober_consecutive_failures", "gauge", "Failed runs in a row."),
+    ("prober_restarts_total", "counter", "Restarts of the target's unit asked by prober."),
+    ("prober_given_up", "gauge", "1 if prober has given up restarting the target."),
+)
+
+
+def run_prometheus(report: RunReport, now: float) -> str:
+    """node_exporter textfile-collector metrics for one run."""
+    lines = []
+    for metric, kind, help_text in _METRICS:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+        for item in report.targets:
+            labels = (f'target="{_label_value(item.target.name)}",'
+                      f'unit="{_label_value(item.target.unit or "")}"')
+            value = {
+                "prober_probe_success": 1 if item.result.ok else 0,
+                "prober_probe_duration_seconds": item.result.latency or 0.0,
+                "prober_consecutive_failures": item.state.consecutive_failures,
+                "prober_restarts_total": item.state.restarts_total,
+                "prober_given_up": 1 if item.state.given_up else 0,
+            }[metric]
+            lines.append(f"{metric}{{{labels}}} {value:g}" if isinstance(value, float)
+                         else f"{metric}{{{labels}}} {value}")
+    lines += ["# HELP prober_last_run_timestamp_seconds When the last run ended.",
+              "# TYPE prober_last_run_timestamp_seconds gauge",
+              f"prober_last_run_timestamp_seconds {now:.3f}",
+              "# HELP prober_run_status The run's Nagios status: 0 ok .. 3 unknown.",
+              "# TYPE prober_run_status gauge",
+              f"prober_run_status {report.status.exit_code}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through a temp file and a rename, so readers never see half."""
+    import os
+
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StateError(f"{path}: cannot write the metrics file: "
+                         f"{(exc.strerror or str(exc)).lower()}") from None

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_next import BusType, Message, MessageType
-from dbus_next.aio import MessageBus
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
 
 from prober.check import RestartResult
 from prober.config import Bus, Target, format_duration
@@ -191,7 +192,7 @@ class DBusClient:
 
 def _close(bus: MessageBus) -> None:
     with contextlib.suppress(Exception):
-        bus.disconnect()
+        bus.disconnect()  # type: ignore[no-untyped-call]
     sock = getattr(bus, "_sock", None)
     if sock is not None:
         with contextlib.suppress(Exception):
@@ -252,6 +253,10 @@ async def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[s
                                        err.decode(errors="replace"))
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 def _parse_show(text: str) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for line in text.splitlines():
@@ -270,14 +275,14 @@ async def systemctl_facts(unit: str, kind: Bus) -> UnitFacts:
                            "--property=" + ",".join(_SHOW_PROPERTIES), "--", unit)
     done = await _run(argv, CALL_TIMEOUT)
     if done.returncode != 0:
-        raise SystemdError(f"systemctl show {unit} failed: {done.stderr.strip()}")
+        raise SystemdError(f"systemctl show {unit} failed: {_one_line(done.stderr)}")
     return facts_from_properties(unit, _parse_show(done.stdout))
 
 
 async def systemctl_restart(unit: str, kind: Bus, timeout: float) -> tuple[bool, str]:
     done = await _run(_systemctl_argv(kind, "restart", "--", unit), timeout)
     if done.returncode != 0:
-        return False, f"systemctl restart failed: {done.stderr.strip() or done.returncode}"
+        return False, f"systemctl restart failed: {_one_line(done.stderr) or done.returncode}"
     return True, "via systemctl"
 
 

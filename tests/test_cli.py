@@ -1,0 +1,326 @@
+"""The real `prober` command, run as a process against real loopback servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import Server, answer, hang, health, refused_port, serve
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Prober:
+    """Runs `python -m prober` with a config and a state file of the test's own."""
+
+    tmp: Path
+
+    @property
+    def config(self) -> Path:
+        return self.tmp / "prober.toml"
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state" / "state.json"
+
+    def write(self, text: str) -> None:
+        self.config.write_text(text)
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
+        environ.update({"PROBER_CONFIG": str(self.config), "PROBER_STATE": str(self.state),
+                        # no system bus here: unit lookups fail fast instead of hanging
+                        "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.tmp}/no-bus"})
+        environ.update(env or {})
+        done = subprocess.run([sys.executable, "-m", "prober", *args], capture_output=True,
+                              text=True, env=environ, timeout=60, check=False)
+        return Run(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def prober(tmp_path: Path) -> Prober:
+    return Prober(tmp_path)
+
+
+@pytest.fixture
+def web() -> Iterator[Server]:
+    with serve(health()) as server:
+        yield server
+
+
+def _config(*targets: str, defaults: str = "") -> str:
+    return f"[defaults]\ntimeout = \"1s\"\n{defaults}\n" + "\n".join(
+        f"[[target]]\n{t}" for t in targets)
+
+
+def test_all_passing_exits_0(prober: Prober, web: Server) -> None:
+    """Every target passing gives exit 0 and status ok, with the JSON contract's fields."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nexpect_body = "OK"'))
+    run = prober("check", "--json")
+    assert run.code == 0, run.err
+    data = run.json()
+    assert data["status"] == "ok"
+    (target,) = data["targets"]
+    assert {"name", "ok", "reason", "status_code", "latency_ms", "consecutive_failures", "unit",
+            "action"} <= set(target)
+    assert (target["name"], target["ok"], target["status_code"], target["action"]) == \
+        ("web", True, 200, "none")
+
+
+def test_threshold_walk_with_dry_run(prober: Prober) -> None:
+    """Failing runs give 1 below the threshold, then 2 with would-restart, restarting nothing."""
+    with serve(answer(500, b"broken")) as server:
+        prober.write(_config(
+            f'name = "web"\nurl = "{server.url("/health")}"\nunit = "web.service"',
+            defaults="failure_threshold = 2"))
+        first = prober("check", "--dry-run", "--json")
+        second = prober("check", "--dry-run", "--json")
+    assert first.code == 1 and first.json()["status"] == "warning"
+    assert first.json()["targets"][0]["consecutive_failures"] == 1
+    assert first.json()["targets"][0]["reason"] == "status 500, expected 2xx"
+    assert second.code == 2 and second.json()["status"] == "critical"
+    target = second.json()["targets"][0]
+    assert (target["action"], target["consecutive_failures"]) == ("would-restart", 2)
+    assert "would restart web.service" in target["action_reason"]
+
+
+def test_down_without_systemd_is_critical_and_says_why(prober: Prober) -> None:
+    """At the threshold with no way to reach systemd, the run is critical and says so."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"\nunit = "web"',
+                         defaults="failure_threshold = 1"))
+    run = prober("check", "--json")
+    assert run.code == 2
+    target = run.json()["targets"][0]
+    assert target["failure"] == "refused"
+    assert target["action"] == "unit-unknown"
+    assert "cannot ask systemd about web.service" in target["action_reason"]
+
+
+def test_monitor_only_target_is_critical_at_threshold(prober: Prober) -> None:
+    """A target without a unit reaching its threshold is critical with action no-unit."""
+    port = refused_port()
+    prober.write(_config(f'name = "api"\nurl = "http://127.0.0.1:{port}/"',
+                         defaults="failure_threshold = 1"))
+    run = prober("check")
+    assert run.code == 2
+    assert "no-unit" in run.out and "CRITICAL" in run.out
+
+
+def test_dependency_is_blamed(prober: Prober) -> None:
+    """A failing proxy in front of a failing backend is blamed on the backend."""
+    with serve(answer(502, b"bad gateway")) as proxy, serve(hang()) as backend:
+        prober.write(_config(
+            f'name = "caddy"\nurl = "{proxy.url("/")}"\ndepends_on = ["web"]',
+            f'name = "web"\nurl = "{backend.url("/health")}"',
+            defaults="failure_threshold = 1"))
+        run = prober("check", "--dry-run", "--json")
+    actions = {t["name"]: t["action"] for t in run.json()["targets"]}
+    assert actions == {"caddy": "dependency", "web": "no-unit"}
+    failures = {t["name"]: t["failure"] for t in run.json()["targets"]}
+    assert failures == {"caddy": "status", "web": "timeout"}
+
+
+def test_target_filter(prober: Prober, web: Server) -> None:
+    """--target checks only the named targets; an unknown name is a usage error."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"',
+                         f'name = "down"\nurl = "http://127.0.0.1:{port}/"'))
+    run = prober("check", "--json", "--target", "web")
+    assert run.code == 0 and [t["name"] for t in run.json()["targets"]] == ["web"]
+    bad = prober("check", "--target", "wbe")
+    assert bad.code == 3
+    assert bad.err.strip().splitlines() == [
+        f'prober: error: no target named "wbe" in {prober.config} (hint: did you mean "web"?)']
+
+
+def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
+    """A run finding another run's lock exits 0 at once and says so."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    prober.state.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from prober.state import StateStore\n"
+         "with StateStore(sys.argv[1]).locked():\n"
+         "    print('held', flush=True); sys.stdin.readline()", str(prober.state)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        run = prober("check")
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    assert run.code == 0
+    assert "another prober run holds" in run.out
+    assert not prober.state.exists()  # the skipped run did not write
+
+
+def test_if_stale(prober: Prober, web: Server) -> None:
+    """--if-stale skips while the state is fresh, and runs once it is older."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    assert prober("check").code == 0
+    fresh = prober("check", "--if-stale", "2m")
+    assert fresh.code == 0 and "the timer is running" in fresh.out
+    stale = prober("check", "--if-stale", "1ms", "--json")
+    assert stale.code == 0 and stale.json()["targets"][0]["name"] == "web"
+    assert len(web.requests) == 2
+
+
+def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
+    """A corrupt state file is moved aside with a warning and the run goes on."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    prober.state.parent.mkdir(parents=True)
+    prober.state.write_text("{garbage")
+    run = prober("check")
+    assert run.code == 0
+    assert "corrupt" in run.err and "starting from fresh state" in run.err
+    assert json.loads(prober.state.read_text())["version"] == 1
+
+
+def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
+    """A state path that cannot be created is one line and exit 3."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    blocker = prober.tmp / "blocker"
+    blocker.write_text("")
+    run = prober("check", "--state", str(blocker / "state.json"))
+    assert run.code == 3
+    assert len(run.err.strip().splitlines()) == 1
+    assert "cannot create the state directory" in run.err
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["check"], None, "no such config file"),
+        (["check"], "[[target]]\nname = 1", 'name: expected a string, got an integer'),
+        (["check"], "[[target", "not valid TOML"),
+        (["check", "--bogus"], "", "No such option '--bogus'"),
+        (["frobnicate"], "", "No such command 'frobnicate'"),
+        (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
+        (["probe", "ftp://x/"], "", "must start with http:// or https://"),
+        (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
+        (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
+        (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',
+         'no target named "nope"'),
+    ],
+    ids=["missing", "wrong-type", "toml", "flag", "command", "if-stale", "scheme", "header",
+         "timeout", "reset-name"],
+)
+def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], config: str | None,
+                                          message: str) -> None:
+    """Bad config, flags or arguments: exit 3 and one line on stderr, never a traceback."""
+    if config is not None:
+        prober.write(config)
+    run = prober(*args)
+    assert run.code == 3
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1, run.err
+    assert lines[0].startswith("prober: error: ") and message in lines[0]
+    assert "Traceback" not in run.err
+
+
+def test_status_and_reset(prober: Prober) -> None:
+    """status shows the remembered failures and history; reset forgets them."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"',
+                         defaults="failure_threshold = 2"))
+    prober("check")
+    prober("check")
+    status = prober("status", "--json")
+    assert status.code == 0
+    web = status.json()["targets"][0]
+    assert (web["health"], web["consecutive_failures"]) == ("down", 2)
+    assert [h["event"] for h in web["history"]] == ["failing", "down"]
+    text = prober("status").out
+    assert "down" in text and "connection refused" in text
+    assert prober("reset", "web").code == 0
+    web = prober("status", "--json").json()["targets"][0]
+    assert (web["health"], web["consecutive_failures"]) == ("unknown", 0)
+    assert web["history"][-1]["event"] == "reset"
+
+
+def test_probe_command(web: Server, prober: Prober) -> None:
+    """`prober probe` checks one URL with matchers, no state; exit 0 on pass, 2 on fail."""
+    ok = prober("probe", web.url("/health"), "--expect-body", "OK", "--json")
+    assert ok.code == 0 and ok.json()["ok"] is True and ok.json()["status_code"] == 200
+    bad = prober("probe", web.url("/health"), "--expect-body", "nope")
+    assert bad.code == 2 and bad.out.startswith("FAIL (body)")
+    tcp = prober("probe", f"tcp://127.0.0.1:{web.port}")
+    assert tcp.code == 0
+    assert not prober.state.exists()
+
+
+def test_validate_and_version(prober: Prober, web: Server) -> None:
+    """validate summarizes each target; --version prints the version."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"'))
+    run = prober("validate")
+    assert run.code == 0 and "web.service" in run.out
+    version = prober("--version")
+    assert version.code == 0 and version.out.startswith("prober, version ")
+
+
+def test_passwords_and_header_values_are_not_printed(prober: Prober, web: Server) -> None:
+    """Passwords in URLs and header values never reach the output."""
+    url = web.url("/health").replace("http://", "http://admin:hunter2@")
+    prober.write(_config(f'name = "web"\nurl = "{url}"\nheaders = {{ Cookie = '
+                         '"session=s3cret" }'))
+    outputs = [prober("check", "--json"), prober("check"), prober("validate"),
+               prober("status", "--json")]
+    for run in outputs:
+        assert "hunter2" not in run.out + run.err and "s3cret" not in run.out + run.err
+    assert web.requests[0].header("cookie") == "session=s3cret"
+
+
+def test_nagios_format(prober: Prober, web: Server) -> None:
+    """--format nagios prints one status line with perfdata and keeps the exit codes."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"',
+                         f"name = \"api\"\nurl = \"http://127.0.0.1:{port}/\""))
+    run = prober("check", "--format", "nagios")
+    assert run.code == 1
+    (line,) = run.out.strip().splitlines()
+    status, perfdata = line.split(" | ")
+    assert status.startswith("PROBER WARNING - api failing (none: failing 1/3")
+    assert status.endswith("ok: web")
+    labels = [p.split("=")[0] for p in perfdata.split(" ")]
+    assert labels == ["'web'", "'api'"]
+    assert all(p.endswith(";;1;0") for p in perfdata.split(" "))
+
+
+def test_prometheus_textfile_parses(prober: Prober, web: Server) -> None:
+    """--textfile writes metrics that the official Prometheus parser reads back."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"',
+                         f'name = "down"\nurl = "http://127.0.0.1:{port}/"'))
+    metrics = prober.tmp / "prober.prom"
+    assert prober("check", "--textfile", str(metrics)).code == 1
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    success = {s.labels["target"]: s.value for s in families["prober_probe_success"].samples}
+    assert success == {"web": 1.0, "down": 0.0}
+    units = {s.labels["target"]: s.labels["unit"]
+             for s in families["prober_consecutive_failures"].samples}
+    assert units == {"web": "web.service", "down": ""}
+    assert families["prober_run_status"].samples[0].value == 1.0
+    assert "prober_restarts" in families and "prober_given_up" in families
+    assert [p.name for p in prober.tmp.iterdir() if p.name.startswith(".")] == []

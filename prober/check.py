@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from prober import policy, tracker
-from prober.config import Bus, Config, Target, format_duration
+from prober.config import Bus, Config, NotifyEvent, Target, format_duration
 from prober.errors import ProberError
 from prober.policy import Action, Decision, Outcome, UnitFacts
+from prober.pressure import Pressure, read_memory_pressure
 from prober.probe import probe_all, probe_one
 from prober.results import ProbeResult
 from prober.state import LockBusy, StateStore
@@ -26,6 +27,7 @@ from prober.tracker import Health, State, TargetState, Verdict
 log = logging.getLogger("prober")
 
 VERIFY_INTERVAL = 0.5
+PRESSURE_WORTH_SAYING = 10.0  # percent of the last 10 s that some task stalled on memory
 
 
 class Status(StrEnum):
@@ -88,6 +90,7 @@ class RunReport:
     started_at: float = 0.0
     duration: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    pressure: Pressure | None = None
 
     @property
     def status(self) -> Status:
@@ -216,9 +219,33 @@ async def run_once(
     finally:
         if actuator is not None:
             await actuator.close()
+    if config.notify is not None:
+        from prober.notify import deliver
+
+        await deliver(config.notify, notifications(reports, now))
+    pressure = read_memory_pressure()
+    if pressure is not None and pressure.some_avg10 >= PRESSURE_WORTH_SAYING and any(
+            not r.result.ok for r in reports):
+        log.warning("%s while targets fail", pressure.describe())
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
-                       duration=clock() - started)
+                       duration=clock() - started, pressure=pressure)
     return state, report
+
+
+_NOTIFIED = {e.value for e in NotifyEvent}
+
+
+def notifications(reports: Sequence[TargetReport], since: float) -> list[dict[str, Any]]:
+    """The events this run recorded (restart, restart-failed, given-up, recovered)."""
+    from prober.notify import event_payload
+
+    out = []
+    for item in reports:
+        for change in item.state.history:
+            if change.at >= since and change.event.value in _NOTIFIED:
+                out.append(event_payload(NotifyEvent(change.event.value), item.target.name,
+                                         item.target.unit, change.reason, change.at))
+    return out
 
 
 def _log_probe_results(state: State, verdicts: Sequence[Verdict]) -> None:

@@ -37,10 +37,13 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.
 @dataclasses.dataclass
 class Context:
     debug: bool = False
+    insecure_config: bool = False
 
 
 def _load(config_file: str | None, user: bool = False) -> Config:
-    config = load_config(config_path(config_file, os.environ))
+    context = click.get_current_context().find_object(Context)
+    insecure = context.insecure_config if context else False
+    config = load_config(config_path(config_file, os.environ), insecure=insecure)
     if user:
         config = dataclasses.replace(config, targets=tuple(
             dataclasses.replace(t, policy=dataclasses.replace(t.policy, bus=Bus.USER))
@@ -87,13 +90,16 @@ def _actuator_factory() -> Callable[[], Any]:
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
 @click.option("-q", "--quiet", count=True, help="Only errors in the log.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.option("--insecure-config", is_flag=True,
+              help="Accept a config file writable by others than root or the running user.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
+        insecure_config: bool) -> None:
     """HTTP liveness prober and auto-restarter for systemd hosts."""
     from prober.logs import setup_logging
 
     setup_logging(verbose - quiet + (2 if debug else 0))
-    ctx.obj = Context(debug=debug)
+    ctx.obj = Context(debug=debug, insecure_config=insecure_config)
 
 
 @cli.command()

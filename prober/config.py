@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -126,12 +126,34 @@ class Target:
 DEFAULT_INTERVAL = 30.0
 
 
+class NotifyEvent(StrEnum):
+    """Events that reach [notify]; the values are the JSON `event` field."""
+
+    RESTART = "restart"
+    RESTART_FAILED = "restart-failed"
+    GIVEN_UP = "given-up"
+    RECOVERED = "recovered"
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where events go: a command (event JSON on stdin) and/or a webhook (POSTed JSON)."""
+
+    command: tuple[str, ...] = ()
+    webhook: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    token_file: str | None = None  # an absolute path, or a name in $CREDENTIALS_DIRECTORY
+    timeout: float = 5.0
+    events: frozenset[NotifyEvent] = frozenset(NotifyEvent)
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
     targets: tuple[Target, ...]
     interval: float = DEFAULT_INTERVAL  # between runs of `prober watch`
     textfile: str | None = None  # Prometheus textfile-collector output, written every run
+    notify: Notify | None = None
 
     def target(self, name: str) -> Target:
         for target in self.targets:
@@ -215,7 +237,8 @@ def normalize_unit(value: str) -> str:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-_TOP_KEYS = ("defaults", "target", "interval", "textfile")
+_TOP_KEYS = ("defaults", "target", "interval", "textfile", "notify")
+_NOTIFY_KEYS = ("command", "webhook", "headers", "token_file", "timeout", "events")
 _POLICY_KEYS = tuple(f.name for f in fields(Policy))
 _SHARED_TARGET_KEYS = (
     "method",
@@ -418,17 +441,17 @@ def _parse_shared(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
     return out
 
 
-def _parse_url(value: object, where: _Where) -> str:
-    url = _typed(value, str, "url", where, "an http:// or https:// URL")
+def _parse_url(value: object, where: _Where, key: str = "url") -> str:
+    url = _typed(value, str, key, where, "an http:// or https:// URL")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise where.error("url", f'"{url}" must start with http:// or https://')
+        raise where.error(key, f'"{url}" must start with http:// or https://')
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise where.error("url", f'"{url}" has an invalid port') from None
+        raise where.error(key, f'"{url}" has an invalid port') from None
     if not parts.hostname:
-        raise where.error("url", f'"{url}" has no host')
+        raise where.error(key, f'"{url}" has no host')
     return url
 
 
@@ -603,7 +626,40 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         textfile = _typed(data["textfile"], str, "textfile", top, "a path")
         if not os.path.isabs(textfile):
             raise top.error("textfile", f'"{textfile}" must be an absolute path')
-    return Config(path=path, targets=result, interval=interval, textfile=textfile)
+    notify = _parse_notify(data["notify"], path) if "notify" in data else None
+    return Config(path=path, targets=result, interval=interval, textfile=textfile,
+                  notify=notify)
+
+
+def _parse_notify(raw: object, path: str) -> Notify:
+    where = _Where(path, "[notify]")
+    table = _typed(raw, dict, "notify", _Where(path, ""), "a table")
+    _reject_unknown(table, _NOTIFY_KEYS, where)
+    out: dict[str, Any] = {}
+    if "command" in table:
+        argv = _typed(table["command"], list, "command", where,
+                      'a list like ["/usr/local/bin/alert", "--urgent"] (no shell is used)')
+        if not argv or not all(isinstance(a, str) and a for a in argv):
+            raise where.error("command", "expected a non-empty list of strings")
+        if not os.path.isabs(argv[0]):
+            raise where.error("command", f'"{argv[0]}" must be an absolute path')
+        out["command"] = tuple(argv)
+    if "webhook" in table:
+        out["webhook"] = _parse_url(table["webhook"], where, key="webhook")
+    if "headers" in table:
+        out["headers"] = _parse_headers(table["headers"], where)
+    if "token_file" in table:
+        out["token_file"] = _typed(table["token_file"], str, "token_file", where, "a path")
+    if "timeout" in table:
+        out["timeout"] = _duration(table, "timeout", where)
+    if "events" in table:
+        names = _typed(table["events"], list, "events", where, "a list of event names")
+        out["events"] = frozenset(_parse_enum(n, NotifyEvent, "events", where) for n in names)
+    if not out.get("command") and not out.get("webhook"):
+        raise where.error("command", 'set "command" or "webhook" (or both)')
+    if out.get("token_file") and not out.get("webhook"):
+        raise where.error("token_file", 'only applies with "webhook"')
+    return Notify(**out)
 
 
 def read_config_text(path: str) -> str:
@@ -625,16 +681,33 @@ def parse_toml(text: str, path: str) -> Mapping[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load_config(path: str, checks: Callable[[Config], None] | None = None) -> Config:
-    """Read, parse and validate the config file at `path`."""
-    config = parse_config(parse_toml(read_config_text(path), path), path)
+def load_config(path: str, *, insecure: bool = False) -> Config:
+    """Read, parse and validate the config file at `path`.
+
+    Like sshd and sudo, refuses a file that someone other than root or the running user
+    could have written (it decides what gets restarted and which commands run), unless
+    `insecure`.
+    """
+    text = read_config_text(path)
+    if not insecure:
+        check_ownership(path, os.stat(path), os.geteuid())
+    config = parse_config(parse_toml(text, path), path)
     for target in config.targets:
         if target.ca_file and not os.path.isfile(target.ca_file):
             raise ConfigError(f'{path}: target "{target.name}": ca_file: "{target.ca_file}" '
                               "does not exist")
-    if checks is not None:
-        checks(config)
     return config
+
+
+def check_ownership(path: str, st: os.stat_result, euid: int) -> None:
+    """ConfigError unless the file is owned by root or `euid` and not group/other-writable."""
+    hint = "fix the file's owner and mode, or pass --insecure-config"
+    if st.st_uid not in (0, euid):
+        raise ConfigError(f"{path}: owned by uid {st.st_uid}, not by root or the running user "
+                          f"(uid {euid})", hint)
+    if st.st_mode & 0o022:
+        raise ConfigError(f"{path}: writable by group or others (mode {st.st_mode & 0o777:o})",
+                          f"chmod go-w {path}, or pass --insecure-config")
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -64,6 +64,9 @@ def run_text(report: RunReport) -> str:
     summary = f"{report.status.value.upper()}: {_summary(report)}"
     if report.dry_run:
         summary += " (dry run: nothing was restarted)"
+    if report.pressure is not None and (report.pressure.some_avg10 > 0 or
+                                        report.status.value != "ok"):
+        summary += f"\n{report.pressure.describe()}"
     return _table(rows) + "\n" + summary
 
 
@@ -81,6 +84,10 @@ def run_json(report: RunReport) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "duration_ms": round(report.duration * 1000, 1),
         "targets": [_target_json(item) for item in report.targets],
+        "memory_pressure": None if report.pressure is None else {
+            "some_avg10": report.pressure.some_avg10, "some_avg60": report.pressure.some_avg60,
+            "full_avg10": report.pressure.full_avg10, "full_avg60": report.pressure.full_avg60,
+        },
     }
 
 
@@ -265,10 +272,20 @@ def run_prometheus(report: RunReport, now: float) -> str:
     lines += ["# HELP prober_last_run_timestamp_seconds When the last run ended.",
               "# TYPE prober_last_run_timestamp_seconds gauge",
               f"prober_last_run_timestamp_seconds {now:.3f}",
+              *_pressure_metrics(report),
               "# HELP prober_run_status The run's Nagios status: 0 ok .. 3 unknown.",
               "# TYPE prober_run_status gauge",
               f"prober_run_status {report.status.exit_code}"]
     return "\n".join(lines) + "\n"
+
+
+def _pressure_metrics(report: RunReport) -> list[str]:
+    if report.pressure is None:
+        return []
+    return ["# HELP prober_memory_pressure_some_avg10 PSI: percent of the last 10 s some task "
+            "stalled on memory.",
+            "# TYPE prober_memory_pressure_some_avg10 gauge",
+            f"prober_memory_pressure_some_avg10 {report.pressure.some_avg10:g}"]
 
 
 def write_atomically(path: str, text: str) -> None:

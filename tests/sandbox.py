@@ -21,6 +21,20 @@ What keeps the host safe, in the order the setup script does it:
 Paths the tests need (the repository, the work directory, the Python installation) are bound back
 at the same place inside even when they live under a hidden directory such as /tmp, and made
 traversable for unprivileged users (the venv's Python may live under /root, mode 0700).
+
+    with Sandbox(workdir) as box:                       # boots in ~0.3 s, stops in ~0.2 s
+        stack = start_stack(box)                        # caddy.service -> backend.service
+        box.run(["prober", "check"], env={...})         # inside: /run/dbus/system_bus_socket
+        MessageBus(bus_address=box.bus_address, ...)    # or from the host, via /proc/PID/root
+
+Traps met on the way:
+- systemd writes nothing to a /dev/console that is not a tty (a file or FIFO stays empty), and
+  units with StandardOutput=tty fail with 209/STDOUT; hence the pty.
+- caddy: `POST /load` with `{}` also moves its admin API to the fixed localhost:2019 (see
+  Stack.empty_config), and a site address alone listens on all interfaces (hence `bind`).
+- nsenter does not forward signals: killing it before its child orphans that child to the host's
+  init, and the sandbox's PID 1 cannot finish exiting until the host's init reaps it.
+- GetUnit fails (NoSuchUnit) for a stopped unit nothing references; LoadUnit answers.
 """
 
 from __future__ import annotations
@@ -52,8 +66,10 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "Stack",
+    "caddyfile",
     "free_ports",
     "missing_requirements",
+    "process_start_time",
     "start_stack",
     "systemd_quote",
 ]
@@ -150,6 +166,21 @@ def missing_requirements() -> list[str]:
     except SandboxError as exc:
         missing.append(str(exc))
     return missing
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if it is gone or a zombie.
+
+    With it, a PID that the kernel has handed to another process since is not mistaken for the
+    one you knew (pid_max is 32768 on these machines, and PIDs come round again quickly).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in {"Z", "X"}:
+        return None
+    return int(fields[19])
 
 
 def systemd_quote(argv: Sequence[str]) -> str:
@@ -279,6 +310,8 @@ class Sandbox:
 
     pid: int
     """Host PID of the sandbox's systemd (PID 1 inside)."""
+    pid_start_time: int
+    """process_start_time(pid) at boot: tells this PID 1 apart from a later owner of its PID."""
 
     def __init__(
         self,
@@ -298,6 +331,7 @@ class Sandbox:
         self.share = [self.repo, self.workdir, Path(sys.prefix), Path(sys.base_prefix), *share]
         self.users = list(users)
         self.pid = 0
+        self.pid_start_time = 0
         self._state = _State.NEW
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: _Console | None = None
@@ -343,7 +377,7 @@ class Sandbox:
         try:
             if self._proc is not None and self._proc.poll() is None:
                 self._power_off(self._proc, began + timeout)
-            self._wait_gone(self.pid)
+            self._wait_gone()
         finally:
             if self._console is not None:
                 self._console.close()
@@ -373,15 +407,14 @@ class Sandbox:
                 proc.kill()  # --kill-child: the namespace dies with it
                 proc.wait(timeout=5)
 
-    @staticmethod
-    def _wait_gone(pid: int, timeout: float = 5.0) -> None:
-        """Wait until `pid` has left the process table (an exiting PID 1 lingers until then)."""
-        if not pid:
+    def _wait_gone(self, timeout: float = 5.0) -> None:
+        """Wait until PID 1 is dead (an exiting PID 1 lingers while its namespace empties)."""
+        if not self.pid_start_time:
             return
         deadline = time.monotonic() + timeout
-        while os.path.exists(f"/proc/{pid}"):
+        while process_start_time(self.pid) == self.pid_start_time:
             if time.monotonic() > deadline:
-                raise SandboxError(f"the sandbox's PID 1 (host PID {pid}) is still there")
+                raise SandboxError(f"the sandbox's PID 1 (host PID {self.pid}) is still there")
             time.sleep(0.01)
 
     def __enter__(self) -> Self:
@@ -513,6 +546,7 @@ class Sandbox:
                 first = children.read_text().split()
                 self.pid = int(first[0]) if first else 0
             time.sleep(0.01)
+        self.pid_start_time = process_start_time(self.pid) or 0
         while True:
             self._check_alive(deadline, "systemd to start")
             with contextlib.suppress(OSError):
@@ -817,7 +851,8 @@ def _make_cgroup() -> Path:
     for stale in parent.glob("prober-sandbox-*"):
         owner = stale.name.split("-")[2]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            _remove_cgroup(stale)
+            with contextlib.suppress(SandboxError, OSError):  # still emptying: next time
+                _remove_cgroup(stale)
     path = parent / f"prober-sandbox-{os.getpid()}-{next(_cgroup_ids)}"
     path.mkdir()
     return path
@@ -865,8 +900,9 @@ class Stack:
     def empty_config(self) -> dict[str, object]:
         """A body for POST {admin_url}/load that unloads every server but keeps the admin API.
 
-        A bare `{}` works too, but moves the admin API to the fixed localhost:2019, which other
-        sandboxes (or a host caddy) may hold: caddy then rolls the load back and keeps serving.
+        A bare `{}` unloads them too, but also moves the admin API to the fixed localhost:2019,
+        which another sandbox (or a host caddy) may hold. Then the load fails (400), caddy keeps
+        serving, and caddy 2.6.2 leaves its unit `reloading` for good (RELOADING=1, no READY=1).
         """
         return {"admin": {"listen": f"127.0.0.1:{self.admin_port}"}}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from prober.config import (
     Policy,
     ProbeKind,
     StatusRange,
+    check_ownership,
     format_duration,
     load_config,
     normalize_unit,
@@ -161,3 +163,34 @@ def test_missing_file_has_a_hint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file") as caught:
         load_config(str(tmp_path / "nope.toml"))
     assert caught.value.hint and "examples" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("uid", "mode", "message"),
+    [
+        (0, 0o644, None),
+        (1000, 0o600, None),  # the running user (euid 1000 below)
+        (0, 0o664, "writable by group or others (mode 664)"),
+        (0, 0o646, "writable by group or others (mode 646)"),
+        (4242, 0o644, "owned by uid 4242, not by root or the running user (uid 1000)"),
+    ],
+)
+def test_config_ownership(uid: int, mode: int, message: str | None) -> None:
+    """Like sshd: a config writable by someone else than root or the running user is refused."""
+    st = os.stat_result((0o100000 | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+    if message is None:
+        check_ownership("/etc/prober/prober.toml", st, 1000)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_ownership("/etc/prober/prober.toml", st, 1000)
+    assert str(caught.value).startswith(f"/etc/prober/prober.toml: {message}")
+
+
+def test_group_writable_config_file(tmp_path: Path) -> None:
+    """A real group-writable file is refused, and accepted with insecure=True."""
+    path = tmp_path / "prober.toml"
+    path.write_text('[[target]]\nname = "web"\nurl = "http://127.0.0.1/"\n')
+    path.chmod(0o664)
+    with pytest.raises(ConfigError, match="writable by group or others"):
+        load_config(str(path))
+    assert load_config(str(path), insecure=True).names == ("web",)

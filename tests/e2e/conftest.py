@@ -27,6 +27,7 @@ class SandboxRecord:
     """What a sandbox looked like from the host, kept to check that nothing of it outlives it."""
 
     pid: int
+    start_time: int
     pid_ns: str
 
 
@@ -65,7 +66,8 @@ def booted_sandbox(
     require_sandbox()
     box = Sandbox(workdir, share=share, users=users)
     box.start()
-    _history.append(SandboxRecord(box.pid, os.readlink(f"/proc/{box.pid}/ns/pid")))
+    _history.append(
+        SandboxRecord(box.pid, box.pid_start_time, os.readlink(f"/proc/{box.pid}/ns/pid")))
     try:
         yield box
     finally:

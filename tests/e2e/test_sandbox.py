@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -23,7 +24,16 @@ from tests.e2e.conftest import (
     require_sandbox,
     sandbox_history,
 )
-from tests.sandbox import STANDIN, Sandbox, SandboxError, Stack, free_ports
+from tests.sandbox import (
+    REPO,
+    STANDIN,
+    Sandbox,
+    SandboxError,
+    Stack,
+    _remove_cgroup,
+    free_ports,
+    process_start_time,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,24 +47,29 @@ SLEEPER = textwrap.dedent("""\
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _leftovers(pid_ns: str, init_pid: int, init_start: int) -> list[int]:
+    """Live processes of a sandbox's pid namespace, found by the namespace's inode.
 
-
-def _processes_in_pid_ns(pid_ns: str) -> list[int]:
+    The kernel reuses namespace inodes: if the namespace now has an init that is not the
+    sandbox's PID 1, it is someone else's (say, a sandbox of a test run next door).
+    """
     found = []
     with os.scandir("/proc") as entries:
         names = [entry.name for entry in entries if entry.name.isdigit()]
     for name in names:
         try:
-            if os.readlink(f"/proc/{name}/ns/pid") == pid_ns:
-                found.append(int(name))
+            if os.readlink(f"/proc/{name}/ns/pid") != pid_ns:
+                continue
+            status = Path(f"/proc/{name}/status").read_text()
         except OSError:
             continue
+        start = process_start_time(int(name))
+        if start is None:
+            continue  # a zombie: dead, waiting for its parent
+        nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        if nspid.split()[-1] == "1" and (int(name), start) != (init_pid, init_start):
+            return []
+        found.append(int(name))
     return found
 
 
@@ -177,24 +192,28 @@ def test_stack_and_its_two_failure_modes(sandbox: Sandbox, stack: Stack) -> None
         assert client.get(f"{stack.caddy_url}/health").text == "OK"
 
 
-def test_paths_under_tmp_are_shared(tmp_path: Path) -> None:
+def test_paths_under_tmp_are_shared() -> None:
     """A work directory and a checkout under the host's /tmp are visible inside at the same path."""
-    checkout = tmp_path / "checkout"
-    checkout.mkdir()
-    script = checkout / "hello.py"
-    script.write_text("import pathlib, sys\npathlib.Path(sys.argv[1]).write_text('hello')\n")
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    out = workdir / "out.txt"
-    with booted_sandbox(workdir, share=[checkout]) as box:
-        # Inside, /tmp holds only the way to the shared folders.
-        assert box.run(["ls", str(tmp_path.parents[-2])]).stdout.split() == [tmp_path.parts[2]]
-        box.write_service("hello.service", [sys.executable, str(script), str(out)],
-                          type="oneshot")
-        box.systemctl("start", "hello.service")
-        assert out.read_text() == "hello"
-        assert box.unit_property("hello.service", "Result") == "success"
-    assert workdir.exists() and script.exists()
+    require_sandbox()
+    with tempfile.TemporaryDirectory(prefix="prober-e2e-", dir="/tmp") as name:
+        top = Path(name)
+        checkout = top / "checkout"
+        checkout.mkdir()
+        script = checkout / "hello.py"
+        script.write_text("import pathlib, sys\npathlib.Path(sys.argv[1]).write_text('hello')\n")
+        workdir = top / "work"
+        workdir.mkdir()
+        out = workdir / "out.txt"
+        with booted_sandbox(workdir, share=[checkout]) as box:
+            # Inside, /tmp is empty but for the way to the shared folders.
+            assert box.run(["ls", "-A", "/tmp"]).stdout.split() == [top.name]  # noqa: S108
+            box.write_service("hello.service", [sys.executable, str(script), str(out)],
+                              type="oneshot")
+            box.systemctl("start", "hello.service")
+            assert out.read_text() == "hello"
+            assert box.unit_property("hello.service", "Result") == "success"
+        assert script.exists()
+        assert sorted(p.name for p in top.iterdir()) == ["checkout", "work"]
 
 
 def test_unprivileged_user_needs_polkit_rule(sandbox_workdir: Path) -> None:
@@ -220,7 +239,7 @@ def test_unprivileged_user_needs_polkit_rule(sandbox_workdir: Path) -> None:
         for _ in range(50):  # polkitd notices new rules by itself, not instantly
             if box.run(["systemctl", "restart", "sleeper.service"], user="prober").returncode == 0:
                 break
-            asyncio.run(asyncio.sleep(0.1))
+            time.sleep(0.1)
         else:
             pytest.fail("the polkit rule never took effect")
         assert box.main_pid("sleeper.service") != before
@@ -237,7 +256,7 @@ def test_stop_kills_a_frozen_sandbox(sandbox_workdir: Path) -> None:
         box.stop(timeout=1)
         assert time.monotonic() - began < 5
         assert not box.running
-        assert _processes_in_pid_ns(pid_ns) == []
+        assert _leftovers(pid_ns, box.pid, box.pid_start_time) == []
 
 
 def test_failed_start_leaves_nothing(sandbox_workdir: Path) -> None:
@@ -249,6 +268,37 @@ def test_failed_start_leaves_nothing(sandbox_workdir: Path) -> None:
     assert not box.running
     assert not list(Path("/sys/fs/cgroup").rglob(f"prober-sandbox-{os.getpid()}-*"))
     box.stop()  # idempotent
+
+
+_CRASHER = """\
+import sys, time
+from pathlib import Path
+from tests.sandbox import Sandbox
+box = Sandbox(Path(sys.argv[1]))
+box.start()
+print(box.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_crashed_test_run_leaves_nothing(sandbox_workdir: Path) -> None:
+    """If the process that started a sandbox is SIGKILLed, the sandbox dies with it."""
+    require_sandbox()
+    with subprocess.Popen([sys.executable, "-c", _CRASHER, str(sandbox_workdir)], cwd=REPO,
+                          stdout=subprocess.PIPE, text=True) as runner:
+        assert runner.stdout is not None
+        pid = int(runner.stdout.readline())
+        start = process_start_time(pid)
+        assert start is not None
+        pid_ns = os.readlink(f"/proc/{pid}/ns/pid")
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + 10
+    while process_start_time(pid) == start or _leftovers(pid_ns, pid, start):
+        assert time.monotonic() < deadline, "the sandbox outlived the process that started it"
+        time.sleep(0.05)
+    for stale in Path("/sys/fs/cgroup").rglob(f"prober-sandbox-{runner.pid}-*"):
+        _remove_cgroup(stale)
 
 
 def test_nothing_outlives_a_sandbox() -> None:
@@ -266,13 +316,14 @@ def test_nothing_outlives_a_sandbox() -> None:
             with pytest.raises(SandboxError, match="timed out"):
                 box.run(["sleep", "300"], timeout=0.5)
             pid_ns = os.readlink(f"/proc/{box.pid}/ns/pid")
-            assert len(_processes_in_pid_ns(pid_ns)) >= 4
+            assert len(_leftovers(pid_ns, box.pid, box.pid_start_time)) >= 4
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     records = sandbox_history()
     assert records and records[-1].pid == box.pid
     for record in records:  # this one, and every sandbox the fixtures booted before it
-        assert not _alive(record.pid), f"sandbox PID {record.pid} still runs"
-        assert _processes_in_pid_ns(record.pid_ns) == [], f"leftovers of sandbox {record.pid}"
+        assert process_start_time(record.pid) != record.start_time, f"{record.pid} still runs"
+        assert _leftovers(record.pid_ns, record.pid, record.start_time) == [], (
+            f"leftovers of sandbox {record.pid}")
     assert not list(Path("/sys/fs/cgroup").rglob(f"prober-sandbox-{os.getpid()}-*"))
     assert SANDBOX_ROOT.exists()

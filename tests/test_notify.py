@@ -1,0 +1,142 @@
+"""Notifications reach a real local webhook receiver and a real command, with secrets kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prober.config import parse_config
+from prober.errors import ConfigError
+from tests.servers import Server, answer, serve
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1:0 recording (headers, JSON body) of each POST."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.received: list[tuple[dict[str, str], Any]] = []
+        self.status = status
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        self.server.received.append((dict(self.headers.items()), body))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def _check(tmp_path: Path, config: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "prober.toml"
+    path.write_text(config)
+    environ = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus",
+               **(env or {})}
+    return subprocess.run([sys.executable, "-m", "prober", "check", "--config", str(path),
+                           "--state", str(tmp_path / "state.json")],
+                          capture_output=True, text=True, env=environ, timeout=60, check=False)
+
+
+def _flip(server: Server, status: int) -> None:
+    server.handler = answer(status, b"OK" if status == 200 else b"broken")
+
+
+def test_recovered_event_reaches_webhook_and_command(tmp_path: Path, receiver: Receiver) -> None:
+    """A target that fails then passes sends one `recovered` event to both destinations."""
+    out = tmp_path / "events.jsonl"
+    script = tmp_path / "record.py"
+    script.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "hook-token").write_text("t0ken\n")
+    with serve(answer(500, b"broken")) as server:
+        config = (
+            "[notify]\n"
+            f'command = ["{sys.executable}", "{script}", "{out}"]\n'
+            f'webhook = "{receiver.url}"\n'
+            'token_file = "hook-token"\n'
+            'headers = { "X-Team" = "ops" }\n'
+            "[[target]]\n"
+            f'name = "web"\nurl = "{server.url("/health")}"\nfailure_threshold = 1\n'
+        )
+        env = {"CREDENTIALS_DIRECTORY": str(creds)}
+        first = _check(tmp_path, config, env)
+        _flip(server, 200)
+        second = _check(tmp_path, config, env)
+    assert (first.returncode, second.returncode) == (2, 0), first.stderr + second.stderr
+    (headers, body), = receiver.received
+    assert body["event"] == "recovered" and body["target"] == "web"
+    assert headers["Authorization"] == "Bearer t0ken" and headers["X-Team"] == "ops"
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["recovered"]
+    assert "t0ken" not in first.stderr + second.stderr + first.stdout + second.stdout
+
+
+def test_failing_webhook_is_logged_and_does_not_fail_the_run(tmp_path: Path) -> None:
+    """A webhook that cannot be reached is logged; the run's result is unchanged."""
+    with serve(answer(500, b"broken")) as server, serve(answer(500)) as hook:
+        config = (
+            f'[notify]\nwebhook = "{hook.url("/hook")}"\ntimeout = "1s"\n'
+            f'[[target]]\nname = "web"\nurl = "{server.url("/")}"\nfailure_threshold = 1\n'
+        )
+        _check(tmp_path, config)
+        _flip(server, 200)
+        run = _check(tmp_path, config)
+    assert run.returncode == 0
+    assert "notify: webhook failed: RuntimeError: the webhook answered 500" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('command = "alert"', 'command: expected a list like'),
+        ('command = ["alert"]', 'command: "alert" must be an absolute path'),
+        ('timeout = "1s"', 'set "command" or "webhook"'),
+        ('webhook = "ftp://x/"', 'webhook: "ftp://x/" must start with http://'),
+        ('command = ["/bin/true"]\nevents = ["exploded"]', 'events: "exploded" is not one of'),
+        ('command = ["/bin/true"]\ntoken_file = "x"', 'token_file: only applies with "webhook"'),
+        ('command = ["/bin/true"]\nwebhok = "http://x/"', 'did you mean "webhook"?'),
+    ],
+)
+def test_bad_notify_tables(table: str, message: str) -> None:
+    """Bad [notify] tables are rejected with one line naming the key."""
+    import tomllib
+
+    data = tomllib.loads(f'[notify]\n{table}\n[[target]]\nname = "a"\nurl = "http://x/"\n')
+    with pytest.raises(ConfigError, match="notify") as caught:
+        parse_config(data, "p.toml")
+    assert message in str(caught.value)

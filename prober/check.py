@@ -10,13 +10,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 from prober import policy, tracker
 from prober.config import Bus, Config, NotifyEvent, Target, format_duration
-from prober.errors import ProberError
+from prober.errors import ProberError, StateError
 from prober.policy import Action, Decision, Outcome, UnitFacts
 from prober.pressure import Pressure, read_memory_pressure
 from prober.probe import probe_all, probe_one
@@ -91,9 +91,12 @@ class RunReport:
     duration: float = 0.0
     notes: tuple[str, ...] = field(default=())
     pressure: Pressure | None = None
+    state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
 
     @property
     def status(self) -> Status:
+        if self.state_error is not None:
+            return Status.UNKNOWN
         statuses = [t.status for t in self.targets]
         for status in (Status.CRITICAL, Status.WARNING):
             if status in statuses:
@@ -178,6 +181,7 @@ async def run_once(
     *,
     dry_run: bool = False,
     only: Sequence[str] = (),
+    no_restart_reason: str = "",
 ) -> tuple[State, RunReport]:
     """One check: the new state and what was found and done."""
     started = clock()
@@ -189,6 +193,8 @@ async def run_once(
     wanted = [t for t, v in zip(targets, verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]
     actuator, facts, errors = await _gather_facts(actuator_factory, wanted)
+    if no_restart_reason:
+        errors = {t.name: no_restart_reason for t in wanted}
     try:
         reports = []
         restarted_units: dict[str, tuple[Outcome, str]] = {}
@@ -291,7 +297,12 @@ def run_check(
     if_stale: float | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RunReport | Skipped:
-    """Lock, load, run once, save; or say why the run was skipped."""
+    """Lock, load, run once, save; or say why the run was skipped.
+
+    An unusable state file (read-only or full disk, a path that cannot be created) does not stop
+    the probes: they run and are reported, but nothing is restarted, since restart budgets and
+    the lock against concurrent runs live in that state. The report carries the error.
+    """
     try:
         with store.locked():
             state = tracker.prune(store.load(), config.names)
@@ -301,10 +312,20 @@ def run_check(
             new_state, report = asyncio.run(
                 run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
             )
-            store.save(new_state)
+            try:
+                store.save(new_state)
+            except StateError as exc:
+                return replace(report, state_error=f"{exc}; this run's results are not "
+                               "remembered")
             return report
     except LockBusy:
         return Skipped(f"another prober run holds {store.lock_path}; leaving this run to it")
+    except StateError as exc:
+        _, report = asyncio.run(run_once(
+            config, State(), clock, None, dry_run=dry_run, only=only,
+            no_restart_reason=f"no restarts while the state is unusable ({exc.message})",
+        ))
+        return replace(report, state_error=f"{exc}; the probes ran, nothing was restarted")
 
 
 def watch(

@@ -147,6 +147,8 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
     metrics_path = textfile or config.textfile
     if metrics_path:
         report.write_atomically(metrics_path, report.run_prometheus(result, time.time()))
+    if result.state_error is not None:
+        click.echo(f"prober: error: {result.state_error}", err=True)
     return result.status.exit_code
 
 

@@ -883,6 +883,7 @@ class Stack:
     admin_port: int
     admin_url: str
     fail_file: Path
+    dump_file: Path  # where the stand-in writes its "thread dump" on SIGQUIT
     backend_unit: str = "backend.service"
     caddy_unit: str = "caddy.service"
 
@@ -946,11 +947,12 @@ def start_stack(sandbox: Sandbox, *, timeout: float = 10) -> Stack:
         admin_port=admin_port,
         admin_url=f"http://127.0.0.1:{admin_port}",
         fail_file=sandbox.workdir / "backend.fail",
+        dump_file=sandbox.workdir / "backend.dump",
     )
     sandbox.write_service(
         stack.backend_unit,
         [sys.executable, str(STANDIN), "--port", str(backend_port),
-         "--fail-file", str(stack.fail_file)],
+         "--fail-file", str(stack.fail_file), "--dump-file", str(stack.dump_file)],
         env={"PYTHONUNBUFFERED": "1"},
         reload=False,
     )

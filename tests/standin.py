@@ -10,6 +10,7 @@ stderr; with --port 0 the chosen port is printed on stdout. SIGTERM and SIGINT s
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="TCP port (0: pick one, print it)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--fail-file", type=Path, help="answer 500 while this file exists")
+    parser.add_argument("--dump-file", type=Path,
+                        help="on SIGQUIT, append a 'thread dump' line here (as puma/JVMs do)")
     args = parser.parse_args(argv)
 
     handler = type("Handler", (_Handler,), {"fail_file": args.fail_file})
@@ -77,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         # shutdown() waits for serve_forever() to return: not from its own thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def dump(signum: int, frame: FrameType | None) -> None:
+        with args.dump_file.open("a") as out:
+            out.write(f"thread dump of pid {os.getpid()}: {threading.active_count()} threads\n")
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.dump_file is not None:
+        signal.signal(signal.SIGQUIT, dump)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

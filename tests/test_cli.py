@@ -205,6 +205,38 @@ def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
     assert run.code == 3
     assert len(run.err.strip().splitlines()) == 1
     assert "cannot create the state directory" in run.err
+    assert "the probes ran, nothing was restarted" in run.err
+    assert "UNKNOWN" in run.out and "web" in run.out  # the probes still ran
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("mount -t tmpfs -o size=4k tmpfs {d} && "
+         "head -c 8192 /dev/zero > {d}/filler 2>/dev/null || true",
+         "no space left on device"),
+        ("mount -t tmpfs tmpfs {d} && mount -o remount,ro {d}", "read-only file system"),
+    ],
+    ids=["disk-full", "read-only"],
+)
+def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: str,
+                                           message: str) -> None:
+    """A full or read-only state directory (real mounts, in a private mount namespace) is a
+    clear error with exit 3, and the probes still run."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("needs root to mount")
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    directory = prober.tmp / "state-dir"
+    directory.mkdir()
+    script = (setup.format(d=directory) + " && exec " + " ".join(
+        [sys.executable, "-m", "prober", "check", "--state", f"{directory}/state.json"]))
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PROBER_CONFIG": str(prober.config)})
+    assert done.returncode == 3, done.stderr
+    assert message in done.stderr.lower()
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "web" in done.stdout and len(web.requests) == 1
 
 
 @pytest.mark.parametrize(

@@ -303,3 +303,33 @@ def test_hung_bus_falls_back_to_systemctl_within_the_deadline(prober: Prober) ->
     sys.stdout.write(f"hung-bus run took {run.seconds:.2f}s (deadline {deadline}s)\n")
     assert pids(sandbox, stack)[0] not in (0, caddy_before)
     assert answers(f"{stack.caddy_url}/health")
+
+
+def test_signal_before_restart_leaves_evidence(prober: Prober) -> None:
+    """signal_before_restart reaches the hung process through systemd before the restart."""
+    sandbox, stack = prober.sandbox, prober.stack
+    prober.configure(failure_threshold="1", verify_timeout='"1s"')
+    config = prober.config.read_text().replace(
+        f'unit = "{stack.backend_unit}"\n',
+        f'unit = "{stack.backend_unit}"\nsignal_before_restart = "SIGQUIT"\n')
+    prober.config.write_text(config)
+    backend_before = sandbox.main_pid(stack.backend_unit)
+    stack.fail_file.write_text("")
+    run = prober.check()
+    assert run.action("backend") == "restart", run.err
+    assert f"unit={stack.backend_unit}: sent SIGQUIT before restarting" in run.err
+    assert f"thread dump of pid {backend_before}" in stack.dump_file.read_text()
+    assert sandbox.main_pid(stack.backend_unit) not in (0, backend_before)
+
+
+def test_unknown_unit_is_reported_clearly(prober: Prober) -> None:
+    """A unit systemd does not know is reported as not loaded, and nothing is started."""
+    config = prober.config.read_text().replace('unit = "caddy.service"', 'unit = "cadddy.service"')
+    prober.config.write_text(config)
+    freeze(prober.sandbox, prober.stack.caddy_unit)
+    prober.check()
+    run = prober.check()
+    assert run.code == 2
+    assert run.action("caddy") == "unit-not-active"
+    assert "cadddy.service is not loaded (not-found)" in run.target("caddy")["action_reason"]
+    thaw(prober.sandbox, prober.stack.caddy_unit)

@@ -1,0 +1,755 @@
+"""`make bench`: the figures of the "Performance" issue, measured in one run on this machine.
+
+    python -m tests.bench [--json PATH] [--reps N] [--no-sandbox]
+
+Prints one table (each figure beside its baseline and target, with a verdict: OK, MISSED, or
+"pending" and why), the machine, where a healthy check's import time goes, and notes; then the
+same as JSON, at the end of stdout or in PATH. Exits non-zero only when the benchmark itself
+could not run (a server, the prober or the sandbox misbehaved), never for a missed target.
+
+Everything is real: loopback servers from tests/servers.py running in this process, the prober
+as a fresh process per run (this venv's `prober` console script, as an operator runs it), curl
+for the operator's loop, and the systemd sandbox of tests/sandbox.py for restarts. Work files
+live in a fresh directory under /var/tmp (the sandbox's under .sandbox/), removed at the end.
+
+Timing: children are timed one by one with time.perf_counter (hyperfine when installed), the
+commands of a comparison interleaved so that load from other processes hits them alike; a
+figure is the median. Peak RSS comes from /usr/bin/time -v (else getrusage in a fresh child).
+
+Bytecode: the children get a bytecode cache of their own (PYTHONPYCACHEPREFIX in the work
+directory, filled by a warm-up run), as a pip-installed prober has its .pyc compiled at install.
+This checkout's shell may set PYTHONDONTWRITEBYTECODE, under which an editable install
+recompiles prober/ on every run; one row shows what that costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import queue
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tests.servers import Server, hang, health, serve
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+_SCRIPT = Path(PY).parent / "prober"
+PROBER = [str(_SCRIPT)] if _SCRIPT.is_file() else [PY, "-m", "prober"]
+TIME = "/usr/bin/time"
+MIB = 1024  # ru_maxrss and /usr/bin/time count KiB
+
+RATIO_TARGET = 1.25
+RSS_TARGET_MIB = 32.0
+MANY_TARGETS, MANY_HANGING, MANY_TIMEOUT = 200, 20, 2.0
+SPEEDUP_TARGET = 10.0
+RESTART_EXTRA_TARGET = 0.100
+WATCH_INTERVAL, WATCH_THRESHOLD, WATCH_TIMEOUT = 1.0, 2, 1.0
+WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
+# Loaded by a healthy check, these would be paid for on every run for nothing.
+HEAVY = ("dbus_next", "tenacity", "prober.systemd", "prober.notify", "prober.polkit",
+         "prober.sdnotify", "prometheus_client")
+
+BASELINE = [PY, "-c", "import httpx, click"]
+# The least a program can do that probes with httpx's async client: no prober code at all.
+# Plain http, so, like the prober's client for plain http, it loads no CA certificates.
+FLOOR = """\
+import asyncio, sys, httpx, click
+async def main():
+    async with httpx.AsyncClient(verify=False, trust_env=False) as client:
+        (await client.get(sys.argv[1])).raise_for_status()
+asyncio.run(main())
+"""
+# Peak RSS without /usr/bin/time: this fresh child's only child is the command.
+RSS_CHILD = """\
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "code": done.returncode,
+                  "rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                  "out": done.stdout, "err": done.stderr}))
+"""
+# Which modules a healthy check leaves loaded (from the inside: lazy importers included).
+MODULES_CHILD = """\
+import json, sys
+from prober.cli import run
+code = run(sys.argv[1:])
+print("\\n" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+# Run inside the sandbox: the restart path exactly as `check` takes it. The actuator is made
+# and has read the unit's facts (bus connected) before the decision, as in check._gather_facts;
+# the clock runs from the decision, i.e. around SystemdActuator.restart(). Interleaved with
+# `systemctl restart`, and after each restart systemd's own record of the stop/start.
+RESTART_CHILD = """\
+import asyncio, json, subprocess, sys, time
+from prober.config import Bus, ProbeKind, Target
+from prober.systemd import SystemdActuator
+unit, reps = sys.argv[1], int(sys.argv[2])
+target = Target(name="bench", kind=ProbeKind.HTTP, url="http://127.0.0.1:9/", unit=unit)
+def own_stop_start():
+    out = subprocess.run(["systemctl", "show", "--value", "-p", "ActiveExitTimestampMonotonic",
+                          "-p", "ActiveEnterTimestampMonotonic", unit],
+                         capture_output=True, text=True, check=True).stdout.split()
+    enter, leave = (int(x) for x in out)
+    return (enter - leave) / 1e6
+async def main():
+    result = {"systemctl": [], "prober": [], "own_systemctl": [], "own_prober": [],
+              "details": []}
+    for _ in range(reps):
+        started = time.perf_counter()
+        subprocess.run(["systemctl", "restart", unit], check=True)
+        result["systemctl"].append(time.perf_counter() - started)
+        result["own_systemctl"].append(own_stop_start())
+        actuator = SystemdActuator()
+        try:
+            await actuator.unit_facts(unit, Bus.SYSTEM)
+            started = time.perf_counter()
+            restarted = await actuator.restart(target)
+            result["prober"].append(time.perf_counter() - started)
+        finally:
+            await actuator.close()
+        if not restarted.ok:
+            raise SystemExit(f"restart failed: {restarted.detail}")
+        result["details"].append(restarted.detail)
+        result["own_prober"].append(own_stop_start())
+    print(json.dumps(result))
+asyncio.run(main())
+"""
+CURL_LOOP = 'for url in "$@"; do curl -s -o /dev/null -m {timeout:g} "$url"; done'
+
+
+class BenchError(Exception):
+    """The benchmark itself could not run as planned (not a missed target)."""
+
+
+@dataclass
+class Row:
+    """One line of the table; `data` holds the numbers behind it for the JSON."""
+
+    figure: str
+    measured: str
+    baseline: str
+    target: str
+    verdict: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Measured:
+    seconds: float
+    rss_kib: int
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Bench:
+    """What every figure needs: the work directory, the children's environment, the results."""
+
+    workdir: Path
+    env: dict[str, str]
+    reps: int
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.workdir / name
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def mib(kib: int) -> str:
+    return f"{kib / MIB:.1f} MiB"
+
+
+def verdict(ok: bool, detail: str) -> str:
+    return f"{'OK' if ok else 'MISSED'} ({detail})"
+
+
+def table(rows: Sequence[Row]) -> str:
+    cells = [("figure", "measured", "baseline", "target", "verdict")]
+    cells += [(r.figure, r.measured, r.baseline, r.target, r.verdict) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)),
+                   row[4]]).rstrip()
+        for row in cells
+    )
+
+
+# --- running children ---------------------------------------------------------------------
+
+
+def child_env(workdir: Path) -> dict[str, str]:
+    """This environment, minus what would steer the prober elsewhere, plus its own pycache."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROBER_", "DBUS_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_",
+                                "JOURNAL_STREAM", "STATE_DIRECTORY"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    # No system bus on this host: a unit lookup fails at once instead of finding the host's.
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={workdir}/no-bus"
+    return env
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], *, expect: Sequence[int] = (0,),
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(argv), env=dict(env), cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode not in expect:
+        raise BenchError(f"`{shlex.join(argv)}` exited with {done.returncode} "
+                         f"(expected {'/'.join(map(str, expect))}):\n{done.stderr[-2000:]}")
+    return done
+
+
+def timed(argv: Sequence[str], env: Mapping[str, str], expect: Sequence[int] = (0,)) -> float:
+    """Wall time of one run; output goes nowhere, so that printing costs the same everywhere."""
+    started = time.perf_counter()
+    done = subprocess.run(list(argv), env=dict(env), cwd=REPO, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                          check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode not in expect:
+        raise BenchError(f"`{shlex.join(argv)}` exited with {done.returncode}:\n"
+                         f"{done.stderr.decode(errors='replace')[-2000:]}")
+    return seconds
+
+
+def compare(commands: Mapping[str, Sequence[str]], env: Mapping[str, str], reps: int
+            ) -> dict[str, list[float]]:
+    """Wall times of each command, `reps` runs each after one warm-up run, interleaved."""
+    for argv in commands.values():
+        timed(argv, env)  # warm-up: fills the pycache and the page cache
+    if shutil.which("hyperfine"):
+        found = _hyperfine(commands, env, reps)
+        if found is not None:
+            return found
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(reps):
+        for name, argv in commands.items():
+            times[name].append(timed(argv, env))
+    return times
+
+
+def _hyperfine(commands: Mapping[str, Sequence[str]], env: Mapping[str, str], reps: int
+               ) -> dict[str, list[float]] | None:
+    export = Path(env["PYTHONPYCACHEPREFIX"]).parent / "hyperfine.json"
+    argv = ["hyperfine", "--shell=none", "--style=none", "--warmup", "1", "--runs", str(reps),
+            "--export-json", str(export)]
+    for name, command in commands.items():
+        argv += ["--command-name", name, shlex.join(command)]
+    done = subprocess.run(argv, env=dict(env), cwd=REPO, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if done.returncode != 0 or not export.exists():
+        return None
+    results = json.loads(export.read_text())["results"]
+    return {name: [float(t) for t in result["times"]]
+            for name, result in zip(commands, results, strict=True)}
+
+
+def measure(argv: Sequence[str], env: Mapping[str, str], expect: Sequence[int] = (0,)
+            ) -> Measured:
+    """One run: wall time, peak RSS (KiB), exit code and output."""
+    if os.access(TIME, os.X_OK):
+        report = Path(env["PYTHONPYCACHEPREFIX"]).parent / "time-v.txt"
+        started = time.perf_counter()
+        done = run([TIME, "-v", "-o", str(report), *argv], env, expect=expect)
+        seconds = time.perf_counter() - started
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report.read_text())
+        if found is None:
+            raise BenchError(f"{TIME} -v printed no peak RSS")
+        return Measured(seconds, int(found.group(1)), done.returncode, done.stdout, done.stderr)
+    done = run([PY, "-c", RSS_CHILD, *argv], env)
+    data = json.loads(done.stdout)
+    if data["code"] not in expect:
+        raise BenchError(f"`{shlex.join(argv)}` exited with {data['code']}:\n{data['err']}")
+    return Measured(data["seconds"], data["rss"], data["code"], data["out"], data["err"])
+
+
+def write_config(path: Path, targets: Sequence[tuple[str, str]], defaults: str = "",
+                 extra: str = "") -> Path:
+    lines = [f"[defaults]\n{defaults}\n"] if defaults else []
+    for name, url in targets:
+        lines.append(f'[[target]]\nname = "{name}"\nurl = "{url}"\n{extra}')
+    path.write_text("\n".join(lines))
+    return path
+
+
+# --- figure 1: a healthy check of 2 targets ------------------------------------------------
+
+
+def figure_healthy(bench: Bench) -> None:
+    with serve(health()) as first, serve(health()) as second:
+        config = write_config(bench.path("healthy.toml"),
+                              [("a", first.url("/health")), ("b", second.url("/health"))])
+        state = bench.path("healthy-state.json")
+        args = ["check", "--config", str(config), "--state", str(state)]
+        check = [*PROBER, *args]
+        times = compare({"check": check, "baseline": BASELINE,
+                         "floor": [PY, "-c", FLOOR, first.url("/health")]}, bench.env, bench.reps)
+        check_s, base_s, floor_s = (statistics.median(times[k])
+                                    for k in ("check", "baseline", "floor"))
+        ratio = check_s / base_s
+        bench.rows.append(Row(
+            "healthy check, 2 targets: median wall", ms(check_s),
+            f"import httpx,click {ms(base_s)}", f"<= {RATIO_TARGET:g}x",
+            verdict(ratio <= RATIO_TARGET, f"{ratio:.2f}x"),
+            {"seconds": times["check"], "baseline_seconds": times["baseline"], "ratio": ratio}))
+        bench.rows.append(Row(
+            "  floor: asyncio + 1 httpx GET, no prober", ms(floor_s),
+            f"import httpx,click {ms(base_s)}", "-", f"info ({floor_s / base_s:.2f}x)",
+            {"seconds": times["floor"], "ratio": floor_s / base_s}))
+
+        no_pyc = {k: v for k, v in bench.env.items() if k != "PYTHONPYCACHEPREFIX"}
+        no_pyc["PYTHONDONTWRITEBYTECODE"] = "1"
+        cold = [timed(check, no_pyc) for _ in range(max(3, bench.reps // 2))]
+        bench.rows.append(Row(
+            "  same, no .pyc for prober/ (DONTWRITEBYTECODE)", ms(statistics.median(cold)),
+            f"import httpx,click {ms(base_s)}", "-",
+            f"info ({statistics.median(cold) / base_s:.2f}x)", {"seconds": cold}))
+        if (REPO / "prober" / "__pycache__").is_dir():
+            bench.notes.append("prober/__pycache__ exists in this checkout: the 'without .pyc' "
+                               "row used it, so it is not a cold compile.")
+
+        rss = [measure(check, bench.env).rss_kib for _ in range(5)]
+        base_rss = [measure(BASELINE, bench.env).rss_kib for _ in range(3)]
+        peak = max(rss)
+        bench.rows.append(Row(
+            "healthy check, 2 targets: peak RSS", mib(peak),
+            f"import httpx,click {mib(max(base_rss))}", f"<= {RSS_TARGET_MIB:g} MiB",
+            verdict(peak <= RSS_TARGET_MIB * MIB, f"max of {len(rss)} runs"),
+            {"rss_kib": rss, "baseline_rss_kib": base_rss}))
+
+        done = run([PY, "-c", MODULES_CHILD, *args], bench.env)
+        loaded = set(json.loads(done.stdout.strip().splitlines()[-1])["modules"])
+        heavy = [m for m in HEAVY if m in loaded]
+        bench.rows.append(Row(
+            "healthy check: heavy modules loaded", ", ".join(heavy) or "none", "-",
+            "none", "OK" if not heavy else "MISSED",
+            {"checked": HEAVY, "loaded": heavy, "modules": len(loaded)}))
+        bench.notes.append("Heavy modules looked for in sys.modules after a healthy check: "
+                           + ", ".join(HEAVY) + ".")
+
+        importtime(bench, [PY, "-X", "importtime", "-m", "prober", *args], check_s)
+
+
+def importtime(bench: Bench, argv: Sequence[str], wall: float) -> None:
+    """Median self time per module over 3 runs of -X importtime; grouped by package too."""
+    runs: list[dict[str, int]] = []
+    for _ in range(3):
+        selfs: dict[str, int] = {}
+        for line in run(argv, bench.env).stderr.splitlines():
+            found = re.match(r"import time:\s+(\d+) \|\s+\d+ \|( *)(\S+)", line)
+            if found:
+                selfs[found.group(3)] = selfs.get(found.group(3), 0) + int(found.group(1))
+        runs.append(selfs)
+    names = set(runs[0]).intersection(*runs[1:])
+    cost = {name: statistics.median(r[name] for r in runs) / 1e6 for name in names}
+    packages: dict[str, float] = {}
+    for name, seconds in cost.items():
+        top = name.split(".")[0]
+        packages[top] = packages.get(top, 0.0) + seconds
+    bench.extra["imports"] = {
+        "total_seconds": sum(cost.values()),
+        "wall_seconds": wall,
+        "modules": dict(sorted(cost.items(), key=lambda kv: -kv[1])[:15]),
+        "packages": dict(sorted(packages.items(), key=lambda kv: -kv[1])[:12]),
+    }
+
+
+# --- figure 2: 200 targets, 20 of them hanging ---------------------------------------------
+
+
+@contextlib.contextmanager
+def many_servers(count: int, hanging: int) -> Iterator[list[tuple[str, str]]]:
+    """`count` targets on loopback; every (count // hanging)th accepts and never answers."""
+    every = count // hanging
+    with contextlib.ExitStack() as stack:
+        answering: list[Server] = [stack.enter_context(serve(health())) for _ in range(12)]
+        silent: list[Server] = [stack.enter_context(serve(hang())) for _ in range(4)]
+        targets = []
+        for i in range(count):
+            pool = silent if i % every == every - 1 else answering
+            targets.append((f"t{i:03d}", pool[i % len(pool)].url(f"/health?n={i}")))
+        yield targets
+
+
+def figure_many(bench: Bench) -> None:
+    with many_servers(MANY_TARGETS, MANY_HANGING) as targets:
+        config = write_config(bench.path("many.toml"), targets,
+                              defaults=f'timeout = "{MANY_TIMEOUT:g}s"')
+        check = [*PROBER, "check", "--json", "--config", str(config),
+                 "--state", str(bench.path("many-state.json"))]
+        timed(check, bench.env, expect=(0, 1, 2))  # warm-up
+        got = measure(check, bench.env, expect=(1,))
+        report = json.loads(got.out)
+        failures = [t.get("failure") for t in report["targets"] if not t["ok"]]
+        if len(report["targets"]) != MANY_TARGETS or failures != ["timeout"] * MANY_HANGING:
+            raise BenchError(f"expected {MANY_HANGING} timeouts of {MANY_TARGETS}, got "
+                             f"{failures} of {len(report['targets'])}")
+        bound = MANY_TIMEOUT + 0.5
+        bench.rows.append(Row(
+            f"{MANY_TARGETS} targets ({MANY_HANGING} hang), timeout {MANY_TIMEOUT:g}s: wall",
+            secs(got.seconds), "", f"<= {secs(bound)}",
+            verdict(got.seconds <= bound, f"run itself {report['duration_ms'] / 1000:.2f} s"),
+            {"seconds": got.seconds, "run_duration_ms": report["duration_ms"]}))
+        curl = shutil.which("curl")
+        if curl is None:
+            bench.rows[-1].baseline = "curl loop: pending"
+            bench.rows.append(Row(f"{MANY_TARGETS} targets: speedup over curl loop", "-",
+                                  "-", f">= {SPEEDUP_TARGET:g}x",
+                                  "pending: curl missing (apt-get install -y curl)"))
+        else:
+            loop = ["bash", "-c", CURL_LOOP.format(timeout=MANY_TIMEOUT), "curl-loop",
+                    *(url for _, url in targets)]
+            started = time.perf_counter()
+            run(loop, bench.env, expect=range(256), timeout=MANY_TARGETS * (MANY_TIMEOUT + 5))
+            curl_s = time.perf_counter() - started
+            speedup = curl_s / got.seconds
+            bench.rows[-1].baseline = f"curl loop {secs(curl_s)}"
+            bench.rows.append(Row(
+                f"{MANY_TARGETS} targets: speedup over curl loop", f"{speedup:.1f}x",
+                f"curl loop {secs(curl_s)}", f">= {SPEEDUP_TARGET:g}x",
+                verdict(speedup >= SPEEDUP_TARGET, "one run each"),
+                {"curl_seconds": curl_s, "speedup": speedup}))
+        bench.rows.append(Row(f"{MANY_TARGETS} targets: peak RSS", mib(got.rss_kib), "-", "-",
+                              "info", {"rss_kib": got.rss_kib}))
+
+
+# --- the sandbox: figures 3 and 4 ----------------------------------------------------------
+
+
+def sandbox_missing() -> str:
+    """Why the sandbox cannot be used here ("" if it can)."""
+    try:
+        from tests.sandbox import missing_requirements
+    except ImportError as exc:
+        return f"tests/sandbox.py cannot be imported: {exc}"
+    missing = missing_requirements()
+    return "; ".join(missing)
+
+
+def figure_restart(bench: Bench, box: Any) -> None:
+    unit = "bench-sleeper.service"
+    box.write_service(unit, ["/bin/sleep", "infinity"], unit_extra="StartLimitIntervalSec=0")
+    box.systemctl("start", unit)
+    box.wait_active(unit)
+    reps = 10
+    # No cwd=: Sandbox.run passes it as `nsenter --wdir`, which util-linux 2.38 lacks (-w).
+    done = box.run([PY, "-c", RESTART_CHILD, unit, str(reps)], timeout=180)
+    if done.returncode != 0:
+        raise BenchError(f"the restart benchmark failed in the sandbox:\n{done.stderr[-2000:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    prober_s, systemctl_s = statistics.median(data["prober"]), statistics.median(data["systemctl"])
+    extra = prober_s - systemctl_s
+    own = statistics.median(data["own_prober"])
+    beyond_own = statistics.median(p - o for p, o in zip(data["prober"], data["own_prober"],
+                                                          strict=True))
+    bench.rows.append(Row(
+        "restart over D-Bus: decision -> job done", f"prober {ms(prober_s)}",
+        f"systemctl restart {ms(systemctl_s)}", f"< {ms(RESTART_EXTRA_TARGET)} extra",
+        verdict(extra < RESTART_EXTRA_TARGET, f"{extra * 1000:+.0f} ms"),
+        {**data, "extra_seconds": extra, "beyond_own_seconds": beyond_own}))
+    bench.notes.append(
+        f"Restart (sandbox, {reps} each, interleaved): systemd's own stop->start of the unit "
+        f"(ActiveExit->ActiveEnter) took {ms(own)}; the prober's restart() took "
+        f"{ms(beyond_own)} more than that (median of pairs), for 2 x 3 D-Bus reads (MainPID "
+        "before and after), AddMatch+Subscribe, RestartUnit and the JobRemoved wait.")
+
+
+class Watcher:
+    """`prober -v watch` in the background, its stderr lines timestamped as they arrive."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.log: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(list(argv), env=dict(env), cwd=REPO,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, name="watch-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put((time.monotonic(), line.rstrip("\n")))
+
+    def wait_for(self, pattern: str, timeout: float, count: int = 1) -> float:
+        """When the `count`th line matching `pattern` arrived (monotonic)."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            try:
+                at, line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                tail = "\n".join(text for _, text in self.log[-15:])
+                raise BenchError(f"prober watch: no line matching {pattern!r} within "
+                                 f"{timeout:g} s; its last lines:\n{tail}") from None
+            self.log.append((at, line))
+            if re.search(pattern, line):
+                seen += 1
+                if seen >= count:
+                    return at
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+WATCH_DEFAULTS = "\n".join([
+    f'timeout = "{WATCH_TIMEOUT:g}s"', f"failure_threshold = {WATCH_THRESHOLD}",
+    'startup_grace = "0s"', 'cooldown = "1s"', 'restart_timeout = "15s"',
+    'verify_timeout = "5s"',
+])
+RUN_DONE = r"prober: (OK|WARNING|CRITICAL): "
+
+
+def watch_once(bench: Bench, name: str, url: str, env: Mapping[str, str],
+               fail: Callable[[], None], restarted: str,
+               repair: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Start a watcher, let it pass twice, call `fail()` right after a run: the worst phase."""
+    config = write_config(bench.path(f"watch-{name}.toml"), [("web", url)],
+                          defaults=WATCH_DEFAULTS,
+                          extra='expect_body = "OK"\nunit = "bench-web.service"\n')
+    argv = [*PROBER, "-v", "watch", "--config", str(config),
+            "--state", str(bench.path(f"watch-{name}-state.json")),
+            "--interval", f"{WATCH_INTERVAL:g}s"]
+    watcher = Watcher(argv, env)
+    try:
+        watcher.wait_for(RUN_DONE, timeout=30, count=2)
+        onset = time.monotonic()
+        fail()
+        seen = watcher.wait_for(restarted, timeout=30)
+        repair()  # before the restart's job is done, so that the re-probe can pass
+        with contextlib.suppress(BenchError):
+            watcher.wait_for(r"recovered after restart|still failing|restart failed|"
+                             r"restart-failed|unit-unknown", timeout=10)
+        return {"seconds": seen - onset,
+                "log": [f"{at - onset:+.3f}s {line}" for at, line in watcher.log]}
+    finally:
+        watcher.stop()
+
+
+def figure_watch_sandbox(bench: Bench, box: Any) -> None:
+    from tests.sandbox import STANDIN, free_ports
+
+    port = free_ports(1)[0]
+    fail_file = box.workdir / "web.fail"
+    unit = "bench-web.service"
+    box.write_service(unit, [PY, str(STANDIN), "--port", str(port), "--fail-file",
+                             str(fail_file)], env={"PYTHONUNBUFFERED": "1"},
+                      unit_extra="StartLimitIntervalSec=0")
+    box.systemctl("start", unit)
+    box.wait_active(unit)
+    box.wait_port(port)
+    env = {**bench.env, "DBUS_SYSTEM_BUS_ADDRESS": box.bus_address}
+    url = f"http://127.0.0.1:{port}/health"
+    restarting = r"target=web unit=bench-web\.service: restarting"
+
+    def answer_500() -> None:
+        fail_file.touch()
+
+    def clear() -> None:
+        fail_file.unlink(missing_ok=True)
+
+    fails = watch_once(bench, "fails", url, env, answer_500, restarting, clear)
+    box.wait_active(unit)
+    box.wait_port(port)
+    pid = box.host_pid(box.main_pid(unit))
+
+    def freeze() -> None:
+        os.kill(pid, signal.SIGSTOP)  # the kernel still accepts; nothing answers
+
+    hangs = watch_once(bench, "hangs", url, env, freeze, restarting)
+    how = "'restarting' logged, RestartUnit over the sandbox's bus"
+    for label, data in (("server answers 500", fails), ("server hangs (SIGSTOP)", hangs)):
+        bench.rows.append(Row(
+            f"watch: failure -> restart request, {label}", secs(data["seconds"]), "-",
+            f"<= {secs(WATCH_BOUND)}", verdict(data["seconds"] <= WATCH_BOUND, how), data))
+        how = "same"
+
+
+def figure_watch_local(bench: Bench, reason: str) -> None:
+    """Without systemd: a local server closed at a known instant; the decision line stands in."""
+    server = Server(health())
+    try:
+        data = watch_once(bench, "local", server.url("/health"), bench.env, server.close,
+                          r"target=web unit=bench-web\.service: ")
+    finally:
+        server.close()
+    bench.rows.append(Row(
+        "watch: failure -> restart decision, server closed", secs(data["seconds"]), "-",
+        f"<= {secs(WATCH_BOUND)}",
+        verdict(data["seconds"] <= WATCH_BOUND, "decision line: no systemd here"), data))
+    bench.notes.append(f"Watch was measured without systemd ({reason}): the decision line "
+                       "(the unit cannot be looked up) stands in for the restart request.")
+
+
+def figures_systemd(bench: Bench, use_sandbox: bool) -> None:
+    reason = sandbox_missing() if use_sandbox else "--no-sandbox"
+    if reason:
+        bench.rows.append(Row("restart over D-Bus: decision -> job done", "-", "-",
+                              f"< {ms(RESTART_EXTRA_TARGET)} extra",
+                              f"pending: no systemd sandbox here ({reason})"))
+        figure_watch_local(bench, reason)
+        return
+    from tests.sandbox import Sandbox, SandboxError
+
+    workdir = REPO / ".sandbox" / f"bench-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(parents=True)
+    try:
+        box = Sandbox(workdir)
+        try:
+            box.start()
+        except SandboxError as exc:
+            bench.rows.append(Row("restart over D-Bus: decision -> job done", "-", "-",
+                                  f"< {ms(RESTART_EXTRA_TARGET)} extra",
+                                  f"pending: the sandbox did not boot ({str(exc)[:80]})"))
+            figure_watch_local(bench, "the sandbox did not boot")
+            return
+        try:
+            bench.extra["sandbox_boot_seconds"] = box.boot_seconds
+            figure_restart(bench, box)
+            figure_watch_sandbox(bench, box)
+        except SandboxError as exc:
+            raise BenchError(f"the sandbox failed: {exc}") from None
+        finally:
+            box.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- the machine ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("httpx", "httpcore", "anyio", "click"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "packages": versions,
+        "timer": "hyperfine" if shutil.which("hyperfine") else "time.perf_counter",
+        "rss": TIME + " -v" if os.access(TIME, os.X_OK) else "getrusage(RUSAGE_CHILDREN)",
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def render(bench: Bench, info: Mapping[str, Any]) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+    lines = [
+        table(bench.rows), "",
+        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"Linux {info['kernel']}, {info['python']} ({packages})",
+        f"timing: {info['timer']}, median; peak RSS: {info['rss']}; load average "
+        f"{info['load_average_start'][0]:.2f} at start, {info['load_average_end'][0]:.2f} at end",
+    ]
+    imports = bench.extra.get("imports")
+    if imports:
+        lines += ["", f"healthy check, import time (-X importtime, median of 3): "
+                      f"{ms(imports['total_seconds'])} of the {ms(imports['wall_seconds'])} "
+                      "median wall",
+                  "  by package:  " + ", ".join(f"{k} {v * 1000:.1f}"
+                                                for k, v in imports["packages"].items()),
+                  "  top modules: " + ", ".join(f"{k} {v * 1000:.1f}"
+                                                for k, v in imports["modules"].items())
+                  + "  (ms, self time)"]
+    if bench.notes:
+        lines += ["", *(f"note: {note}" for note in bench.notes)]
+    return "\n".join(lines)
+
+
+FIGURES = ("healthy", "many", "systemd")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", metavar="PATH", help="write the JSON here, not to stdout")
+    parser.add_argument("--reps", type=int, default=15,
+                        help="runs per command for the medians of figure 1 [15]")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="skip the systemd sandbox (restart row pending, watch without it)")
+    parser.add_argument("--only", action="append", choices=FIGURES,
+                        help="measure only these figures (repeatable) [all]")
+    args = parser.parse_args(argv)
+    chosen = args.only or list(FIGURES)
+    started = time.monotonic()
+    info = machine()
+    workdir = Path(tempfile.mkdtemp(prefix="prober-bench-", dir="/var/tmp"))
+    bench = Bench(workdir, child_env(workdir), max(3, args.reps))
+    try:
+        if "healthy" in chosen:
+            figure_healthy(bench)
+        if "many" in chosen:
+            figure_many(bench)
+        if "systemd" in chosen:
+            figures_systemd(bench, not args.no_sandbox)
+    except (BenchError, subprocess.SubprocessError, OSError) as exc:
+        print(table(bench.rows), file=sys.stderr)
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    info["load_average_end"] = os.getloadavg()
+    info["seconds"] = round(time.monotonic() - started, 1)
+    print(render(bench, info))
+    result = {"machine": info, "rows": [asdict(r) for r in bench.rows],
+              **bench.extra, "notes": bench.notes}
+    text = json.dumps(result, indent=1, default=str)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    else:
+        print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

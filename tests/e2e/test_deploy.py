@@ -1,0 +1,191 @@
+"""Deployment, for real: the shipped units, timer, cron line, watcher and polkit rule, in a
+sealed systemd, with the prober running as the unprivileged `prober` user."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy import UNITS, install
+from tests.e2e.conftest import booted_sandbox
+from tests.e2e.test_restart import answers, freeze, thaw
+from tests.sandbox import Sandbox, Stack, start_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def box(sandbox_workdir: Path) -> Iterator[Sandbox]:
+    """A sandbox with a `prober` system user."""
+    with booted_sandbox(sandbox_workdir, users=["prober"]) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def deployed(box: Sandbox) -> Stack:
+    return start_stack(box)
+
+
+def config_for(stack: Stack, *, units: tuple[str, ...] = ("caddy", "backend"),
+               threshold: int = 2) -> str:
+    unit = {"caddy": f'unit = "{stack.caddy_unit}"\n',
+            "backend": f'unit = "{stack.backend_unit}"\n'}
+    return (
+        'interval = "1s"\n'
+        "[defaults]\n"
+        f'timeout = "1s"\nfailure_threshold = {threshold}\nstartup_grace = "0s"\n'
+        'cooldown = "1s"\nverify_timeout = "5s"\nrestart_timeout = "15s"\n\n'
+        "[[target]]\n"
+        f'name = "caddy"\nurl = "{stack.caddy_url}/health"\nexpect_body = "OK"\n'
+        f'depends_on = ["backend"]\n{unit["caddy"] if "caddy" in units else ""}\n'
+        "[[target]]\n"
+        f'name = "backend"\nurl = "{stack.backend_url}/health"\nexpect_body = "OK"\n'
+        f'{unit["backend"] if "backend" in units else ""}'
+    )
+
+
+def wait_for(predicate: object, within: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {within}s: {what}")
+
+
+def prober_as_user(sandbox: Sandbox, config: Path, state: Path, *args: str
+                   ) -> tuple[int, dict[str, object], str]:
+    done = sandbox.run([sys.executable, "-m", "prober", "check", "--config", str(config),
+                        "--state", str(state), "--json", *args], user="prober", timeout=60)
+    assert done.stdout, f"no output (exit {done.returncode}): {done.stderr}"
+    data = json.loads(done.stdout)
+    assert "targets" in data, done.stdout + done.stderr
+    return done.returncode, data, done.stderr
+
+
+def test_shipped_units_pass_systemd_analyze_verify(box: Sandbox) -> None:
+    """Every shipped unit file passes `systemd-analyze verify` (the prober user exists)."""
+    install(box, '[[target]]\nname = "x"\nurl = "http://127.0.0.1:1/"\n')
+    units = [str(UNITS / name) for name in ("prober.service", "prober.timer",
+                                            "prober-watch.service")]
+    done = box.run(["systemd-analyze", "verify", *units], timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.strip() == "", done.stderr
+
+
+def test_timer_and_shipped_service_restart_frozen_caddy(box: Sandbox, deployed: Stack) -> None:
+    """The shipped timer fires the shipped service, as `prober`, which restarts frozen caddy."""
+    stack = deployed
+    installed = install(box, config_for(stack), period="1s")
+    caddy_before = box.main_pid(stack.caddy_unit)
+    backend_before = box.main_pid(stack.backend_unit)
+    box.systemctl("start", "prober.timer")
+    wait_for(installed.state.exists, 15, "a first timer-driven run")
+    freeze(box, stack.caddy_unit)
+    wait_for(lambda: box.main_pid(stack.caddy_unit) not in (0, caddy_before), 30,
+             "caddy restarted by the timer-driven prober")
+    assert answers(f"{stack.caddy_url}/health")
+    assert box.main_pid(stack.backend_unit) == backend_before
+    box.systemctl("stop", "prober.timer")
+    log = installed.log.read_text()
+    assert f"target=caddy unit={stack.caddy_unit}: restarting" in log
+    assert box.unit_property("prober.service", "User") == "prober"
+    # exit 2 (a restart happened) is a result, not a failure of the prober's unit
+    assert box.unit_property("prober.service", "Result") == "success"
+    assert "restart" in json.loads(installed.state.read_text())["targets"]["caddy"]["history"][
+        -2]["event"]
+
+
+def test_polkit_rule_allows_restart_of_listed_units_only(box: Sandbox, deployed: Stack) -> None:
+    """As `prober`, the rule allows restarting listed units; unlisted units and other verbs are
+    refused, and the refusal is reported clearly."""
+    stack = deployed
+    installed = install(box, config_for(stack, threshold=1),
+                        rule_config=config_for(stack, units=("caddy",)))
+    freeze(box, stack.caddy_unit)
+    freeze(box, stack.backend_unit)
+    code, data, err = prober_as_user(box, installed.config, installed.state)
+    targets = {t["name"]: t for t in data["targets"]}  # type: ignore[attr-defined]
+    assert code == 2
+    assert targets["backend"]["action"] == "restart-failed", targets["backend"]
+    assert f"systemd refused to restart {stack.backend_unit}" in targets["backend"]["outcome"]
+    assert "polkit rule" in targets["backend"]["outcome"]
+    thaw(box, stack.backend_unit)
+    thaw(box, stack.caddy_unit)
+    box.systemctl("restart", stack.backend_unit)
+    box.wait_port(stack.backend_port)
+
+    caddy_before = box.main_pid(stack.caddy_unit)
+    httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=5, trust_env=False)
+    code, data, err = prober_as_user(box, installed.config, installed.state)
+    targets = {t["name"]: t for t in data["targets"]}  # type: ignore[attr-defined]
+    assert targets["caddy"]["action"] == "restart", err
+    assert box.main_pid(stack.caddy_unit) not in (0, caddy_before)
+
+    for verb in ("stop", "start", "kill", "reload-or-restart"):
+        done = box.run(["systemctl", "--no-ask-password", verb, stack.caddy_unit],
+                       user="prober")
+        assert done.returncode != 0, f"prober may {verb} caddy"
+        assert "Interactive authentication required" in done.stderr or \
+            "Access denied" in done.stderr, done.stderr
+    assert box.unit_property(stack.caddy_unit, "ActiveState") == "active"
+
+
+def test_cron_line_runs_only_when_the_state_is_stale(box: Sandbox, deployed: Stack) -> None:
+    """The shipped cron line, run as its user, does nothing while the state is fresh."""
+    stack = deployed
+    installed = install(box, config_for(stack))
+    line = next(ln for ln in (UNITS / "prober.cron").read_text().splitlines()
+                if ln and not ln.startswith(("#", "SHELL", "PATH")))
+    fields = line.split(None, 6)
+    user, command = fields[5], fields[6]
+    assert fields[:5] == ["*"] * 5 and user == "prober"
+    env = {"PROBER_CONFIG": str(installed.config), "PROBER_STATE": str(installed.state),
+           "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+    def cron() -> int:
+        return box.run(["sh", "-c", command], user=user, env=env).returncode
+
+    assert cron() == 0
+    first = installed.state.stat().st_mtime
+    assert cron() == 0
+    assert installed.state.stat().st_mtime == first  # fresh: the second run did nothing
+    state = json.loads(installed.state.read_text())
+    state["updated_at"] -= 600  # as if the timer had stopped ten minutes ago
+    installed.state.write_text(json.dumps(state))
+    assert cron() == 0
+    assert json.loads(installed.state.read_text())["updated_at"] > state["updated_at"] + 500
+    assert shlex.split(command)[:2] == ["prober", "-q"]
+
+
+def test_watch_service_notifies_restarts_and_is_watched(box: Sandbox, deployed: Stack) -> None:
+    """prober-watch.service: READY=1, restarts frozen caddy, and a hung watcher is restarted by
+    systemd's watchdog."""
+    stack = deployed
+    installed = install(box, config_for(stack), watchdog="3s")
+    box.systemctl("start", "prober-watch.service")  # Type=notify: returns once READY=1 came
+    assert box.unit_property("prober-watch.service", "ActiveState") == "active"
+    wait_for(lambda: "last run" in box.unit_property("prober-watch.service", "StatusText"), 10,
+             "a STATUS= line from the watcher")
+    caddy_before = box.main_pid(stack.caddy_unit)
+    freeze(box, stack.caddy_unit)
+    wait_for(lambda: box.main_pid(stack.caddy_unit) not in (0, caddy_before), 20,
+             "caddy restarted by the watcher")
+    assert answers(f"{stack.caddy_url}/health")
+
+    watcher = box.main_pid("prober-watch.service")
+    freeze(box, "prober-watch.service")
+    wait_for(lambda: box.main_pid("prober-watch.service") not in (0, watcher), 20,
+             "the hung watcher restarted by the watchdog")
+    assert "Watchdog timeout" in box.console_tail(200) or \
+        box.unit_property("prober-watch.service", "NRestarts") != "0"
+    box.systemctl("stop", "prober-watch.service")
+    assert "restarting" in installed.log.read_text()

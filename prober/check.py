@@ -197,7 +197,7 @@ async def run_once(
         errors = {t.name: no_restart_reason for t in wanted}
     try:
         reports = []
-        restarted_units: dict[str, tuple[Outcome, str]] = {}
+        restarted_units: dict[str, tuple[Outcome, str, ProbeResult | None]] = {}
         for target, verdict in zip(targets, verdicts, strict=True):
             target_state = state.get(target.name)
             decision = policy.decide(
@@ -208,11 +208,10 @@ async def run_once(
             outcome_text = None
             if decision.action is Action.RESTART and actuator is not None and target.unit:
                 if target.unit not in restarted_units:
-                    outcome, text, _ = await _restart_and_verify(actuator, target)
-                    restarted_units[target.unit] = (outcome, text)
-                outcome, outcome_text = restarted_units[target.unit]
+                    restarted_units[target.unit] = await _restart_and_verify(actuator, target)
+                outcome, outcome_text, verified = restarted_units[target.unit]
                 target_state = policy.apply_restart(target, target_state, outcome, outcome_text,
-                                                    clock())
+                                                    clock(), verified)
                 if outcome is Outcome.JOB_FAILED:
                     decision = Decision(target.name, Action.RESTART_FAILED, outcome_text,
                                         target.unit)
@@ -260,10 +259,14 @@ def _log_probe_results(state: State, verdicts: Sequence[Verdict]) -> None:
         if not result.ok:
             log.warning("target=%s: probe failed (%s): %s [%d in a row]", verdict.name,
                         result.failure, result.reason, verdict.consecutive_failures)
-        elif state.get(verdict.name).history and \
-                state.get(verdict.name).history[-1].at == state.updated_at and \
-                state.get(verdict.name).history[-1].event is tracker.Event.RECOVERED:
-            log.info("target=%s: recovered: %s", verdict.name, result.reason)
+        for change in state.get(verdict.name).history[-2:]:
+            if change.at != state.updated_at:
+                continue
+            if change.event is tracker.Event.DOWN:
+                log.error("target=%s: down: %d failed runs in a row", verdict.name,
+                          verdict.consecutive_failures)
+            elif change.event is tracker.Event.RECOVERED:
+                log.info("target=%s: recovered: %s", verdict.name, result.reason)
 
 
 def _log_decision(target: Target, decision: Decision) -> None:

@@ -51,9 +51,13 @@ class TerminalFormatter(logging.Formatter):
 
 
 def setup_logging(verbosity: int, environ: Mapping[str, str] = os.environ) -> None:
-    """Route the "prober" logger to stderr; verbosity 0 shows warnings, 1 info, 2 debug."""
-    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
-        max(-1, min(verbosity, 2)), logging.DEBUG
+    """Route the "prober" logger to stderr.
+
+    Verbosity 0 shows events (info: a healthy run logs nothing), -1 (-q) warnings and errors,
+    -2 (-qq) errors only, 1 (-v) debug.
+    """
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(
+        max(-2, min(verbosity, 1)), logging.DEBUG
     )
     logger = logging.getLogger("prober")
     logger.setLevel(level)

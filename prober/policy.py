@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from prober.config import Target, format_duration
+from prober.results import ProbeResult
 from prober.tracker import Event, Health, TargetState, Verdict, record
 
 
@@ -196,9 +197,10 @@ def apply_decision(
 
 
 def apply_restart(
-    target: Target, state: TargetState, outcome: Outcome, reason: str, now: float
+    target: Target, state: TargetState, outcome: Outcome, reason: str, now: float,
+    verified: ProbeResult | None = None,
 ) -> TargetState:
-    """The state after the prober restarted the target's unit."""
+    """The state after the prober restarted the target's unit (and re-probed it: `verified`)."""
     window = max(target.policy.restart_window, 1.0)
     restarts = (*(at for at in state.restarts if now - at < window), now)
     helped = outcome is Outcome.RECOVERED
@@ -211,6 +213,12 @@ def apply_restart(
         consecutive_failures=0,
         failure_times=(),
     )
+    if verified is not None:
+        after = replace(
+            after, last_ok=verified.ok, last_reason=verified.reason,
+            last_failure=None if verified.failure is None else verified.failure.value,
+            last_status_code=verified.status_code, last_latency_ms=verified.latency_ms,
+        )
     if helped:
         health = Health.HEALTHY if target.policy.success_threshold <= 1 else Health.RECOVERING
         after = replace(after, health=health, since=now, consecutive_passes=1)

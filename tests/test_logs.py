@@ -31,7 +31,7 @@ def _check(tmp_path: Path, journal: bool, *flags: str) -> list[str]:
 
 def test_journal_stream_gets_priority_prefixes(tmp_path: Path) -> None:
     """With stderr being $JOURNAL_STREAM, each line starts with its syslog priority."""
-    lines = _check(tmp_path, True, "-v")
+    lines = _check(tmp_path, True)
     assert lines, "no log lines"
     assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
     assert any(line.startswith("<4>target=web: probe failed (refused)") for line in lines)
@@ -46,6 +46,6 @@ def test_terminal_gets_plain_lines(tmp_path: Path) -> None:
 
 
 def test_quiet_shows_only_errors(tmp_path: Path) -> None:
-    """-q drops warnings and keeps errors."""
-    lines = _check(tmp_path, False, "-q")
+    """-qq drops warnings and keeps errors."""
+    lines = _check(tmp_path, False, "-qq")
     assert lines and all(line.startswith("prober: error: ") for line in lines), lines

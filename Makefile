@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := caddy dbus-daemon polkitd python3-venv util-linux
+DEBIAN_PACKAGES := caddy dbus-daemon polkitd python3-venv util-linux curl time
 
 .PHONY: all deps venv test lint demo bench clean
 
@@ -16,7 +16,6 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	  systemctl disable --now caddy.service >/dev/null 2>&1 || true; \
 	fi
 
 $(PY): pyproject.toml

@@ -316,7 +316,7 @@ def run_check(
                 run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
             )
             try:
-                store.save(new_state)
+                store.save(tracker.trim_history(new_state, config.history))
             except StateError as exc:
                 return replace(report, state_error=f"{exc}; this run's results are not "
                                "remembered")
@@ -343,7 +343,7 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Run checks forever (or `runs` times), `interval` apart from the end of one to the next.
+    """Run checks forever (or `runs` times), starting `interval` apart.
 
     Tells systemd READY=1 once and WATCHDOG=1 after every run and during the pauses, so a hung
     watcher is restarted by systemd (WatchdogSec= in units/prober-watch.service).
@@ -354,6 +354,9 @@ def watch(
     notify("READY=1")
     done = 0
     while runs is None or done < runs:
+        # Runs start `interval` apart (or at once after a run that overran), so a hung target
+        # delays the next run by less than its timeout.
+        wake = clock() + interval
         result = run_check(config, store, actuator_factory, dry_run=dry_run)
         done += 1
         on_report(result)
@@ -362,7 +365,6 @@ def watch(
         notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
         if runs is not None and done >= runs:
             break
-        wake = clock() + interval
         while (left := wake - clock()) > 0:
             sleep(min(left, ping) if ping else left)
             if ping:

@@ -14,8 +14,16 @@ from typing import Any
 import click
 
 from prober import __version__, report
-from prober.config import Bus, Config, config_path, load_config, parse_config, parse_duration
-from prober.errors import ProberError, UsageError
+from prober.config import (
+    Bus,
+    Config,
+    config_path,
+    load_config,
+    parse_config,
+    parse_duration,
+    redact_url,
+)
+from prober.errors import ProberError, UsageError, one_line
 from prober.state import StateStore, state_path
 
 log = logging.getLogger("prober")
@@ -85,7 +93,8 @@ def _actuator_factory() -> Callable[[], Any]:
     return make
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="prober")
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
 @click.option("-q", "--quiet", count=True, help="Only errors in the log.")
@@ -100,6 +109,9 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
 
     setup_logging(verbose - quiet + (2 if debug else 0))
     ctx.obj = Context(debug=debug, insecure_config=insecure_config)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
 @cli.command()
@@ -265,7 +277,7 @@ def validate(config_file: str | None) -> int:
     for target in config.targets:
         unit = f"restarts {target.unit}" if target.unit else "no unit: monitor only"
         deps = f", depends on {', '.join(target.depends_on)}" if target.depends_on else ""
-        click.echo(f"  {target.name}: {report.redact_url(target.endpoint)} ({unit}{deps})")
+        click.echo(f"  {target.name}: {redact_url(target.endpoint)} ({unit}{deps})")
     return 0
 
 
@@ -309,7 +321,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("prober: interrupted", err=True)
         return 130
     except click.ClickException as exc:
-        click.echo(f"prober: error: {exc.format_message()}", err=True)
+        click.echo(f"prober: error: {one_line(exc.format_message())}", err=True)
         return EXIT_UNKNOWN
     except ProberError as exc:
         click.echo(f"prober: error: {exc}", err=True)
@@ -325,4 +337,10 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    # Everything is done by now (state saved, lock released, clients closed): skip tearing
+    # down a few hundred modules, ~50 ms of a healthy check that runs every 30 s.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

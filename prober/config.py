@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -124,6 +125,7 @@ class Target:
 
 
 DEFAULT_INTERVAL = 30.0
+DEFAULT_HISTORY = 500
 
 
 class NotifyEvent(StrEnum):
@@ -154,6 +156,7 @@ class Config:
     interval: float = DEFAULT_INTERVAL  # between runs of `prober watch`
     textfile: str | None = None  # Prometheus textfile-collector output, written every run
     notify: Notify | None = None
+    history: int = DEFAULT_HISTORY  # transitions kept per target in the state
 
     def target(self, name: str) -> Target:
         for target in self.targets:
@@ -166,8 +169,17 @@ class Config:
         return tuple(t.name for t in self.targets)
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password: `http://user:secret@host/` -> `http://user:***@host/`."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
+
+
 # --- durations ------------------------------------------------------------------------------
 
+MAX_DURATION = 10 * 365 * 86400.0
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -177,7 +189,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"30s\", not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("is too long a duration") from None
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         parts = _DURATION_PART.findall(text)
@@ -186,8 +201,10 @@ def parse_duration(value: object) -> float:
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration like \"30s\", got {type(value).__name__}")
-    if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
+    if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"{value!r} is not a valid duration")
+    if seconds > MAX_DURATION:
+        raise ValueError("is too long a duration (at most 10 years)")
     return seconds
 
 
@@ -237,7 +254,7 @@ def normalize_unit(value: str) -> str:
 
 # --- parsing ---------------------------------------------------------------------------------
 
-_TOP_KEYS = ("defaults", "target", "interval", "textfile", "notify")
+_TOP_KEYS = ("defaults", "target", "interval", "textfile", "notify", "history")
 _NOTIFY_KEYS = ("command", "webhook", "headers", "token_file", "timeout", "events")
 _POLICY_KEYS = tuple(f.name for f in fields(Policy))
 _SHARED_TARGET_KEYS = (
@@ -396,7 +413,8 @@ def _parse_status(value: object, where: _Where) -> tuple[StatusRange, ...]:
         elif isinstance(item, str) and re.fullmatch(r"[1-5]xx", item.lower()):
             low = int(item[0]) * 100
             ranges.append(StatusRange(low, low + 99))
-        elif isinstance(item, str) and item.isdigit() and 100 <= int(item) <= 599:
+        elif isinstance(item, str) and item.isascii() and item.isdigit() and \
+                100 <= int(item) <= 599:
             ranges.append(StatusRange(int(item), int(item)))
         else:
             raise where.error(
@@ -443,15 +461,19 @@ def _parse_shared(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
 
 def _parse_url(value: object, where: _Where, key: str = "url") -> str:
     url = _typed(value, str, key, where, "an http:// or https:// URL")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise where.error(key, f'"{redact_url(url)}" is not a valid URL: {exc}') from None
+    url_text = redact_url(url)
     if parts.scheme not in ("http", "https"):
-        raise where.error(key, f'"{url}" must start with http:// or https://')
+        raise where.error(key, f'"{url_text}" must start with http:// or https://')
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise where.error(key, f'"{url}" has an invalid port') from None
+        raise where.error(key, f'"{url_text}" has an invalid port') from None
     if not parts.hostname:
-        raise where.error(key, f'"{url}" has no host')
+        raise where.error(key, f'"{url_text}" has no host')
     return url
 
 
@@ -515,6 +537,8 @@ def _parse_target(
             re.compile(fields_["expect_body_regex"])
         except re.error as exc:
             raise where.error("expect_body_regex", f"invalid regular expression: {exc}") from None
+        except (OverflowError, RecursionError):
+            raise where.error("expect_body_regex", "regular expression too large") from None
     fields_.update(_parse_links(table, where))
     target = Target(name=name, kind=ProbeKind.HTTP, **fields_)
     _check_target(target, where)
@@ -562,9 +586,10 @@ def _check_target(target: Target, where: _Where) -> None:
 def _check_links(targets: tuple[Target, ...], path: str) -> None:
     names = [t.name for t in targets]
     by_name = {t.name: t for t in targets}
+    counts = Counter(names)
     for target in targets:
         where = _Where(path, f'target "{target.name}"')
-        if names.count(target.name) > 1:
+        if counts[target.name] > 1:
             raise where.error("name", f'"{target.name}" is used by more than one target')
         for dep in target.depends_on:
             if dep == target.name:
@@ -573,26 +598,38 @@ def _check_links(targets: tuple[Target, ...], path: str) -> None:
                 close = difflib.get_close_matches(dep, names, n=1)
                 hint = f'did you mean "{close[0]}"?' if close else None
                 raise where.error("depends_on", f'no target named "{dep}"', hint)
-    for target in targets:
-        cycle = _find_cycle(target.name, by_name)
-        if cycle:
-            raise _Where(path, f'target "{target.name}"').error(
-                "depends_on", "dependency cycle: " + " -> ".join(cycle)
-            )
+    cycle = find_cycle(by_name)
+    if cycle:
+        raise _Where(path, f'target "{cycle[0]}"').error(
+            "depends_on", "dependency cycle: " + " -> ".join(cycle)
+        )
 
 
-def _find_cycle(start: str, by_name: Mapping[str, Target]) -> list[str] | None:
-    def walk(name: str, trail: list[str]) -> list[str] | None:
-        for dep in by_name[name].depends_on:
-            if dep == start:
-                return [*trail, dep]
-            if dep not in trail:
-                found = walk(dep, [*trail, dep])
-                if found:
-                    return found
-        return None
-
-    return walk(start, [start])
+def find_cycle(by_name: Mapping[str, Target]) -> list[str] | None:
+    """A dependency cycle as [a, b, ..., a], or None. Iterative, linear in targets + links."""
+    done: set[str] = set()
+    for root in by_name:
+        if root in done:
+            continue
+        trail: list[str] = [root]
+        on_trail = {root}
+        pending = [iter(by_name[root].depends_on)]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                finished = trail.pop()
+                on_trail.discard(finished)
+                done.add(finished)
+                pending.pop()
+                continue
+            if dep in on_trail:
+                return [*trail[trail.index(dep):], dep]
+            if dep in done:
+                continue
+            trail.append(dep)
+            on_trail.add(dep)
+            pending.append(iter(by_name[dep].depends_on))
+    return None
 
 
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
@@ -627,8 +664,13 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         if not os.path.isabs(textfile):
             raise top.error("textfile", f'"{textfile}" must be an absolute path')
     notify = _parse_notify(data["notify"], path) if "notify" in data else None
+    history = DEFAULT_HISTORY
+    if "history" in data:
+        history = _int(data, "history", top, 10)
+        if history > 10_000:
+            raise top.error("history", f"must be at most 10000, got {history}")
     return Config(path=path, targets=result, interval=interval, textfile=textfile,
-                  notify=notify)
+                  notify=notify, history=history)
 
 
 def _parse_notify(raw: object, path: str) -> Notify:

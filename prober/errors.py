@@ -21,7 +21,17 @@ class ProberError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+        text = self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+        return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so that a value quoted in
+    a message can never break it over lines or forge a line of its own."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
 
 
 class ConfigError(ProberError):

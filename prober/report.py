@@ -7,9 +7,8 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from prober.config import Config, format_duration
+from prober.config import Config, format_duration, redact_url
 from prober.errors import StateError
 from prober.policy import cooldown_for, restarts_within
 from prober.results import ProbeResult
@@ -17,16 +16,6 @@ from prober.tracker import State, TargetState
 
 if TYPE_CHECKING:  # check imports the probes (httpx): `status` and `validate` need not
     from prober.check import RunReport, TargetReport
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password: `http://user:secret@host/` -> `http://user:***@host/`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

@@ -121,6 +121,9 @@ class StateStore:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
+        if not self.path.name or self.path.is_dir():
+            raise StateError(f"{path}: is a directory, not a state file",
+                             f"name the file, e.g. {self.path / 'state.json'}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
     @contextlib.contextmanager
@@ -166,6 +169,8 @@ class StateStore:
             return self._set_aside(f"it is corrupt ({exc})")
 
     def _set_aside(self, problem: str) -> State:
+        if not self.path.is_file():  # only ever move our own file, never a directory or device
+            raise StateError(f"{self.path}: not a regular file: {problem}")
         aside = self.path.with_name(f"{self.path.name}.corrupt")
         try:
             os.replace(self.path, aside)

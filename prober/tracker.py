@@ -9,14 +9,14 @@ front of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from prober.config import Config, Target
 from prober.results import ProbeResult
 
-HISTORY_LIMIT = 500
+HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 
 
 class Health(StrEnum):
@@ -163,12 +163,14 @@ def fold(
     """The state after this run's results, and a verdict per probed target."""
     by_name = {r.name: r for r in results}
     targets = {**state.targets}
+    config_targets = {t.name: t for t in config.targets}
     for name, result in by_name.items():
-        targets[name] = fold_result(config.target(name), state.get(name), result, now)
+        targets[name] = fold_result(config_targets[name], state.get(name), result, now)
     failed = {name for name, r in by_name.items() if not r.ok}
+    blamed_on = blame(config, failed)
     verdicts = []
     for name, result in by_name.items():
-        blamed = deepest_failing_dependency(config, name, failed) if not result.ok else None
+        blamed = blamed_on.get(name)
         verdicts.append(
             Verdict(
                 name=name,
@@ -181,23 +183,34 @@ def fold(
     return State(targets=targets, updated_at=now), verdicts
 
 
-def deepest_failing_dependency(config: Config, name: str, failed: set[str]) -> str | None:
-    """The failing dependency furthest down the chain from `name`, or None if none fails.
+def blame(config: Config, failed: set[str]) -> dict[str, str | None]:
+    """For each failed target, the failing dependency furthest down its chain (None if none).
 
-    Ties between equally deep chains go to the dependency listed first.
+    Ties between equally deep chains go to the dependency listed first. Iterative and linear in
+    targets + links (the config has no cycles), so long or dense dependency graphs stay cheap.
     """
-
-    def chain(current: str, seen: frozenset[str]) -> Sequence[str]:
-        best: Sequence[str] = ()
-        for dep in config.target(current).depends_on:
-            if dep in failed and dep not in seen:
-                candidate = (dep, *chain(dep, seen | {dep}))
-                if len(candidate) > len(best):
-                    best = candidate
-        return best
-
-    found = chain(name, frozenset({name}))
-    return found[-1] if found else None
+    deps = {t.name: [d for d in t.depends_on if d in failed]
+            for t in config.targets if t.name in failed}
+    best: dict[str, tuple[int, str | None]] = {}  # name -> (depth, deepest failing dependency)
+    for root, root_deps in deps.items():
+        if root in best:
+            continue
+        stack = [(root, iter(root_deps))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in best:
+                    stack.append((child, iter(deps[child])))
+                continue
+            stack.pop()
+            depth, deepest = 0, None
+            for dep in deps[node]:
+                dep_depth, dep_deepest = best[dep]
+                if dep_depth + 1 > depth:
+                    depth, deepest = dep_depth + 1, dep_deepest or dep
+            best[node] = (depth, deepest)
+    return {name: deepest for name, (_, deepest) in best.items()}
 
 
 def forget(state: State, names: Iterable[str], now: float) -> State:
@@ -208,6 +221,14 @@ def forget(state: State, names: Iterable[str], now: float) -> State:
         fresh = TargetState(history=old.history)
         targets[name] = record(fresh, now, Event.RESET, "state reset by an operator")
     return replace(state, targets=targets)
+
+
+def trim_history(state: State, keep: int) -> State:
+    """Keep only the latest `keep` transitions of each target."""
+    if all(len(t.history) <= keep for t in state.targets.values()):
+        return state
+    return replace(state, targets={name: replace(t, history=t.history[-keep:])
+                                  for name, t in state.targets.items()})
 
 
 def prune(state: State, names: Iterable[str]) -> State:

@@ -589,7 +589,7 @@ class Sandbox:
     ) -> subprocess.CompletedProcess[str]:
         full = ["nsenter", "-t", str(self.pid), "-m", "-p", "-u"]
         if cwd is not None:
-            full.append(f"--wdir={cwd}")
+            full.append(f"--wd={cwd}")
         full.append("--")
         if user is not None:
             full += ["setpriv", f"--reuid={user}", f"--regid={_primary_group(self, user)}",

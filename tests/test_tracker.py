@@ -116,13 +116,16 @@ def test_failure_times_are_bounded_by_the_threshold() -> None:
 
 
 def test_history_stays_bounded_over_thousands_of_runs() -> None:
-    """Flapping for 10,000 runs keeps at most HISTORY_LIMIT transitions."""
+    """Flapping for 12,000 runs keeps at most HISTORY_LIMIT transitions, trimmed to `history`."""
     config = _config(failure_threshold=1)
     state = State()
-    for i in range(10_000):
+    for i in range(12_000):
         state, _ = tracker.fold(config, state, [_result("caddy", i % 2 == 0)], now=float(i))
     assert len(state.get("caddy").history) == tracker.HISTORY_LIMIT
-    assert state.get("caddy").history[-1].at == 9999.0
+    assert state.get("caddy").history[-1].at == 11999.0
+    trimmed = tracker.trim_history(state, config.history)
+    assert [len(t.history) for t in trimmed.targets.values()] == [500]
+    assert trimmed.get("caddy").history[-1].at == 11999.0
 
 
 def test_forget_and_prune() -> None:

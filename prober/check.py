@@ -188,8 +188,12 @@ async def run_once(
     targets = select_targets(config, only)
     results = await probe_all(targets)
     now = clock()
+    given_up_before = {name for name, t in state.targets.items() if t.given_up}
     state, verdicts = tracker.fold(config, state, results, now)
     _log_probe_results(state, verdicts)
+    for name in sorted(given_up_before):
+        if not state.get(name).given_up:
+            log.warning("target=%s: passing again: restarts re-armed", name)
     wanted = [t for t, v in zip(targets, verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]
     actuator, facts, errors = await _gather_facts(actuator_factory, wanted)

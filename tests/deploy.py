@@ -7,6 +7,8 @@ adapts them to the sandbox, and says why for each line; nothing else differs:
 - the config and state live in the test's work directory: the host's /etc and /var/lib are
   shared with the sandbox and must not be written;
 - ProtectHome=read-only: this machine's Python lives under /root;
+- PrivateTmp=no, only when this checkout lives under /tmp (as CI's clone may): PrivateTmp=
+  would hide the venv from the service;
 - output goes to a file: no journald runs in the sandbox;
 - the timer's period and the watcher's WatchdogSec= may be shortened for tests.
 """
@@ -29,6 +31,10 @@ class Installed:
     config: Path
     state: Path
     log: Path
+
+
+def _under_tmp(path: Path) -> bool:
+    return any(path.resolve().is_relative_to(hidden) for hidden in ("/tmp", "/var/tmp"))  # noqa: S108
 
 
 def polkit_rule(config: Path) -> str:
@@ -63,6 +69,8 @@ def install(sandbox: Sandbox, config_text: str, *, period: str | None = None,
     for service in ("prober.service", "prober-watch.service"):
         extra = f"WatchdogSec={watchdog}\n" if watchdog and service == "prober-watch.service" \
             else ""
+        if _under_tmp(REPO) or _under_tmp(work):
+            extra += "PrivateTmp=no\n"
         sandbox.write_unit(f"{service}.d/sandbox.conf", f"""\
 [Unit]
 DefaultDependencies=no

@@ -68,7 +68,7 @@ class Prober:
     def state(self) -> Path:
         return self.sandbox.workdir / "prober-state" / "state.json"
 
-    def configure(self, **overrides: str) -> None:
+    def configure(self, extra: str = "", **overrides: str) -> None:
         policy = "\n".join(f"{k} = {v}" for k, v in {**POLICY, **overrides}.items())
         self.config.write_text(
             f"[defaults]\n{policy}\n\n"
@@ -83,6 +83,7 @@ class Prober:
             f'url = "{self.stack.backend_url}/health"\n'
             'expect_body = "OK"\n'
             f'unit = "{self.stack.backend_unit}"\n'
+            f"{extra}"
         )
 
     def command(self, *args: str) -> list[str]:
@@ -217,7 +218,12 @@ def test_admin_stopped_unit_stays_stopped(prober: Prober) -> None:
 def test_always_failing_backend_gets_max_restarts_then_is_given_up(prober: Prober) -> None:
     """A backend no restart can fix: exactly max_restarts restarts, then given up, loudly."""
     sandbox, stack = prober.sandbox, prober.stack
-    prober.configure(failure_threshold="1", max_restarts="2", verify_timeout='"1s"')
+    events = sandbox.workdir / "events.jsonl"
+    recorder = sandbox.workdir / "record.py"
+    recorder.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
+    prober.configure(
+        f'\n[notify]\ncommand = ["{sys.executable}", "{recorder}", "{events}"]\n',
+        failure_threshold="1", max_restarts="2", verify_timeout='"1s"')
     stack.fail_file.write_text("")
     backend_pids = {sandbox.main_pid(stack.backend_unit)}
     actions = []
@@ -242,6 +248,11 @@ def test_always_failing_backend_gets_max_restarts_then_is_given_up(prober: Probe
     healed = prober.check()
     assert healed.code == 0, healed.err
     assert prober.status()["backend"]["given_up"] is False
+    assert "restarts re-armed" in healed.err
+    sent = [json.loads(line) for line in events.read_text().splitlines()]
+    backend_events = [e["event"] for e in sent if e["target"] == "backend"]
+    assert backend_events == ["restart", "restart", "given-up", "recovered"], sent
+    assert all(e["unit"] == stack.backend_unit for e in sent if e["target"] == "backend")
 
 
 def test_dry_run_restarts_nothing(prober: Prober) -> None:
@@ -333,3 +344,24 @@ def test_unknown_unit_is_reported_clearly(prober: Prober) -> None:
     assert run.action("caddy") == "unit-not-active"
     assert "cadddy.service is not loaded (not-found)" in run.target("caddy")["action_reason"]
     thaw(prober.sandbox, prober.stack.caddy_unit)
+
+
+def test_start_limit_is_never_hit(prober: Prober) -> None:
+    """With StartLimitBurst=3, prober gives up before systemd would refuse a start."""
+    sandbox, stack = prober.sandbox, prober.stack
+    sandbox.write_unit(f"{stack.backend_unit}.d/limit.conf",
+                       "[Unit]\nDefaultDependencies=no\nStartLimitBurst=3\n"
+                       "StartLimitIntervalSec=1h\n")
+    prober.configure(failure_threshold="1", max_restarts="10", cooldown='"0s"',
+                     verify_timeout='"1s"')
+    stack.fail_file.write_text("")
+    actions = []
+    for _ in range(5):
+        run = prober.check()
+        actions.append(run.action("backend"))
+        if actions[-1] == "given-up":
+            break
+    assert actions == ["restart", "restart", "given-up"], actions
+    assert "StartLimitBurst=3" in run.target("backend")["action_reason"]
+    assert sandbox.unit_property(stack.backend_unit, "ActiveState") == "active"
+    assert sandbox.unit_property(stack.backend_unit, "Result") != "start-limit-hit"

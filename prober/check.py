@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -89,7 +89,6 @@ class RunReport:
     dry_run: bool = False
     started_at: float = 0.0
     duration: float = 0.0
-    notes: tuple[str, ...] = field(default=())
     pressure: Pressure | None = None
     state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
 
@@ -173,6 +172,27 @@ async def _restart_and_verify(
             f"restarted ({restarted.detail}); still failing: {result.reason}", result)
 
 
+async def _restart_units(
+    actuator: Actuator | None, targets: Sequence[Target], decisions: Sequence[Decision],
+    clock: Callable[[], float],
+) -> dict[str, tuple[Outcome, str, ProbeResult | None, float]]:
+    """Restart every unit some decision asks for, once each and all at once, so that a run's
+    deadline holds one restart_timeout + verify_timeout however many units are down."""
+    chosen: dict[str, Target] = {}
+    for target, decision in zip(targets, decisions, strict=True):
+        if decision.action is Action.RESTART and target.unit and target.unit not in chosen:
+            chosen[target.unit] = target
+    if actuator is None or not chosen:
+        return {}
+
+    async def one(target: Target) -> tuple[Outcome, str, ProbeResult | None, float]:
+        outcome, text, verified = await _restart_and_verify(actuator, target)
+        return outcome, text, verified, clock()
+
+    done = await asyncio.gather(*(one(t) for t in chosen.values()))
+    return dict(zip(chosen, done, strict=True))
+
+
 async def run_once(
     config: Config,
     state: State,
@@ -200,22 +220,21 @@ async def run_once(
     if no_restart_reason:
         errors = {t.name: no_restart_reason for t in wanted}
     try:
+        decisions = [
+            policy.decide(target, verdict, state.get(target.name), facts.get(target.name), now,
+                          dry_run=dry_run, facts_error=errors.get(target.name, ""))
+            for target, verdict in zip(targets, verdicts, strict=True)
+        ]
+        outcomes = await _restart_units(actuator, targets, decisions, clock)
         reports = []
-        restarted_units: dict[str, tuple[Outcome, str, ProbeResult | None]] = {}
-        for target, verdict in zip(targets, verdicts, strict=True):
-            target_state = state.get(target.name)
-            decision = policy.decide(
-                target, verdict, target_state, facts.get(target.name), now,
-                dry_run=dry_run, facts_error=errors.get(target.name, ""),
-            )
-            target_state = policy.apply_decision(target, target_state, decision, now)
+        for target, verdict, planned in zip(targets, verdicts, decisions, strict=True):
+            decision = planned
+            target_state = policy.apply_decision(target, state.get(target.name), decision, now)
             outcome_text = None
-            if decision.action is Action.RESTART and actuator is not None and target.unit:
-                if target.unit not in restarted_units:
-                    restarted_units[target.unit] = await _restart_and_verify(actuator, target)
-                outcome, outcome_text, verified = restarted_units[target.unit]
+            if decision.action is Action.RESTART and target.unit in outcomes:
+                outcome, outcome_text, verified, at = outcomes[target.unit]
                 target_state = policy.apply_restart(target, target_state, outcome, outcome_text,
-                                                    clock(), verified)
+                                                    at, verified)
                 if outcome is Outcome.JOB_FAILED:
                     decision = Decision(target.name, Action.RESTART_FAILED, outcome_text,
                                         target.unit)

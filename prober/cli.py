@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,9 @@ from prober.config import (
 )
 from prober.errors import ProberError, UsageError, one_line
 from prober.state import StateStore, state_path
+
+if TYPE_CHECKING:  # check imports the probes (httpx): `validate` and `status` need not
+    from prober.check import Actuator
 
 log = logging.getLogger("prober")
 
@@ -84,8 +87,8 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
             raise UsageError(f'no target named "{name}" in {config.path}', hint)
 
 
-def _actuator_factory() -> Callable[[], Any]:
-    def make() -> Any:
+def _actuator_factory() -> Callable[[], Actuator]:
+    def make() -> Actuator:
         from prober.systemd import SystemdActuator  # D-Bus only costs when a restart is near
 
         return SystemdActuator()

@@ -340,6 +340,13 @@ def _duration(table: Mapping[str, Any], key: str, where: _Where) -> float:
         raise where.error(key, str(exc)) from None
 
 
+def _absolute_path(table: Mapping[str, Any], key: str, where: _Where) -> str:
+    path = _typed(table[key], str, key, where, "a path")
+    if not os.path.isabs(path):
+        raise where.error(key, f'"{path}" must be an absolute path')
+    return path
+
+
 def _int(table: Mapping[str, Any], key: str, where: _Where, minimum: int) -> int:
     value = _typed(table[key], int, key, where, "an integer")
     if value < minimum:
@@ -446,10 +453,7 @@ def _parse_shared(table: Mapping[str, Any], where: _Where) -> dict[str, Any]:
         if key in table:
             out[key] = _typed(table[key], bool, key, where, "true or false")
     if "ca_file" in table:
-        ca_file = _typed(table["ca_file"], str, "ca_file", where, "a path")
-        if not os.path.isabs(ca_file):
-            raise where.error("ca_file", f'"{ca_file}" must be an absolute path')
-        out["ca_file"] = ca_file
+        out["ca_file"] = _absolute_path(table, "ca_file", where)
     if "expect_status" in table:
         out["expect_status"] = _parse_status(table["expect_status"], where)
     if "max_latency" in table:
@@ -523,10 +527,7 @@ def _parse_target(
         return Target(name=name, kind=ProbeKind.TCP, **fields_)
     fields_["url"] = _parse_url(table.get("url", "http://localhost/"), where)
     if "unix_socket" in table:
-        sock = _typed(table["unix_socket"], str, "unix_socket", where, "a path")
-        if not os.path.isabs(sock):
-            raise where.error("unix_socket", f'"{sock}" must be an absolute path')
-        fields_["unix_socket"] = sock
+        fields_["unix_socket"] = _absolute_path(table, "unix_socket", where)
     if "resolve" in table:
         fields_["resolve"] = _parse_resolve(table["resolve"], where)
     for key in ("expect_body", "expect_body_regex"):
@@ -658,11 +659,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     interval = _duration(data, "interval", top) if "interval" in data else DEFAULT_INTERVAL
     if interval < 1:
         raise top.error("interval", "must be at least 1s")
-    textfile = None
-    if "textfile" in data:
-        textfile = _typed(data["textfile"], str, "textfile", top, "a path")
-        if not os.path.isabs(textfile):
-            raise top.error("textfile", f'"{textfile}" must be an absolute path')
+    textfile = _absolute_path(data, "textfile", top) if "textfile" in data else None
     notify = _parse_notify(data["notify"], path) if "notify" in data else None
     history = DEFAULT_HISTORY
     if "history" in data:

@@ -50,6 +50,12 @@ _DENIED = {
 }
 
 
+_NO_SYSTEMD_ON_BUS = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+}
+
+
 class BusUnavailable(SystemdError):
     """The bus cannot be reached, or did not answer in time: `systemctl` may still work."""
 
@@ -81,6 +87,9 @@ def _raise_for_error(reply: Message, unit: str, verb: str) -> None:
         raise SystemdError(f"systemd refused to {verb} {unit}: {text}", _denied_hint(unit, verb))
     if name == "org.freedesktop.systemd1.NoSuchUnit":
         raise SystemdError(f"systemd has no unit {unit}", "check the `unit` key in the config")
+    if name in _NO_SYSTEMD_ON_BUS or name.startswith("org.freedesktop.DBus.Error.Spawn."):
+        # A bus without systemd on it (a stray session bus): systemctl may still reach it.
+        raise BusUnavailable(f"systemd is not on this bus: {name}")
     raise SystemdError(f"systemd could not {verb} {unit}: {name}: {text}")
 
 

@@ -51,7 +51,7 @@ restart_timeout = "10s"
 verify_timeout = "5s"
 """
 
-BUS_DBUS = (
+MANAGER_VERSION = (
     "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
     "org.freedesktop.systemd1.Manager", "Version",
 )
@@ -109,7 +109,7 @@ class UserManager:
 
     def bus_answers(self) -> bool:
         """Whether alice's user manager answers on the user bus."""
-        done = self.as_alice(["busctl", "--user", "--timeout=2", "get-property", *BUS_DBUS],
+        done = self.as_alice(["busctl", "--user", "--timeout=2", "get-property", *MANAGER_VERSION],
                              env={"DBUS_SESSION_BUS_ADDRESS": self.bus_address})
         return done.returncode == 0
 

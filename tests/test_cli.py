@@ -356,3 +356,24 @@ def test_prometheus_textfile_parses(prober: Prober, web: Server) -> None:
     assert families["prober_run_status"].samples[0].value == 1.0
     assert "prober_restarts" in families and "prober_given_up" in families
     assert [p.name for p in prober.tmp.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pip_install_gives_a_working_prober(tmp_path: Path) -> None:
+    """`pip install .` installs the package and a `prober` console script that runs."""
+    root = Path(__file__).parent.parent
+    target = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--target", str(target), str(root)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    script = target / "bin" / "prober"
+    assert script.exists()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    version = subprocess.run([sys.executable, str(script), "--version"], capture_output=True,
+                             text=True, env=env, timeout=60, check=False, cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("prober, version ")
+    located = subprocess.run([sys.executable, "-c", "import prober; print(prober.__file__)"],
+                             capture_output=True, text=True, env=env, timeout=60, check=False,
+                             cwd=tmp_path)
+    assert located.stdout.startswith(str(target))

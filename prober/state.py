@@ -131,7 +131,10 @@ class StateStore:
         """Hold the run lock; LockBusy at once if another run holds it."""
         self._ensure_directory()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Read-only and world-readable: flock needs no write access, so a lock file left
+            # by root (an admin's manual run) never locks out the `prober` user's timer.
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._give_to_directory_owner(fd)
         except OSError as exc:
             raise StateError(f"{self.lock_path}: cannot open the lock file: {_why(exc)}") from None
         try:
@@ -187,8 +190,9 @@ class StateStore:
         data = dumps(state).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
+                self._give_to_directory_owner(fd)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -204,6 +208,16 @@ class StateStore:
             hint = "the disk is full" if exc.errno == errno.ENOSPC else None
             raise StateError(f"{self.path}: cannot write the state: {_why(exc)}", hint) from None
 
+
+    def _give_to_directory_owner(self, fd: int) -> None:
+        """As root, hand new files to the state directory's owner (the `prober` user of
+        StateDirectory=), so a manual root run leaves nothing the timer cannot use."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self.path.parent)
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
 
     def _remove_stale_temp_files(self) -> None:
         # A run killed mid-save leaves its temp file; runs hold the lock, so any is stale.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,18 @@ def test_write_is_atomic_under_sigkill(tmp_path: Path) -> None:
         assert state.targets in ({}, big)
     StateStore(str(path)).save(State())
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # stale temp files cleaned
+
+
+def test_root_run_leaves_files_the_directory_owner_can_use(tmp_path: Path) -> None:
+    """A run as root in a directory owned by another user hands the files to that user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    directory = tmp_path / "prober"
+    directory.mkdir()
+    os.chown(directory, 4242, 4243)
+    store = StateStore(str(directory / "state.json"))
+    with store.locked():
+        store.save(State(updated_at=1.0))
+    for name in ("state.json", "state.json.lock"):
+        st = (directory / name).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o644), name

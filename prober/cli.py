@@ -185,8 +185,14 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
     def show(result: Any) -> None:
         if isinstance(result, Skipped):
             log.info("%s", result.reason)
-        else:
-            log.info("%s", report.run_text(result).splitlines()[-1])
+            return
+        log.info("%s", report.run_summary(result))
+        if config.textfile:
+            try:
+                report.write_atomically(config.textfile,
+                                        report.run_prometheus(result, time.time()))
+            except ProberError as exc:
+                log.error("%s", exc)
 
     watch_loop(config, _store(state_file), _actuator_factory(), interval=pause,
                dry_run=dry_run, on_report=show)

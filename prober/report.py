@@ -50,13 +50,18 @@ def run_text(report: RunReport) -> str:
     for item in report.targets:
         rows.append((item.target.name, _health_cell(item), item.decision.action.value,
                      _detail(item)))
-    summary = f"{report.status.value.upper()}: {_summary(report)}"
+    summary = run_summary(report)
     if report.dry_run:
         summary += " (dry run: nothing was restarted)"
     if report.pressure is not None and (report.pressure.some_avg10 > 0 or
                                         report.status.value != "ok"):
         summary += f"\n{report.pressure.describe()}"
     return _table(rows) + "\n" + summary
+
+
+def run_summary(report: RunReport) -> str:
+    """One line: `CRITICAL: 1 critical, 2 ok of 3 targets in 2.01s`."""
+    return f"{report.status.value.upper()}: {_summary(report)}"
 
 
 def _summary(report: RunReport) -> str:

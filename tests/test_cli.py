@@ -377,3 +377,26 @@ def test_pip_install_gives_a_working_prober(tmp_path: Path) -> None:
                              capture_output=True, text=True, env=env, timeout=60, check=False,
                              cwd=tmp_path)
     assert located.stdout.startswith(str(target))
+
+
+def test_watch_runs_repeatedly_and_writes_the_textfile(prober: Prober, web: Server) -> None:
+    """`prober watch` runs a check every interval, logs a summary, and updates `textfile`."""
+    import time
+
+    metrics = prober.tmp / "prober.prom"
+    prober.write(f'textfile = "{metrics}"\n' +
+                 _config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env.update({"PROBER_CONFIG": str(prober.config), "PROBER_STATE": str(prober.state)})
+    watcher = subprocess.Popen([sys.executable, "-m", "prober", "watch", "--interval", "1s"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while len(web.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=10)
+    assert len(web.requests) >= 3
+    assert "prober: OK: 1 ok of 1 targets" in err
+    assert "prober_probe_success" in metrics.read_text()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import httpx
 import pytest
 
 from tests.deploy import UNITS, install
+from tests.e2e.common import answers, freeze, thaw, wait_for
 from tests.e2e.conftest import booted_sandbox
-from tests.e2e.test_restart import answers, freeze, thaw
 from tests.sandbox import Sandbox, Stack, start_stack
 
 pytestmark = pytest.mark.e2e
@@ -49,16 +48,6 @@ def config_for(stack: Stack, *, units: tuple[str, ...] = ("caddy", "backend"),
         f'name = "backend"\nurl = "{stack.backend_url}/health"\nexpect_body = "OK"\n'
         f'{unit["backend"] if "backend" in units else ""}'
     )
-
-
-def wait_for(predicate: object, within: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {within}s: {what}")
 
 
 def prober_as_user(sandbox: Sandbox, config: Path, state: Path, *args: str

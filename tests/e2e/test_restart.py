@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.common import answers, freeze, refuses, thaw
 from tests.sandbox import Sandbox, Stack
 
 pytestmark = pytest.mark.e2e
@@ -108,40 +109,8 @@ def prober(sandbox: Sandbox, stack: Stack) -> Prober:
     return runner
 
 
-def answers(url: str, within: float = 10.0) -> bool:
-    """Whether `url` answers 200 "OK" within `within` seconds (polling)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=1.0, trust_env=False)
-            if response.status_code == 200 and response.text == "OK":
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def refuses(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1.0, trust_env=False)
-    except httpx.ConnectError:
-        return True
-    except httpx.HTTPError:
-        return False
-    return False
-
-
 def pids(sandbox: Sandbox, stack: Stack) -> tuple[int, int]:
     return sandbox.main_pid(stack.caddy_unit), sandbox.main_pid(stack.backend_unit)
-
-
-def freeze(sandbox: Sandbox, unit: str) -> None:
-    sandbox.systemctl("kill", "--signal=SIGSTOP", unit)
-
-
-def thaw(sandbox: Sandbox, unit: str) -> None:
-    sandbox.systemctl("kill", "--signal=SIGCONT", unit, check=False)
 
 
 def test_frozen_caddy_is_restarted_and_the_backend_left_alone(prober: Prober) -> None:

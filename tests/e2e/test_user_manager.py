@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.e2e.common import answers
 from tests.e2e.conftest import _phase_failed, booted_sandbox
 from tests.sandbox import STANDIN, Sandbox, SandboxError, free_ports, systemd_quote
 
@@ -237,20 +237,6 @@ def user_manager(request: pytest.FixtureRequest, sandbox_workdir: Path) -> Itera
             manager.systemctl("kill", "--signal=SIGCONT", WEB, check=False)
     if request.node.stash.get(_phase_failed, False):
         sys.stdout.write(f"--- sandbox console ({box.console_log}) ---\n{box.console_tail(80)}\n")
-
-
-def answers(url: str, within: float = 10.0) -> bool:
-    """Whether `url` answers 200 "OK" within `within` seconds (polling)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=1.0, trust_env=False)
-            if response.status_code == 200 and response.text == "OK":
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def test_user_bus_restarts_a_frozen_user_unit(user_manager: UserManager) -> None:

@@ -23,7 +23,7 @@ from prober.config import (
     parse_duration,
     redact_url,
 )
-from prober.errors import ProberError, UsageError, one_line
+from prober.errors import ProberError, StateError, UsageError, one_line
 from prober.state import StateStore, state_path
 
 if TYPE_CHECKING:  # check imports the probes (httpx): `validate` and `status` need not
@@ -302,8 +302,14 @@ def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...
     _check_names(config, names)
     store = _store(state_file)
     chosen = names or config.names
-    with store.locked():
-        store.save(tracker.forget(store.load(), chosen, time.time()))
+    from prober.state import LockBusy
+
+    try:
+        with store.locked():
+            store.save(tracker.forget(store.load(), chosen, time.time()))
+    except LockBusy:
+        raise StateError(f"another prober run holds {store.lock_path}",
+                         "try again in a moment") from None
     click.echo(f"reset: {', '.join(chosen)}")
     return 0
 

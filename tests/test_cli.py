@@ -152,7 +152,7 @@ def test_target_filter(prober: Prober, web: Server) -> None:
 
 
 def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
-    """A run finding another run's lock exits 0 at once and says so."""
+    """A run finding another run's lock exits 0 at once and says so; reset refuses (exit 3)."""
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
     prober.state.parent.mkdir(parents=True)
     holder = subprocess.Popen(
@@ -164,6 +164,7 @@ def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         run = prober("check")
+        reset = prober("reset")
     finally:
         assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()
@@ -172,6 +173,8 @@ def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
     assert run.code == 0
     assert "another prober run holds" in run.out
     assert not prober.state.exists()  # the skipped run did not write
+    assert reset.code == 3
+    assert reset.err.strip().startswith("prober: error: another prober run holds")
 
 
 def test_if_stale(prober: Prober, web: Server) -> None:

@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := caddy dbus-daemon polkitd python3-venv util-linux curl time
+DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
 
 .PHONY: all deps venv test lint demo bench clean
 

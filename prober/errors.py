@@ -11,6 +11,8 @@ Everything else reaching the CLI edge is a bug and shows a traceback only with -
 
 from __future__ import annotations
 
+from prober.text import one_line
+
 
 class ProberError(Exception):
     """A failure the user can act on: one line, an optional hint."""
@@ -23,15 +25,6 @@ class ProberError(Exception):
     def __str__(self) -> str:
         text = self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
         return one_line(text)
-
-
-def one_line(text: str) -> str:
-    """`text` with line breaks and other control characters escaped, so that a value quoted in
-    a message can never break it over lines or forge a line of its own."""
-    return "".join(
-        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
-        for ch in text
-    )
 
 
 class ConfigError(ProberError):

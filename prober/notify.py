@@ -1,8 +1,10 @@
-"""Notifications: restart, restart failed, given up and recovered, to a command and/or a webhook.
+"""Notifications: down, restart, restart failed, given up and recovered, to a command and/or a
+webhook.
 
-Delivery happens after the run's restarts, is bounded by [notify] timeout, and never fails the
-run: a failed delivery is logged and forgotten. No shell is ever used, and secrets (the token,
-header values) are never logged.
+Delivery happens after the run's restarts and never fails the run: a failed delivery is logged
+and forgotten. A webhook that fails is tried again with backoff (tenacity), every attempt
+within [notify] timeout in all. No shell is ever used, and secrets (the token, header values)
+are never logged.
 """
 
 from __future__ import annotations
@@ -12,18 +14,40 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from prober.config import Notify, NotifyEvent
+from prober.config import Config, Notify, NotifyEvent
+from prober.text import os_reason
+from prober.tracker import Change
 
 log = logging.getLogger("prober")
 
+_FIRST_BACKOFF = 0.2
+_MAX_BACKOFF = 2.0
+
 
 def event_payload(event: NotifyEvent, target: str, unit: str | None, reason: str,
-                  at: float) -> dict[str, Any]:
+                  at: float, **extra: Any) -> dict[str, Any]:
     return {"event": event.value, "target": target, "unit": unit, "reason": reason, "at": at,
-            "host": socket.gethostname()}
+            "host": socket.gethostname(), **extra}
+
+
+_NOTIFIED = {event.value: event for event in NotifyEvent}
+
+
+def payloads(changes: Sequence[Change], config: Config, **extra: Any) -> list[dict[str, Any]]:
+    """The JSON payloads of the changes that are notification events."""
+    units = {t.name: t.unit for t in config.targets}
+    out = []
+    for change in changes:
+        event = _NOTIFIED.get(change.event.value)
+        if event is not None:
+            entry = change.transition
+            out.append(event_payload(event, change.target, units.get(change.target),
+                                     entry.reason, entry.at, **extra))
+    return out
 
 
 def _token(notify: Notify, environ: Mapping[str, str]) -> str | None:
@@ -36,59 +60,97 @@ def _token(notify: Notify, environ: Mapping[str, str]) -> str | None:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
     except OSError as exc:
-        log.error("notify: cannot read the token file %s: %s", path,
-                  (exc.strerror or str(exc)).lower())
+        log.error("notify: cannot read the token file %s: %s", path, os_reason(exc))
         return None
 
 
-async def _run_command(notify: Notify, payload: dict[str, Any]) -> None:
+async def _run_command(notify: Notify, payload: dict[str, Any], timeout: float) -> None:
     process = await asyncio.create_subprocess_exec(
         *notify.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await asyncio.wait_for(process.communicate(json.dumps(payload).encode() + b"\n"),
-                               notify.timeout)
+                               timeout)
     except TimeoutError:
         process.kill()
         await process.wait()
         raise
     if process.returncode != 0:
-        raise RuntimeError(f"exited with status {process.returncode}")
+        raise _CommandFailed(f"exited with status {process.returncode}")
 
 
-async def _post(notify: Notify, payloads: Sequence[dict[str, Any]],
-                environ: Mapping[str, str]) -> None:
+async def _run_commands(notify: Notify, payloads_: Sequence[dict[str, Any]],
+                        deadline: float) -> None:
+    """The command once per event, in order, so that `down` never arrives after `restart`."""
+    for payload in payloads_:
+        await _run_command(notify, payload, max(0.01, deadline - time.monotonic()))
+
+
+class _Rejected(Exception):
+    """The webhook answered, but not with success."""
+
+
+class _CommandFailed(Exception):
+    """The notify command ran and failed."""
+
+
+async def _post(notify: Notify, payloads_: Sequence[dict[str, Any]],
+                environ: Mapping[str, str], deadline: float) -> None:
     import httpx
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_exception_type,
+        stop_before_delay,
+        wait_exponential,
+    )
 
     assert notify.webhook is not None
     headers = dict(notify.headers)
     token = _token(notify, environ)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with httpx.AsyncClient(timeout=notify.timeout, trust_env=False) as client:
-        for payload in payloads:
-            response = await client.post(notify.webhook, json=payload, headers=headers)
-            if response.status_code >= 300:
-                raise RuntimeError(f"the webhook answered {response.status_code}")
+    async with httpx.AsyncClient(trust_env=False) as client:
+        for payload in payloads_:
+            async def attempt(payload: dict[str, Any] = payload) -> None:
+                left = deadline - time.monotonic()
+                response = await client.post(notify.webhook or "", json=payload,
+                                             headers=headers, timeout=max(0.01, left))
+                if response.status_code >= 300:
+                    raise _Rejected(f"the webhook answered {response.status_code}")
+
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type((httpx.HTTPError, _Rejected)),
+                wait=wait_exponential(multiplier=_FIRST_BACKOFF, max=_MAX_BACKOFF),
+                stop=stop_before_delay(max(0.0, deadline - time.monotonic())),
+                reraise=True,
+            )
+            await retrying(attempt)
 
 
-async def deliver(notify: Notify, payloads: Sequence[dict[str, Any]],
+async def deliver(notify: Notify, payloads_: Sequence[dict[str, Any]],
                   environ: Mapping[str, str] = os.environ) -> None:
-    """Send each event; log failures; return within about `notify.timeout`."""
-    wanted = [p for p in payloads if NotifyEvent(p["event"]) in notify.events]
+    """Send each event; log failures; return within `notify.timeout`."""
+    wanted = [p for p in payloads_ if NotifyEvent(p["event"]) in notify.events]
     if not wanted:
         return
-    jobs: list[tuple[str, Any]] = []
+    deadline = time.monotonic() + notify.timeout
+    jobs: list[tuple[str, Coroutine[Any, Any, None]]] = []
     if notify.command:
-        jobs += [("command", _run_command(notify, p)) for p in wanted]
+        jobs.append(("command", _run_commands(notify, wanted, deadline)))
     if notify.webhook:
-        jobs.append(("webhook", _post(notify, wanted, environ)))
+        jobs.append(("webhook", _post(notify, wanted, environ, deadline)))
     results = await asyncio.gather(
-        *(asyncio.wait_for(job, notify.timeout + 1) for _, job in jobs), return_exceptions=True
+        *(asyncio.wait_for(job, notify.timeout) for _, job in jobs), return_exceptions=True
     )
     for (kind, _), result in zip(jobs, results, strict=True):
         if isinstance(result, BaseException):
-            reason = "timed out" if isinstance(result, TimeoutError) else \
-                f"{type(result).__name__}: {result}"
-            log.error("notify: %s failed: %s", kind, reason)
+            log.error("notify: %s failed: %s", kind, _failure(result))
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, _Rejected | _CommandFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

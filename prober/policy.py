@@ -7,12 +7,15 @@ action back onto the state is here too, so every rule about restarts lives in on
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from prober.config import Target, format_duration
+from prober.actuator import ActiveState, UnitFacts
+from prober.config import Target
+from prober.keys import format_duration
 from prober.results import ProbeResult
-from prober.tracker import Event, Health, TargetState, Verdict, record
+from prober.tracker import Change, Event, Health, TargetState, Verdict, record, recorded_since
 
 
 class Action(StrEnum):
@@ -33,35 +36,6 @@ class Action(StrEnum):
     def is_critical(self) -> bool:
         """Whether this action makes the run critical (exit 2)."""
         return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT)
-
-
-class ActiveState(StrEnum):
-    ACTIVE = "active"
-    RELOADING = "reloading"
-    INACTIVE = "inactive"
-    FAILED = "failed"
-    ACTIVATING = "activating"
-    DEACTIVATING = "deactivating"
-    MAINTENANCE = "maintenance"
-    REFRESHING = "refreshing"
-
-
-@dataclass(frozen=True)
-class UnitFacts:
-    """What systemd says about a unit. Times are epoch seconds."""
-
-    unit: str
-    load_state: str
-    active_state: str
-    sub_state: str
-    active_enter: float | None = None
-    main_pid: int = 0
-    job_pending: bool = False
-    start_limit_burst: int = 0
-    start_limit_interval: float = 0.0
-
-    def describe(self) -> str:
-        return f"{self.unit} is {self.active_state} ({self.sub_state})"
 
 
 @dataclass(frozen=True)
@@ -186,24 +160,42 @@ class Outcome(StrEnum):
     JOB_FAILED = "job-failed"  # systemd's job ended in failed/timeout/canceled, or no answer
 
 
-def apply_decision(
-    target: Target, state: TargetState, decision: Decision, now: float
-) -> TargetState:
-    """The state after a decision that needs no actuator (give up, forgive in grace)."""
+@dataclass(frozen=True)
+class Applied:
+    """A target's state after what the run did, the final decision, and what changed."""
+
+    state: TargetState
+    decision: Decision
+    changes: tuple[Change, ...] = ()
+
+
+def apply_decision(target: Target, state: TargetState, decision: Decision, now: float) -> Applied:
+    """The state after a decision that needs no actuator (give up, wait, ...)."""
+    after = state
     if decision.action is Action.GIVEN_UP and not state.given_up:
         given_up = replace(state, given_up=True, given_up_reason=decision.reason)
-        return record(given_up, now, Event.GIVEN_UP, decision.reason)
-    return state
+        after = record(given_up, now, Event.GIVEN_UP, decision.reason)
+    return _applied(target, state, after, decision)
 
 
-def apply_restart(
-    target: Target, state: TargetState, outcome: Outcome, reason: str, now: float,
-    verified: ProbeResult | None = None,
-) -> TargetState:
-    """The state after the prober restarted the target's unit (and re-probed it: `verified`)."""
+@dataclass(frozen=True)
+class RestartOutcome:
+    """How the actuator's restart of a target's unit went, and when it was done."""
+
+    outcome: Outcome
+    detail: str  # one line: "restarted (job done in 0.2s); answering again"
+    at: float
+    verified: ProbeResult | None = None  # the re-probe after the restart, if there was one
+
+
+def apply_restart(target: Target, state: TargetState, decision: Decision,
+                  restarted: RestartOutcome) -> Applied:
+    """The state after the prober restarted the target's unit (and re-probed it), and the
+    decision as it stands: a restart whose job failed is `restart-failed`."""
+    now = restarted.at
     window = max(target.policy.restart_window, 1.0)
     restarts = (*(at for at in state.restarts if now - at < window), now)
-    helped = outcome is Outcome.RECOVERED
+    helped = restarted.outcome is Outcome.RECOVERED
     after = replace(
         state,
         restarts=restarts,
@@ -213,6 +205,7 @@ def apply_restart(
         consecutive_failures=0,
         failure_times=(),
     )
+    verified = restarted.verified
     if verified is not None:
         after = replace(
             after, last_ok=verified.ok, last_reason=verified.reason,
@@ -224,8 +217,37 @@ def apply_restart(
         after = replace(after, health=health, since=now, consecutive_passes=1)
     else:
         after = replace(after, health=Health.FAILING, since=now, consecutive_passes=0)
-    event = Event.RESTART if outcome is not Outcome.JOB_FAILED else Event.RESTART_FAILED
-    after = record(after, now, event, reason)
+    failed = restarted.outcome is Outcome.JOB_FAILED
+    after = record(after, now, Event.RESTART_FAILED if failed else Event.RESTART,
+                   restarted.detail)
     if helped:
-        after = record(after, now, Event.RECOVERED, "answering again after the restart")
-    return after
+        after = record(replace(after, down_since=None, given_up=False, given_up_reason=""),
+                       now, Event.RECOVERED, "answering again after the restart")
+    if failed:
+        decision = replace(decision, action=Action.RESTART_FAILED, reason=restarted.detail)
+    return _applied(target, state, after, decision)
+
+
+def _applied(target: Target, before: TargetState, after: TargetState,
+             decision: Decision) -> Applied:
+    changes = tuple(Change(target.name, t) for t in recorded_since(before, after))
+    return Applied(after, decision, changes)
+
+
+def certificate_notice(target: Target, result: ProbeResult, now: float) -> str | None:
+    """Why the target is warning because its certificate expires soon, or None.
+
+    An expired certificate is already a `tls` failure; this only ever warns.
+    """
+    window = getattr(target.probe, "tls_expiry_warning", 0.0)
+    certificate = result.certificate
+    if not window or certificate is None or not result.ok:
+        return None
+    left = certificate.not_after - now
+    if left > window:
+        return None
+    date = dt.datetime.fromtimestamp(certificate.not_after, dt.UTC).strftime("%Y-%m-%d")
+    days = max(0, int(left // 86400))
+    return (f"certificate of {certificate.subject} expires on {date}, in {days} "
+            f"day{'' if days == 1 else 's'} (tls_expiry_warning "
+            f"{format_duration(window)})")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from prober.config import Config, format_duration, redact_url
+from prober.config import Config
 from prober.errors import StateError
+from prober.files import write_atomically as write_file
+from prober.keys import format_duration
 from prober.policy import cooldown_for, restarts_within
 from prober.results import ProbeResult
+from prober.runs import RunReport, Status, TargetReport
+from prober.text import os_reason, redact_url
 from prober.tracker import State, TargetState
-
-if TYPE_CHECKING:  # check imports the probes (httpx): `status` and `validate` need not
-    from prober.check import RunReport, TargetReport
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -38,7 +39,7 @@ def _detail(item: TargetReport) -> str:
     result = item.result
     if result.ok and not item.outcome:
         latency = "" if result.latency_ms is None else f" in {result.latency_ms:g} ms"
-        return f"{result.reason}{latency}"
+        return f"{result.reason}{latency}" + (f"; {item.notice}" if item.notice else "")
     detail = item.decision.reason if item.decision.reason != result.reason else result.reason
     if item.outcome:
         detail = f"{detail}; {item.outcome}"
@@ -54,7 +55,7 @@ def run_text(report: RunReport) -> str:
     if report.dry_run:
         summary += " (dry run: nothing was restarted)"
     if report.pressure is not None and (report.pressure.some_avg10 > 0 or
-                                        report.status.value != "ok"):
+                                        report.status is not Status.OK):
         summary += f"\n{report.pressure.describe()}"
     return _table(rows) + "\n" + summary
 
@@ -102,6 +103,10 @@ def _target_json(item: TargetReport) -> dict[str, Any]:
         "outcome": item.outcome,
         "status": item.status.value,
         "endpoint": redact_url(item.target.endpoint),
+        "kind": item.target.kind.name,
+        "cert_not_after": None if result.certificate is None else
+        result.certificate.not_after,
+        "notice": item.notice,
     }
 
 
@@ -214,20 +219,27 @@ def _perf_label(name: str) -> str:
 
 def run_nagios(report: RunReport) -> str:
     """One status line and perfdata: `PROBER CRITICAL - ... | 'web'=0.012s;;5;0`."""
-    problems = [f"{i.target.name} {i.health.value} ({i.decision.action.value}: "
-                f"{i.decision.reason})" for i in report.targets if i.status.value != "ok"]
-    healthy = [i.target.name for i in report.targets if i.status.value == "ok"]
+    problems = [_nagios_problem(i) for i in report.targets if i.status is not Status.OK]
+    healthy = [i.target.name for i in report.targets if i.status is Status.OK]
     text = "; ".join(problems) if problems else f"{len(healthy)} targets ok"
     if problems and healthy:
         text += f"; ok: {', '.join(healthy)}"
     perf = []
     for item in report.targets:
         latency = item.result.latency if item.result.latency is not None else 0.0
-        warn = "" if item.target.max_latency is None else f"{item.target.max_latency:g}"
+        max_latency = item.target.policy.max_latency
+        warn = "" if max_latency is None else f"{max_latency:g}"
         perf.append(f"{_perf_label(item.target.name)}={latency:.6f}s;{warn};"
                     f"{item.target.policy.timeout:g};0")
     line = f"PROBER {report.status.value.upper()} - {text}".replace("|", "/")
     return f"{line} | {' '.join(perf)}"
+
+
+def _nagios_problem(item: TargetReport) -> str:
+    if item.notice and item.result.ok:
+        return f"{item.target.name} {item.notice}"
+    return (f"{item.target.name} {item.health.value} ({item.decision.action.value}: "
+            f"{item.decision.reason})")
 
 
 # --- Prometheus textfile ------------------------------------------------------------------------
@@ -267,10 +279,27 @@ def run_prometheus(report: RunReport, now: float) -> str:
               "# TYPE prober_last_run_timestamp_seconds gauge",
               f"prober_last_run_timestamp_seconds {now:.3f}",
               *_pressure_metrics(report),
+              *_certificate_metrics(report),
               "# HELP prober_run_status The run's Nagios status: 0 ok .. 3 unknown.",
               "# TYPE prober_run_status gauge",
               f"prober_run_status {report.status.exit_code}"]
     return "\n".join(lines) + "\n"
+
+
+def _certificate_metrics(report: RunReport) -> list[str]:
+    certified = [i for i in report.targets if i.result.certificate is not None]
+    if not certified:
+        return []
+    lines = ["# HELP prober_tls_not_after_timestamp_seconds When the target's verified TLS "
+             "certificate expires.",
+             "# TYPE prober_tls_not_after_timestamp_seconds gauge"]
+    for item in certified:
+        assert item.result.certificate is not None
+        labels = (f'target="{_label_value(item.target.name)}",'
+                  f'unit="{_label_value(item.target.unit or "")}"')
+        lines.append(f"prober_tls_not_after_timestamp_seconds{{{labels}}} "
+                     f"{item.result.certificate.not_after:.0f}")
+    return lines
 
 
 def _pressure_metrics(report: RunReport) -> list[str]:
@@ -283,18 +312,8 @@ def _pressure_metrics(report: RunReport) -> list[str]:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Write `text` to `path` through a temp file and a rename, so readers never see half."""
-    import os
-
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    """Write the metrics file so that node_exporter never reads half of it."""
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_file(Path(path), text.encode(), durable=False)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StateError(f"{path}: cannot write the metrics file: "
-                         f"{(exc.strerror or str(exc)).lower()}") from None
+        raise StateError(f"{path}: cannot write the metrics file: {os_reason(exc)}") from None

@@ -20,7 +20,42 @@ class FailureClass(StrEnum):
     SLOW = "slow"  # answered correctly but slower than max_latency
     TOO_LARGE = "too-large"  # the body is over max_body and the expectation was not in it
     REDIRECT = "redirect"  # too many redirects
+    EXIT = "exit"  # a command exited with another code than expect_exit
+    OUTPUT = "output"  # a command's output lacked expect_output / expect_output_regex
+    EXEC = "exec"  # a command could not be run: not found, not executable, permission
     ERROR = "error"  # anything else; the reason says what
+
+    @property
+    def means_starving(self) -> bool:
+        """Whether this failure may only mean the host is short of resources: the service
+        answered too late (or not yet), not wrongly. Every other class means it is broken."""
+        return self in (FailureClass.TIMEOUT, FailureClass.SLOW)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a probe must be done, on the event loop's clock, and the budget that gave it."""
+
+    at: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The peer certificate of a verified TLS connection."""
+
+    subject: str
+    not_after: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a probe kind found; the runner adds name, latency and attempts (a ProbeResult)."""
+
+    reason: str
+    failure: FailureClass | None = None
+    status_code: int | None = None
+    certificate: Certificate | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +69,7 @@ class ProbeResult:
     status_code: int | None = None
     latency: float | None = None  # seconds, until the answer was judged
     attempts: int = 1
+    certificate: Certificate | None = None
 
     @property
     def latency_ms(self) -> float | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from prober.errors import StateError
+from prober.files import remove_stale_temp_files, write_atomically
+from prober.text import os_reason
 from prober.tracker import Event, Health, State, TargetState, Transition
 
 log = logging.getLogger("prober")
@@ -138,7 +140,8 @@ class StateStore:
             fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._give_to_directory_owner(fd)
         except OSError as exc:
-            raise StateError(f"{self.lock_path}: cannot open the lock file: {_why(exc)}") from None
+            raise StateError(
+                f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,7 +159,7 @@ class StateStore:
             directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(
-                f"{directory}: cannot create the state directory: {_why(exc)}",
+                f"{directory}: cannot create the state directory: {os_reason(exc)}",
                 "create it, or pass --state / set PROBER_STATE to a writable path",
             ) from None
 
@@ -167,7 +170,7 @@ class StateStore:
         except FileNotFoundError:
             return State()
         except (OSError, UnicodeDecodeError) as exc:
-            return self._set_aside(f"cannot read it: {_why(exc)}")
+            return self._set_aside(f"cannot read it: {os_reason(exc)}")
         try:
             return from_json(json.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -181,7 +184,7 @@ class StateStore:
             os.replace(self.path, aside)
             where = f"moved it to {aside}"
         except OSError as exc:
-            where = f"could not move it aside: {_why(exc)}"
+            where = f"could not move it aside: {os_reason(exc)}"
         log.warning("state file %s: %s; %s and starting from fresh state", self.path, problem,
                     where)
         return State()
@@ -189,54 +192,27 @@ class StateStore:
     def save(self, state: State) -> None:
         """Write the state atomically: a temp file, fsync, rename, fsync the directory."""
         self._ensure_directory()
-        data = dumps(state).encode()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                self._give_to_directory_owner(fd)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            _fsync_directory(self.path.parent)
-            self._remove_stale_temp_files()
+            owner = self._directory_owner()
+            write_atomically(self.path, dumps(state).encode(), owner=owner[0], group=owner[1])
+            remove_stale_temp_files(self.path)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             hint = "the disk is full" if exc.errno == errno.ENOSPC else None
-            raise StateError(f"{self.path}: cannot write the state: {_why(exc)}", hint) from None
+            raise StateError(f"{self.path}: cannot write the state: {os_reason(exc)}",
+                             hint) from None
 
-
-    def _give_to_directory_owner(self, fd: int) -> None:
-        """As root, hand new files to the state directory's owner (the `prober` user of
+    def _directory_owner(self) -> tuple[int | None, int | None]:
+        """As root, new files go to the state directory's owner (the `prober` user of
         StateDirectory=), so a manual root run leaves nothing the timer cannot use."""
         if os.geteuid() != 0:
-            return
+            return None, None
         owner = os.stat(self.path.parent)
+        return owner.st_uid, owner.st_gid
+
+    def _give_to_directory_owner(self, fd: int) -> None:
+        uid, gid = self._directory_owner()
+        if uid is None or gid is None:
+            return
         st = os.fstat(fd)
-        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
-            os.fchown(fd, owner.st_uid, owner.st_gid)
-
-    def _remove_stale_temp_files(self) -> None:
-        # A run killed mid-save leaves its temp file; runs hold the lock, so any is stale.
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _why(exc: OSError | UnicodeDecodeError) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)

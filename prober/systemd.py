@@ -26,10 +26,11 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 
-from prober.check import RestartResult
-from prober.config import Bus, Target, format_duration
+from prober.actuator import RestartResult, UnitFacts
+from prober.config import Bus, Target
 from prober.errors import SystemdError
-from prober.policy import UnitFacts
+from prober.keys import format_duration
+from prober.text import reason
 
 log = logging.getLogger("prober")
 
@@ -230,13 +231,14 @@ def facts_from_properties(unit: str, props: Mapping[str, Any]) -> UnitFacts:
         job_pending=job_pending,
         start_limit_burst=int(props.get("StartLimitBurst", 0) or 0),
         start_limit_interval=int(props.get("StartLimitIntervalUSec", 0) or 0) / 1_000_000,
+        control_group=str(props.get("ControlGroup", "") or ""),
     )
 
 
 # --- systemctl: the fallback when the bus is down or hung ---------------------------------
 
 _SHOW_PROPERTIES = ("LoadState", "ActiveState", "SubState", "ActiveEnterTimestamp", "MainPID",
-                    "Job", "StartLimitBurst", "StartLimitIntervalUSec")
+                    "Job", "StartLimitBurst", "StartLimitIntervalUSec", "ControlGroup")
 
 
 def _systemctl_argv(kind: Bus, *args: str) -> list[str]:
@@ -262,10 +264,6 @@ async def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[s
                                        err.decode(errors="replace"))
 
 
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-
-
 def _parse_show(text: str) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for line in text.splitlines():
@@ -284,14 +282,14 @@ async def systemctl_facts(unit: str, kind: Bus) -> UnitFacts:
                            "--property=" + ",".join(_SHOW_PROPERTIES), "--", unit)
     done = await _run(argv, CALL_TIMEOUT)
     if done.returncode != 0:
-        raise SystemdError(f"systemctl show {unit} failed: {_one_line(done.stderr)}")
+        raise SystemdError(f"systemctl show {unit} failed: {reason(done.stderr)}")
     return facts_from_properties(unit, _parse_show(done.stdout))
 
 
 async def systemctl_restart(unit: str, kind: Bus, timeout: float) -> tuple[bool, str]:
     done = await _run(_systemctl_argv(kind, "restart", "--", unit), timeout)
     if done.returncode != 0:
-        return False, f"systemctl restart failed: {_one_line(done.stderr) or done.returncode}"
+        return False, f"systemctl restart failed: {reason(done.stderr) or done.returncode}"
     return True, "via systemctl"
 
 
@@ -305,7 +303,7 @@ class _Connection:
 
 
 class SystemdActuator:
-    """Reads unit facts and restarts units; D-Bus first, `systemctl` when the bus fails."""
+    """The `actuator.Actuator` for systemd: D-Bus first, `systemctl` when the bus fails."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
         self._environ = environ

@@ -5,6 +5,9 @@ healthy, failing (below failure_threshold) or down (at or over it). A failing ta
 dependency (`depends_on`) fails in the same run is blamed on the deepest failing dependency:
 only that one may be restarted, so a dead backend gets restarted rather than the proxy in
 front of it.
+
+Whatever it records in a target's history it also returns as a `Change`: logging and
+notifications consume those, and never compare timestamps to work out what happened.
 """
 
 from __future__ import annotations
@@ -41,13 +44,29 @@ class Event(StrEnum):
     RESTART_FAILED = "restart-failed"
     GIVEN_UP = "given-up"
     RESET = "reset"
+    PAUSED = "paused"
+    RESUMED = "resumed"
 
 
 @dataclass(frozen=True)
 class Transition:
+    """One entry of a target's history."""
+
     at: float
     event: Event
     reason: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something that happened to a target: what its history just recorded."""
+
+    target: str
+    transition: Transition
+
+    @property
+    def event(self) -> Event:
+        return self.transition.event
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,7 @@ class TargetState:
     last_failure: str | None = None
     last_status_code: int | None = None
     last_latency_ms: float | None = None
+    down_since: float | None = None  # when the current outage began (down, not yet recovered)
     restarts: tuple[float, ...] = ()  # when the prober restarted the unit, within the window
     restarts_total: int = 0
     unhelpful_restarts: int = 0  # restarts in a row that did not bring the target back
@@ -101,10 +121,32 @@ class Verdict:
         return self.health is Health.DOWN and self.blamed_on is None
 
 
+@dataclass(frozen=True)
+class Folded:
+    """The tracker's answer for one run."""
+
+    state: State
+    verdicts: list[Verdict]
+    changes: list[Change]
+
+
 def record(state: TargetState, at: float, event: Event, reason: str) -> TargetState:
     """Append a transition to the target's history, keeping it bounded."""
     history = (*state.history, Transition(at, event, reason))[-HISTORY_LIMIT:]
     return replace(state, history=history)
+
+
+def recorded_since(old: TargetState, new: TargetState) -> tuple[Transition, ...]:
+    """The transitions `new` recorded on top of `old`'s history."""
+    if not new.history or (old.history and new.history[-1] is old.history[-1]):
+        return ()
+    added = 0
+    last = old.history[-1] if old.history else None
+    for entry in reversed(new.history):
+        if entry is last:
+            break
+        added += 1
+    return new.history[-added:]
 
 
 def _next_health(target: Target, failures: int, passes: int, previous: Health) -> Health:
@@ -147,25 +189,33 @@ def fold_result(target: Target, state: TargetState, result: ProbeResult, now: fl
 def _record_change(new: TargetState, old: TargetState, now: float, reason: str) -> TargetState:
     if new.health is old.health:
         return new
-    if new.health is Health.FAILING:
+    if new.health is Health.FAILING and old.down_since is None:
         return record(new, now, Event.FAILING, reason)
-    if new.health is Health.DOWN:
-        return record(new, now, Event.DOWN, reason)
+    if new.health is Health.DOWN and old.down_since is None:
+        # Once per outage: after a restart that did not help it is down again, not anew.
+        return record(replace(new, down_since=now), now, Event.DOWN, reason)
     if new.health is Health.HEALTHY and old.health is not Health.UNKNOWN:
-        recovered = replace(new, given_up=False, given_up_reason="", unhelpful_restarts=0)
-        return record(recovered, now, Event.RECOVERED, reason)
+        return recovered(new, now, reason)
     return new
 
 
-def fold(
-    config: Config, state: State, results: Iterable[ProbeResult], now: float
-) -> tuple[State, list[Verdict]]:
-    """The state after this run's results, and a verdict per probed target."""
+def recovered(state: TargetState, now: float, reason: str) -> TargetState:
+    """The target answers again: the outage is over, restarts are re-armed."""
+    fresh = replace(state, given_up=False, given_up_reason="", unhelpful_restarts=0,
+                    down_since=None)
+    return record(fresh, now, Event.RECOVERED, reason)
+
+
+def fold(config: Config, state: State, results: Iterable[ProbeResult], now: float) -> Folded:
+    """The state after this run's results, a verdict per probed target, and what changed."""
     by_name = {r.name: r for r in results}
     targets = {**state.targets}
     config_targets = {t.name: t for t in config.targets}
+    changes: list[Change] = []
     for name, result in by_name.items():
-        targets[name] = fold_result(config_targets[name], state.get(name), result, now)
+        old = state.get(name)
+        targets[name] = fold_result(config_targets[name], old, result, now)
+        changes += [Change(name, t) for t in recorded_since(old, targets[name])]
     failed = {name for name, r in by_name.items() if not r.ok}
     blamed_on = blame(config, failed)
     verdicts = []
@@ -180,7 +230,7 @@ def fold(
                 blamed_on=blamed,
             )
         )
-    return State(targets=targets, updated_at=now), verdicts
+    return Folded(State(targets=targets, updated_at=now), verdicts, changes)
 
 
 def blame(config: Config, failed: set[str]) -> dict[str, str | None]:

@@ -130,10 +130,11 @@ os._exit(0)
 # `systemctl restart`, and after each restart systemd's own record of the stop/start.
 RESTART_CHILD = """\
 import asyncio, json, subprocess, sys, time
-from prober.config import Bus, ProbeKind, Target
+from prober.config import Bus, Target
+from prober.probes.http import HttpProbe
 from prober.systemd import SystemdActuator
 unit, reps = sys.argv[1], int(sys.argv[2])
-target = Target(name="bench", kind=ProbeKind.HTTP, url="http://127.0.0.1:9/", unit=unit)
+target = Target(name="bench", probe=HttpProbe(url="http://127.0.0.1:9/"), unit=unit)
 def own_stop_start():
     out = subprocess.run(["systemctl", "show", "--value", "-p", "ActiveExitTimestampMonotonic",
                           "-p", "ActiveEnterTimestampMonotonic", unit],

@@ -1,7 +1,7 @@
 """Real servers for tests: HTTP/1.x over loopback TCP (port 0) or a Unix socket, one per test.
 
     with serve(answer(200, b"OK")) as server:
-        target = Target(name="web", kind=ProbeKind.HTTP, url=server.url("/health"))
+        target = Target(name="web", probe=HttpProbe(url=server.url("/health")))
 
 A `Server` runs one thread to accept and one per connection; each connection reads one
 request, records it in `server.requests` and hands it to a `Handler`, a plain function of an
@@ -490,11 +490,15 @@ class Certs:
         self.ca_file = str(directory / "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
 
-    def server_context(self, *names: str, expired: bool = False) -> ssl.SSLContext:
-        """A server context with a CA-issued certificate for `names` (default SERVER_NAMES)."""
+    def server_context(self, *names: str, expired: bool = False,
+                       valid_for: datetime.timedelta | None = None) -> ssl.SSLContext:
+        """A server context with a CA-issued certificate for `names` (default SERVER_NAMES),
+        expired, or expiring `valid_for` from now."""
         now = datetime.datetime.now(datetime.UTC)
-        not_before = now - datetime.timedelta(days=30) if expired else None
+        not_before = now - datetime.timedelta(days=30) if expired or valid_for else None
         not_after = now - datetime.timedelta(days=1) if expired else None
+        if valid_for is not None:
+            not_after = now + valid_for
         cert = self.ca.issue_cert(*(names or SERVER_NAMES), not_before=not_before,
                                   not_after=not_after)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from prober.check import RunReport, cycle_collection_paused, run_check
+from prober.check import cycle_collection_paused, run_check
 from prober.config import parse_config
+from prober.runs import RunReport
 from prober.state import StateStore
 from tests.servers import Exchange, serve
 

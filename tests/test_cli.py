@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Server, answer, hang, health, refused_port, serve
+from tests.servers import Certs, Server, answer, hang, health, refused_port, serve
 
 
 @dataclass
@@ -82,6 +83,42 @@ def test_all_passing_exits_0(prober: Prober, web: Server) -> None:
             "action"} <= set(target)
     assert (target["name"], target["ok"], target["status_code"], target["action"]) == \
         ("web", True, 200, "none")
+
+
+@pytest.mark.parametrize(
+    ("valid_days", "window", "code"),
+    [(5, None, 1), (30, None, 0), (5, '"0s"', 0), (5, '"7d"', 1), (5, '"4d"', 0)],
+    ids=["expiring", "far", "disabled", "7d-window", "4d-window"],
+)
+def test_certificate_about_to_expire_is_a_warning(prober: Prober, tmp_path: Path,
+                                                   valid_days: int, window: str | None,
+                                                   code: int) -> None:
+    """An HTTPS certificate expiring within tls_expiry_warning (default 14d) makes the target
+    warning (exit 1), named with its subject, date and days left, in text, JSON, Nagios and
+    metrics; its probe still passes and nothing is restarted."""
+    certs = Certs(tmp_path)
+    context = certs.server_context(valid_for=datetime.timedelta(days=valid_days, hours=1))
+    with serve(health(), tls=context) as server:
+        setting = f"tls_expiry_warning = {window}\n" if window else ""
+        prober.write(_config(
+            f'name = "site"\nurl = "https://example.test:{server.port}/health"\n'
+            f'resolve = "127.0.0.1"\nca_file = "{certs.ca_file}"\nunit = "caddy"\n{setting}'))
+        run = prober("check", "--json", "--textfile", str(tmp_path / "m.prom"))
+        nagios = prober("check", "--format", "nagios")
+    assert run.code == code, run.err
+    (target,) = run.json()["targets"]
+    assert target["ok"] is True and target["action"] == "none"
+    assert abs(target["cert_not_after"] - (datetime.datetime.now(datetime.UTC).timestamp()
+                                           + (valid_days * 24 + 1) * 3600)) < 300
+    metrics = (tmp_path / "m.prom").read_text()
+    assert 'prober_tls_not_after_timestamp_seconds{target="site",unit="caddy.service"}' in metrics
+    if code == 0:
+        assert target["notice"] is None and nagios.out.startswith("PROBER OK")
+        return
+    assert target["status"] == "warning"
+    assert f"in {valid_days} days" in target["notice"] and "example.test" in target["notice"]
+    assert nagios.code == 1 and "expires on" in nagios.out
+    assert nagios.out.startswith("PROBER WARNING - site certificate of")
 
 
 def test_threshold_walk_with_dry_run(prober: Prober) -> None:
@@ -251,7 +288,7 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["check", "--bogus"], "", "No such option '--bogus'"),
         (["frobnicate"], "", "No such command 'frobnicate'"),
         (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
-        (["probe", "ftp://x/"], "", "must start with http:// or https://"),
+        (["probe", "ftp://x/"], "", "must start with http://, https:// or tcp://"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
         (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',

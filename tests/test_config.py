@@ -10,19 +10,15 @@ import pytest
 
 from prober.config import (
     Bus,
-    Method,
     Policy,
-    ProbeKind,
-    StatusRange,
     check_ownership,
-    format_duration,
     load_config,
-    normalize_unit,
     parse_config,
-    parse_duration,
-    parse_host_port,
 )
 from prober.errors import ConfigError
+from prober.keys import format_duration, normalize_unit, parse_duration, parse_host_port
+from prober.probes.http import HttpProbe, Method, StatusRange
+from prober.probes.tcp import TcpProbe
 
 BAD = Path(__file__).parent / "testdata" / "bad-configs"
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -67,7 +63,8 @@ def test_bad_durations(text: object) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.5, "500ms"), (30, "30s"), (90, "1m30s"), (3600, "1h"), (0, "0s"), (1.25, "1.2s")],
+    [(0.5, "500ms"), (30, "30s"), (90, "1m30s"), (3600, "1h"), (0, "0s"), (1.25, "1.2s"),
+     (14 * 86400, "14d"), (90000, "1d1h")],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     """Durations are shown in their shortest readable form."""
@@ -86,9 +83,10 @@ def test_defaults_apply_and_targets_override() -> None:
     })
     a, b = config.targets
     assert a.policy == Policy(timeout=2.0, failure_threshold=5, bus=Bus.USER)
-    assert not a.tls_verify
+    assert isinstance(a.probe, HttpProbe) and isinstance(b.probe, HttpProbe)
+    assert not a.probe.tls_verify
     assert b.policy.timeout == 1.0 and b.policy.failure_threshold == 5
-    assert b.tls_verify
+    assert b.probe.tls_verify
 
 
 def test_full_target() -> None:
@@ -100,11 +98,12 @@ def test_full_target() -> None:
         "unit": "mastodon-web", "retries": 2, "signal_before_restart": "abrt",
     }]})
     (web,) = config.targets
-    assert web.kind is ProbeKind.HTTP and web.method is Method.HEAD
-    assert web.headers == (("X-Token", "abc"),)
-    assert web.expect_status == (StatusRange(200, 200), StatusRange(300, 399))
+    assert isinstance(web.probe, HttpProbe)
+    assert web.kind.name == "http" and web.probe.method is Method.HEAD
+    assert web.probe.headers == (("X-Token", "abc"),)
+    assert web.probe.expect_status == (StatusRange(200, 200), StatusRange(300, 399))
     assert web.unit == "mastodon-web.service"
-    assert web.max_latency == 0.8 and web.max_body == 1024
+    assert web.policy.max_latency == 0.8 and web.probe.max_body == 1024
     assert web.policy.retries == 2 and web.policy.signal_before_restart == "SIGABRT"
 
 
@@ -115,9 +114,21 @@ def test_tcp_and_unix_socket_targets() -> None:
         {"name": "puma", "unix_socket": "/run/mastodon/web.sock"},
     ]})
     redis, puma = config.targets
-    assert (redis.kind, redis.tcp_host, redis.tcp_port) == (ProbeKind.TCP, "::1", 6379)
+    assert redis.probe == TcpProbe("::1", 6379) and redis.kind.name == "tcp"
     assert redis.endpoint == "tcp://[::1]:6379"
-    assert puma.url == "http://localhost/" and puma.unix_socket == "/run/mastodon/web.sock"
+    assert puma.probe == HttpProbe(unix_socket="/run/mastodon/web.sock")
+
+
+@pytest.mark.parametrize(
+    ("where", "target"),
+    [("target", {"name": "db", "tcp": "127.0.0.1:5432", "max_latency": "200ms"}),
+     ("defaults", {"name": "db", "tcp": "127.0.0.1:5432"})],
+)
+def test_max_latency_applies_to_tcp_targets(where: str, target: dict[str, Any]) -> None:
+    """max_latency is kept for a tcp target, set on it or in [defaults] (it was dropped)."""
+    defaults = {"max_latency": "200ms"} if where == "defaults" else {}
+    (db,) = parse_config({"defaults": defaults, "target": [target]}).targets
+    assert db.policy.max_latency == 0.2
 
 
 @pytest.mark.parametrize(

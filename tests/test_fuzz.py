@@ -31,15 +31,19 @@ import prober.check
 from prober.cli import cli as prober_cli
 from prober.cli import run
 from prober.config import (
-    _DEFAULT_KEYS,
-    _NOTIFY_KEYS,
-    _TARGET_KEYS,
-    _TOP_KEYS,
+    ALL_TARGET_KEYS,
+    DEFAULT_KEYS,
+    NOTIFY_KEYS,
+    POLICY_KEYS,
+    TOP_KEYS,
     Config,
     load_config,
     parse_config,
 )
-from prober.errors import ConfigError, one_line
+from prober.errors import ConfigError
+from prober.keys import Key, Shape, by_name
+from prober.probes import KINDS as PROBE_KINDS
+from prober.text import one_line
 from tests.servers import refused_port
 
 Doc = dict[str, Any]
@@ -100,25 +104,33 @@ KINDS: dict[str, st.SearchStrategy[Any]] = {
     "datetime": st.datetimes() | st.dates() | st.times(),
 }
 
-DURATION_KEYS = frozenset({
-    "timeout", "retry_delay", "startup_grace", "cooldown", "max_cooldown", "restart_window",
-    "restart_timeout", "verify_timeout", "max_latency", "interval",
-})
-INT_KEYS = frozenset({"retries", "failure_threshold", "success_threshold", "max_restarts",
-                      "max_body"})
+# The schema comes from the key table itself: each key's shape says what it takes.
+TOP = tuple(by_name(TOP_KEYS))
+NOTIFY = tuple(by_name(NOTIFY_KEYS))
+DEFAULTS = tuple(DEFAULT_KEYS)
+TARGET = tuple(ALL_TARGET_KEYS)
+KEYS: dict[str, Key] = {**by_name(NOTIFY_KEYS), **ALL_TARGET_KEYS, **by_name(TOP_KEYS)}
+SELECTORS = [key for kind in PROBE_KINDS for key in kind.selectors]
+_TEXT = frozenset({"str"})
+ACCEPTS: dict[Shape, frozenset[str]] = {
+    Shape.DURATION: frozenset({"str", "int", "float"}),
+    Shape.INTEGER: frozenset({"int"}),
+    Shape.PERCENT: frozenset({"int", "float"}),
+    Shape.BOOLEAN: frozenset({"bool"}),
+    Shape.STATUSES: frozenset({"int", "str", "list"}),
+    Shape.NAMES: frozenset({"str", "list"}),
+    Shape.HEADERS: frozenset({"table"}),
+    Shape.ENV: frozenset({"table"}),
+    Shape.TABLE: frozenset({"table"}),
+    Shape.TABLES: frozenset({"list"}),
+    Shape.ARGV: frozenset({"list"}),
+    Shape.CHOICES: frozenset({"list"}),
+}
 
 
 def accepted_kinds(key: str) -> frozenset[str]:
     """The TOML types a key takes (a value of any other type must be rejected, naming the key)."""
-    if key in DURATION_KEYS:
-        return frozenset({"str", "int", "float"})
-    special = {
-        "expect_status": {"int", "str", "list"}, "depends_on": {"str", "list"},
-        "tls_verify": {"bool"}, "follow_redirects": {"bool"}, "headers": {"table"},
-        "defaults": {"table"}, "notify": {"table"}, "target": {"list"}, "command": {"list"},
-        "events": {"list"},
-    }
-    return frozenset(special.get(key, {"int"} if key in INT_KEYS else {"str"}))
+    return ACCEPTS.get(KEYS[key].shape, _TEXT)
 
 
 def wrong_type(key: str) -> st.SearchStrategy[Any]:
@@ -176,39 +188,42 @@ HEADERS = st.dictionaries(
 PATHS = st.sampled_from(["/etc/ssl/ca.pem", "relative.pem", "", "/", "~/x"]) | texts()
 
 
-GOOD: dict[str, st.SearchStrategy[Any]] = {
-    "name": NAMES,
-    "url": URLS,
-    "webhook": URLS,
-    "tcp": HOST_PORTS,
-    "unit": UNITS,
-    "signal_before_restart": st.sampled_from(
-        ["SIGABRT", "sigquit", "ABRT", "SIGKILL", "SIGNOPE", "9", ""]) | texts(),
-    "bus": st.sampled_from(["system", "user", "USER", "session", ""]),
-    "method": st.sampled_from(["GET", "head", "POST", "get", ""]),
-    "headers": HEADERS,
-    "tls_verify": st.booleans(),
-    "follow_redirects": st.booleans(),
-    "expect_status": st.lists(STATUS_ITEMS, max_size=3) | STATUS_ITEMS,
-    "expect_body": texts(),
-    "expect_body_regex": REGEXES,
-    "resolve": st.sampled_from(
-        ["127.0.0.1", "::1", "[::1]", "fe80::1%eth0", "999.1.1.1", "localhost", ""]),
-    "command": st.lists(PATHS, max_size=3),
-    "events": st.lists(st.sampled_from(
-        ["restart", "restart-failed", "given-up", "recovered", "RESTART", "nope"]) | SCALARS,
-        max_size=3),
-    **dict.fromkeys(DURATION_KEYS, DURATIONS),
-    **dict.fromkeys(INT_KEYS, st.integers(-3, 10) | st.integers()),
+SIGNALS = st.sampled_from(["SIGABRT", "sigquit", "ABRT", "SIGKILL", "SIGNOPE", "9", ""]) | texts()
+IPS = st.sampled_from(["127.0.0.1", "::1", "[::1]", "fe80::1%eth0", "999.1.1.1", "localhost", ""])
+BY_SHAPE: dict[Shape, st.SearchStrategy[Any]] = {
+    Shape.DURATION: DURATIONS,
+    Shape.INTEGER: st.integers(-3, 10) | st.integers(),
+    Shape.PERCENT: st.integers(-5, 150) | st.floats(),
+    Shape.BOOLEAN: st.booleans(),
+    Shape.STRING: texts(),
+    Shape.PATH: PATHS,
+    Shape.CREDENTIAL: PATHS | st.sampled_from(["token", "a/b"]),
+    Shape.URL: URLS,
+    Shape.HOST_PORT: HOST_PORTS,
+    Shape.IP: IPS,
+    Shape.REGEX: REGEXES,
+    Shape.STATUSES: st.lists(STATUS_ITEMS, max_size=3) | STATUS_ITEMS,
+    Shape.HEADERS: HEADERS,
+    Shape.ENV: HEADERS,
+    Shape.ARGV: st.lists(PATHS, max_size=3),
+    Shape.UNIT: UNITS,
+    Shape.NAME: NAMES,
+    Shape.SIGNAL: SIGNALS,
 }
 
 
 def good_values(key: str, names: Sequence[str]) -> st.SearchStrategy[Any]:
     """Plausible values for `key`, right and wrong ones (wrong types come from `VALUES`)."""
-    if key == "depends_on":  # a graph over the document's names: cycles, self, strangers
+    spec = KEYS.get(key)
+    if spec is None:  # a typo, or random text
+        return PATHS
+    if spec.shape is Shape.NAMES:  # a graph over the document's names: cycles, self, strangers
         pool = st.sampled_from([*names, "ghost"])
         return st.lists(pool, max_size=3) | pool
-    return GOOD.get(key, PATHS)
+    if spec.shape in (Shape.CHOICE, Shape.CHOICES):
+        choice = st.sampled_from([*spec.choices, *(c.upper() for c in spec.choices), "nope", ""])
+        return st.lists(choice | SCALARS, max_size=3) if spec.shape is Shape.CHOICES else choice
+    return BY_SHAPE.get(spec.shape, VALUES)
 
 
 @st.composite
@@ -254,16 +269,14 @@ def tables(draw: st.DrawFn, allowed: Sequence[str], names: Sequence[str] = ()) -
 def target_tables(draw: st.DrawFn, name: Any, names: Sequence[str]) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(VALUES)  # not a table at all
-    table = draw(tables(_TARGET_KEYS, names))
+    table = draw(tables(TARGET, names))
     if draw(st.integers(0, 9)) > 0:
         table["name"] = name
-    how = draw(st.sampled_from(["url", "url", "tcp", "unix_socket", "url+tcp", "none"]))
-    if "url" in how:
-        table.setdefault("url", draw(values_for("url")))
-    if "tcp" in how:
-        table.setdefault("tcp", draw(values_for("tcp")))
-    if how == "unix_socket":
-        table.setdefault("unix_socket", draw(PATHS))
+    # mostly one kind, sometimes two (an error), sometimes none (an error)
+    how = draw(st.lists(st.sampled_from(SELECTORS), max_size=2) | st.sampled_from(
+        SELECTORS).map(lambda selector: [selector]))
+    for selector in how:
+        table.setdefault(selector, draw(values_for(selector)))
     if draw(st.booleans()):
         table["depends_on"] = draw(values_for("depends_on", names))
     return table
@@ -275,11 +288,11 @@ def documents(draw: st.DrawFn) -> Doc:
     names = draw(st.lists(NAMES, max_size=4))
     pool = [n for n in names if isinstance(n, str)]
     doc: Doc = {}
-    for key in draw(st.lists(keys_of(_TOP_KEYS), max_size=4, unique=True)):
+    for key in draw(st.lists(keys_of(TOP), max_size=4, unique=True)):
         if key == "defaults":
-            doc[key] = draw(tables(_DEFAULT_KEYS) | VALUES)
+            doc[key] = draw(tables(DEFAULTS) | VALUES)
         elif key == "notify":
-            doc[key] = draw(tables(_NOTIFY_KEYS) | VALUES)
+            doc[key] = draw(tables(NOTIFY) | VALUES)
         elif key != "target":
             doc[key] = draw(values_for(key))
     if draw(st.integers(0, 9)) > 0:
@@ -314,7 +327,9 @@ VALID_POLICY: dict[str, st.SearchStrategy[Any]] = {
     "follow_redirects": st.booleans(),
     "expect_status": st.sampled_from([200, "2xx", "3XX", "404", [200, "3xx"]]),
     "max_body": st.integers(1, 10**6),
+    "tls_expiry_warning": st.sampled_from(["0s", "14d", "30d"]),
 }
+POLICY = frozenset(key.name for key in POLICY_KEYS)
 VALID_NAMES = st.sampled_from(["web", "caddy", "db", "api-1", "x.y", "cache", "w_2", "Z9"])
 
 
@@ -333,10 +348,7 @@ def valid_documents(draw: st.DrawFn) -> Doc:
         table: Doc = {"name": name}
         if kind == "tcp":
             table["tcp"] = draw(st.sampled_from(["127.0.0.1:6379", "[::1]:5432", "db.test:1"]))
-            policy = {k: v for k, v in VALID_POLICY.items() if k in _DEFAULT_KEYS}
-            policy = {k: v for k, v in policy.items() if k in (
-                "timeout", "max_latency", "retries", "failure_threshold", "cooldown",
-                "max_cooldown", "signal_before_restart", "bus")}
+            policy = {k: v for k, v in VALID_POLICY.items() if k in POLICY}
             table.update(_some(draw, policy))
         else:
             table.update(_some(draw, VALID_POLICY))
@@ -376,12 +388,12 @@ def valid_documents(draw: st.DrawFn) -> Doc:
 
 def tables_in(doc: Doc) -> list[tuple[str, Doc, tuple[str, ...]]]:
     """Every table of `doc` with the keys allowed there: (where, table, allowed keys)."""
-    found: list[tuple[str, Doc, tuple[str, ...]]] = [("top", doc, _TOP_KEYS)]
+    found: list[tuple[str, Doc, tuple[str, ...]]] = [("top", doc, TOP)]
     if isinstance(doc.get("defaults"), dict):
-        found.append(("[defaults]", doc["defaults"], _DEFAULT_KEYS))
+        found.append(("[defaults]", doc["defaults"], DEFAULTS))
     if isinstance(doc.get("notify"), dict):
-        found.append(("[notify]", doc["notify"], _NOTIFY_KEYS))
-    found += [(f"target {t['name']}", t, _TARGET_KEYS) for t in doc["target"]]
+        found.append(("[notify]", doc["notify"], NOTIFY))
+    found += [(f"target {t['name']}", t, TARGET) for t in doc["target"]]
     return found
 
 
@@ -647,6 +659,7 @@ CLI_VALUES: dict[str, st.SearchStrategy[str]] = {
     "retries": st.sampled_from(["0", "1", "-1", "x", ""]),
     "max_body": st.sampled_from(["1", "0", "-5", "65536", "1k"]),
     "resolve": st.sampled_from(["127.0.0.1", "::1", "[::1]", "not-an-ip", "999.0.0.1", ""]),
+    "method": st.sampled_from(["GET", "head", "POST", ""]),
     "unix_socket": st.sampled_from(["{tmp}/no.sock", "relative.sock", "{tmp}/note.txt"]),
     "ca_file": st.sampled_from(["{tmp}/missing.pem", "relative.pem", "{tmp}/prober.toml"]),
 }
@@ -691,7 +704,7 @@ def command_lines(name: str) -> st.SearchStrategy[list[str]]:
     groups: list[st.SearchStrategy[list[list[str]]]] = [
         st.lists(st.one_of(*pieces), max_size=4), st.lists(junk, max_size=1) | st.just([])]
     for argument in (p for p in command.params if isinstance(p, click.Argument)):
-        if argument.name == "url":
+        if argument.name == "what":
             values = st.lists(CLI_URLS, min_size=1, max_size=1) | st.lists(CLI_URLS, max_size=2)
         else:
             values = st.lists(CLI_VALUES["targets"], max_size=3)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from prober.config import parse_config
 from prober.errors import ConfigError
-from tests.servers import Server, answer, serve
+from tests.servers import Server, answer, flaky, serve
 
 
 class Receiver(ThreadingHTTPServer):
@@ -75,8 +76,10 @@ def _flip(server: Server, status: int) -> None:
     server.handler = answer(status, b"OK" if status == 200 else b"broken")
 
 
-def test_recovered_event_reaches_webhook_and_command(tmp_path: Path, receiver: Receiver) -> None:
-    """A target that fails then passes sends one `recovered` event to both destinations."""
+def test_down_and_recovered_events_reach_webhook_and_command(tmp_path: Path,
+                                                             receiver: Receiver) -> None:
+    """A monitor-only target that goes down then passes sends `down`, then `recovered`, to
+    both destinations."""
     out = tmp_path / "events.jsonl"
     script = tmp_path / "record.py"
     script.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
@@ -98,11 +101,12 @@ def test_recovered_event_reaches_webhook_and_command(tmp_path: Path, receiver: R
         _flip(server, 200)
         second = _check(tmp_path, config, env)
     assert (first.returncode, second.returncode) == (2, 0), first.stderr + second.stderr
-    (headers, body), = receiver.received
-    assert body["event"] == "recovered" and body["target"] == "web"
+    assert [body["event"] for _, body in receiver.received] == ["down", "recovered"]
+    headers, body = receiver.received[-1]
+    assert body["target"] == "web" and body["unit"] is None
     assert headers["Authorization"] == "Bearer t0ken" and headers["X-Team"] == "ops"
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["event"] for e in events] == ["recovered"]
+    assert [e["event"] for e in events] == ["down", "recovered"]
     assert "t0ken" not in first.stderr + second.stderr + first.stdout + second.stdout
 
 
@@ -117,7 +121,39 @@ def test_failing_webhook_is_logged_and_does_not_fail_the_run(tmp_path: Path) -> 
         _flip(server, 200)
         run = _check(tmp_path, config)
     assert run.returncode == 0
-    assert "notify: webhook failed: RuntimeError: the webhook answered 500" in run.stderr
+    assert "notify: webhook failed: the webhook answered 500" in run.stderr
+
+
+def test_down_is_sent_once_per_outage(tmp_path: Path, receiver: Receiver) -> None:
+    """A target that stays down over several runs sends one `down`, not one per run."""
+    with serve(answer(500, b"broken")) as server:
+        config = (f'[notify]\nwebhook = "{receiver.url}"\n'
+                  f'[[target]]\nname = "web"\nurl = "{server.url("/")}"\n'
+                  'failure_threshold = 2\n')
+        for _ in range(4):
+            _check(tmp_path, config)
+    assert [body["event"] for _, body in receiver.received] == ["down"]
+
+
+def test_webhook_is_retried_with_backoff_within_the_timeout(tmp_path: Path) -> None:
+    """A webhook that fails twice is tried again until it takes the event; one that always
+    fails is tried several times and given up on within [notify] timeout."""
+    with serve(answer(500, b"broken")) as server, serve(flaky(2)) as hook, \
+            serve(answer(503)) as dead:
+        config = (
+            f'[notify]\nwebhook = "{hook.url("/hook")}"\ntimeout = "3s"\n'
+            f'[[target]]\nname = "web"\nurl = "{server.url("/")}"\nfailure_threshold = 1\n'
+        )
+        run = _check(tmp_path, config)
+        assert run.returncode == 2 and "notify" not in run.stderr, run.stderr
+        assert len(hook.requests) == 3
+        dead_config = config.replace(hook.url("/hook"), dead.url("/hook"))
+        (tmp_path / "dead").mkdir()
+        started = time.monotonic()
+        _check(tmp_path / "dead", dead_config)
+        elapsed = time.monotonic() - started
+    assert len(dead.requests) >= 3
+    assert elapsed < 3 + 5  # the notify timeout, plus a fresh interpreter's start
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from prober import policy
+from prober.actuator import UnitFacts
 from prober.config import Target, parse_config
-from prober.policy import Action, Outcome, UnitFacts
+from prober.policy import Action, Outcome
 from prober.results import FailureClass, ProbeResult
 from prober.tracker import Event, Health, TargetState, Verdict
 
@@ -126,33 +127,43 @@ def test_decide(settings: dict[str, Any], verdict: Verdict, state: TargetState,
     assert (decision.action, reason in decision.reason) == (action, True), decision.reason
 
 
+RESTARTING = policy.Decision("caddy", Action.RESTART, "restarting caddy.service", "caddy.service")
+
+
 @pytest.mark.parametrize(
-    ("outcome", "unhelpful", "health", "events"),
+    ("outcome", "unhelpful", "health", "events", "action"),
     [
-        (Outcome.RECOVERED, 0, Health.HEALTHY, [Event.RESTART, Event.RECOVERED]),
-        (Outcome.NOT_RECOVERED, 3, Health.FAILING, [Event.RESTART]),
-        (Outcome.JOB_FAILED, 3, Health.FAILING, [Event.RESTART_FAILED]),
+        (Outcome.RECOVERED, 0, Health.HEALTHY, [Event.RESTART, Event.RECOVERED], Action.RESTART),
+        (Outcome.NOT_RECOVERED, 3, Health.FAILING, [Event.RESTART], Action.RESTART),
+        (Outcome.JOB_FAILED, 3, Health.FAILING, [Event.RESTART_FAILED], Action.RESTART_FAILED),
     ],
 )
 def test_apply_restart(outcome: Outcome, unhelpful: int, health: Health,
-                       events: list[Event]) -> None:
-    """A restart is counted; only one that brought the target back resets the backoff."""
-    before = _state(unhelpful_restarts=2, restarts=(NOW - 7200, NOW - 100))
-    after = policy.apply_restart(_target(), before, outcome, "why", NOW)
+                       events: list[Event], action: Action) -> None:
+    """A restart is counted; only one that brought the target back resets the backoff; a job
+    that failed turns the decision into restart-failed, and every change is returned."""
+    before = _state(unhelpful_restarts=2, restarts=(NOW - 7200, NOW - 100), down_since=NOW - 60)
+    applied = policy.apply_restart(_target(), before, RESTARTING,
+                                   policy.RestartOutcome(outcome, "why", NOW))
+    after = applied.state
     assert after.restarts == (NOW - 100, NOW)  # restarts outside the window are forgotten
     assert after.restarts_total == 1 and after.last_restart_at == NOW
     assert after.unhelpful_restarts == unhelpful and after.health is health
     assert after.consecutive_failures == 0 and after.failure_times == ()
     assert [t.event for t in after.history] == events
+    assert [c.event for c in applied.changes] == events
+    assert applied.decision.action is action
+    assert (after.down_since is None) == (outcome is Outcome.RECOVERED)
 
 
 def test_giving_up_is_recorded_once() -> None:
     """The given-up transition is recorded the first time only."""
     decision = policy.Decision("caddy", Action.GIVEN_UP, "given up: 3 restarts")
     once = policy.apply_decision(_target(), _state(), decision, NOW)
-    twice = policy.apply_decision(_target(), once, decision, NOW + 30)
-    assert once.given_up and once.given_up_reason == "given up: 3 restarts"
-    assert [t.event for t in twice.history] == [Event.GIVEN_UP]
+    twice = policy.apply_decision(_target(), once.state, decision, NOW + 30)
+    assert once.state.given_up and once.state.given_up_reason == "given up: 3 restarts"
+    assert [c.event for c in once.changes] == [Event.GIVEN_UP] and twice.changes == ()
+    assert [t.event for t in twice.state.history] == [Event.GIVEN_UP]
 
 
 @pytest.mark.parametrize(("unhelpful", "expected"), [(0, 60), (1, 120), (2, 240), (3, 480),

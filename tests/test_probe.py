@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import os
 import socket
@@ -13,14 +14,16 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prober.config import Method, Policy, ProbeKind, StatusRange, Target
-from prober.probe import ClientPool, probe_all, probe_one, probe_sync
+from prober.config import Policy, Target
+from prober.probes.http import HttpProbe, Method, StatusRange
+from prober.probes.tcp import TcpProbe
+from prober.probing import probe_all, probe_one, probe_sync
 from prober.results import FailureClass, ProbeResult
 from tests.servers import (
     Certs,
@@ -71,21 +74,22 @@ def certs(tmp_path: Path) -> Certs:
 
 def http_target(url: str, **fields: Any) -> Target:
     """An HTTP target with a short timeout unless `policy` says otherwise."""
-    fields.setdefault("policy", Policy(timeout=TIMEOUT))
-    return Target(name=fields.pop("name", "web"), kind=ProbeKind.HTTP, url=url, **fields)
+    policy = fields.pop("policy", Policy(timeout=TIMEOUT))
+    if "max_latency" in fields:
+        policy = replace(policy, max_latency=fields.pop("max_latency"))
+    return Target(name=fields.pop("name", "web"), probe=HttpProbe(url=url, **fields),
+                  policy=policy)
 
 
-def tcp_target(host: str, port: int, **fields: Any) -> Target:
-    fields.setdefault("policy", Policy(timeout=TIMEOUT))
-    return Target(name="db", kind=ProbeKind.TCP, tcp_host=host, tcp_port=port, **fields)
+def tcp_target(host: str, port: int) -> Target:
+    return Target(name="db", probe=TcpProbe(host, port), policy=Policy(timeout=TIMEOUT))
 
 
-async def timed_probe(target: Target, clients: ClientPool | None = None
-                      ) -> tuple[ProbeResult, float]:
+async def timed_probe(target: Target) -> tuple[ProbeResult, float]:
     """The result and how long it took, under a deadline of the target's whole budget."""
     started = time.monotonic()
     async with asyncio.timeout(target.run_budget + 5):
-        result = await probe_one(target, clients)
+        result = await probe_one(target)
     return result, time.monotonic() - started
 
 
@@ -230,6 +234,31 @@ async def test_resolve_keeps_host_and_sni(certs: Certs) -> None:
     assert result.ok, result.reason
     assert [r.header("Host") for r in server.requests] == [f"example.test:{server.port}"]
     assert server.server_names == ["example.test"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("settings", "read"),
+    [({}, True), ({"tls_verify": False}, False)],
+    ids=["verified", "unverified"],
+)
+async def test_certificate_expiry_is_read(certs: Certs, settings: dict[str, Any],
+                                          read: bool) -> None:
+    """A verified peer certificate's expiry and name come back with the result; an unverified
+    one is not read (only a verified certificate can be, without an X.509 parser)."""
+    valid_for = datetime.timedelta(days=5)
+    expected = time.time() + valid_for.total_seconds()
+    with serve(health(), tls=certs.server_context(valid_for=valid_for)) as server:
+        target = http_target(f"https://example.test:{server.port}/health",
+                             resolve="127.0.0.1", ca_file=certs.ca_file, **settings)
+        result, _ = await timed_probe(target)
+    assert result.ok, result.reason
+    if not read:
+        assert result.certificate is None
+        return
+    assert result.certificate is not None
+    assert abs(result.certificate.not_after - expected) < 120
+    assert "example.test" in result.certificate.subject
 
 
 # --- no HTTP server, or not a normal one ---------------------------------------------------
@@ -384,9 +413,10 @@ def test_no_tenacity_without_retries() -> None:
     """A run without retries does not pay for importing tenacity."""
     code = (
         "import sys\n"
-        "from prober.config import Policy, ProbeKind, Target\n"
-        "from prober.probe import probe_sync\n"
-        f"t = Target(name='a', kind=ProbeKind.HTTP, url='http://127.0.0.1:{refused_port()}/',"
+        "from prober.config import Policy, Target\n"
+        "from prober.probes.http import HttpProbe\n"
+        "from prober.probing import probe_sync\n"
+        f"t = Target(name='a', probe=HttpProbe(url='http://127.0.0.1:{refused_port()}/'),"
         " policy=Policy(timeout=1.0))\n"
         "(r,) = probe_sync([t])\n"
         "assert r.failure == 'refused', r\n"

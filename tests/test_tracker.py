@@ -36,8 +36,9 @@ def _run(config: Config, runs: str, name: str = "caddy") -> list[Health]:
     """Feed 'F'/'P' runs for one target; the health after each."""
     state, seen = State(), []
     for i, mark in enumerate(runs):
-        state, verdicts = tracker.fold(config, state, [_result(name, mark == "P")], now=i * 30.0)
-        seen.append(verdicts[0].health)
+        folded = tracker.fold(config, state, [_result(name, mark == "P")], now=i * 30.0)
+        state = folded.state
+        seen.append(folded.verdicts[0].health)
     return seen
 
 
@@ -85,7 +86,7 @@ def test_failures_are_blamed_on_the_deepest_failing_dependency(
     """A failing target whose dependency also fails is not a restart candidate; the deepest is."""
     config = _config(failure_threshold=1)
     results = [_result(n, n not in failing) for n in config.names]
-    _, verdicts = tracker.fold(config, State(), results, now=0.0)
+    verdicts = tracker.fold(config, State(), results, now=0.0).verdicts
     got = {v.name: v.blamed_on for v in verdicts if not v.result.ok}
     assert got == blame
     wants = {v.name for v in verdicts if v.wants_restart}
@@ -97,7 +98,7 @@ def test_state_counts_and_history() -> None:
     config = _config()
     state = State()
     for i, ok in enumerate([True, False, False, False, True]):
-        state, _ = tracker.fold(config, state, [_result("caddy", ok)], now=100.0 + i)
+        state = tracker.fold(config, state, [_result("caddy", ok)], now=100.0 + i).state
     caddy = state.get("caddy")
     assert caddy.health is Health.HEALTHY and caddy.consecutive_passes == 1
     assert [(t.event, t.at) for t in caddy.history] == [
@@ -110,7 +111,7 @@ def test_failure_times_are_bounded_by_the_threshold() -> None:
     config = _config(failure_threshold=3)
     state = State()
     for i in range(50):
-        state, _ = tracker.fold(config, state, [_result("caddy", False)], now=float(i))
+        state = tracker.fold(config, state, [_result("caddy", False)], now=float(i)).state
     assert state.get("caddy").failure_times == (47.0, 48.0, 49.0)
     assert state.get("caddy").consecutive_failures == 50
 
@@ -120,7 +121,7 @@ def test_history_stays_bounded_over_thousands_of_runs() -> None:
     config = _config(failure_threshold=1)
     state = State()
     for i in range(12_000):
-        state, _ = tracker.fold(config, state, [_result("caddy", i % 2 == 0)], now=float(i))
+        state = tracker.fold(config, state, [_result("caddy", i % 2 == 0)], now=float(i)).state
     assert len(state.get("caddy").history) == tracker.HISTORY_LIMIT
     assert state.get("caddy").history[-1].at == 11999.0
     trimmed = tracker.trim_history(state, config.history)
@@ -131,7 +132,7 @@ def test_history_stays_bounded_over_thousands_of_runs() -> None:
 def test_forget_and_prune() -> None:
     """reset forgets counters but notes itself; prune drops targets no longer configured."""
     config = _config(failure_threshold=1)
-    state, _ = tracker.fold(config, State(), [_result("caddy", False)], now=1.0)
+    state = tracker.fold(config, State(), [_result("caddy", False)], now=1.0).state
     state = tracker.forget(state, ["caddy"], now=2.0)
     caddy = state.get("caddy")
     assert caddy.consecutive_failures == 0 and caddy.health is Health.UNKNOWN

@@ -220,7 +220,7 @@ def test_always_failing_backend_gets_max_restarts_then_is_given_up(prober: Probe
     assert "restarts re-armed" in healed.err
     sent = [json.loads(line) for line in events.read_text().splitlines()]
     backend_events = [e["event"] for e in sent if e["target"] == "backend"]
-    assert backend_events == ["restart", "restart", "given-up", "recovered"], sent
+    assert backend_events == ["down", "restart", "restart", "given-up", "recovered"], sent
     assert all(e["unit"] == stack.backend_unit for e in sent if e["target"] == "backend")
 
 

@@ -1,0 +1,20 @@
+"""The probe kinds, one module each (prober/probes/<kind>.py, see base.py for the shape).
+
+Adding a kind is one module and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from prober.probes.base import ProbeKind
+
+_MODULES = (
+    "http",
+    "tcp",
+)
+
+KINDS: tuple[ProbeKind[Any, Any], ...] = tuple(
+    importlib.import_module(f"prober.probes.{name}").KIND for name in _MODULES
+)

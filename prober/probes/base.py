@@ -1,0 +1,74 @@
+"""What a probe kind is: the shape every module under prober/probes/ fills in.
+
+A kind declares its config keys, builds its frozen spec from their values, and probes: one async
+function of one neutral signature, `probe(spec, deadline, context) -> Finding`, which returns by
+`deadline.at` and never raises for a failed target (a failure is data). The context is the
+kind's own (one httpx client pool for HTTP), opaque to the rest of prober, created once per run
+or once for the watcher's life, and closed with `aclose()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from prober.keys import Key
+from prober.results import Deadline, Finding
+
+
+class ProbeSpec(Protocol):
+    """A kind's frozen spec dataclass: everything needed to probe one target that way."""
+
+    @property
+    def endpoint(self) -> str:
+        """Where the probe goes, for humans (no secrets)."""
+        ...
+
+
+class Context(Protocol):
+    """A kind's shared probing machinery (clients, certificates)."""
+
+    async def prepare(self, specs: Sequence[Any]) -> None:
+        """Set up, before the probes start, what would otherwise stall the first of them."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Invalid(ValueError):
+    """A spec that its keys' values cannot make: names the key at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class NoContext:
+    """The context of a kind that shares nothing between probes."""
+
+    async def prepare(self, specs: Sequence[Any]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+S = TypeVar("S")
+C = TypeVar("C", bound=Context)
+
+
+@dataclass(frozen=True)
+class ProbeKind(Generic[S, C]):
+    """One probe kind, as registered in prober/probes/__init__.py."""
+
+    name: str  # "http": the value reports show
+    spec: type[S]
+    keys: tuple[Key, ...]  # its own config keys
+    selectors: tuple[str, ...]  # a target with any of these keys is of this kind
+    build: Callable[[Mapping[str, Any]], S]  # the keys' values -> the spec; raises Invalid
+    probe: Callable[[S, Deadline, C], Awaitable[Finding]]
+    context: Callable[[], C]
+    # `prober probe ARGUMENT...`: the key values those arguments stand for, or None if they are
+    # not of this kind (a URL, tcp://host:port, an absolute command).
+    argument: Callable[[Sequence[str]], Mapping[str, Any] | None]

@@ -1,0 +1,163 @@
+"""Probing targets: the one caller of every probe kind (prober/probes/).
+
+    async with Probing() as probing:       # one per run, or one for the watcher's life
+        results = await probing.probe_all(targets)
+
+The caller owns what every kind shares: it sets each attempt's deadline and measures its
+latency, judges `max_latency`, retries (tenacity), and re-probes after a restart. A kind only
+finds; a failed target is data (`ok`, a FailureClass, a one-line reason), never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from prober.config import Target
+from prober.keys import format_duration
+from prober.probes.base import Context, ProbeKind
+from prober.results import Deadline, FailureClass, Finding, ProbeResult
+from prober.text import reason
+
+log = logging.getLogger("prober")
+
+VERIFY_INTERVAL = 0.5
+# How long past its deadline a kind may take to return before the caller gives up on it: a
+# kind is written to return by its deadline; this only bounds one that has a bug.
+_BACKSTOP = 1.0
+
+
+class Probing:
+    """The probe kinds' shared contexts, created on first use and closed together."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[str, Context] = {}
+
+    def _context(self, kind: ProbeKind[Any, Any]) -> Any:
+        context = self._contexts.get(kind.name)
+        if context is None:
+            context = self._contexts[kind.name] = kind.context()
+        return context
+
+    async def prepare(self, targets: Sequence[Target]) -> None:
+        """Let each kind set up what `targets` need before any probe starts."""
+        by_kind: dict[str, tuple[ProbeKind[Any, Any], list[Any]]] = {}
+        for target in targets:
+            kind = target.kind
+            by_kind.setdefault(kind.name, (kind, []))[1].append(target.probe)
+        for kind, specs in by_kind.values():
+            await self._context(kind).prepare(specs)
+
+    async def probe_all(self, targets: Sequence[Target]) -> list[ProbeResult]:
+        """Probe every target concurrently; one result per target, in the same order."""
+        await self.prepare(targets)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.probe(target)) for target in targets]
+        return [task.result() for task in tasks]
+
+    async def probe(self, target: Target) -> ProbeResult:
+        """Probe one target, with its quick retries."""
+        if target.policy.retries <= 0:
+            return await self._attempt(target, 1)
+        return await self._with_retries(target)
+
+    async def verify(self, target: Target, budget: float) -> ProbeResult:
+        """Probe again, every VERIFY_INTERVAL, until the target passes or `budget` has gone."""
+        from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
+
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(max(0.0, budget - VERIFY_INTERVAL)),
+            wait=wait_fixed(VERIFY_INTERVAL),
+            retry=retry_if_result(lambda result: not result.ok),
+            retry_error_callback=_last_result,
+        )
+        result: ProbeResult = await retrying(self.probe, target)
+        return result
+
+    async def _with_retries(self, target: Target) -> ProbeResult:
+        from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
+
+        attempts = 0
+
+        async def attempt() -> ProbeResult:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(target, attempts)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(target.policy.retries + 1),
+            wait=wait_fixed(target.policy.retry_delay),
+            retry=retry_if_result(lambda result: not result.ok),
+            retry_error_callback=_last_result,
+        )
+        result: ProbeResult = await retrying(attempt)
+        return result
+
+    async def _attempt(self, target: Target, number: int) -> ProbeResult:
+        kind = target.kind
+        policy = target.policy
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = Deadline(started + policy.timeout, policy.timeout)
+        try:
+            async with asyncio.timeout_at(deadline.at + _BACKSTOP):
+                finding = await kind.probe(target.probe, deadline, self._context(kind))
+        except TimeoutError:
+            finding = Finding(f"no answer within {format_duration(policy.timeout)}",
+                              FailureClass.TIMEOUT)
+        except Exception as exc:  # a bug in a kind must not take the whole run down
+            log.debug("target=%s: the %s probe raised", target.name, kind.name, exc_info=exc)
+            finding = Finding(reason(f"{type(exc).__name__}: {exc}"), FailureClass.ERROR)
+        latency = loop.time() - started
+        if finding.failure is None and policy.max_latency is not None and \
+                latency > policy.max_latency:
+            finding = Finding(f"slower than max_latency {format_duration(policy.max_latency)}",
+                              FailureClass.SLOW, finding.status_code, finding.certificate)
+        return ProbeResult(
+            name=target.name,
+            ok=finding.failure is None,
+            reason=finding.reason,
+            failure=finding.failure,
+            status_code=finding.status_code,
+            latency=latency,
+            attempts=number,
+            certificate=finding.certificate,
+        )
+
+    async def aclose(self) -> None:
+        contexts, self._contexts = list(self._contexts.values()), {}
+        for context in contexts:
+            await context.aclose()
+
+    async def __aenter__(self) -> Probing:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+def _last_result(state: Any) -> ProbeResult:
+    result: ProbeResult = state.outcome.result()
+    return result
+
+
+async def probe_all(targets: Sequence[Target]) -> list[ProbeResult]:
+    """Probe every target once, with contexts of their own."""
+    async with Probing() as probing:
+        return await probing.probe_all(targets)
+
+
+async def probe_one(target: Target) -> ProbeResult:
+    """Probe one target once (with its retries), with contexts of its own."""
+    async with Probing() as probing:
+        await probing.prepare([target])
+        return await probing.probe(target)
+
+
+def probe_sync(targets: Sequence[Target]) -> list[ProbeResult]:
+    """`probe_all` for synchronous callers."""
+    return asyncio.run(probe_all(targets))

@@ -1,0 +1,81 @@
+"""What one run found and did: the types every output (text, JSON, Nagios, metrics, the status
+page, notifications) reads. Plain data; `check.py` builds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from prober.config import Target
+from prober.policy import Decision
+from prober.pressure import Pressure
+from prober.results import ProbeResult
+from prober.tracker import Change, Health, TargetState
+
+
+class Status(StrEnum):
+    """A target's or a run's status, Nagios style; the values are the JSON `status` field."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {Status.OK: 0, Status.WARNING: 1, Status.CRITICAL: 2, Status.UNKNOWN: 3}
+
+
+def worst(statuses: list[Status]) -> Status:
+    for status in (Status.UNKNOWN, Status.CRITICAL, Status.WARNING):
+        if status in statuses:
+            return status
+    return Status.OK
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """Everything one run found and did about one target."""
+
+    target: Target
+    result: ProbeResult
+    health: Health
+    decision: Decision
+    state: TargetState
+    outcome: str | None = None  # how a restart went, one line
+    notice: str | None = None  # a warning that is no failure: a certificate about to expire
+
+    @property
+    def status(self) -> Status:
+        if self.decision.action.is_critical or self.health is Health.DOWN:
+            return Status.CRITICAL
+        if self.health in (Health.FAILING, Health.RECOVERING) or self.notice:
+            return Status.WARNING
+        return Status.OK
+
+
+@dataclass(frozen=True)
+class RunReport:
+    targets: tuple[TargetReport, ...]
+    dry_run: bool = False
+    started_at: float = 0.0
+    duration: float = 0.0
+    pressure: Pressure | None = None
+    state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
+    changes: tuple[Change, ...] = ()  # what this run recorded in the targets' histories
+
+    @property
+    def status(self) -> Status:
+        if self.state_error is not None:
+            return Status.UNKNOWN
+        return worst([t.status for t in self.targets])
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run that chose not to probe, and why."""
+
+    reason: str

@@ -1,0 +1,51 @@
+"""The README documents every config key as the key table declares it, and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from prober.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
+from prober.keys import Key
+from prober.probes import KINDS
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_ROW = re.compile(r"^\| `([a-z_]+)` \| ([^|]*) \| ([^|]*) \|$")
+
+
+def readme_table(heading: str) -> dict[str, tuple[str, str]]:
+    """The rows of the first table under `### heading`: key -> (default, meaning)."""
+    text = README.read_text()
+    marker = f"\n### {heading}\n"
+    assert marker in text, f"README has no section {heading!r}"
+    section = text.split(marker, 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        match = _ROW.match(line)
+        if match:
+            rows[match.group(1)] = (match.group(2).strip().strip("`"), match.group(3).strip())
+    return rows
+
+
+SECTIONS: list[tuple[str, tuple[Key, ...]]] = [
+    ("Top-level keys", TOP_KEYS),
+    ("`[notify]` keys", NOTIFY_KEYS),
+    ("Target keys (every kind)", TARGET_KEYS),
+    ("Policy keys (in `[defaults]` or per target)", POLICY_KEYS),
+    *((f"Probe keys: {kind.name}", kind.keys) for kind in KINDS),
+]
+
+
+@pytest.mark.parametrize(("heading", "keys"), SECTIONS, ids=[s[0] for s in SECTIONS])
+def test_readme_tables_match_the_key_table(heading: str, keys: tuple[Key, ...]) -> None:
+    """Each README key table lists exactly the declared keys, in order, with their defaults,
+    and marks the probe keys that [defaults] takes."""
+    rows = readme_table(heading)
+    assert list(rows) == [key.name for key in keys]
+    for key in keys:
+        default, meaning = rows[key.name]
+        assert default == key.default, key.name
+        if heading.startswith("Probe keys"):
+            assert meaning.endswith("*defaults*") == key.in_defaults, key.name

@@ -1,0 +1,185 @@
+"""One run in process, with a fake actuator: restart, verify, notify and the failure paths.
+
+The targets are real loopback servers; only the actuator is fake, so that these paths run
+without root, a systemd or a bus. This is also the template for testing another actuator: the
+same cases, with the fake replaced by the real thing (tests/e2e/ does that for systemd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prober.actuator import RestartResult, UnitFacts
+from prober.check import run_once
+from prober.config import Bus, Config, Target, parse_config
+from prober.errors import SystemdError
+from prober.policy import Action
+from prober.runs import RunReport, Status
+from prober.tracker import Event, Health, State
+from tests.servers import Server, answer, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = 1_000_000.0
+
+
+@dataclass
+class FakeActuator:
+    """Answers unit facts from a table and 'restarts' by calling `on_restart`."""
+
+    facts: dict[str, UnitFacts] = field(default_factory=dict)
+    on_restart: Callable[[Target], RestartResult] = lambda t: RestartResult(True, "job done")
+    facts_error: str = ""
+    restarted: list[str] = field(default_factory=list)
+    closed: int = 0
+
+    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
+        if self.facts_error:
+            raise SystemdError(self.facts_error)
+        return self.facts.get(unit) or UnitFacts(unit, "loaded", "active", "running",
+                                                 active_enter=NOW - 3600, main_pid=42)
+
+    async def restart(self, target: Target) -> RestartResult:
+        assert target.unit is not None
+        self.restarted.append(target.unit)
+        return self.on_restart(target)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture
+def web() -> Iterator[Server]:
+    with serve(answer(500, b"broken")) as server:
+        yield server
+
+
+@pytest.fixture
+def events_file(tmp_path: Path) -> Path:
+    return tmp_path / "events.jsonl"
+
+
+def _config(web: Server, events: Path, *, extra: str = "", **policy: Any) -> Config:
+    settings = {"timeout": "1s", "failure_threshold": 1, "startup_grace": "0s",
+                "cooldown": "0s", "verify_timeout": "1s", **policy}
+    recorder = "import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n"
+    script = events.with_suffix(".py")
+    script.write_text(recorder)
+    return parse_config({
+        "defaults": settings,
+        "notify": {"command": [sys.executable, str(script), str(events)]},
+        "target": [{"name": "web", "url": web.url("/health"), "unit": "web.service"}],
+    })
+
+
+def _run(config: Config, actuator: FakeActuator, state: State | None = None, *,
+         dry_run: bool = False, now: float = NOW) -> tuple[State, RunReport]:
+    return asyncio.run(run_once(config, state or State(), lambda: now, lambda: actuator,
+                                dry_run=dry_run))
+
+
+def _events(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["event"] for line in path.read_text().splitlines()]
+
+
+def _fix(web: Server) -> Callable[[Target], RestartResult]:
+    def restart(target: Target) -> RestartResult:
+        web.handler = answer(200, b"OK")
+        return RestartResult(True, "job done")
+    return restart
+
+
+def test_restart_that_helps(web: Server, events_file: Path) -> None:
+    """A down target's unit is restarted, verified answering, and every event is notified."""
+    actuator = FakeActuator(on_restart=_fix(web))
+    state, report = _run(_config(web, events_file), actuator)
+    (item,) = report.targets
+    assert item.decision.action is Action.RESTART
+    assert item.outcome and "answering again" in item.outcome
+    assert item.health is Health.HEALTHY and item.state.restarts_total == 1
+    assert actuator.restarted == ["web.service"] and actuator.closed == 1
+    assert [c.event for c in report.changes] == [Event.DOWN, Event.RESTART, Event.RECOVERED]
+    assert _events(events_file) == ["down", "restart", "recovered"]
+    assert state.get("web").down_since is None
+
+
+def test_restart_that_does_not_help(web: Server, events_file: Path) -> None:
+    """A restart after which the target still fails counts as unhelpful and stays critical."""
+    actuator = FakeActuator()
+    state, report = _run(_config(web, events_file), actuator)
+    (item,) = report.targets
+    assert item.decision.action is Action.RESTART and report.status is Status.CRITICAL
+    assert item.outcome and "still failing" in item.outcome
+    assert state.get("web").unhelpful_restarts == 1
+    assert state.get("web").down_since == NOW
+    assert _events(events_file) == ["down", "restart"]
+
+
+@pytest.mark.parametrize(
+    ("on_restart", "detail"),
+    [
+        (lambda t: RestartResult(False, "job failed"), "restart failed: job failed"),
+        (lambda t: (_ for _ in ()).throw(SystemdError("systemd refused to restart web")),
+         "systemd refused"),
+    ],
+    ids=["job-failed", "refused"],
+)
+def test_restart_failed(web: Server, events_file: Path,
+                        on_restart: Callable[[Target], RestartResult], detail: str) -> None:
+    """A failed or refused restart is `restart-failed`, decided by the policy, and notified."""
+    _, report = _run(_config(web, events_file), FakeActuator(on_restart=on_restart))
+    (item,) = report.targets
+    assert item.decision.action is Action.RESTART_FAILED
+    assert detail in item.decision.reason
+    assert [c.event for c in report.changes] == [Event.DOWN, Event.RESTART_FAILED]
+    assert _events(events_file) == ["down", "restart-failed"]
+
+
+def test_unit_facts_unknown(web: Server, events_file: Path) -> None:
+    """When the actuator cannot say what the unit is doing, nothing is restarted."""
+    actuator = FakeActuator(facts_error="the bus is gone")
+    _, report = _run(_config(web, events_file), actuator)
+    assert report.targets[0].decision.action is Action.UNIT_UNKNOWN
+    assert "the bus is gone" in report.targets[0].decision.reason
+    assert actuator.restarted == []
+
+
+def test_stopped_unit_is_never_started(web: Server, events_file: Path) -> None:
+    """A unit an admin stopped is reported, not started."""
+    actuator = FakeActuator(facts={"web.service": UnitFacts("web.service", "loaded",
+                                                             "inactive", "dead")})
+    _, report = _run(_config(web, events_file), actuator)
+    assert report.targets[0].decision.action is Action.UNIT_NOT_ACTIVE
+    assert actuator.restarted == []
+
+
+def test_dry_run_restarts_nothing(web: Server, events_file: Path) -> None:
+    """--dry-run decides as usual and restarts nothing."""
+    actuator = FakeActuator()
+    _, report = _run(_config(web, events_file), actuator, dry_run=True)
+    assert report.targets[0].decision.action is Action.WOULD_RESTART
+    assert actuator.restarted == []
+
+
+def test_given_up_after_max_restarts(web: Server, events_file: Path) -> None:
+    """Restarts that never help stop at max_restarts; the given-up event goes out once."""
+    actuator = FakeActuator()
+    config = _config(web, events_file, max_restarts=2)
+    state = State()
+    actions = []
+    for run in range(4):
+        state, report = _run(config, actuator, state, now=NOW + 10 * run)
+        actions.append(report.targets[0].decision.action)
+    assert actions == [Action.RESTART, Action.RESTART, Action.GIVEN_UP, Action.GIVEN_UP]
+    assert len(actuator.restarted) == 2
+    assert _events(events_file) == ["down", "restart", "restart", "given-up"]

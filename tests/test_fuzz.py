@@ -330,6 +330,14 @@ VALID_POLICY: dict[str, st.SearchStrategy[Any]] = {
     "tls_expiry_warning": st.sampled_from(["0s", "14d", "30d"]),
 }
 POLICY = frozenset(key.name for key in POLICY_KEYS)
+VALID_EXEC: dict[str, st.SearchStrategy[Any]] = {
+    "expect_exit": st.integers(0, 255),
+    "expect_output": st.sampled_from(["PONG", "accepting connections"]),
+    "expect_output_regex": st.sampled_from(["^PONG$", "accepting"]),
+    "env": st.dictionaries(st.sampled_from(["REDISCLI_AUTH", "PGCONNECT_TIMEOUT", "_X1"]),
+                           texts(8), max_size=2),
+    "env_file": st.sampled_from(["/etc/prober/redis.env", "redis-auth"]),
+}
 VALID_NAMES = st.sampled_from(["web", "caddy", "db", "api-1", "x.y", "cache", "w_2", "Z9"])
 
 
@@ -344,12 +352,18 @@ def valid_documents(draw: st.DrawFn) -> Doc:
     names = draw(st.lists(VALID_NAMES, min_size=1, max_size=5, unique=True))
     targets = []
     for index, name in enumerate(names):
-        kind = draw(st.sampled_from(["url", "tcp", "unix_socket"]))
+        kind = draw(st.sampled_from(["url", "tcp", "unix_socket", "command"]))
         table: Doc = {"name": name}
         if kind == "tcp":
             table["tcp"] = draw(st.sampled_from(["127.0.0.1:6379", "[::1]:5432", "db.test:1"]))
             policy = {k: v for k, v in VALID_POLICY.items() if k in POLICY}
             table.update(_some(draw, policy))
+        elif kind == "command":
+            table["command"] = draw(st.sampled_from([
+                ["/usr/bin/redis-cli", "ping"], ["/usr/bin/pg_isready", "-h", "/run/postgresql"],
+                ["/usr/local/lib/prober/sidekiq-alive"]]))
+            policy = {k: v for k, v in VALID_POLICY.items() if k in POLICY or k == "max_body"}
+            table.update(_some(draw, {**policy, **VALID_EXEC}))
         else:
             table.update(_some(draw, VALID_POLICY))
             if kind == "unix_socket":
@@ -660,6 +674,9 @@ CLI_VALUES: dict[str, st.SearchStrategy[str]] = {
     "max_body": st.sampled_from(["1", "0", "-5", "65536", "1k"]),
     "resolve": st.sampled_from(["127.0.0.1", "::1", "[::1]", "not-an-ip", "999.0.0.1", ""]),
     "method": st.sampled_from(["GET", "head", "POST", ""]),
+    "env": st.sampled_from(["A=1", "BAD NAME=x", "nosign", "=x"]),
+    "env_file": st.sampled_from(["{tmp}/missing.env", "relative/x", "{tmp}/note.txt"]),
+    "expect_exit": st.sampled_from(["0", "2", "-1", "300", "x"]),
     "unix_socket": st.sampled_from(["{tmp}/no.sock", "relative.sock", "{tmp}/note.txt"]),
     "ca_file": st.sampled_from(["{tmp}/missing.pem", "relative.pem", "{tmp}/prober.toml"]),
 }
@@ -675,6 +692,8 @@ CLI_URLS = st.builds(
         .map("/".__add__),
     ),
 )
+CLI_COMMANDS = st.sampled_from([["/bin/true"], ["/bin/false"], ["/bin/echo", "PONG"],
+                                ["/nonexistent/command"], ["relative", "x"]])
 JUNK = st.sampled_from(["--nope", "-x", "--dry-rn", "--jsno", "--", "-", "-h", ""])
 
 
@@ -704,8 +723,9 @@ def command_lines(name: str) -> st.SearchStrategy[list[str]]:
     groups: list[st.SearchStrategy[list[list[str]]]] = [
         st.lists(st.one_of(*pieces), max_size=4), st.lists(junk, max_size=1) | st.just([])]
     for argument in (p for p in command.params if isinstance(p, click.Argument)):
-        if argument.name == "what":
-            values = st.lists(CLI_URLS, min_size=1, max_size=1) | st.lists(CLI_URLS, max_size=2)
+        if argument.name == "what":  # URLs, or harmless commands after "--"
+            values = st.lists(CLI_URLS, min_size=1, max_size=1) | st.lists(CLI_URLS, max_size=2) \
+                | CLI_COMMANDS.map(lambda command: ["--", *command])
         else:
             values = st.lists(CLI_VALUES["targets"], max_size=3)
         groups.append(values.map(lambda vs: [[v] for v in vs]))

@@ -13,6 +13,7 @@ from prober.probes.base import ProbeKind
 _MODULES = (
     "http",
     "tcp",
+    "exec",
 )
 
 KINDS: tuple[ProbeKind[Any, Any], ...] = tuple(

@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
+DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time \
+                   redis-server redis-tools
 
 .PHONY: all deps venv test lint demo bench clean
 
@@ -29,7 +30,7 @@ test: deps venv
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check prober tests
+	$(VENV)/bin/ruff check prober tests examples/sidekiq-alive
 	$(VENV)/bin/mypy
 
 demo: deps venv

@@ -15,8 +15,8 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    """ruff finds nothing in prober/ and tests/."""
-    done = _run(sys.executable, "-m", "ruff", "check", "prober", "tests")
+    """ruff finds nothing in prober/, tests/ and examples/sidekiq-alive."""
+    done = _run(sys.executable, "-m", "ruff", "check", "prober", "tests", "examples/sidekiq-alive")
     assert done.returncode == 0, done.stdout + done.stderr
 
 

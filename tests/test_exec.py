@@ -147,6 +147,16 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _all_dead(pids: list[int], within: float = 2.0) -> bool:
+    """Whether every one of `pids` is dead, allowing SIGKILL its moment to land."""
+    deadline = time.monotonic() + within
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 STUBBORN = (
     # A shell, a child and a grandchild, all ignoring SIGTERM, all writing their PIDs down.
     'trap "" TERM; echo $$ >> "$1"; '
@@ -166,9 +176,12 @@ def test_deadline_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert elapsed < 2.0
     recorded = [int(line) for line in pids.read_text().split()]
     assert len(recorded) == 4
-    assert not any(_alive(pid) for pid in recorded)
-    shell = recorded[0]
-    assert not Path(f"/proc/{shell}").exists()  # reaped by prober, not left a zombie
+    assert _all_dead(recorded)
+    shell = Path(f"/proc/{recorded[0]}")  # the command itself: prober's child, reaped by it
+    deadline = time.monotonic() + 2
+    while shell.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not shell.exists()
 
 
 def test_what_a_passing_command_leaves_behind_is_killed(tmp_path: Path) -> None:
@@ -178,4 +191,4 @@ def test_what_a_passing_command_leaves_behind_is_killed(tmp_path: Path) -> None:
     result = run(exec_target(SH, "-c", 'sleep 300 & echo $! > "$1"; echo ok', "leaver",
                              str(pids), expect_output="ok"))
     assert result.ok, result.reason
-    assert not _alive(int(pids.read_text()))
+    assert _all_dead([int(pids.read_text())])

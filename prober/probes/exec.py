@@ -63,7 +63,7 @@ class ExecProbe:
     def endpoint(self) -> str:
         import shlex
 
-        return "exec " + " ".join(shlex.quote(redact_url(arg)) for arg in self.command)
+        return " ".join(shlex.quote(redact_url(arg)) for arg in self.command)
 
 
 def _env_option(values: Sequence[str]) -> dict[str, str] | None:

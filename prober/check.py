@@ -205,7 +205,12 @@ async def run_once(
 def _log_results(verdicts: Sequence[Verdict]) -> None:
     for verdict in verdicts:
         result = verdict.result
-        if not result.ok:
+        if result.ok:
+            continue
+        if verdict.paused:
+            log.info("target=%s: probe failed (%s), paused: %s", verdict.name, result.failure,
+                     result.reason)
+        else:
             log.warning("target=%s: probe failed (%s): %s [%d in a row]", verdict.name,
                         result.failure, result.reason, verdict.consecutive_failures)
 
@@ -223,7 +228,7 @@ def _log_changes(before: State, changes: Sequence[Change]) -> None:
 
 def _log_decision(target: Target, decision: Decision) -> None:
     action = decision.action
-    if action in (Action.NONE, Action.RESTART, Action.DEPENDENCY):
+    if action in (Action.NONE, Action.RESTART, Action.DEPENDENCY, Action.PAUSED):
         return
     level = logging.WARNING if action in (Action.WAIT, Action.WOULD_RESTART) else logging.ERROR
     log.log(level, "target=%s unit=%s: %s: %s", target.name, target.unit or "-", action.value,

@@ -25,7 +25,7 @@ from prober.config import (
     parse_config,
 )
 from prober.errors import ProberError, StateError, UsageError
-from prober.keys import Key, Shape, describe_value, parse_duration
+from prober.keys import Key, Shape, describe_value, format_duration, parse_duration
 from prober.probes import KINDS
 from prober.state import StateStore, state_path
 from prober.text import did_you_mean, one_line
@@ -33,6 +33,7 @@ from prober.text import did_you_mean, one_line
 if TYPE_CHECKING:
     from prober.actuator import Actuator
     from prober.runs import RunReport, Skipped
+    from prober.tracker import State
 
 log = logging.getLogger("prober")
 
@@ -327,27 +328,102 @@ def _settings(target: Target) -> str:
     return ", ".join(pairs)
 
 
+_wait_option = click.option(
+    # Longer than a run with the default policy takes (the timer's TimeoutStartSec= too).
+    "--wait", "wait", metavar="DURATION", default="3m", show_default=True,
+    help="How long to wait for a run that holds the state lock.")
+
+
+def _update_state(config_file: str | None, state_file: str | None, wait: str,
+                  change: Callable[[State, float], State]) -> None:
+    """Apply `change` to the stored state under its lock, waiting a bounded time for a run."""
+    from prober.state import LockBusy
+
+    store = _store(state_file)
+    config = _load(config_file)
+    patience = _duration_option("--wait", wait) or 0.0
+    try:
+        with store.locked(wait=patience):
+            from prober import tracker
+
+            state = tracker.prune(store.load(), config.names)
+            store.save(tracker.trim_history(change(state, time.time()), config.history))
+    except LockBusy:
+        raise StateError(f"another prober run has held {store.lock_path} for "
+                         f"{format_duration(patience)}", "is a run stuck? see `prober "
+                         "status` and the journal") from None
+
+
 @cli.command()
 @_config_option
 @_state_option
 @click.argument("names", nargs=-1)
-def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...]) -> int:
+@_wait_option
+def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...],
+          wait: str) -> int:
     """Forget the failures, restarts and given-up flag of NAMES (all targets if none)."""
     from prober import tracker
 
     config = _load(config_file)
     _check_names(config, names)
-    store = _store(state_file)
     chosen = names or config.names
-    from prober.state import LockBusy
-
-    try:
-        with store.locked():
-            store.save(tracker.forget(store.load(), chosen, time.time()))
-    except LockBusy:
-        raise StateError(f"another prober run holds {store.lock_path}",
-                         "try again in a moment") from None
+    _update_state(config_file, state_file, wait,
+                  lambda state, now: tracker.forget(state, chosen, now))
     click.echo(f"reset: {', '.join(chosen)}")
+    return 0
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Pause every target.")
+@click.option("--for", "duration", metavar="DURATION", default="1h", show_default=True,
+              help="How long the pause lasts; it ends by itself.")
+@click.option("--reason", metavar="TEXT", default="", help="Why, for `status` and the page.")
+@_wait_option
+def pause(config_file: str | None, state_file: str | None, names: tuple[str, ...],
+          every: bool, duration: str, reason: str, wait: str) -> int:
+    """Pause NAMES (or --all): still probed and reported, never restarted, until --for ends."""
+    from prober import tracker
+
+    config = _load(config_file)
+    if bool(names) == every:
+        raise UsageError("name the targets to pause, or pass --all", "prober pause web --for "
+                         "30m --reason 'upgrading Mastodon'")
+    _check_names(config, names)
+    seconds = _duration_option("--for", duration)
+    if not seconds:
+        raise UsageError("--for: a pause must last more than 0s")
+    chosen = names or config.names
+    until = time.time() + seconds
+    _update_state(config_file, state_file, wait,
+                  lambda state, now: tracker.pause(state, chosen, until, one_line(reason), now))
+    click.echo(f"paused until {report.when(until)}: {', '.join(chosen)}")
+    return 0
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.argument("names", nargs=-1)
+@_wait_option
+def resume(config_file: str | None, state_file: str | None, names: tuple[str, ...],
+           wait: str) -> int:
+    """End the pause of NAMES (of every paused target if none)."""
+    from prober import tracker
+
+    config = _load(config_file)
+    _check_names(config, names)
+    resumed: list[str] = []
+
+    def change(state: State, now: float) -> State:
+        new, done = tracker.resume(state, names or config.names, now)
+        resumed.extend(done)
+        return new
+
+    _update_state(config_file, state_file, wait, change)
+    click.echo(f"resumed: {', '.join(resumed)}" if resumed else "nothing was paused")
     return 0
 
 

@@ -31,11 +31,12 @@ class Action(StrEnum):
     UNIT_NOT_ACTIVE = "unit-not-active"  # the unit is stopped or failed: never started by us
     NO_UNIT = "no-unit"  # down, but no unit is configured to restart
     UNIT_UNKNOWN = "unit-unknown"  # systemd could not be asked about the unit
+    PAUSED = "paused"  # an operator paused it: probed and reported, never restarted
 
     @property
     def is_critical(self) -> bool:
         """Whether this action makes the run critical (exit 2)."""
-        return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT)
+        return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def decide(
     def decision(action: Action, reason: str) -> Decision:
         return Decision(target.name, action, reason, target.unit)
 
+    if verdict.paused:
+        return decision(Action.PAUSED, _paused_reason(state, verdict))
     if not verdict.health.is_failing:
         return decision(Action.NONE, verdict.result.reason)
     if verdict.blamed_on is not None:
@@ -94,6 +97,13 @@ def decide(
     if action is Action.RESTART and dry_run:
         return decision(Action.WOULD_RESTART, reason.replace("restarting", "would restart", 1))
     return decision(action, reason)
+
+
+def _paused_reason(state: TargetState, verdict: Verdict) -> str:
+    until = dt.datetime.fromtimestamp(state.paused_until or 0.0, dt.UTC)
+    why = f" ({state.paused_reason})" if state.paused_reason else ""
+    return (f"paused until {until:%Y-%m-%d %H:%M:%S} UTC{why}: probed, never restarted; "
+            f"{verdict.result.reason}")
 
 
 def _judge_unit(

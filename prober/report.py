@@ -12,11 +12,11 @@ from prober.config import Config
 from prober.errors import StateError
 from prober.files import write_atomically as write_file
 from prober.keys import format_duration
-from prober.policy import cooldown_for, restarts_within
+from prober.policy import Action, cooldown_for, restarts_within
 from prober.results import ProbeResult
 from prober.runs import RunReport, Status, TargetReport
 from prober.text import os_reason, redact_url
-from prober.tracker import State, TargetState
+from prober.tracker import State, TargetState, is_paused
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -107,6 +107,8 @@ def _target_json(item: TargetReport) -> dict[str, Any]:
         "cert_not_after": None if result.certificate is None else
         result.certificate.not_after,
         "notice": item.notice,
+        "paused_until": item.state.paused_until,
+        "paused_reason": item.state.paused_reason or None,
     }
 
 
@@ -135,7 +137,7 @@ def probe_json(result: ProbeResult, endpoint: str) -> dict[str, Any]:
 # --- stored state -------------------------------------------------------------------------
 
 
-def _when(at: float | None) -> str:
+def when(at: float | None) -> str:
     if at is None:
         return "-"
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -173,6 +175,8 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "next_restart_allowed_at": next_at if next_at and next_at > now else None,
             "given_up": t.given_up,
             "given_up_reason": t.given_up_reason or None,
+            "paused_until": t.paused_until if is_paused(t, now) else None,
+            "paused_reason": (t.paused_reason or None) if is_paused(t, now) else None,
             "history": [{"at": h.at, "event": h.event.value, "reason": h.reason}
                         for h in t.history[-history:]],
         })
@@ -183,13 +187,14 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
     rows = [("TARGET", "HEALTH", "SINCE", "RESTARTS", "LAST RESULT")]
     for target in config.targets:
         t = state.get(target.name)
-        health = t.health.value + (" (given up)" if t.given_up else "")
+        health = t.health.value + (" (given up)" if t.given_up else "") + \
+            (" (paused)" if is_paused(t, now) else "")
         restarts = f"{restarts_within(t, target.policy.restart_window, now)}/" \
                    f"{target.policy.max_restarts}"
         rows.append((target.name, health, _ago(t.since, now), restarts, t.last_reason or "-"))
     lines = [_table(rows)]
     if state.updated_at is not None:
-        lines.append(f"last run: {_when(state.updated_at)} ({_ago(state.updated_at, now)})")
+        lines.append(f"last run: {when(state.updated_at)} ({_ago(state.updated_at, now)})")
     else:
         lines.append("no run recorded yet")
     for target in config.targets:
@@ -199,14 +204,17 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
         if target.unit:
             extra.append(f"unit {target.unit}")
         if next_at and next_at > now:
-            extra.append(f"next restart allowed at {_when(next_at)}")
+            extra.append(f"next restart allowed at {when(next_at)}")
         if t.given_up:
             extra.append(t.given_up_reason)
+        if is_paused(t, now):
+            why = f": {t.paused_reason}" if t.paused_reason else ""
+            extra.append(f"paused until {when(t.paused_until)}{why}")
         if not t.history and not extra:
             continue
         lines.append(f"\n{target.name}: " + "; ".join(extra) if extra else f"\n{target.name}:")
         for h in t.history[-history:]:
-            lines.append(f"  {_when(h.at)}  {h.event.value:<14} {h.reason}")
+            lines.append(f"  {when(h.at)}  {h.event.value:<14} {h.reason}")
     return "\n".join(lines)
 
 
@@ -236,6 +244,8 @@ def run_nagios(report: RunReport) -> str:
 
 
 def _nagios_problem(item: TargetReport) -> str:
+    if item.decision.action is Action.PAUSED:
+        return f"{item.target.name} {item.decision.reason}"
     if item.notice and item.result.ok:
         return f"{item.target.name} {item.notice}"
     return (f"{item.target.name} {item.health.value} ({item.decision.action.value}: "

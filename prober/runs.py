@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from prober.config import Target
-from prober.policy import Decision
+from prober.policy import Action, Decision
 from prober.pressure import Pressure
 from prober.results import ProbeResult
 from prober.tracker import Change, Health, TargetState
@@ -50,6 +50,8 @@ class TargetReport:
 
     @property
     def status(self) -> Status:
+        if self.decision.action is Action.PAUSED:  # an operator is at work: say, never page
+            return Status.OK if self.result.ok else Status.WARNING
         if self.decision.action.is_critical or self.health is Health.DOWN:
             return Status.CRITICAL
         if self.health in (Health.FAILING, Health.RECOVERING) or self.notice:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ log = logging.getLogger("prober")
 
 STATE_VERSION = 1
 DEFAULT_STATE_DIR = "/var/lib/prober"
+_LOCK_POLL = 0.05
 
 
 def state_path(cli_value: str | None, environ: Mapping[str, str]) -> str:
@@ -131,8 +133,11 @@ class StateStore:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the run lock; LockBusy at once if another run holds it."""
+    def locked(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the run lock; LockBusy if another run holds it for more than `wait` seconds.
+
+        A run does not wait (the next run will come); an operator's command waits its turn.
+        """
         self._ensure_directory()
         try:
             # Read-only and world-readable: flock needs no write access, so a lock file left
@@ -143,10 +148,7 @@ class StateStore:
             raise StateError(
                 f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockBusy(str(self.lock_path)) from None
+            _flock(fd, wait, str(self.lock_path))
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -216,3 +218,15 @@ class StateStore:
         st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
+
+
+def _flock(fd: int, wait: float, path: str) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockBusy(path) from None
+            time.sleep(_LOCK_POLL)

@@ -12,6 +12,7 @@ notifications consume those, and never compare timestamps to work out what happe
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -91,6 +92,8 @@ class TargetState:
     last_restart_at: float | None = None
     given_up: bool = False
     given_up_reason: str = ""
+    paused_until: float | None = None  # an operator's pause: probed, reported, never restarted
+    paused_reason: str = ""
     history: tuple[Transition, ...] = ()
 
 
@@ -115,10 +118,11 @@ class Verdict:
     result: ProbeResult
     consecutive_failures: int
     blamed_on: str | None = None  # the deepest failing dependency, if the failure is its fault
+    paused: bool = False
 
     @property
     def wants_restart(self) -> bool:
-        return self.health is Health.DOWN and self.blamed_on is None
+        return self.health is Health.DOWN and self.blamed_on is None and not self.paused
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,22 @@ def _next_health(target: Target, failures: int, passes: int, previous: Health) -
     return Health.HEALTHY
 
 
+def is_paused(state: TargetState, now: float) -> bool:
+    return state.paused_until is not None and now < state.paused_until
+
+
 def fold_result(target: Target, state: TargetState, result: ProbeResult, now: float) -> TargetState:
-    """One target's state after one more probe result."""
+    """One target's state after one more probe result.
+
+    A paused target's result is remembered, but counts toward no threshold; a pause that has
+    run out ends here, and the history says so.
+    """
+    if state.paused_until is not None and not is_paused(state, now):
+        state = _resumed(state, now, "the pause ran out")
+    if is_paused(state, now):
+        return replace(state, last_checked_at=now, last_ok=result.ok, last_reason=result.reason,
+                       last_failure=None if result.failure is None else result.failure.value,
+                       last_status_code=result.status_code, last_latency_ms=result.latency_ms)
     times: tuple[float, ...] = ()
     if result.ok:
         failures, passes = 0, state.consecutive_passes + 1
@@ -228,6 +246,7 @@ def fold(config: Config, state: State, results: Iterable[ProbeResult], now: floa
                 result=result,
                 consecutive_failures=targets[name].consecutive_failures,
                 blamed_on=blamed,
+                paused=is_paused(targets[name], now),
             )
         )
     return Folded(State(targets=targets, updated_at=now), verdicts, changes)
@@ -271,6 +290,43 @@ def forget(state: State, names: Iterable[str], now: float) -> State:
         fresh = TargetState(history=old.history)
         targets[name] = record(fresh, now, Event.RESET, "state reset by an operator")
     return replace(state, targets=targets)
+
+
+def pause(state: State, names: Iterable[str], until: float, reason: str, now: float) -> State:
+    """Pause these targets until `until`: still probed and reported, never restarted.
+
+    Their failure streaks start afresh, so that a service mid-upgrade is judged on what it does
+    after the pause, not before it.
+    """
+    targets = {**state.targets}
+    note = f"paused until {_when(until)}" + (f": {reason}" if reason else "")
+    for name in names:
+        paused = replace(targets.get(name, TargetState()), paused_until=until,
+                         paused_reason=reason, consecutive_failures=0, consecutive_passes=0,
+                         failure_times=())
+        targets[name] = record(paused, now, Event.PAUSED, note)
+    return replace(state, targets=targets)
+
+
+def resume(state: State, names: Iterable[str], now: float) -> tuple[State, list[str]]:
+    """End the pause of those of these targets that are paused; the new state and their names."""
+    targets = {**state.targets}
+    resumed = []
+    for name in names:
+        current = targets.get(name, TargetState())
+        if current.paused_until is not None:
+            targets[name] = _resumed(current, now, "resumed by an operator")
+            resumed.append(name)
+    return replace(state, targets=targets), resumed
+
+
+def _resumed(state: TargetState, now: float, reason: str) -> TargetState:
+    return record(replace(state, paused_until=None, paused_reason=""), now, Event.RESUMED,
+                  reason)
+
+
+def _when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def trim_history(state: State, keep: int) -> State:

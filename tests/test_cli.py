@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +191,8 @@ def test_target_filter(prober: Prober, web: Server) -> None:
 
 
 def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
-    """A run finding another run's lock exits 0 at once and says so; reset refuses (exit 3)."""
+    """A run finding another run's lock exits 0 at once and says so; reset waits --wait, then
+    gives up (exit 3)."""
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
     prober.state.parent.mkdir(parents=True)
     holder = subprocess.Popen(
@@ -201,7 +204,7 @@ def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         run = prober("check")
-        reset = prober("reset")
+        reset = prober("reset", "--wait", "500ms")
     finally:
         assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()
@@ -211,7 +214,8 @@ def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
     assert "another prober run holds" in run.out
     assert not prober.state.exists()  # the skipped run did not write
     assert reset.code == 3
-    assert reset.err.strip().startswith("prober: error: another prober run holds")
+    assert reset.err.strip().startswith("prober: error: another prober run has held")
+    assert "for 500ms" in reset.err
 
 
 def test_if_stale(prober: Prober, web: Server) -> None:
@@ -440,3 +444,69 @@ def test_watch_runs_repeatedly_and_writes_the_textfile(prober: Prober, web: Serv
     assert len(web.requests) >= 3
     assert "prober: OK: 1 ok of 1 targets" in err
     assert "prober_probe_success" in metrics.read_text()
+
+
+def test_pause_and_resume(prober: Prober) -> None:
+    """pause keeps a failing target from counting or being restarted, says who, until when and
+    why in check, Nagios and status; resume ends it; the history records both."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"\nunit = "web"',
+                         f'name = "db"\ntcp = "127.0.0.1:{port}"',
+                         defaults="failure_threshold = 1"))
+    paused = prober("pause", "web", "--for", "30m", "--reason", "upgrading Mastodon")
+    assert paused.code == 0 and paused.out.startswith("paused until ") and "web" in paused.out
+    run = prober("check", "--json")
+    web = {t["name"]: t for t in run.json()["targets"]}["web"]
+    assert (web["action"], web["status"], web["consecutive_failures"]) == \
+        ("paused", "warning", 0)
+    assert web["paused_reason"] == "upgrading Mastodon" and web["paused_until"] > time.time()
+    nagios = prober("check", "--format", "nagios")
+    assert "web down (paused" not in nagios.out and "paused until" in nagios.out
+    status = prober("status", "--json").json()["targets"][0]
+    assert status["paused_reason"] == "upgrading Mastodon"
+    assert "paused until" in prober("status").out
+    resumed = prober("resume")
+    assert resumed.code == 0 and resumed.out.strip() == "resumed: web"
+    assert prober("resume").out.strip() == "nothing was paused"
+    history = [h["event"] for h in prober("status", "--json").json()["targets"][0]["history"]]
+    assert history[-2:] == ["paused", "resumed"]
+    assert prober("check", "--json").json()["targets"][0]["action"] == "unit-unknown"
+
+
+def test_pause_needs_names_or_all(prober: Prober, web: Server) -> None:
+    """pause without a name or --all (or with both) is a one-line error; --all pauses all."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    for args in (["pause"], ["pause", "web", "--all"], ["pause", "web", "--for", "0s"]):
+        run = prober(*args)
+        assert run.code == 3 and len(run.err.strip().splitlines()) == 1, run.err
+    assert prober("pause", "--all").code == 0
+    assert prober("check", "--json").json()["targets"][0]["action"] == "paused"
+
+
+def test_pause_waits_for_a_run_holding_the_lock(prober: Prober, web: Server) -> None:
+    """pause waits for the state lock a run holds, where a concurrent check skips."""
+    from prober.state import StateStore
+
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    assert prober("check").code == 0
+    store = StateStore(str(prober.state))
+    held = threading.Event()
+
+    def hold() -> None:
+        with store.locked():
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        skipped = prober("check")
+        started = time.monotonic()
+        paused = prober("pause", "web")
+        waited = time.monotonic() - started
+    finally:
+        holder.join()
+    assert skipped.code == 0 and "another prober run holds" in skipped.out
+    assert paused.code == 0 and waited >= 1.0
+    assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None

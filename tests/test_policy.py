@@ -174,6 +174,6 @@ def test_cooldown_doubles_up_to_max(unhelpful: int, expected: float) -> None:
 
 
 def test_failing_actions_are_critical() -> None:
-    """Only none, dependency and wait leave a run below critical."""
+    """Only none, dependency, wait and paused leave a run below critical."""
     calm = {a for a in Action if not a.is_critical}
-    assert calm == {Action.NONE, Action.DEPENDENCY, Action.WAIT}
+    assert calm == {Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED}

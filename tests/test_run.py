@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from prober import tracker
 from prober.actuator import RestartResult, UnitFacts
 from prober.check import run_once
 from prober.config import Bus, Config, Target, parse_config
@@ -183,3 +184,46 @@ def test_given_up_after_max_restarts(web: Server, events_file: Path) -> None:
     assert actions == [Action.RESTART, Action.RESTART, Action.GIVEN_UP, Action.GIVEN_UP]
     assert len(actuator.restarted) == 2
     assert _events(events_file) == ["down", "restart", "restart", "given-up"]
+
+
+def test_paused_target_is_probed_and_reported_never_restarted(web: Server,
+                                                              events_file: Path) -> None:
+    """A paused down target: action paused, warning not critical, no restart, no failure
+    counted; its pause ends by itself and the history says so."""
+    actuator = FakeActuator()
+    config = _config(web, events_file)
+    state = tracker.pause(State(), ["web"], NOW + 60, "upgrading", NOW - 1)
+    for run in range(3):
+        state, report = _run(config, actuator, state, now=NOW + run)
+        (item,) = report.targets
+        assert item.decision.action is Action.PAUSED and "upgrading" in item.decision.reason
+        assert item.status is Status.WARNING and report.status is Status.WARNING
+    assert actuator.restarted == [] and state.get("web").consecutive_failures == 0
+    web.handler = answer(200, b"OK")
+    _, passing = _run(config, actuator, state, now=NOW + 5)
+    assert passing.targets[0].status is Status.OK
+    state, report = _run(config, FakeActuator(on_restart=_fix(web)), state, now=NOW + 61)
+    assert report.targets[0].decision.action is Action.NONE
+    assert [t.event for t in state.get("web").history] == [Event.PAUSED, Event.RESUMED]
+
+
+def test_paused_backend_is_still_blamed(events_file: Path) -> None:
+    """A paused backend that fails still takes the blame: the proxy in front is not
+    restarted."""
+    with serve(answer(500, b"broken")) as proxy, serve(answer(500, b"broken")) as backend:
+        recorder = events_file.with_suffix(".py")
+        recorder.write_text("import sys\nsys.stdin.read()\n")
+        config = parse_config({
+            "defaults": {"timeout": "1s", "failure_threshold": 1, "startup_grace": "0s"},
+            "target": [
+                {"name": "caddy", "url": proxy.url("/"), "unit": "caddy",
+                 "depends_on": ["web"]},
+                {"name": "web", "url": backend.url("/"), "unit": "web"},
+            ],
+        })
+        actuator = FakeActuator()
+        state = tracker.pause(State(), ["web"], NOW + 600, "", NOW - 1)
+        _, report = _run(config, actuator, state)
+    actions = {item.target.name: item.decision.action for item in report.targets}
+    assert actions == {"caddy": Action.DEPENDENCY, "web": Action.PAUSED}
+    assert actuator.restarted == []

@@ -237,6 +237,28 @@ def test_dry_run_restarts_nothing(prober: Prober) -> None:
     thaw(sandbox, stack.caddy_unit)
 
 
+def test_paused_caddy_is_not_restarted_until_resumed(prober: Prober) -> None:
+    """A frozen caddy that an operator paused is reported, never restarted; after `resume` it
+    is restarted at the threshold as usual."""
+    sandbox, stack = prober.sandbox, prober.stack
+    caddy_before, _ = pids(sandbox, stack)
+    state = ["--state", str(prober.state)]
+    paused = sandbox.run(prober.command("pause", "caddy", "--for", "10m", "--reason",
+                                        "upgrading caddy", *state), check=True)
+    assert "paused until" in paused.stdout
+    freeze(sandbox, stack.caddy_unit)
+    runs = [prober.check() for _ in range(4)]
+    assert [r.action("caddy") for r in runs] == ["paused"] * 4
+    assert [r.code for r in runs] == [1] * 4  # warning, never critical: nobody is paged
+    assert "upgrading caddy" in runs[-1].target("caddy")["action_reason"]
+    assert pids(sandbox, stack)[0] == caddy_before
+    sandbox.run(prober.command("resume", *state), check=True)
+    after = [prober.check() for _ in range(2)]
+    assert [r.action("caddy") for r in after] == ["none", "restart"], [r.err for r in after]
+    assert pids(sandbox, stack)[0] != caddy_before
+    assert answers(f"{stack.caddy_url}/health")
+
+
 def test_concurrent_checks_restart_once(prober: Prober) -> None:
     """Several `prober check` at the threshold at once (timer + cron + a human): one restart."""
     sandbox, stack = prober.sandbox, prober.stack

@@ -46,6 +46,7 @@ from prober.text import did_you_mean, os_reason
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_HISTORY = 500
+DEFAULT_PRESSURE_THRESHOLD = 10.0  # percent of PSI memory `some avg10`
 
 
 class Bus(StrEnum):
@@ -215,6 +216,7 @@ class Config:
     textfile: str | None = None  # Prometheus textfile-collector output, written every run
     notify: Notify | None = None
     history: int = DEFAULT_HISTORY  # transitions kept per target in the state
+    default_policy: Policy = field(default_factory=Policy)  # [defaults], for host-wide figures
 
     def target(self, name: str) -> Target:
         for target in self.targets:
@@ -440,7 +442,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
                 if key.name in data and key.shape not in (Shape.TABLE, Shape.TABLES)}
     notify = _parse_notify(top.read(data, top_keys["notify"]), path) if "notify" in data \
         else None
-    return Config(path=path, targets=result, notify=notify, **settings)
+    return Config(path=path, targets=result, notify=notify, default_policy=defaults.policy,
+                  **settings)
 
 
 def _parse_notify(data: Mapping[str, Any], path: str) -> Notify:

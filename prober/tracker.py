@@ -47,6 +47,7 @@ class Event(StrEnum):
     RESET = "reset"
     PAUSED = "paused"
     RESUMED = "resumed"
+    HELD = "held"  # a restart held back while the host (or the unit) starves for memory
 
 
 @dataclass(frozen=True)

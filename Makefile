@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time \
-                   redis-server redis-tools
+DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
+# promtool for the fleet alert rules; the commands exec probes run under the hardened units
+DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
 
 .PHONY: all deps venv test lint demo bench clean
 

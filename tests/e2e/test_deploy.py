@@ -71,9 +71,12 @@ def test_shipped_units_pass_systemd_analyze_verify(box: Sandbox) -> None:
 
 
 def test_timer_and_shipped_service_restart_frozen_caddy(box: Sandbox, deployed: Stack) -> None:
-    """The shipped timer fires the shipped service, as `prober`, which restarts frozen caddy."""
+    """The shipped timer fires the shipped service, as `prober`, which restarts frozen caddy
+    over D-Bus (polkit allowing it), reads PSI and writes a world-readable textfile, all under
+    the unit's sandboxing."""
     stack = deployed
-    installed = install(box, config_for(stack), period="1s")
+    textfile = box.workdir / "prober-state" / "prober.prom"
+    installed = install(box, f'textfile = "{textfile}"\n' + config_for(stack), period="1s")
     caddy_before = box.main_pid(stack.caddy_unit)
     backend_before = box.main_pid(stack.backend_unit)
     box.systemctl("start", "prober.timer")
@@ -91,6 +94,11 @@ def test_timer_and_shipped_service_restart_frozen_caddy(box: Sandbox, deployed: 
     assert box.unit_property("prober.service", "Result") == "success"
     assert "restart" in json.loads(installed.state.read_text())["targets"]["caddy"]["history"][
         -2]["event"]
+    # what the hardening lines could break without failing the run
+    assert "job done" in log and "via systemctl" not in log  # over D-Bus, under the filter
+    assert textfile.stat().st_mode & 0o777 == 0o644  # node_exporter reads it despite UMask=
+    if Path("/proc/pressure/memory").exists():  # PSI read under the unit
+        assert "prober_memory_pressure_some_avg10" in textfile.read_text()
 
 
 def test_polkit_rule_allows_restart_of_listed_units_only(box: Sandbox, deployed: Stack) -> None:
@@ -177,4 +185,6 @@ def test_watch_service_notifies_restarts_and_is_watched(box: Sandbox, deployed: 
     assert "Watchdog timeout" in box.console_tail(200) or \
         box.unit_property("prober-watch.service", "NRestarts") != "0"
     box.systemctl("stop", "prober-watch.service")
-    assert "restarting" in installed.log.read_text()
+    log = installed.log.read_text()
+    assert "restarting" in log
+    assert "job done" in log and "via systemctl" not in log  # over D-Bus, under the filter

@@ -79,10 +79,15 @@ async def _gather_facts(
     return gathered
 
 
+RestartRequested = Callable[[Target, float], None]
+
+
 async def _restart_and_verify(
-    actuator: Actuator, probing: Probing, target: Target, clock: Callable[[], float]
+    actuator: Actuator, probing: Probing, target: Target, clock: Callable[[], float],
+    requested: RestartRequested,
 ) -> RestartOutcome:
     log.warning("target=%s unit=%s: restarting", target.name, target.unit)
+    requested(target, clock())
     try:
         restarted = await actuator.restart(target)
     except ProberError as exc:
@@ -107,7 +112,7 @@ async def _restart_and_verify(
 
 async def _restart_units(
     actuator: Actuator | None, probing: Probing, targets: Sequence[Target],
-    decisions: Sequence[Decision], clock: Callable[[], float],
+    decisions: Sequence[Decision], clock: Callable[[], float], requested: RestartRequested,
 ) -> dict[str, RestartOutcome]:
     """Restart every unit some decision asks for, once each and all at once, so that a run's
     deadline holds one restart_timeout + verify_timeout however many units are down."""
@@ -118,7 +123,7 @@ async def _restart_units(
     if actuator is None or not chosen:
         return {}
     done = await asyncio.gather(
-        *(_restart_and_verify(actuator, probing, t, clock) for t in chosen.values()))
+        *(_restart_and_verify(actuator, probing, t, clock, requested) for t in chosen.values()))
     return dict(zip(chosen, done, strict=True))
 
 
@@ -140,15 +145,19 @@ async def run_once(
     only: Sequence[str] = (),
     no_restart_reason: str = "",
     probing: Probing | None = None,
+    on_restart_requested: RestartRequested = lambda target, at: None,
 ) -> tuple[State, RunReport]:
     """One check: the new state and what was found and done.
 
     `probing` is the watcher's, kept across runs; without it the run has its own.
+    `on_restart_requested` hears of each restart as it is asked for, so that a run cancelled
+    midway can still record it.
     """
     if probing is None:
         async with Probing() as own:
             return await run_once(config, state, clock, actuator_factory, dry_run=dry_run,
-                                  only=only, no_restart_reason=no_restart_reason, probing=own)
+                                  only=only, no_restart_reason=no_restart_reason, probing=own,
+                                  on_restart_requested=on_restart_requested)
     started = clock()
     targets = select_targets(config, only)
     results = await probing.probe_all(targets)
@@ -171,7 +180,8 @@ async def run_once(
                           facts_error=gathered.errors.get(target.name, ""))
             for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]
-        restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock)
+        restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock,
+                                        on_restart_requested)
     finally:
         await gathered.close()
     reports = []
@@ -235,9 +245,9 @@ def _log_decision(target: Target, decision: Decision) -> None:
             decision.reason)
 
 
-def is_fresh(state: State, max_age: float, now: float) -> bool:
-    """Whether another run (the timer's) wrote the state less than `max_age` ago."""
-    return state.updated_at is not None and 0 <= now - state.updated_at < max_age
+def is_fresh(last_run_at: float | None, max_age: float, now: float) -> bool:
+    """Whether another run (the timer's, the watcher's) happened less than `max_age` ago."""
+    return last_run_at is not None and 0 <= now - last_run_at < max_age
 
 
 @contextlib.contextmanager
@@ -290,7 +300,7 @@ def _run_check_locked(
     try:
         with store.locked():
             state = tracker.prune(store.load(), config.names)
-            if if_stale is not None and is_fresh(state, if_stale, clock()):
+            if if_stale is not None and is_fresh(store.last_run_at(state), if_stale, clock()):
                 return Skipped(f"the state was updated less than {format_duration(if_stale)} "
                                "ago: the timer is running, nothing to do")
             new_state, report = asyncio.run(
@@ -298,6 +308,7 @@ def _run_check_locked(
             )
             try:
                 store.save(tracker.trim_history(new_state, config.history))
+                store.touch_heartbeat()
             except StateError as exc:
                 return replace(report, state_error=f"{exc}; this run's results are not "
                                "remembered")
@@ -310,43 +321,3 @@ def _run_check_locked(
             no_restart_reason=f"no restarts while the state is unusable ({exc.message})",
         ))
         return replace(report, state_error=f"{exc}; the probes ran, nothing was restarted")
-
-
-def watch(
-    config: Config,
-    store: StateStore,
-    actuator_factory: Callable[[], Actuator] | None,
-    *,
-    interval: float,
-    dry_run: bool = False,
-    on_report: Callable[[RunReport | Skipped], None] = lambda _: None,
-    runs: int | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Run checks forever (or `runs` times), starting `interval` apart.
-
-    Tells systemd READY=1 once and WATCHDOG=1 after every run and during the pauses, so a hung
-    watcher is restarted by systemd (WatchdogSec= in units/prober-watch.service).
-    """
-    from prober.sdnotify import notify, watchdog_interval
-
-    ping = watchdog_interval()
-    notify("READY=1")
-    done = 0
-    while runs is None or done < runs:
-        # Runs start `interval` apart (or at once after a run that overran), so a hung target
-        # delays the next run by less than its timeout.
-        wake = clock() + interval
-        result = run_check(config, store, actuator_factory, dry_run=dry_run)
-        done += 1
-        on_report(result)
-        summary = result.reason if isinstance(result, Skipped) else \
-            f"{result.status.value}: {len(result.targets)} targets in {result.duration:.2f}s"
-        notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
-        if runs is not None and done >= runs:
-            break
-        while (left := wake - clock()) > 0:
-            sleep(min(left, ping) if ping else left)
-            if ping:
-                notify("WATCHDOG=1")

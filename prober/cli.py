@@ -182,27 +182,28 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 @click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
 def watch(config_file: str | None, state_file: str | None, interval: str | None,
           dry_run: bool, user: bool) -> int:
-    """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog)."""
-    from prober.check import watch as watch_loop
+    """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog).
+
+    SIGHUP (`systemctl reload`) re-reads the config; SIGTERM stops it, recording any restart
+    already asked for."""
     from prober.runs import Skipped
+    from prober.watcher import watch as watch_loop
 
-    config = _load(config_file, user)
-    pause = _duration_option("--interval", interval) or config.interval
+    pause = _duration_option("--interval", interval)
 
-    def show(result: RunReport | Skipped) -> None:
-        if isinstance(result, Skipped):
-            log.info("%s", result.reason)
+    def load() -> Config:
+        return _load(config_file, user)
+
+    def publish(result: RunReport | Skipped, config: Config) -> None:
+        if isinstance(result, Skipped) or not config.textfile:
             return
-        log.info("%s", report.run_summary(result))
-        if config.textfile:
-            try:
-                report.write_atomically(config.textfile,
-                                        report.run_prometheus(result, time.time()))
-            except ProberError as exc:
-                log.error("%s", exc)
+        try:
+            report.write_atomically(config.textfile, report.run_prometheus(result, time.time()))
+        except ProberError as exc:
+            log.error("%s", exc)
 
-    watch_loop(config, _store(state_file), _actuator_factory(), interval=pause,
-               dry_run=dry_run, on_report=show)
+    watch_loop(load, _store(state_file), _actuator_factory(), interval=pause, dry_run=dry_run,
+               on_report=publish)
     return 0
 
 
@@ -213,8 +214,10 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 def status(config_file: str | None, state_file: str | None, as_json: bool) -> int:
     """Show what is remembered about each target: health, since when, restarts, history."""
     config = _load(config_file)
-    state = _store(state_file).load()
+    store = _store(state_file)
+    state = store.load()
     now = time.time()
+    state = dataclasses.replace(state, updated_at=store.last_run_at(state))
     if as_json:
         click.echo(report.dumps(report.status_json(config, state, now)))
     else:

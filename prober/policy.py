@@ -168,6 +168,7 @@ class Outcome(StrEnum):
     RECOVERED = "recovered"  # job done and the target answers again
     NOT_RECOVERED = "not-recovered"  # job done, the target still fails
     JOB_FAILED = "job-failed"  # systemd's job ended in failed/timeout/canceled, or no answer
+    UNKNOWN = "unknown"  # asked for, and the prober stopped before it learnt how it went
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,13 @@ def apply_restart(target: Target, state: TargetState, decision: Decision,
     now = restarted.at
     window = max(target.policy.restart_window, 1.0)
     restarts = (*(at for at in state.restarts if now - at < window), now)
+    if restarted.outcome is Outcome.UNKNOWN:
+        # Counted against the budget and the cooldown, as systemd may well have done it; no
+        # more is known, so health and backoff stay as they were.
+        asked = replace(state, restarts=restarts, restarts_total=state.restarts_total + 1,
+                        last_restart_at=now)
+        return _applied(target, state, record(asked, now, Event.RESTART, restarted.detail),
+                        decision)
     helped = restarted.outcome is Outcome.RECOVERED
     after = replace(
         state,

@@ -131,6 +131,7 @@ class StateStore:
             raise StateError(f"{path}: is a directory, not a state file",
                              f"name the file, e.g. {self.path / 'state.json'}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.beat_path = self.path.with_name(self.path.name + ".last-run")
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
@@ -202,6 +203,42 @@ class StateStore:
             hint = "the disk is full" if exc.errno == errno.ENOSPC else None
             raise StateError(f"{self.path}: cannot write the state: {os_reason(exc)}",
                              hint) from None
+
+    def signature(self) -> tuple[int, int, int] | None:
+        """What tells one version of the file from another: a writer's rename makes a new
+        inode, an edit a new mtime or size. None when there is no file."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def touch_heartbeat(self) -> None:
+        """Say a run happened, without writing the state: the mtime of a file beside it.
+
+        The watcher writes the state only when something in it changed; `check --if-stale`
+        (the cron fallback) and `status` read this to know the watcher or the timer is alive.
+        """
+        try:
+            os.utime(self.beat_path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                fd = os.open(self.beat_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    self._give_to_directory_owner(fd)
+                finally:
+                    os.close(fd)
+        except OSError:
+            pass
+
+    def last_run_at(self, state: State) -> float | None:
+        """When a run last happened: the state's own time, or a later heartbeat."""
+        try:
+            beat: float | None = os.stat(self.beat_path).st_mtime
+        except OSError:
+            beat = None
+        times = [t for t in (state.updated_at, beat) if t is not None]
+        return max(times) if times else None
 
     def _directory_owner(self) -> tuple[int | None, int | None]:
         """As root, new files go to the state directory's owner (the `prober` user of

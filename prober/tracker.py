@@ -330,6 +330,18 @@ def _when(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def essential(state: State) -> dict[str, TargetState]:
+    """What of the state matters between runs: without what changes every run while nothing
+    happens (check times, latencies, the pass count of a healthy target). Equal essentials
+    need no write."""
+    out = {}
+    for name, target in state.targets.items():
+        passes = 0 if target.health is Health.HEALTHY else target.consecutive_passes
+        out[name] = replace(target, last_checked_at=None, last_latency_ms=None,
+                            consecutive_passes=passes)
+    return out
+
+
 def trim_history(state: State, keep: int) -> State:
     """Keep only the latest `keep` transitions of each target."""
     if all(len(t.history) <= keep for t in state.targets.values()):

@@ -510,3 +510,34 @@ def test_pause_waits_for_a_run_holding_the_lock(prober: Prober, web: Server) -> 
     assert skipped.code == 0 and "another prober run holds" in skipped.out
     assert paused.code == 0 and waited >= 1.0
     assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None
+
+
+def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober) -> None:
+    """SIGTERM while a run waits on a hung target stops the watcher within 2 s, exit 0, with
+    its state intact."""
+    import signal
+
+    with serve(hang()) as hung:
+        prober.write(f'[defaults]\ntimeout = "30s"\n[[target]]\nname = "web"\n'
+                     f'url = "{hung.url("/health")}"\n')
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
+                                                                "WATCHDOG_USEC")}
+        env.update({"PROBER_CONFIG": str(prober.config), "PROBER_STATE": str(prober.state)})
+        watcher = subprocess.Popen([sys.executable, "-m", "prober", "watch"],
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 20
+            while not hung.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert hung.requests, "the watcher never probed"
+            started = time.monotonic()
+            watcher.send_signal(signal.SIGTERM)
+            code = watcher.wait(timeout=10)
+            stopped_in = time.monotonic() - started
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+            _, err = watcher.communicate(timeout=10)
+    assert code == 0, err
+    assert stopped_in < 2.0
+    assert "Traceback" not in err

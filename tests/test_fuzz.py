@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-import prober.check
+import prober.watcher
 from prober.cli import cli as prober_cli
 from prober.cli import run
 from prober.config import (
@@ -645,7 +645,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(prober.check, "watch", functools.partial(prober.check.watch, runs=1))
+    monkeypatch.setattr(prober.watcher, "watch", functools.partial(prober.watcher.watch, runs=1))
     logger = logging.getLogger("prober")  # run() points it at capsys's stderr: put it back
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield Sandbox(tmp_path, port)

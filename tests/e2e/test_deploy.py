@@ -4,6 +4,7 @@ sealed systemd, with the prober running as the unprivileged `prober` user."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -158,6 +159,8 @@ def test_cron_line_runs_only_when_the_state_is_stale(box: Sandbox, deployed: Sta
     state = json.loads(installed.state.read_text())
     state["updated_at"] -= 600  # as if the timer had stopped ten minutes ago
     installed.state.write_text(json.dumps(state))
+    beat = installed.state.with_name("state.json.last-run")  # a run that changed nothing
+    os.utime(beat, (state["updated_at"], state["updated_at"]))
     assert cron() == 0
     assert json.loads(installed.state.read_text())["updated_at"] > state["updated_at"] + 500
     assert shlex.split(command)[:2] == ["prober", "-q"]
@@ -188,3 +191,34 @@ def test_watch_service_notifies_restarts_and_is_watched(box: Sandbox, deployed: 
     log = installed.log.read_text()
     assert "restarting" in log
     assert "job done" in log and "via systemctl" not in log  # over D-Bus, under the filter
+
+
+def test_watch_service_reloads_and_stops_cleanly(box: Sandbox, deployed: Stack) -> None:
+    """`systemctl reload` of the shipped watcher takes a new config (a renamed target is
+    forgotten), refuses a bad one and keeps running the old, and `systemctl stop` ends it with
+    success."""
+    stack = deployed
+    installed = install(box, config_for(stack))
+    box.systemctl("start", "prober-watch.service")
+    wait_for(lambda: "last run" in box.unit_property("prober-watch.service", "StatusText"), 10,
+             "a STATUS= line from the watcher")
+    installed.config.write_text(config_for(stack).replace('name = "backend"', 'name = "puma"')
+                                .replace('depends_on = ["backend"]', 'depends_on = ["puma"]'))
+    box.systemctl("reload", "prober-watch.service")  # returns before the reload is done
+    wait_for(lambda: "reloaded" in box.unit_property("prober-watch.service", "StatusText"), 10,
+             "the watcher's STATUS= after a good reload")
+    wait_for(lambda: set(json.loads(installed.state.read_text())["targets"]) ==
+             {"caddy", "puma"}, 10, "the renamed target pruned from the state")
+
+    installed.config.write_text("[[target]]\nname = 'no-url'\n")
+    box.systemctl("reload", "prober-watch.service")
+    wait_for(lambda: "reload failed" in box.unit_property("prober-watch.service", "StatusText"),
+             10, "the watcher's STATUS= after a bad reload")
+    assert box.unit_property("prober-watch.service", "ActiveState") == "active"
+    wait_for(lambda: "last run" in box.unit_property("prober-watch.service", "StatusText"), 10,
+             "runs going on with the previous config")
+    assert "reload: keeping the previous config" in installed.log.read_text()
+
+    box.systemctl("stop", "prober-watch.service")
+    assert box.unit_property("prober-watch.service", "Result") == "success"
+    assert box.unit_property("prober-watch.service", "ExecMainStatus") == "0"

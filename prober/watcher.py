@@ -1,0 +1,278 @@
+"""`prober watch`: checks in a loop, for units/prober-watch.service (Type=notify, a watchdog).
+
+One event loop and one set of probe contexts (httpx clients, SSL contexts) serve the process's
+whole life; every probe still opens a fresh connection. Each cycle:
+
+- takes the state lock, or skips the cycle when another run (`check`, the cron fallback) holds it;
+- uses the state it already has, unless another process (`reset`, `pause`, a `check`) changed
+  the file since: then it reads it again, so their changes are never overwritten by a stale copy;
+- runs once, and writes the state only when something in it changed, not every cycle: a crash
+  loses at most the check times and latencies of targets that stayed as they were. That a run
+  happened is said by the lock file's mtime instead (`check --if-stale` reads it);
+- tells systemd WATCHDOG=1 and a STATUS= line, and logs a summary only when the status changes
+  or something happened.
+
+SIGHUP re-reads the config between runs: RELOADING=1, then READY=1; a config that does not load
+changes nothing but the STATUS= line and one error line. SIGTERM (or SIGINT) cancels the run in
+flight: its probes stop, and a restart already asked of systemd is recorded as asked, its outcome
+unknown, so that budgets and cooldowns still count it after the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from prober import policy, tracker
+from prober.actuator import Actuator
+from prober.check import cycle_collection_paused, run_once
+from prober.config import Config, Target
+from prober.errors import ProberError, StateError
+from prober.keys import format_duration
+from prober.policy import Action, Decision, Outcome, RestartOutcome
+from prober.probing import Probing
+from prober.report import run_summary
+from prober.runs import RunReport, Skipped, Status
+from prober.sdnotify import notify, watchdog_interval
+from prober.state import LockBusy, StateStore
+from prober.tracker import State
+
+log = logging.getLogger("prober")
+
+Listener = Callable[[RunReport | Skipped, Config], None]
+
+
+@dataclass
+class _Known:
+    """The state as the watcher last read or wrote it, and the file's signature then."""
+
+    state: State
+    signature: tuple[int, int, int] | None
+
+
+class Watcher:
+    """The loop behind `prober watch`."""
+
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        store: StateStore,
+        actuator_factory: Callable[[], Actuator] | None,
+        *,
+        interval: float | None = None,
+        dry_run: bool = False,
+        on_report: Listener = lambda result, config: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`load` reads and validates the config (at start and on SIGHUP); `interval`, when
+        given, wins over the config's."""
+        self._load = load
+        self.config = load()
+        self._store = store
+        self._actuator_factory = actuator_factory
+        self._interval = interval
+        self._dry_run = dry_run
+        self._on_report = on_report
+        self._clock = clock
+        self._known: _Known | None = None
+        self._probing = Probing()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._last_status: Status | None = None
+        self.report: RunReport | None = None
+
+    @property
+    def interval(self) -> float:
+        return self._interval or self.config.interval
+
+    @property
+    def state(self) -> State:
+        return self._known.state if self._known is not None else State()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self, runs: int | None = None) -> None:
+        """Check every `interval` until stopped (or `runs` times)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        ping = watchdog_interval()
+        notify("READY=1")
+        try:
+            done = 0
+            while not self._stop.is_set() and (runs is None or done < runs):
+                # Runs start `interval` apart, or at once after one that overran.
+                wake = loop.time() + self.interval
+                await self._one_run()
+                done += 1
+                if runs is not None and done >= runs:
+                    break
+                await self._pause_until(wake, ping)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if self._stop.is_set():
+                notify("STOPPING=1")
+            await self._probing.aclose()
+
+    async def _one_run(self) -> None:
+        run = asyncio.ensure_future(self._cycle())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            return
+        result = run.result()
+        self._tell(result)
+        if self._reload.is_set():
+            self._apply_reload()
+
+    async def _pause_until(self, wake: float, ping: float | None) -> None:
+        """Sleep until `wake`, pinging the watchdog; a stop ends it, a reload is done at once."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set() and (left := wake - loop.time()) > 0:
+            waiters = [asyncio.ensure_future(self._stop.wait()),
+                       asyncio.ensure_future(self._reload.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=min(left, ping) if ping else left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if self._reload.is_set():
+                self._apply_reload()
+            if ping:
+                notify("WATCHDOG=1")
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    async def _cycle(self) -> RunReport | Skipped:
+        with cycle_collection_paused():
+            try:
+                with self._store.locked():
+                    return await self._locked_cycle()
+            except LockBusy:
+                return Skipped(f"another prober run holds {self._store.lock_path}; leaving "
+                               "this cycle to it")
+            except StateError as exc:
+                return await self._stateless_cycle(exc)
+
+    async def _locked_cycle(self) -> RunReport:
+        config = self.config
+        signature = self._store.signature()
+        if self._known is None or signature != self._known.signature:
+            state = tracker.prune(self._store.load(), config.names)
+        else:
+            state = tracker.prune(self._known.state, config.names)
+        asked: list[tuple[Target, float]] = []
+        try:
+            new_state, report = await run_once(
+                config, state, self._clock, self._actuator_factory, dry_run=self._dry_run,
+                probing=self._probing, on_restart_requested=lambda t, at: asked.append((t, at)))
+        except asyncio.CancelledError:
+            self._record_asked(state, asked)
+            raise
+        new_state = tracker.trim_history(new_state, config.history)
+        try:
+            if signature is None or tracker.essential(new_state) != tracker.essential(state):
+                self._store.save(new_state)
+                signature = self._store.signature()
+            self._store.touch_heartbeat()
+        except StateError as exc:
+            report = replace(report, state_error=f"{exc}; this run's results are not "
+                             "remembered")
+        self._known = _Known(new_state, signature)
+        return report
+
+    def _record_asked(self, state: State, asked: list[tuple[Target, float]]) -> None:
+        """Record restarts asked of systemd by a run cancelled before it learnt their outcome."""
+        if not asked:
+            return
+        for target, at in asked:
+            decision = Decision(target.name, Action.RESTART, "", target.unit)
+            outcome = RestartOutcome(Outcome.UNKNOWN, "restart requested; prober stopped before "
+                                     "it learnt how it went", at)
+            applied = policy.apply_restart(target, state.get(target.name), decision, outcome)
+            state = state.with_target(target.name, applied.state)
+        try:
+            self._store.save(state)
+        except StateError as exc:
+            log.error("%s", exc)
+
+    async def _stateless_cycle(self, error: StateError) -> RunReport:
+        _, report = await run_once(
+            self.config, State(), self._clock, None, dry_run=self._dry_run,
+            probing=self._probing,
+            no_restart_reason=f"no restarts while the state is unusable ({error.message})")
+        return replace(report, state_error=f"{error}; the probes ran, nothing was restarted")
+
+    # --- telling ---------------------------------------------------------------------------
+
+    def _tell(self, result: RunReport | Skipped) -> None:
+        if isinstance(result, Skipped):
+            log.info("%s", result.reason)
+            notify(f"WATCHDOG=1\nSTATUS=last run skipped: {result.reason}")
+            self._on_report(result, self.config)
+            return
+        self.report = result
+        summary = run_summary(result)
+        if result.status is not self._last_status or result.changes or result.state_error:
+            log.info("%s", summary)
+        else:
+            log.debug("%s", summary)
+        self._last_status = result.status
+        if result.state_error:
+            log.error("%s", result.state_error)
+        notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
+        self._on_report(result, self.config)
+
+    def _apply_reload(self) -> None:
+        self._reload.clear()
+        notify("RELOADING=1")
+        try:
+            config = self._load()
+        except ProberError as exc:
+            log.error("reload: keeping the previous config: %s", exc)
+            notify(f"READY=1\nSTATUS=reload failed, running the previous config: {exc}")
+            return
+        self.config = config
+        if self._known is not None:
+            self._known = _Known(tracker.prune(self._known.state, config.names),
+                                 self._known.signature)
+        log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
+                 format_duration(self.interval))
+        notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")
+
+
+def watch(
+    load: Callable[[], Config],
+    store: StateStore,
+    actuator_factory: Callable[[], Actuator] | None,
+    *,
+    interval: float | None = None,
+    dry_run: bool = False,
+    on_report: Listener = lambda result, config: None,
+    runs: int | None = None,
+) -> None:
+    """Run the watcher in an event loop of its own until it is stopped (or `runs` times)."""
+    async def main() -> None:
+        watcher = Watcher(load, store, actuator_factory, interval=interval, dry_run=dry_run,
+                          on_report=on_report)
+        await watcher.run(runs)
+
+    asyncio.run(main())

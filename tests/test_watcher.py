@@ -1,0 +1,175 @@
+"""The watcher in process: the state written only when it changed, other writers respected,
+reload, and a stop in the middle of a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from prober import tracker
+from prober.actuator import RestartResult, UnitFacts
+from prober.config import Bus, Config, Target, load_config
+from prober.errors import ConfigError
+from prober.runs import RunReport, Skipped
+from prober.state import StateStore
+from prober.tracker import Event
+from prober.watcher import Watcher
+from tests.servers import Server, answer, health, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class HangingActuator:
+    """Says every unit is active; its restarts are asked for and never answered."""
+
+    asked: list[str] = field(default_factory=list)
+
+    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
+        return UnitFacts(unit, "loaded", "active", "running", active_enter=0.0, main_pid=7)
+
+    async def restart(self, target: Target) -> RestartResult:
+        assert target.unit is not None
+        self.asked.append(target.unit)
+        await asyncio.sleep(3600)
+        raise AssertionError("not reached")
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def web() -> Iterator[Server]:
+    with serve(health()) as server:
+        yield server
+
+
+def write_config(path: Path, *targets: str, threshold: int = 1) -> None:
+    path.write_text(
+        f'[defaults]\ntimeout = "1s"\nfailure_threshold = {threshold}\nstartup_grace = "0s"\n'
+        + "".join(f"[[target]]\n{t}\n" for t in targets))
+
+
+def loader(path: Path) -> Config:
+    return load_config(str(path), insecure=True)
+
+
+def in_one_loop(*steps: Callable[[], Awaitable[None] | None]) -> None:
+    """Run the steps in order in one event loop (the watcher's contexts belong to it)."""
+    async def main() -> None:
+        for step in steps:
+            outcome = step()
+            if outcome is not None:
+                await outcome
+
+    asyncio.run(main())
+
+
+def test_healthy_cycles_do_not_rewrite_the_state(tmp_path: Path, web: Server) -> None:
+    """Cycles in which nothing changes leave the state file alone and touch the heartbeat;
+    a change is written at once."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "web"\nurl = "{web.url("/health")}"')
+    store = StateStore(str(tmp_path / "state.json"))
+    reports: list[RunReport | Skipped] = []
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01,
+                      on_report=lambda result, _: reports.append(result))
+    seen: dict[str, object] = {}
+
+    def note() -> None:
+        seen["written"], seen["beat"] = store.signature(), store.beat_path.stat().st_mtime_ns
+
+    def check_untouched() -> None:
+        assert len(reports) == 6 and store.signature() == seen["written"]
+        assert store.beat_path.stat().st_mtime_ns > int(str(seen["beat"]))
+        assert watcher.state.get("web").consecutive_passes == 6  # kept in memory all along
+        web.handler = answer(500, b"broken")
+
+    in_one_loop(lambda: watcher.run(1), note, lambda: watcher.run(5), check_untouched,
+                lambda: watcher.run(1))
+    assert store.signature() != seen["written"]
+    assert store.load().get("web").health.value == "down"
+
+
+def test_changes_by_other_processes_are_read_not_overwritten(tmp_path: Path,
+                                                             web: Server) -> None:
+    """A pause written by another process between cycles is picked up by the next cycle, and
+    the watcher's own writes keep it."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"')
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+    def pause_elsewhere() -> None:
+        with store.locked():
+            store.save(tracker.pause(store.load(), ["web"], 4_000_000_000.0, "upgrading", 1.0))
+        web.handler = answer(500, b"broken")
+
+    in_one_loop(lambda: watcher.run(1), pause_elsewhere, lambda: watcher.run(2))
+    assert watcher.report is not None
+    assert watcher.report.targets[0].decision.action.value == "paused"
+    assert store.load().get("web").paused_reason == "upgrading"
+
+
+def test_reload_swaps_a_valid_config_and_keeps_the_old_on_a_bad_one(
+        tmp_path: Path, web: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload with a valid config prunes removed targets and probes the new ones; a bad
+    config is refused in one error line and the previous one keeps running."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "old"\nurl = "{web.url("/health")}"')
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+    def rename() -> None:
+        write_config(config, f'name = "new"\nurl = "{web.url("/health")}"')
+        watcher.request_reload()
+
+    def check_renamed() -> None:
+        assert watcher.config.names == ("new",)
+        assert set(store.load().targets) == {"new"}
+        config.write_text("[[target]]\nname = 'broken'\n")
+        watcher.request_reload()
+
+    with caplog.at_level(logging.ERROR, logger="prober"):
+        in_one_loop(lambda: watcher.run(1), rename, lambda: watcher.run(2), check_renamed,
+                    lambda: watcher.run(2))
+    assert watcher.config.names == ("new",)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "reload: keeping the previous config" in errors[0]
+
+
+def test_stop_during_a_restart_records_it_as_asked(tmp_path: Path) -> None:
+    """Stopping the watcher while systemd has a restart to do ends the run at once and records
+    the restart as asked, its outcome unknown: it counts against budget and cooldown."""
+    config = tmp_path / "prober.toml"
+    with serve(answer(500, b"broken")) as broken:
+        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
+        store = StateStore(str(tmp_path / "state.json"))
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+        async def stop_once_asked() -> None:
+            task = asyncio.ensure_future(watcher.run())
+            while not actuator.asked:
+                await asyncio.sleep(0.01)
+            watcher.stop()
+            await asyncio.wait_for(task, 2)
+
+        asyncio.run(stop_once_asked())
+    web = store.load().get("web")
+    assert actuator.asked == ["web.service"]
+    assert (web.restarts_total, len(web.restarts)) == (1, 1)
+    assert web.last_restart_at is not None
+    assert web.history[-1].event is Event.RESTART
+    assert "outcome" not in web.history[-1].reason and "stopped" in web.history[-1].reason
+
+
+def test_a_bad_config_at_start_is_a_config_error(tmp_path: Path) -> None:
+    """The watcher refuses to start on a config that does not load."""
+    config = tmp_path / "prober.toml"
+    config.write_text("[[target]]\nname = 'x'\n")
+    with pytest.raises(ConfigError):
+        Watcher(lambda: loader(config), StateStore(str(tmp_path / "s.json")), None)

@@ -250,12 +250,18 @@ def read_host_pressure(path: str = PSI_MEMORY) -> PressureReading | None:
     return None if pressure is None else PressureReading(pressure, Scope.HOST, path)
 
 
-def read_cgroup_mounts(mountinfo: str = MOUNTINFO) -> CgroupMounts:
-    """This process's cgroup mounts; CgroupMounts() (layout NONE) if mountinfo is unreadable."""
+def read_cgroup_mounts(mountinfo: str = MOUNTINFO, root: str = "") -> CgroupMounts:
+    """This process's cgroup mounts; CgroupMounts() (layout NONE) if mountinfo is unreadable.
+
+    `mountinfo` and `root` may name another process's (/proc/PID/mountinfo, /proc/PID/root):
+    the mounts of its namespace, as paths this process can open.
+    """
     text = _read_small(mountinfo, _MOUNTINFO_LIMIT)
     if text is None:
         return CgroupMounts()
     mounts = parse_mountinfo(text)
+    if root:
+        mounts = mounts.rebased(root)
     if mounts.unified is None:
         return mounts
     controllers = _read_small(os.path.join(mounts.unified, "cgroup.controllers")) or ""

@@ -11,6 +11,10 @@ What keeps the host safe, in the order the setup script does it:
   /etc/polkit-1/rules.d, /dev/shm), so nothing inside can empty or fill the host's copies;
 - /proc/sys and /sys read-only, so no sysctl or sysfs write inside changes the host;
 - a private cgroup2 tree (a child of this process's cgroup on the host, seen as the root inside);
+  with `memory=True`, a memory controller too, in the host's layout: on a hybrid host such as
+  these machines, a tmpfs on /sys/fs/cgroup with each v1 hierarchy (memory among them) and
+  cgroup2 on /sys/fs/cgroup/unified, each rooted at a child of this process's cgroup there, all
+  removed at stop (tests/harness.py makes memory pressure with it);
 - sysinit.target masked and every unit written through the harness with DefaultDependencies=no:
   systemd-tmpfiles, systemd-sysctl, journald and udev never start;
 - /dev/console is a pty read by a thread here, so systemd's messages land in `console.log`
@@ -829,6 +833,9 @@ class Sandbox:
         inside, without touching the product: a file bind-mounted over it in the sandbox's mount
         namespace (the host's file is untouched).
 
+        PSI is host-wide (other people's jobs on this machine move the real file): tests that
+        must not depend on it pin it.
+
         Units with a mount namespace of their own (ProtectSystem=, ProtectKernelTunables=, ...:
         the shipped prober units) get a fresh /proc from systemd, which hides that mount: name
         them in `units`, and a drop-in binds the same file there (BindReadOnlyPaths=) from their
@@ -1067,8 +1074,8 @@ class Stack:
     fail_file: Path
     dump_file: Path  # where the stand-in writes its "thread dump" on SIGQUIT
     backend_unit: str = "backend.service"
-    slow_file: Path | None = None  # while it exists, the stand-in sleeps the seconds it says
     caddy_unit: str = "caddy.service"
+    slow_file: Path | None = None  # while it exists, the stand-in sleeps the seconds it says
 
     @property
     def caddy_url(self) -> str:

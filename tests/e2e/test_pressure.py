@@ -11,6 +11,7 @@ deadline only, never against a figure (`make bench` has those).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,18 @@ from tests.deploy import UNITS, Installed, install
 from tests.e2e.common import answers, refuses, wait_for
 from tests.e2e.conftest import booted_sandbox
 from tests.harness import GROWER, THRASHER, MemoryPressure, kernel_log_readable
-from tests.sandbox import UNIT_DIR, Sandbox, Stack, memory_layout, start_stack, systemd_quote
+from tests.sandbox import (
+    UNIT_DIR,
+    Sandbox,
+    SandboxError,
+    Stack,
+    _cgroup2_dir,
+    _memory_cgroup2_parent,
+    _v1_hierarchies,
+    memory_layout,
+    start_stack,
+    systemd_quote,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -158,15 +170,28 @@ def test_memory_sandbox_enforces_limits_in_the_hosts_layout(box: Sandbox) -> Non
     assert whole.memory_limit("/") is None
 
 
+def _own_sandbox_cgroups() -> list[Path]:
+    """The cgroups this process's sandboxes have now, in every hierarchy they join."""
+    parents = [_cgroup2_dir(), *(h.cgroup for h in _v1_hierarchies(
+        Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text()))]
+    with contextlib.suppress(SandboxError):
+        parents.append(_memory_cgroup2_parent())
+    return [p for parent in parents for p in parent.glob(f"prober-sandbox-{os.getpid()}-*")]
+
+
 def test_memory_sandbox_leaves_no_cgroup_behind(sandbox_workdir: Path) -> None:
     """A memory sandbox that ran units and hogs leaves none of its cgroups, in any hierarchy."""
+    before = set(_own_sandbox_cgroups())
     with booted_sandbox(sandbox_workdir, memory=True) as sandbox:
-        created = [p for p in Path("/sys/fs/cgroup").glob("**/prober-sandbox-*")
-                   if p.name.startswith(f"prober-sandbox-{os.getpid()}-")]
+        created = set(_own_sandbox_cgroups()) - before
         with MemoryPressure(sandbox, limit_mib=LIMIT_MIB) as harness:
             harness.grow(rate_mib=64, max_mib=16)
             wait_for(lambda: "holding" in harness.hog_log(GROWER), 20, "the grower holding")
-    assert created, "the sandbox made no cgroup of its own"
+            assert any((c / "system.slice").is_dir() for c in created)
+    expected = 1 + (len(_v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
+                                        Path("/proc/self/cgroup").read_text()))
+                    if sandbox.cgroup_layout == "hybrid" else 0)
+    assert len(created) == expected, created
     assert [p for p in created if p.exists()] == []
 
 

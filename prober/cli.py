@@ -468,6 +468,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    from prober.logs import guard_std_streams
+
+    guard_std_streams()  # journald may vanish mid-run: output never changes what a run does
     code = run()
     # Everything is done by now (state saved, lock released, clients closed): skip tearing
     # down a few hundred modules, ~50 ms of a healthy check that runs every 30 s.

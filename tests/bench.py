@@ -744,6 +744,186 @@ def figures_systemd(bench: Bench, use_sandbox: bool) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# --- under memory pressure (tests/harness.py): each figure against its idle run ----------------
+
+
+PRESSURE_LIMIT_MIB = 300  # the whole sandbox, as tests/e2e/test_pressure.py has it
+PRESSURE_REPS = 3
+PRESSURE_RATIO_TARGET = 2.0
+PRESSURE_ONESHOT_RUNS = 7
+PRESSURE_CONFIG = """\
+interval = "1s"
+
+[defaults]
+timeout = "1s"
+failure_threshold = {threshold}
+startup_grace = "0s"
+cooldown = "1s"
+max_restarts = 100
+restart_timeout = "15s"
+verify_timeout = "5s"
+
+[[target]]
+name = "caddy"
+url = "{caddy}/health"
+expect_body = "OK"
+unit = "caddy.service"
+depends_on = ["backend"]
+
+[[target]]
+name = "backend"
+url = "{backend}/health"
+expect_body = "OK"
+unit = "backend.service"
+"""
+_RUN_DONE = re.compile(r"\b(?:OK|WARNING|CRITICAL|UNKNOWN): .* targets in [\d.]+s")
+
+
+def _monotonic_property(box: Any, unit: str, prop: str) -> float:
+    """A systemd timestamp of `unit` (CLOCK_MONOTONIC, as time.monotonic()), in seconds."""
+    return int(box.unit_property(unit, prop) or 0) / 1e6
+
+
+def _wait(predicate: Callable[[], object], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"not within {within:g} s: {what}")
+        time.sleep(0.05)
+
+
+def _runs_logged(log: Path) -> int:
+    return len(_RUN_DONE.findall(log.read_text()))
+
+
+def _oneshot_seconds(box: Any, runs: int) -> list[float]:
+    """Wall time of the shipped prober.service, by systemd's own clock (exec to exit)."""
+    if box.unit_property("bench-hold.service", "ActiveState") != "active":
+        # An inactive oneshot nothing refers to is forgotten at once, its timestamps with it.
+        box.write_service("bench-hold.service", ["/bin/sleep", "infinity"],
+                          unit_extra="After=prober.service")
+        box.systemctl("start", "bench-hold.service")
+    times = []
+    for _ in range(runs):
+        box.systemctl("start", "prober.service")
+        started = _monotonic_property(box, "prober.service", "ExecMainStartTimestampMonotonic")
+        ended = _monotonic_property(box, "prober.service", "ExecMainExitTimestampMonotonic")
+        if not 0 < started < ended:
+            raise BenchError("prober.service left no start/exit timestamps")
+        times.append(ended - started)
+    return times
+
+
+def _refused_to_restart(box: Any, stack: Any, log: Path, unit: str) -> float:
+    """Seconds from caddy refusing (servers unloaded right after a healthy run was reported,
+    the worst phase) to systemd starting the restart prober asked for (caddy leaves `active`)."""
+    import httpx
+
+    def healthy_run_seen() -> bool:
+        runs = _RUN_DONE.findall(log.read_text())
+        return bool(runs) and runs[-1].startswith("OK: ")
+
+    _wait(healthy_run_seen, 60, f"a healthy run of {unit}")
+    seen = _runs_logged(log)
+    _wait(lambda: _runs_logged(log) > seen, 30, f"the next run of {unit}")
+    before = box.main_pid(stack.caddy_unit)
+    httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=10, trust_env=False)
+    onset = time.monotonic()
+    _wait(lambda: _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+          > onset, 60, f"{unit} restarting caddy")
+    restarted = _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+    _wait(lambda: box.main_pid(stack.caddy_unit) not in (0, before), 60, "caddy back")
+    box.wait_port(stack.caddy_port, timeout=30)
+    return restarted - onset
+
+
+def _restart_figures(box: Any, stack: Any, installed: Any, reps: int) -> dict[str, list[float]]:
+    """failure -> restart request, `reps` times, by the watcher and by the 1 s timer."""
+    found: dict[str, list[float]] = {"watch": [], "timer": []}
+    box.systemctl("start", "prober-watch.service")
+    for _ in range(reps):
+        found["watch"].append(_refused_to_restart(box, stack, installed.log,
+                                                  "prober-watch.service"))
+    box.systemctl("stop", "prober-watch.service")
+    box.systemctl("start", "prober.timer")
+    for _ in range(reps):
+        found["timer"].append(_refused_to_restart(box, stack, installed.log, "prober.timer"))
+    box.systemctl("stop", "prober.timer")
+    return found
+
+
+def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
+    """A healthy one-shot check, and failure -> restart request for a caddy that stopped
+    listening (watch, and the timer every 1 s), under the harness and idle in the same sandbox."""
+    names = ("under pressure: healthy one-shot check (shipped prober.service)",
+             "under pressure: watch, caddy refused -> restart request",
+             "under pressure: timer (1 s), caddy refused -> restart request")
+    reason = "--no-sandbox" if not use_sandbox else ""
+    if not reason:
+        from tests.sandbox import missing_requirements
+
+        reason = "; ".join(missing_requirements(memory=True))
+    if reason:
+        for name in names:
+            bench.rows.append(Row(name, "-", "-", "-", f"pending: no memory sandbox ({reason})"))
+        return
+    from tests.deploy import install
+    from tests.harness import THRASHER, MemoryPressure
+    from tests.sandbox import Sandbox, SandboxError, start_stack
+
+    workdir = REPO / ".sandbox" / f"bench-pressure-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(parents=True)
+    try:
+        with Sandbox(workdir, users=["prober"], memory=True) as box:
+            stack = start_stack(box)
+            # many restarts of caddy, many starts of the one-shot run, in little time
+            for unit in ("caddy.service", "prober.service"):
+                box.write_unit(f"{unit}.d/bench.conf", "[Unit]\nStartLimitIntervalSec=0\n",
+                               reload=False)
+            config = PRESSURE_CONFIG.format(threshold=WATCH_THRESHOLD, caddy=stack.caddy_url,
+                                            backend=stack.backend_url)
+            installed = install(box, config, period="1s")
+            with MemoryPressure(box, limit_mib=PRESSURE_LIMIT_MIB) as harness:
+                idle = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
+                        **_restart_figures(box, stack, installed, PRESSURE_REPS)}
+                harness.thrash()
+                stalled = harness.wait_stalling(THRASHER, some=10)
+                loaded = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
+                          **_restart_figures(box, stack, installed, PRESSURE_REPS)}
+                thrasher = harness.unit_pressure(THRASHER)
+                whole = harness.unit_pressure("-.slice")
+    except SandboxError as exc:
+        raise BenchError(f"the pressure sandbox failed: {exc}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for name, key, target in zip(names, ("oneshot", "watch", "timer"),
+                                 (None, PRESSURE_RATIO_TARGET, PRESSURE_RATIO_TARGET),
+                                 strict=True):
+        under, calm = statistics.median(loaded[key]), statistics.median(idle[key])
+        ratio = under / calm
+        if target is None:
+            verdict_text = f"info ({ratio:.2f}x idle)"
+        else:
+            verdict_text = verdict(ratio <= target, f"{ratio:.2f}x idle")
+        bench.rows.append(Row(name, secs(under), f"idle {secs(calm)}",
+                              "-" if target is None else f"<= {target:g}x idle", verdict_text,
+                              {"under_pressure": loaded[key], "idle": idle[key],
+                               "ratio": ratio}))
+    psi = {"thrasher_start": stalled.pressure, "thrasher_end": thrasher and thrasher.pressure,
+           "sandbox_end": whole and whole.pressure}
+    bench.extra["pressure"] = {k: v and asdict(v) for k, v in psi.items()}
+    end = thrasher.pressure if thrasher else stalled.pressure
+    bench.notes.append(
+        f"Under pressure: the whole sandbox (services, prober, systemd, bus) limited to "
+        f"{PRESSURE_LIMIT_MIB} MiB; a thrasher reading a {2 * PRESSURE_LIMIT_MIB} MiB file "
+        f"from 2 processes; its own PSI at the end: some {end.some_avg10:.1f}% / full "
+        f"{end.full_avg10:.1f}% (avg10). Idle first, then the same under the thrasher, in the "
+        f"same sandbox; medians of {PRESSURE_ONESHOT_RUNS} one-shot runs (systemd's exec-to-exit "
+        f"time) and of {PRESSURE_REPS} restarts per mode (caddy unloaded right after a reported "
+        f"run; the restart request is when systemd began stopping caddy), threshold "
+        f"{WATCH_THRESHOLD}, interval 1 s.")
+
+
 # --- the machine ---------------------------------------------------------------------------
 
 
@@ -803,7 +983,7 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "many", "systemd")
+FIGURES = ("healthy", "many", "systemd", "pressure")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -829,6 +1009,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure_many(bench)
         if "systemd" in chosen:
             figures_systemd(bench, not args.no_sandbox)
+        if "pressure" in chosen:
+            figures_pressure(bench, not args.no_sandbox)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

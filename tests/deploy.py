@@ -64,7 +64,7 @@ def install(sandbox: Sandbox, config_text: str, *, period: str | None = None,
     sandbox.run(["sh", "-c", "mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin && "
                  f"ln -s {VENV_BIN / 'prober'} /usr/local/bin/prober"], check=True)
     etc = sandbox.path("/etc/systemd/system")
-    for name in ("prober.service", "prober.timer", "prober-watch.service"):
+    for name in ("prober.service", "prober.timer", "prober-watch.service", "prober.slice"):
         (etc / name).write_text((UNITS / name).read_text())
     for service in ("prober.service", "prober-watch.service"):
         extra = f"WatchdogSec={watchdog}\n" if watchdog and service == "prober-watch.service" \

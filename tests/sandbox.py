@@ -11,6 +11,10 @@ What keeps the host safe, in the order the setup script does it:
   /etc/polkit-1/rules.d, /dev/shm), so nothing inside can empty or fill the host's copies;
 - /proc/sys and /sys read-only, so no sysctl or sysfs write inside changes the host;
 - a private cgroup2 tree (a child of this process's cgroup on the host, seen as the root inside);
+  with `memory=True`, a memory controller too, in the host's layout: on a hybrid host such as
+  these machines, a tmpfs on /sys/fs/cgroup with each v1 hierarchy (memory among them) and
+  cgroup2 on /sys/fs/cgroup/unified, each rooted at a child of this process's cgroup there, all
+  removed at stop (tests/harness.py makes memory pressure with it);
 - sysinit.target masked and every unit written through the harness with DefaultDependencies=no:
   systemd-tmpfiles, systemd-sysctl, journald and udev never start;
 - /dev/console is a pty read by a thread here, so systemd's messages land in `console.log`
@@ -82,6 +86,7 @@ CONTAINER = "prober-test"
 SYSTEMD = "/lib/systemd/systemd"
 UNIT_DIR = "/run/systemd/system"
 BUS_SOCKET = "/run/dbus/system_bus_socket"
+PSI_MEMORY = "/proc/pressure/memory"
 
 # Hidden inside under empty tmpfs: the folders systemd and its helpers would write to.
 _HIDDEN = ("/run", "/tmp", "/var/tmp", "/var/log")  # noqa: S108 - hidden, not used
@@ -152,8 +157,11 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks to boot a sandbox (empty when it has everything)."""
+def missing_requirements(*, memory: bool = False) -> list[str]:
+    """What this machine lacks to boot a sandbox (empty when it has everything).
+
+    `memory`: also what Sandbox(memory=True) needs, a memory controller it can delegate.
+    """
     missing: list[str] = []
     if os.geteuid() != 0:
         missing.append("root (the sandbox mounts file systems and creates namespaces)")
@@ -163,6 +171,8 @@ def missing_requirements() -> list[str]:
             missing.append(f"{path} (Debian packages: systemd, dbus-daemon, caddy)")
     try:
         _cgroup2_dir()
+        if memory:
+            memory_layout()
     except SandboxError as exc:
         missing.append(str(exc))
     return missing
@@ -320,11 +330,14 @@ class Sandbox:
         repo: Path = REPO,
         share: Sequence[Path] = (),
         users: Sequence[str] = (),
+        memory: bool = False,
     ) -> None:
         """`workdir` must exist or be creatable; it and `repo` are visible at the same path inside.
 
         `share`: more host folders to make visible (and traversable) inside. `users`: system users
         that exist only inside the sandbox (a private /etc/passwd and /etc/group), e.g. "prober".
+        `memory`: give systemd inside a memory controller, so that MemoryMax= & co. are enforced
+        (see memory_layout(); without it, systemd accepts them and nothing limits anything).
         """
         self.workdir = Path(os.path.realpath(workdir))
         self.repo = Path(os.path.realpath(repo))
@@ -336,6 +349,13 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: _Console | None = None
         self._cgroup: Path | None = None
+        self.memory = memory
+        self.cgroup_layout = "unified"
+        """How /sys/fs/cgroup looks inside: "unified" (cgroup2 only) or "hybrid" (memory=True on
+        a host whose memory controller is on cgroup v1)."""
+        self._v1_cgroups: list[Path] = []
+        self._v1_hierarchies: list[_Hierarchy] = []
+        self._psi_pin: Path | None = None
         self.boot_seconds = 0.0
         self.stop_seconds = 0.0
 
@@ -385,6 +405,8 @@ class Sandbox:
             if self._cgroup is not None:
                 _remove_cgroup(self._cgroup)
                 self._cgroup = None
+            while self._v1_cgroups:
+                _remove_cgroup(self._v1_cgroups.pop())
             self.stop_seconds = time.monotonic() - began
 
     def _power_off(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
@@ -449,7 +471,10 @@ class Sandbox:
         self.console_log.write_bytes(b"")
         self._console = _Console(self.console_log)
 
-        self._cgroup = _make_cgroup()
+        join = [self._cgroup_for_memory() if self.memory else _make_cgroup()]
+        self._cgroup = join[0]
+        if self.cgroup_layout == "hybrid":
+            join += self._v1_cgroups
         script = self._setup_script(boot, self._console.tty)
         (boot / "setup.sh").write_text(script)  # for reading; what runs is the string itself
         argv = [
@@ -460,6 +485,9 @@ class Sandbox:
             "--mount-proc", "--propagation", "private",
             "bash", "-c", script, "sandbox-setup",
         ]  # fmt: skip
+        if len(join) > 1:  # into every hierarchy, so that each is rooted there inside
+            argv[:5] = ["sh", "-c", _JOIN_ALL, "sh", *(str(c / "cgroup.procs") for c in join),
+                        "--"]
         with self.console_log.open("ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -512,7 +540,7 @@ class Sandbox:
             "mount -o remount,bind,ro /sys",
             # Inside a cgroup namespace, so this cgroup2 is rooted at the sandbox's own cgroup and
             # its mount options cannot change the host's.
-            "mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup",
+            *self._cgroup_mounts(),
         ]
         if self.users:
             lines += [
@@ -536,6 +564,38 @@ class Sandbox:
             f"{SYSTEMD} --system --unit={TARGET} --log-target=console --show-status=no",
         ]
         return "\n".join(lines) + "\n"
+
+    def _cgroup_for_memory(self) -> Path:
+        """The sandbox's cgroup2 directory, plus, on a v1 host, one in each v1 hierarchy."""
+        if memory_layout() == "unified":
+            return _make_cgroup(_memory_cgroup2_parent())
+        self.cgroup_layout = "hybrid"
+        self._v1_hierarchies = _v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
+                                               Path("/proc/self/cgroup").read_text())
+        for hierarchy in self._v1_hierarchies:
+            cpuset = "cpuset" in hierarchy.options.split(",")
+            self._v1_cgroups.append(_make_cgroup(hierarchy.cgroup, cpuset=cpuset))
+        return _make_cgroup()
+
+    def _cgroup_mounts(self) -> list[str]:
+        """What the setup script mounts on /sys/fs/cgroup: cgroup2 alone, or as a hybrid host has
+        it (a tmpfs, each v1 hierarchy below it, cgroup2 on unified/), each rooted at the
+        sandbox's own cgroup by the cgroup namespace."""
+        if self.cgroup_layout != "hybrid":
+            return ["mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup"]
+        top = "/sys/fs/cgroup"
+        lines = [f"mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup {top}",
+                 f"mkdir {top}/unified",
+                 f"mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 {top}/unified"]
+        for hierarchy in self._v1_hierarchies:
+            where = shlex.quote(f"{top}/{hierarchy.directory}")
+            lines += [f"mkdir {where}",
+                      f"mount -t cgroup -o nosuid,nodev,noexec,{hierarchy.options} cgroup {where}"]
+            comounted = hierarchy.directory.split(",")
+            if len(comounted) > 1:  # cpu,cpuacct: reachable under each name, as on the host
+                lines += [f"ln -s {shlex.quote(hierarchy.directory)} "
+                          f"{shlex.quote(f'{top}/{name}')}" for name in comounted]
+        return lines
 
     def _wait_booted(self, deadline: float) -> None:
         assert self._proc is not None
@@ -767,6 +827,53 @@ class Sandbox:
         self.write_unit(name, "\n".join(lines) + "\n", reload=reload)
         return log
 
+    def pin_psi(self, some: float, full: float | None = None, *,
+                units: Sequence[str] = ()) -> None:
+        """Make /proc/pressure/memory read `some` / `full` percent (avg10, avg60 and avg300 alike)
+        inside, without touching the product: a file bind-mounted over it in the sandbox's mount
+        namespace (the host's file is untouched).
+
+        PSI is host-wide (other people's jobs on this machine move the real file): tests that
+        must not depend on it pin it.
+
+        Units with a mount namespace of their own (ProtectSystem=, ProtectKernelTunables=, ...:
+        the shipped prober units) get a fresh /proc from systemd, which hides that mount: name
+        them in `units`, and a drop-in binds the same file there (BindReadOnlyPaths=) from their
+        next start. A later pin rewrites the file in place at a fixed length, so every process
+        that sees it, already running or not, reads each new value whole.
+        """
+        self._require_running()
+        full = some if full is None else full
+        lines = [f"{kind} avg10={value:06.2f} avg60={value:06.2f} avg300={value:06.2f} "
+                 "total=0000000000\n" for kind, value in (("some", some), ("full", full))]
+        data = "".join(lines).encode()
+        if self._psi_pin is None:
+            if not self.path(PSI_MEMORY).exists():
+                raise SandboxError(f"this kernel has no {PSI_MEMORY} (PSI) to pin")
+            pin = self.workdir / "pinned-psi-memory"
+            pin.write_bytes(data)
+            pin.chmod(0o444)
+            self.run(["mount", "--bind", str(pin), PSI_MEMORY], check=True)
+            self._psi_pin = pin
+        else:
+            fd = os.open(self._psi_pin, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, 0)
+            finally:
+                os.close(fd)
+        for unit in units:
+            self.write_unit(f"{unit}.d/pin-psi.conf",
+                            f"[Service]\nBindReadOnlyPaths={self._psi_pin}:{PSI_MEMORY}\n",
+                            reload=False)
+        if units:
+            self.systemctl("daemon-reload")
+
+    def unpin_psi(self) -> None:
+        """The kernel's own /proc/pressure/memory again (for processes started from now on)."""
+        if self._psi_pin is not None:
+            self.run(["umount", PSI_MEMORY], check=True)
+            self._psi_pin = None
+
     def write_polkit_rule(self, name: str, text: str) -> None:
         """Add /etc/polkit-1/rules.d/NAME inside (a private tmpfs; polkitd rereads it by itself)."""
         if "/" in name or not name.endswith(".rules"):
@@ -776,6 +883,84 @@ class Sandbox:
         tmp.write_text(text)
         tmp.chmod(0o644)
         tmp.rename(dest)
+
+
+# The setup's first step when the sandbox joins several hierarchies: `sh -c _JOIN_ALL sh FILE...
+# -- COMMAND...` writes its PID to each cgroup.procs FILE, then runs COMMAND.
+_JOIN_ALL = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; exec "$@"'
+
+
+def memory_layout() -> str:
+    """Where the host's memory controller is: "unified" (cgroup2, e.g. Debian 12's default) or
+    "hybrid" (a v1 hierarchy, as on these machines). Sandbox(memory=True) then gives systemd
+    inside the same layout, each hierarchy rooted at a cgroup of the sandbox's own; the
+    host's cgroups outside it are never written. SandboxError if there is none to use.
+    """
+    from prober.pressure import read_cgroup_mounts
+
+    mounts = read_cgroup_mounts()
+    if mounts.memory_v1 is not None:
+        return "hybrid"
+    if mounts.memory_on_unified:
+        _memory_cgroup2_parent()
+        return "unified"
+    raise SandboxError("a memory cgroup controller (v1, or enabled on cgroup2) for "
+                       "Sandbox(memory=True)")
+
+
+def _memory_cgroup2_parent() -> Path:
+    """A cgroup2 directory whose children get the memory controller: this process's own, or
+    else the root of the cgroup2 mount (a cgroup with processes cannot hand controllers down
+    unless it is the root)."""
+    own = _cgroup2_dir()
+    root = own
+    while root.parent != root and (root.parent / "cgroup.subtree_control").exists():
+        root = root.parent
+    for candidate in (own, root):
+        with contextlib.suppress(OSError):
+            if "memory" in (candidate / "cgroup.subtree_control").read_text().split():
+                return candidate
+    raise SandboxError(f"the memory controller enabled in {own}/cgroup.subtree_control or "
+                       f"{root}/cgroup.subtree_control, for Sandbox(memory=True)")
+
+
+@dataclass(frozen=True)
+class _Hierarchy:
+    """A cgroup v1 hierarchy of the host, as the sandbox mounts it inside."""
+
+    directory: str  # its folder under /sys/fs/cgroup: "memory", "cpu,cpuacct", "systemd"
+    options: str  # `mount -t cgroup -o` options naming it: "memory", "none,name=systemd"
+    cgroup: Path  # this process's cgroup in it, as a host path
+
+
+def _v1_hierarchies(mountinfo: str, proc_cgroup: str) -> list[_Hierarchy]:
+    """The v1 hierarchies mounted under /sys/fs/cgroup, with this process's cgroup in each.
+
+    `mountinfo` is /proc/self/mountinfo and `proc_cgroup` /proc/self/cgroup (`4:memory:/x`).
+    """
+    mounts: list[tuple[str, str, set[str]]] = []  # (mount point, mount root, super options)
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup" and \
+                os.path.dirname(fields[4]) == "/sys/fs/cgroup":
+            mounts.append((fields[4], fields[3], set(tail[2].split(","))))
+    found = []
+    for line in proc_cgroup.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" or not controllers:
+            continue
+        wanted = set(controllers.split(","))
+        for point, root, options in mounts:
+            if wanted <= options and _is_under(path, root):
+                relative = os.path.relpath(path, root)
+                own = Path(point) if relative == "." else Path(point) / relative
+                named_only = all(c.startswith("name=") for c in wanted)
+                found.append(_Hierarchy(os.path.basename(point),
+                                        ("none," if named_only else "") + controllers, own))
+                break
+    return found
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -845,9 +1030,10 @@ def _write_user_db(boot: Path, users: Sequence[str]) -> None:
 _cgroup_ids = itertools.count(1)
 
 
-def _make_cgroup() -> Path:
-    """A fresh child of this process's cgroup2 directory; stale ones of dead runs are removed."""
-    parent = _cgroup2_dir()
+def _make_cgroup(parent: Path | None = None, *, cpuset: bool = False) -> Path:
+    """A fresh child of `parent` (default: this process's cgroup2 directory); stale ones of dead
+    runs are removed. `cpuset`: a v1 cpuset child, which takes no process until it has CPUs."""
+    parent = _cgroup2_dir() if parent is None else parent
     for stale in parent.glob("prober-sandbox-*"):
         owner = stale.name.split("-")[2]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
@@ -855,6 +1041,9 @@ def _make_cgroup() -> Path:
                 _remove_cgroup(stale)
     path = parent / f"prober-sandbox-{os.getpid()}-{next(_cgroup_ids)}"
     path.mkdir()
+    if cpuset:
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            (path / name).write_text((parent / name).read_text())
     return path
 
 
@@ -886,6 +1075,7 @@ class Stack:
     dump_file: Path  # where the stand-in writes its "thread dump" on SIGQUIT
     backend_unit: str = "backend.service"
     caddy_unit: str = "caddy.service"
+    slow_file: Path | None = None  # while it exists, the stand-in sleeps the seconds it says
 
     @property
     def caddy_url(self) -> str:
@@ -948,11 +1138,13 @@ def start_stack(sandbox: Sandbox, *, timeout: float = 10) -> Stack:
         admin_url=f"http://127.0.0.1:{admin_port}",
         fail_file=sandbox.workdir / "backend.fail",
         dump_file=sandbox.workdir / "backend.dump",
+        slow_file=sandbox.workdir / "backend.slow",
     )
     sandbox.write_service(
         stack.backend_unit,
         [sys.executable, str(STANDIN), "--port", str(backend_port),
-         "--fail-file", str(stack.fail_file), "--dump-file", str(stack.dump_file)],
+         "--fail-file", str(stack.fail_file), "--dump-file", str(stack.dump_file),
+         "--slow-file", str(stack.slow_file)],
         env={"PYTHONUNBUFFERED": "1"},
         reload=False,
     )

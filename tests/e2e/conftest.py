@@ -39,9 +39,10 @@ def sandbox_history() -> list[SandboxRecord]:
     return list(_history)
 
 
-def require_sandbox() -> None:
-    """Skip (or, with $CI set, fail) when this machine cannot boot a sandbox."""
-    missing = missing_requirements()
+def require_sandbox(*, memory: bool = False) -> None:
+    """Skip (or, with $CI set, fail) when this machine cannot boot a sandbox (with a memory
+    controller, for `memory`)."""
+    missing = missing_requirements(memory=memory)
     if not missing:
         return
     message = "the systemd sandbox needs: " + "; ".join(missing)
@@ -60,11 +61,12 @@ def new_workdir(name: str) -> Path:
 
 @contextlib.contextmanager
 def booted_sandbox(
-    workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = ()
+    workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = (),
+    memory: bool = False,
 ) -> Iterator[Sandbox]:
     """Boot a Sandbox in `workdir`, yield it, and stop it (whatever happens in between)."""
-    require_sandbox()
-    box = Sandbox(workdir, share=share, users=users)
+    require_sandbox(memory=memory)
+    box = Sandbox(workdir, share=share, users=users, memory=memory)
     box.start()
     _history.append(
         SandboxRecord(box.pid, box.pid_start_time, os.readlink(f"/proc/{box.pid}/ns/pid")))

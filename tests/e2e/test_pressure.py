@@ -1,0 +1,337 @@
+"""Under real memory pressure, in a sealed systemd with a memory controller (tests/harness.py):
+prober keeps restarting what broke, is never the process the kernel kills, ends its runs within
+their deadline, and its watchdog does not fire while runs are slow. Its readers of pressure and
+memory users work for real, under the shipped units' hardening.
+
+PSI is host-wide and moved by other jobs on this machine: nothing here asserts the host's
+reading. Stalls are read from the thrasher's own cgroup; the prober's decisions here do not
+depend on PSI (the policy that does is not in yet); durations are checked against the run's
+deadline only, never against a figure (`make bench` has those).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prober.pressure import Layout
+from tests.deploy import UNITS, Installed, install
+from tests.e2e.common import answers, refuses, wait_for
+from tests.e2e.conftest import booted_sandbox
+from tests.harness import GROWER, THRASHER, MemoryPressure, kernel_log_readable
+from tests.sandbox import (
+    UNIT_DIR,
+    Sandbox,
+    SandboxError,
+    Stack,
+    _cgroup2_dir,
+    _memory_cgroup2_parent,
+    _v1_hierarchies,
+    memory_layout,
+    start_stack,
+    systemd_quote,
+)
+
+pytestmark = pytest.mark.e2e
+
+THRESHOLD = 3
+TIMEOUT, RESTART_TIMEOUT, VERIFY_TIMEOUT = 1, 5, 3
+DEADLINE = TIMEOUT + RESTART_TIMEOUT + VERIFY_TIMEOUT  # the longest one run may take
+WATCHDOG = DEADLINE + 1  # shorter than the shipped 3min by far, still above a run's deadline
+LIMIT_MIB = 300
+RUN_LINE = re.compile(r"\b(?:OK|WARNING|CRITICAL|UNKNOWN): .* targets in ([\d.]+)s")
+FAILED = re.compile(r"target=caddy: probe failed \(([\w-]+)\): .*\[(\d+) in a row\]")
+
+
+@pytest.fixture
+def box(sandbox_workdir: Path) -> Iterator[Sandbox]:
+    """A sandbox whose systemd has a memory controller, with a `prober` user."""
+    with booted_sandbox(sandbox_workdir, users=["prober"], memory=True) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def stack(box: Sandbox) -> Stack:
+    return start_stack(box)
+
+
+@pytest.fixture
+def harness(box: Sandbox) -> Iterator[MemoryPressure]:
+    """The whole sandbox limited to LIMIT_MIB (hogs started by each test)."""
+    with MemoryPressure(box, limit_mib=LIMIT_MIB) as pressure:
+        yield pressure
+
+
+def config(stack: Stack) -> str:
+    return f"""\
+interval = "1s"
+
+[defaults]
+timeout = "{TIMEOUT}s"
+failure_threshold = {THRESHOLD}
+startup_grace = "0s"
+cooldown = "1s"
+restart_timeout = "{RESTART_TIMEOUT}s"
+verify_timeout = "{VERIFY_TIMEOUT}s"
+
+[[target]]
+name = "caddy"
+url = "{stack.caddy_url}/health"
+expect_body = "OK"
+unit = "{stack.caddy_unit}"
+depends_on = ["backend"]
+
+[[target]]
+name = "backend"
+url = "{stack.backend_url}/health"
+expect_body = "OK"
+unit = "{stack.backend_unit}"
+"""
+
+
+def start_prober(box: Sandbox, stack: Stack, mode: str) -> Installed:
+    """The shipped units as an operator installs them; the timer every 1 s, or the watcher."""
+    if mode == "timer":
+        installed = install(box, config(stack), period="1s")
+        box.systemctl("start", "prober.timer")
+    else:
+        installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+        box.systemctl("start", "prober-watch.service")
+    wait_for(lambda: run_durations(installed) != [], 30, "a first run of the prober")
+    return installed
+
+
+def run_durations(installed: Installed) -> list[float]:
+    """How long each run took, from the summary line each run logs (watch) or prints (timer)."""
+    return [float(x) for x in RUN_LINE.findall(installed.log.read_text())]
+
+
+def failures_until_restart(log: str) -> list[tuple[str, int]]:
+    """caddy's failures (class, count in a row) logged before its first restart request."""
+    seen: list[tuple[str, int]] = []
+    for line in log.splitlines():
+        if "target=caddy unit=caddy.service: restarting" in line:
+            return seen
+        found = FAILED.search(line)
+        if found:
+            seen.append((found[1], int(found[2])))
+    raise AssertionError(f"caddy was never restarted; the log:\n{log[-3000:]}")
+
+
+def check_prober_survived(box: Sandbox, harness: MemoryPressure, installed: Installed,
+                          mode: str, watcher_pid: int) -> None:
+    """prober's units are as they were, none of their processes was OOM-killed, and every run
+    ended within its deadline."""
+    durations = run_durations(installed)
+    assert durations and max(durations) < DEADLINE, durations
+    if mode == "watch":
+        unit = "prober-watch.service"
+        assert box.unit_property(unit, "ActiveState") == "active"
+        assert box.main_pid(unit) == watcher_pid
+        assert box.unit_property(unit, "NRestarts") == "0"
+        assert harness.oom_kills(harness.cgroup(unit)) == 0
+        assert "Watchdog timeout" not in box.console_tail(500)
+    else:
+        assert box.unit_property("prober.service", "Result") == "success"
+        assert box.unit_property("prober.timer", "ActiveState") == "active"
+    log = installed.log.read_text()
+    assert "Traceback" not in log and "internal error" not in log, log[-2000:]
+    kills = harness.kernel_oom_kills()
+    assert not [k for k in kills if k.cgroup.startswith("/prober.slice")], kills
+
+
+# --- the harness itself ----------------------------------------------------------------------
+
+
+def test_memory_sandbox_enforces_limits_in_the_hosts_layout(box: Sandbox) -> None:
+    """Sandbox(memory=True) mirrors the host's layout (hybrid here) and systemd's MemoryMax=
+    becomes the kernel's limit (v1 memory.limit_in_bytes here); per-unit PSI files exist."""
+    assert box.cgroup_layout == memory_layout()
+    harness = MemoryPressure(box, limit_mib=LIMIT_MIB, group="system.slice")
+    harness.limit(200)  # raises unless the kernel's limit reads back as 200 MiB
+    assert harness.memory_limit("/system.slice") == 200 * 1024 * 1024
+    mounts = harness.mounts()
+    expected = Layout.HYBRID if box.cgroup_layout == "hybrid" else Layout.UNIFIED
+    assert mounts.layout is expected
+    reading = harness.unit_pressure("dbus.service")
+    assert reading is not None and reading.cgroup == "/system.slice/dbus.service"
+    harness.stop()
+    assert harness.memory_limit("/system.slice") is None
+    with MemoryPressure(box, limit_mib=LIMIT_MIB) as whole:
+        assert whole.memory_limit("/") == LIMIT_MIB * 1024 * 1024
+    assert whole.memory_limit("/") is None
+
+
+def _own_sandbox_cgroups() -> list[Path]:
+    """The cgroups this process's sandboxes have now, in every hierarchy they join."""
+    parents = [_cgroup2_dir(), *(h.cgroup for h in _v1_hierarchies(
+        Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text()))]
+    with contextlib.suppress(SandboxError):
+        parents.append(_memory_cgroup2_parent())
+    return [p for parent in parents for p in parent.glob(f"prober-sandbox-{os.getpid()}-*")]
+
+
+def test_memory_sandbox_leaves_no_cgroup_behind(sandbox_workdir: Path) -> None:
+    """A memory sandbox that ran units and hogs leaves none of its cgroups, in any hierarchy."""
+    before = set(_own_sandbox_cgroups())
+    with booted_sandbox(sandbox_workdir, memory=True) as sandbox:
+        created = set(_own_sandbox_cgroups()) - before
+        with MemoryPressure(sandbox, limit_mib=LIMIT_MIB) as harness:
+            harness.grow(rate_mib=64, max_mib=16)
+            wait_for(lambda: "holding" in harness.hog_log(GROWER), 20, "the grower holding")
+            assert any((c / "system.slice").is_dir() for c in created)
+    expected = 1 + (len(_v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
+                                        Path("/proc/self/cgroup").read_text()))
+                    if sandbox.cgroup_layout == "hybrid" else 0)
+    assert len(created) == expected, created
+    assert [p for p in created if p.exists()] == []
+
+
+def test_pinned_psi_is_what_prober_reads(box: Sandbox, stack: Stack) -> None:
+    """pin_psi() makes /proc/pressure/memory read a fixed value inside only: prober's JSON
+    shows it, a re-pin reaches a unit that was already running, the host's file is untouched."""
+    installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+    box.pin_psi(45, 30, units=["prober-watch.service"])
+    box.systemctl("start", "prober-watch.service")
+    done = box.run([sys.executable, "-m", "prober", "check", "--json", "--config",
+                    str(installed.config), "--state", str(box.workdir / "pin-state.json")],
+                   timeout=60)
+    assert json.loads(done.stdout)["memory_pressure"] == {
+        "some_avg10": 45.0, "some_avg60": 45.0, "full_avg10": 30.0, "full_avg60": 30.0}
+    assert "total=0000000000" not in Path("/proc/pressure/memory").read_text()
+    box.pin_psi(12.5)
+    inside = box.run(["nsenter", "-t", str(box.main_pid("prober-watch.service")), "-m", "--",
+                      "cat", "/proc/pressure/memory"], check=True).stdout
+    assert inside.startswith("some avg10=012.50 "), inside
+    box.unpin_psi()
+    assert "total=0000000000" not in box.run(["cat", "/proc/pressure/memory"]).stdout
+
+
+def test_readers_work_under_the_shipped_hardening(box: Sandbox, stack: Stack,
+                                                  harness: MemoryPressure) -> None:
+    """prober.pressure's readers, run as `prober` with the shipped prober.service's settings,
+    read the thrasher's own PSI, rank the grower first by anonymous memory (the thrasher's page
+    cache is larger), and find the grower's process in the /proc fallback."""
+    install(box, config(stack))
+    harness.thrash()
+    harness.wait_stalling(THRASHER, some=2)
+    harness.grow(rate_mib=64, max_mib=64)
+    wait_for(lambda: "holding" in harness.hog_log(GROWER), 30, "the grower holding 64 MiB")
+    out = box.workdir / "readers.json"
+    out.touch()
+    box.run(["chown", "prober", str(out)], check=True)
+    script = (
+        "import json, sys\n"
+        "from prober.pressure import *\n"
+        "mounts = read_cgroup_mounts()\n"
+        "unit = read_unit_pressure(sys.argv[1])\n"
+        "host = read_host_pressure()\n"
+        "print(json.dumps({'layout': mounts.layout.value,\n"
+        "  'unit': unit and [unit.scope.value, unit.cgroup, unit.pressure.some_avg10],\n"
+        "  'host': host and host.scope.value,\n"
+        "  'top': [[u.name, u.bytes] for u in top_memory_users(3)],\n"
+        "  'processes': [[u.name, u.bytes] for u in largest(process_memory_users(), 3)]}))\n")
+    readers_py = box.workdir / "readers.py"
+    readers_py.write_text(script)
+    shipped = (UNITS / "prober.service").read_text()
+    argv = [sys.executable, str(readers_py), harness.cgroup(THRASHER)]
+    readers = re.sub(r"(?m)^ExecStart=.*$", f"ExecStart={systemd_quote(argv)}", shipped)
+    (box.path("/etc/systemd/system") / "prober-readers.service").write_text(readers)
+    dropin = (box.path(UNIT_DIR) / "prober.service.d" / "sandbox.conf").read_text()
+    dropin = re.sub(r"(?m)^Standard(Output|Error)=.*$", rf"Standard\1=append:{out}", dropin)
+    box.write_unit("prober-readers.service.d/sandbox.conf", dropin)
+    box.systemctl("start", "prober-readers.service")
+    found = json.loads(out.read_text().strip().splitlines()[-1])
+    assert found["layout"] == ("hybrid" if box.cgroup_layout == "hybrid" else "unified"), found
+    assert found["unit"][:2] == ["unit", harness.cgroup(THRASHER)], found
+    assert found["unit"][2] > 0, found
+    assert found["host"] == "host"
+    assert found["top"][0][0] == GROWER and found["top"][0][1] >= 64 * 1024 * 1024, found
+    assert THRASHER not in [name for name, _ in found["top"][:1]]
+    grower_child = found["processes"][0]
+    assert grower_child[0].startswith("python (pid ") and grower_child[1] >= 64 * 1024 * 1024
+
+
+# --- the scenarios ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_caddy_that_stopped_listening_is_restarted_at_the_threshold_under_pressure(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """While the thrasher stalls the host, caddy unloads its servers (`POST /load`): refused,
+    restarted at exactly failure_threshold, by the shipped timer or watcher; the watcher's
+    short watchdog never fires, and every run ends within its deadline."""
+    installed = start_prober(box, stack, mode)
+    watcher = box.main_pid("prober-watch.service") if mode == "watch" else 0
+    harness.thrash()
+    harness.wait_stalling(THRASHER, some=5)
+    caddy_before = box.main_pid(stack.caddy_unit)
+    httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=10, trust_env=False)
+    assert refuses(f"{stack.caddy_url}/health")
+    wait_for(lambda: box.main_pid(stack.caddy_unit) not in (0, caddy_before), 60,
+             f"caddy restarted by the {mode}-driven prober under pressure")
+    assert answers(f"{stack.caddy_url}/health", within=20)
+    failures = failures_until_restart(installed.log.read_text())
+    assert failures[-THRESHOLD:] == [("refused", n) for n in range(1, THRESHOLD + 1)], failures
+    stalled = harness.unit_pressure(THRASHER)
+    assert stalled is not None and stalled.pressure.some_avg10 > 0  # still thrashing
+    check_prober_survived(box, harness, installed, mode, watcher)
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_grower_is_oom_killed_and_prober_survives(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """An anonymous-memory grower (oom_score_adj 1000) grows under the thrasher until the kernel
+    kills it: the kernel's log and counters put every kill on the hogs, none on prober's units,
+    which keep running, on time, without a false watchdog."""
+    installed = start_prober(box, stack, mode)
+    watcher = box.main_pid("prober-watch.service") if mode == "watch" else 0
+    harness.thrash()
+    harness.wait_stalling(THRASHER, some=5)
+    harness.grow(rate_mib=16)
+    lived = harness.wait_oom_killed(GROWER, within=90)
+    runs_at_kill = len(run_durations(installed))
+    wait_for(lambda: len(run_durations(installed)) >= runs_at_kill + 2, 30,
+             "two more prober runs after the OOM kill")
+    assert harness.oom_kills(harness.cgroup(GROWER)) >= 1
+    if kernel_log_readable():
+        kills = harness.kernel_oom_kills()
+        assert kills and all(k.cgroup.startswith("/system.slice/system-hogs.slice/")
+                             for k in kills), kills
+    check_prober_survived(box, harness, installed, mode, watcher)
+    sys.stdout.write(f"grower OOM-killed after {lived:.1f}s at {harness.grower_mib()} MiB\n")
+
+
+@pytest.mark.parametrize("adjust", ["shipped", "reversed"])
+def test_oom_score_adjust_decides_whom_the_kernel_kills(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, adjust: str) -> None:
+    """A grower with the default oom_score_adj (0, as `convert` has) fills the sandbox: with the
+    shipped OOMScoreAdjust=-900 the kernel kills the grower and never the watcher; reversed to
+    +1000 (a drop-in), it kills the watcher. The setting, not the watcher's size, saves it."""
+    installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+    if adjust == "reversed":
+        box.write_unit("prober-watch.service.d/zz-oom.conf", "[Service]\nOOMScoreAdjust=1000\n")
+    box.systemctl("start", "prober-watch.service")
+    wait_for(lambda: run_durations(installed) != [], 30, "a first run of the watcher")
+    watcher = box.main_pid("prober-watch.service")
+    harness.thrash()
+    harness.wait_stalling(THRASHER, some=5)
+    harness.grow(rate_mib=16, oom_score_adj=0)
+    if adjust == "shipped":
+        harness.wait_oom_killed(GROWER, within=90)
+        check_prober_survived(box, harness, installed, "watch", watcher)
+        return
+    wait_for(lambda: box.main_pid("prober-watch.service") not in (0, watcher), 90,
+             "the watcher, made the kernel's first choice, killed and restarted by systemd")
+    assert box.unit_property("prober-watch.service", "NRestarts") != "0"
+    if kernel_log_readable():
+        kills = harness.kernel_oom_kills()
+        assert any(k.cgroup == "/prober.slice/prober-watch.service" for k in kills), kills

@@ -20,7 +20,15 @@ from prober.config import Config, Target
 from prober.errors import ProberError, StateError
 from prober.keys import format_duration
 from prober.policy import Action, Applied, Decision, Outcome, RestartOutcome
-from prober.pressure import read_memory_pressure
+from prober.pressure import (
+    MemoryUser,
+    Pressure,
+    PressureReading,
+    describe_users,
+    read_host_pressure,
+    read_unit_pressure,
+    top_memory_users,
+)
 from prober.probing import Probing
 from prober.runs import RunReport, Skipped, TargetReport
 from prober.state import LockBusy, StateStore
@@ -28,7 +36,6 @@ from prober.tracker import Change, Event, State, TargetState, Verdict
 
 log = logging.getLogger("prober")
 
-PRESSURE_WORTH_SAYING = 10.0  # percent of the last 10 s that some task stalled on memory
 
 
 def select_targets(config: Config, names: Sequence[str]) -> tuple[Target, ...]:
@@ -167,19 +174,24 @@ async def run_once(
     state = folded.state
     changes = list(folded.changes)
     _log_results(folded.verdicts)
+    _log_changes(before, changes)  # what the policy adds below logs itself
     wanted = [t for t, v in zip(targets, folded.verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]
     gathered = await _gather_facts(actuator_factory, wanted)
     if no_restart_reason:
         gathered.errors = {t.name: no_restart_reason for t in wanted}
         gathered.facts = {}
+    memory = _read_memory(targets, folded.verdicts, gathered.facts)
     try:
         decisions = [
             policy.decide(target, verdict, state.get(target.name),
                           gathered.facts.get(target.name), now, dry_run=dry_run,
-                          facts_error=gathered.errors.get(target.name, ""))
+                          facts_error=gathered.errors.get(target.name, ""),
+                          memory=memory.for_target(target.name))
             for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]
+        decisions = policy.one_restart_under_pressure(
+            targets, decisions, memory.host_pressure, memory.largest_units)
         restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock,
                                         on_restart_requested)
     finally:
@@ -198,18 +210,65 @@ async def run_once(
             outcome=None if restarted is None else restarted.detail,
             notice=policy.certificate_notice(target, verdict.result, now),
         ))
-    _log_changes(before, changes)
+    state, changes = tracker.with_top_memory(state, changes, memory.top)
+    if memory.top:
+        log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
+                    "; ".join(memory.worth_saying), describe_users(memory.top))
     if config.notify is not None:
         from prober.notify import deliver, payloads
 
-        await deliver(config.notify, payloads(changes, config))
-    pressure = read_memory_pressure()
-    if pressure is not None and pressure.some_avg10 >= PRESSURE_WORTH_SAYING and any(
-            not r.result.ok for r in reports):
-        log.warning("%s while targets fail", pressure.describe())
+        await deliver(config.notify, payloads(changes, config, top_memory=[
+            {"name": u.name, "bytes": u.bytes} for u in memory.top]))
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
-                       duration=clock() - started, pressure=pressure, changes=tuple(changes))
+                       duration=clock() - started, pressure=memory.host_pressure,
+                       changes=tuple(changes), top_memory=memory.top)
     return state, report
+
+
+@dataclass(frozen=True)
+class _MemoryPicture:
+    """What the run read of memory: the host's PSI, each failing target's own reading, and,
+    when some of them starve, who holds the most memory."""
+
+    host: PressureReading | None
+    readings: Mapping[str, PressureReading]
+    top: tuple[MemoryUser, ...] = ()
+    worth_saying: tuple[str, ...] = ()  # the readings that made the run look for a culprit
+
+    @property
+    def host_pressure(self) -> Pressure | None:
+        return None if self.host is None else self.host.pressure
+
+    @property
+    def largest_units(self) -> frozenset[str]:
+        return frozenset(u.name for u in self.top)
+
+    def for_target(self, name: str) -> policy.Memory:
+        return policy.Memory(self.readings.get(name, self.host), self.largest_units)
+
+
+def _read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
+                 facts: Mapping[str, UnitFacts]) -> _MemoryPicture:
+    """The host's PSI, always; a failing target's unit's own where systemd told its cgroup;
+    the largest memory users only when some failing target starves (worth the walk)."""
+    host = read_host_pressure()
+    readings: dict[str, PressureReading] = {}
+    for target, verdict in zip(targets, verdicts, strict=True):
+        if verdict.result.ok:
+            continue
+        unit_facts = facts.get(target.name)
+        own = read_unit_pressure(unit_facts.control_group) if unit_facts and \
+            unit_facts.control_group else None
+        reading = own or host
+        if reading is not None:
+            readings[target.name] = reading
+    by_name = {t.name: t for t in targets}
+    starving = [reading.describe() for name, reading in readings.items()
+                if policy.worth_saying(reading.pressure, by_name[name].policy.pressure_threshold)]
+    if not starving:
+        return _MemoryPicture(host, readings)
+    return _MemoryPicture(host, readings, top_memory_users(3),
+                          tuple(dict.fromkeys(starving)))
 
 
 def _log_results(verdicts: Sequence[Verdict]) -> None:

@@ -32,6 +32,7 @@ from prober.keys import (
     format_duration,
     headers,
     integer,
+    percent,
     signal_name,
     table,
     target_name,
@@ -75,6 +76,8 @@ class Policy:
     verify_timeout: float = 30.0
     signal_before_restart: str | None = None
     bus: Bus = Bus.SYSTEM
+    pressure_threshold: float = DEFAULT_PRESSURE_THRESHOLD
+    pressure_hold: float = 300.0
 
     @property
     def probe_budget(self) -> float:
@@ -123,6 +126,13 @@ POLICY_KEYS = (
     Key("bus", Shape.CHOICE, choice(Bus),
         "`system`, or `user` for units of a `systemd --user` manager (also `check --user`)",
         default="system", choices=tuple(Bus)),
+    Key("pressure_threshold", Shape.PERCENT, percent,
+        "percent of PSI memory `some avg10` (the unit's own where it can be read, else the "
+        "host's) at or above which it counts as starving for memory; `0` disables the hold",
+        default="10", minimum=0),
+    Key("pressure_hold", Shape.DURATION, duration(),
+        "the longest a restart may wait while it starves, for a target whose failures are all "
+        '`timeout` or `slow`; counted from when it went down; `"0s"` disables', default="5m"),
 )
 _POLICY_BY_NAME = by_name(POLICY_KEYS)
 

@@ -8,12 +8,14 @@ action back onto the state is here too, so every rule about restarts lives in on
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from prober.actuator import ActiveState, UnitFacts
-from prober.config import Target
+from prober.config import DEFAULT_PRESSURE_THRESHOLD, Target
 from prober.keys import format_duration
+from prober.pressure import Pressure, PressureReading
 from prober.results import ProbeResult
 from prober.tracker import Change, Event, Health, TargetState, Verdict, record, recorded_since
 
@@ -45,6 +47,26 @@ class Decision:
     action: Action
     reason: str
     unit: str | None = None
+    held: bool = False  # a wait because it starves for memory, not because it is broken
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a run read of memory pressure, for one target's decision."""
+
+    reading: PressureReading | None = None  # its unit's own PSI where readable, else the host's
+    largest: frozenset[str] = frozenset()  # the units holding the most memory now
+
+
+def worth_saying(pressure: Pressure, threshold: float) -> bool:
+    """Whether a reading is pressure worth naming the culprit for: at or above the threshold,
+    or the default threshold where the hold is disabled (0)."""
+    return pressure.some_avg10 >= (threshold if threshold > 0 else DEFAULT_PRESSURE_THRESHOLD)
+
+
+def starves(pressure: Pressure, threshold: float) -> bool:
+    """Whether a reading means starving, for a policy whose threshold is `threshold` (0: never)."""
+    return threshold > 0 and pressure.some_avg10 >= threshold
 
 
 def cooldown_for(target: Target, state: TargetState) -> float:
@@ -66,6 +88,7 @@ def decide(
     *,
     dry_run: bool = False,
     facts_error: str = "",
+    memory: Memory = Memory(),
 ) -> Decision:
     """What to do about one target this run, and why."""
 
@@ -94,9 +117,60 @@ def decide(
         return decision(Action.UNIT_UNKNOWN, f"cannot ask systemd about {target.unit}: "
                         f"{facts_error or 'unknown error'}")
     action, reason = _judge_unit(target, state, facts, now)
+    if action is Action.RESTART:
+        hold = _hold(target, state, facts, now, memory)
+        if hold is not None:
+            return Decision(target.name, Action.WAIT, hold, target.unit, held=True)
     if action is Action.RESTART and dry_run:
         return decision(Action.WOULD_RESTART, reason.replace("restarting", "would restart", 1))
     return decision(action, reason)
+
+
+def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
+          memory: Memory) -> str | None:
+    """Why a restart waits because the service may only be starving, or None.
+
+    Only a service that answers too late (every failure of its streak `timeout` or `slow`) on a
+    starving host or unit waits, and not longer than pressure_hold from when it went down;
+    refused, wrong status, bad body, TLS or protocol mean broken, whatever the load. A unit that
+    holds the most memory is not held: restarting it is what relieves the pressure.
+    """
+    policy = target.policy
+    reading = memory.reading
+    if reading is None or not state.streak_starving or policy.pressure_hold <= 0:
+        return None
+    if not starves(reading.pressure, policy.pressure_threshold) or facts.unit in memory.largest:
+        return None
+    since = state.down_since if state.down_since is not None else now
+    left = since + policy.pressure_hold - now
+    if left <= 0:
+        return None
+    failure = state.last_failure or "timeout"
+    return (f"held: {reading.describe()}, at or above pressure_threshold "
+            f"{policy.pressure_threshold:g}%, and it only fails as {failure}: starving, maybe "
+            f"not broken; restarting {facts.unit} in {format_duration(left)} (pressure_hold "
+            f"{format_duration(policy.pressure_hold)}) unless it answers again")
+
+
+def one_restart_under_pressure(targets: Sequence[Target], decisions: Sequence[Decision],
+                               host: Pressure | None, largest: frozenset[str]
+                               ) -> list[Decision]:
+    """At most one unit restarted per run while the host starves for memory: services booting
+    together (puma and sidekiq) deepen a memory outage. The unit holding the most memory goes
+    first, else the first in the config; the others wait, and say so."""
+    restarting = [d for d in decisions if d.action in (Action.RESTART, Action.WOULD_RESTART)]
+    if host is None or len({d.unit for d in restarting}) < 2:
+        return list(decisions)
+    by_name = {t.name: t for t in targets}
+    first = next((d for d in restarting if d.unit in largest), restarting[0])
+    def waits(decision: Decision) -> bool:
+        return decision in restarting and decision.unit != first.unit and \
+            starves(host, by_name[decision.name].policy.pressure_threshold)
+
+    return [replace(d, action=Action.WAIT, reason=(
+        f"the host is under memory pressure (some {host.some_avg10:.1f}%): one restart per run, "
+        f"{first.unit} first; {d.unit} next run if still down")) if waits(d) else d
+        for d in decisions]
 
 
 def _paused_reason(state: TargetState, verdict: Verdict) -> str:
@@ -186,6 +260,8 @@ def apply_decision(target: Target, state: TargetState, decision: Decision, now: 
     if decision.action is Action.GIVEN_UP and not state.given_up:
         given_up = replace(state, given_up=True, given_up_reason=decision.reason)
         after = record(given_up, now, Event.GIVEN_UP, decision.reason)
+    if decision.held and state.held_at is None:
+        after = record(replace(after, held_at=now), now, Event.HELD, decision.reason)
     return _applied(target, state, after, decision)
 
 
@@ -222,6 +298,7 @@ def apply_restart(target: Target, state: TargetState, decision: Decision,
         unhelpful_restarts=0 if helped else state.unhelpful_restarts + 1,
         consecutive_failures=0,
         failure_times=(),
+        held_at=None,
     )
     verified = restarted.verified
     if verified is not None:

@@ -348,3 +348,15 @@ def top_memory_users(count: int = 3, mounts: CgroupMounts | None = None,
     if not users:
         users = process_memory_users(proc)
     return largest(users, count)
+
+
+def describe_users(users: Iterable[MemoryUser]) -> str:
+    """`convert (pid 4242) 1.2 GiB, mastodon-sidekiq.service 800 MiB`."""
+    return ", ".join(f"{user.name} {_size(user.bytes)}" for user in users)
+
+
+def _size(count: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"

@@ -13,10 +13,11 @@ from prober.errors import StateError
 from prober.files import write_atomically as write_file
 from prober.keys import format_duration
 from prober.policy import Action, cooldown_for, restarts_within
+from prober.pressure import describe_users
 from prober.results import ProbeResult
 from prober.runs import RunReport, Status, TargetReport
 from prober.text import os_reason, redact_url
-from prober.tracker import State, TargetState, is_paused
+from prober.tracker import State, TargetState, Transition, is_paused
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -57,6 +58,8 @@ def run_text(report: RunReport) -> str:
     if report.pressure is not None and (report.pressure.some_avg10 > 0 or
                                         report.status is not Status.OK):
         summary += f"\n{report.pressure.describe()}"
+    if report.top_memory:
+        summary += f"\nlargest memory users: {describe_users(report.top_memory)}"
     return _table(rows) + "\n" + summary
 
 
@@ -83,6 +86,7 @@ def run_json(report: RunReport) -> dict[str, Any]:
             "some_avg10": report.pressure.some_avg10, "some_avg60": report.pressure.some_avg60,
             "full_avg10": report.pressure.full_avg10, "full_avg60": report.pressure.full_avg60,
         },
+        "top_memory": [{"name": u.name, "bytes": u.bytes} for u in report.top_memory],
     }
 
 
@@ -177,10 +181,16 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "given_up_reason": t.given_up_reason or None,
             "paused_until": t.paused_until if is_paused(t, now) else None,
             "paused_reason": (t.paused_reason or None) if is_paused(t, now) else None,
-            "history": [{"at": h.at, "event": h.event.value, "reason": h.reason}
-                        for h in t.history[-history:]],
+            "history": [_history_json(h) for h in t.history[-history:]],
         })
     return {"updated_at": state.updated_at, "targets": out}
+
+
+def _history_json(entry: Transition) -> dict[str, Any]:
+    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
+    if entry.top_memory:
+        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
+    return out
 
 
 def status_text(config: Config, state: State, now: float, history: int = 5) -> str:
@@ -215,6 +225,9 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
         lines.append(f"\n{target.name}: " + "; ".join(extra) if extra else f"\n{target.name}:")
         for h in t.history[-history:]:
             lines.append(f"  {when(h.at)}  {h.event.value:<14} {h.reason}")
+            if h.top_memory:
+                lines.append(f"  {'':<23}  {'':<14} largest memory users then: "
+                             f"{describe_users(h.top_memory)}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from prober.config import Target
 from prober.policy import Action, Decision
-from prober.pressure import Pressure
+from prober.pressure import MemoryUser, Pressure
 from prober.results import ProbeResult
 from prober.tracker import Change, Health, TargetState
 
@@ -68,6 +68,7 @@ class RunReport:
     pressure: Pressure | None = None
     state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
     changes: tuple[Change, ...] = ()  # what this run recorded in the targets' histories
+    top_memory: tuple[MemoryUser, ...] = ()  # the largest memory users, when targets starve
 
     @property
     def status(self) -> Status:

@@ -20,6 +20,7 @@ from typing import Any
 
 from prober.errors import StateError
 from prober.files import remove_stale_temp_files, write_atomically
+from prober.pressure import MemoryUser
 from prober.text import os_reason
 from prober.tracker import Event, Health, State, TargetState, Transition
 
@@ -50,12 +51,22 @@ def _target_to_json(state: TargetState) -> dict[str, Any]:
     # Not dataclasses.asdict: it deep-copies the history only for it to be rebuilt below.
     out = {name: getattr(state, name) for name in _TARGET_FIELDS}
     out["health"] = state.health.value
-    out["history"] = [
-        {"at": t.at, "event": t.event.value, "reason": t.reason} for t in state.history
-    ]
+    out["history"] = [_transition_to_json(t) for t in state.history]
     out["restarts"] = list(state.restarts)
     out["failure_times"] = list(state.failure_times)
     return out
+
+
+def _transition_to_json(entry: Transition) -> dict[str, Any]:
+    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
+    if entry.top_memory:
+        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
+    return out
+
+
+def _transition_from_json(data: Mapping[str, Any]) -> Transition:
+    users = tuple(MemoryUser(str(u["name"]), int(u["bytes"])) for u in data.get("top_memory", ()))
+    return Transition(float(data["at"]), Event(data["event"]), str(data["reason"]), users)
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -74,9 +85,7 @@ def _target_from_json(data: Mapping[str, Any]) -> TargetState:
         if key == "health":
             values[key] = Health(value)
         elif key == "history":
-            values[key] = tuple(
-                Transition(float(t["at"]), Event(t["event"]), str(t["reason"])) for t in value
-            )
+            values[key] = tuple(_transition_from_json(t) for t in value)
         elif key in ("restarts", "failure_times"):
             values[key] = tuple(float(x) for x in value)
         else:

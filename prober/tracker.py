@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from prober.config import Config, Target
+from prober.pressure import MemoryUser
 from prober.results import ProbeResult
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
@@ -57,6 +58,7 @@ class Transition:
     at: float
     event: Event
     reason: str
+    top_memory: tuple[MemoryUser, ...] = ()  # down and restart under pressure: who held memory
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class TargetState:
     last_status_code: int | None = None
     last_latency_ms: float | None = None
     down_since: float | None = None  # when the current outage began (down, not yet recovered)
+    streak_starving: bool = False  # every failure of the current streak was timeout or slow
+    held_at: float | None = None  # when this outage's restart was first held under pressure
     restarts: tuple[float, ...] = ()  # when the prober restarted the unit, within the window
     restarts_total: int = 0
     unhelpful_restarts: int = 0  # restarts in a row that did not bring the target back
@@ -182,11 +186,14 @@ def fold_result(target: Target, state: TargetState, result: ProbeResult, now: fl
                        last_failure=None if result.failure is None else result.failure.value,
                        last_status_code=result.status_code, last_latency_ms=result.latency_ms)
     times: tuple[float, ...] = ()
+    starving = False
     if result.ok:
         failures, passes = 0, state.consecutive_passes + 1
     else:
         failures, passes = state.consecutive_failures + 1, 0
         times = (*state.failure_times, now)[-target.policy.failure_threshold :]
+        starving = result.failure is not None and result.failure.means_starving and (
+            failures == 1 or state.streak_starving)
     health = _next_health(target, failures, passes, state.health)
     new = replace(
         state,
@@ -195,6 +202,7 @@ def fold_result(target: Target, state: TargetState, result: ProbeResult, now: fl
         consecutive_failures=failures,
         consecutive_passes=passes,
         failure_times=times,
+        streak_starving=starving,
         last_checked_at=now,
         last_ok=result.ok,
         last_reason=result.reason,
@@ -221,7 +229,7 @@ def _record_change(new: TargetState, old: TargetState, now: float, reason: str) 
 def recovered(state: TargetState, now: float, reason: str) -> TargetState:
     """The target answers again: the outage is over, restarts are re-armed."""
     fresh = replace(state, given_up=False, given_up_reason="", unhelpful_restarts=0,
-                    down_since=None)
+                    down_since=None, held_at=None)
     return record(fresh, now, Event.RECOVERED, reason)
 
 
@@ -328,6 +336,25 @@ def _resumed(state: TargetState, now: float, reason: str) -> TargetState:
 
 def _when(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def with_top_memory(state: State, changes: Iterable[Change],
+                    users: tuple[MemoryUser, ...]) -> tuple[State, list[Change]]:
+    """This run's `down` and `restart` entries, noting who held the most memory then, so that
+    `status` can say it afterwards."""
+    out: list[Change] = []
+    targets = {**state.targets}
+    for change in changes:
+        entry = change.transition
+        if not users or entry.event not in (Event.DOWN, Event.RESTART):
+            out.append(change)
+            continue
+        noted = replace(entry, top_memory=users)
+        history = targets[change.target].history
+        targets[change.target] = replace(targets[change.target], history=tuple(
+            noted if item is entry else item for item in history))
+        out.append(Change(change.target, noted))
+    return replace(state, targets=targets), out
 
 
 def essential(state: State) -> dict[str, TargetState]:

@@ -11,6 +11,7 @@ from prober import policy
 from prober.actuator import UnitFacts
 from prober.config import Target, parse_config
 from prober.policy import Action, Outcome
+from prober.pressure import Pressure, PressureReading, Scope
 from prober.results import FailureClass, ProbeResult
 from prober.tracker import Event, Health, TargetState, Verdict
 
@@ -177,3 +178,103 @@ def test_failing_actions_are_critical() -> None:
     """Only none, dependency, wait and paused leave a run below critical."""
     calm = {a for a in Action if not a.is_critical}
     assert calm == {Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED}
+
+
+# --- under memory pressure ------------------------------------------------------------------
+
+HOST_CALM = PressureReading(Pressure(2.0, 1.0, 1.0, 0.5), Scope.HOST, "/proc/pressure/memory")
+HOST_STARVING = PressureReading(Pressure(41.2, 30.0, 33.0, 20.0), Scope.HOST,
+                                "/proc/pressure/memory")
+UNIT_STARVING = PressureReading(Pressure(55.0, 40.0, 50.0, 30.0), Scope.UNIT,
+                                "/sys/fs/cgroup/unified/system.slice/caddy.service/"
+                                "memory.pressure", "/system.slice/caddy.service")
+# Down for a minute, every failure of the streak a timeout.
+STARVING_STATE = _state(streak_starving=True, down_since=NOW - 60, last_failure="timeout")
+
+PRESSURE_CASES = [
+    # (id, target settings, state, reading, largest units, expected action, reason fragment)
+    ("held-host", {}, STARVING_STATE, HOST_STARVING, frozenset(), Action.WAIT,
+     "memory pressure (host): some 41.2%"),
+    ("held-unit", {}, STARVING_STATE, UNIT_STARVING, frozenset(), Action.WAIT,
+     "memory pressure of /system.slice/caddy.service: some 55.0%"),
+    ("hold-left", {}, STARVING_STATE, HOST_STARVING, frozenset(), Action.WAIT,
+     "restarting caddy.service in 4m (pressure_hold 5m)"),
+    ("hold-over", {}, _state(streak_starving=True, down_since=NOW - 301), HOST_STARVING,
+     frozenset(), Action.RESTART, "restarting"),
+    ("calm", {}, STARVING_STATE, HOST_CALM, frozenset(), Action.RESTART, "restarting"),
+    ("no-reading", {}, STARVING_STATE, None, frozenset(), Action.RESTART, "restarting"),
+    ("broken-not-starving", {}, _state(streak_starving=False, down_since=NOW - 60),
+     HOST_STARVING, frozenset(), Action.RESTART, "restarting"),
+    ("threshold-0", {"pressure_threshold": 0}, STARVING_STATE, HOST_STARVING, frozenset(),
+     Action.RESTART, "restarting"),
+    ("threshold-above", {"pressure_threshold": 50}, STARVING_STATE, HOST_STARVING,
+     frozenset(), Action.RESTART, "restarting"),
+    ("hold-0", {"pressure_hold": "0s"}, STARVING_STATE, HOST_STARVING, frozenset(),
+     Action.RESTART, "restarting"),
+    ("the-culprit-itself", {}, STARVING_STATE, HOST_STARVING, frozenset({"caddy.service"}),
+     Action.RESTART, "restarting"),
+    ("cooldown-first", {}, _state(streak_starving=True, down_since=NOW - 60,
+                                  last_restart_at=NOW - 10), HOST_STARVING, frozenset(),
+     Action.WAIT, "cooldown"),
+    ("budget-first", {"max_restarts": 0}, STARVING_STATE, HOST_STARVING, frozenset(),
+     Action.GIVEN_UP, "restarts are disabled"),
+]
+
+
+@pytest.mark.parametrize(("settings", "state", "reading", "largest", "action", "reason"),
+                         [pytest.param(*case[1:], id=case[0]) for case in PRESSURE_CASES])
+def test_restart_held_under_pressure(settings: dict[str, Any], state: TargetState,
+                                     reading: PressureReading | None, largest: frozenset[str],
+                                     action: Action, reason: str) -> None:
+    """A target that only times out on a starving host or unit waits, up to pressure_hold from
+    when it went down, saying which reading and how long; nothing else is ever held."""
+    decision = policy.decide(_target(**settings), DOWN, state, ACTIVE, NOW,
+                             memory=policy.Memory(reading, largest))
+    assert (decision.action, reason in decision.reason) == (action, True), decision.reason
+    assert decision.held == (action is Action.WAIT and "held" in decision.reason)
+
+
+def test_a_hold_is_recorded_once_per_outage() -> None:
+    """The first held run records `held` in the history; later ones in the same outage not."""
+    decision = policy.decide(_target(), DOWN, STARVING_STATE, ACTIVE, NOW,
+                             memory=policy.Memory(HOST_STARVING))
+    once = policy.apply_decision(_target(), STARVING_STATE, decision, NOW)
+    twice = policy.apply_decision(_target(), once.state, decision, NOW + 30)
+    assert [c.event for c in once.changes] == [Event.HELD] and twice.changes == ()
+    assert once.state.held_at == NOW
+
+
+def _restart(name: str, unit: str) -> policy.Decision:
+    return policy.Decision(name, Action.RESTART, f"restarting {unit}", unit)
+
+
+@pytest.mark.parametrize(
+    ("host", "largest", "expected"),
+    [
+        (HOST_STARVING.pressure, frozenset(), ["restart", "wait", "wait"]),
+        (HOST_STARVING.pressure, frozenset({"sidekiq.service"}), ["wait", "restart", "wait"]),
+        (HOST_CALM.pressure, frozenset(), ["restart", "restart", "restart"]),
+        (None, frozenset(), ["restart", "restart", "restart"]),
+    ],
+    ids=["config-order", "culprit-first", "calm", "no-psi"],
+)
+def test_one_restart_per_run_under_pressure(host: Pressure | None, largest: frozenset[str],
+                                            expected: list[str]) -> None:
+    """While the host starves, one unit is restarted per run (the largest memory user first);
+    the others wait and say why. Without pressure all go at once."""
+    targets = [_target(name=n, unit=n) for n in ("web", "sidekiq", "streaming")]
+    decisions = [_restart(t.name, t.unit or "") for t in targets]
+    limited = policy.one_restart_under_pressure(targets, decisions, host, largest)
+    assert [d.action.value for d in limited] == expected
+    for decision in limited:
+        if decision.action is Action.WAIT:
+            assert "one restart per run" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("reading", "threshold", "worth"),
+    [(9.9, 10, False), (10.0, 10, True), (9.9, 0, False), (10.0, 0, True), (30, 50, False)],
+)
+def test_worth_saying(reading: float, threshold: float, worth: bool) -> None:
+    """The culprit is named at the target's threshold, or at 10 % where the hold is off."""
+    assert policy.worth_saying(Pressure(reading, 0, 0, 0), threshold) is worth

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from prober.errors import StateError
+from prober.pressure import MemoryUser
 from prober.state import LockBusy, StateStore, dumps, from_json, state_path, to_json
 from prober.tracker import Event, Health, State, TargetState, Transition
 
@@ -23,7 +24,11 @@ def _sample() -> State:
                 failure_times=(1.0, 2.0, 3.0), last_ok=False, last_reason="refused",
                 last_failure="refused", restarts=(5.0,), restarts_total=4,
                 unhelpful_restarts=1, last_restart_at=5.0, given_up=True,
-                given_up_reason="given up", history=(Transition(1.0, Event.FAILING, "x"),),
+                given_up_reason="given up", down_since=2.0, streak_starving=True,
+                held_at=2.5, paused_until=99.0, paused_reason="upgrading",
+                history=(Transition(1.0, Event.FAILING, "x"),
+                         Transition(2.0, Event.DOWN, "y",
+                                    (MemoryUser("convert (pid 7)", 1 << 30),))),
             ),
             "web": TargetState(health=Health.HEALTHY, last_ok=True, last_status_code=200,
                                last_latency_ms=1.5),

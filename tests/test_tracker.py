@@ -138,3 +138,40 @@ def test_forget_and_prune() -> None:
     assert caddy.consecutive_failures == 0 and caddy.health is Health.UNKNOWN
     assert caddy.history[-1].event is Event.RESET
     assert tracker.prune(state, ["web"]).targets == {}
+
+
+@pytest.mark.parametrize(
+    ("classes", "starving"),
+    [
+        ("T", [True]),
+        ("TS", [True, True]),
+        ("TR", [True, False]),
+        ("RT", [False, False]),
+        ("TRPT", [True, False, False, True]),
+        ("TTP", [True, True, False]),
+    ],
+)
+def test_streak_starving_means_every_failure_was_timeout_or_slow(classes: str,
+                                                                 starving: list[bool]) -> None:
+    """A streak counts as starving only while each of its failures was a timeout or slow; a pass
+    ends the streak (T timeout, S slow, R refused, P pass)."""
+    failures = {"T": FailureClass.TIMEOUT, "S": FailureClass.SLOW, "R": FailureClass.REFUSED}
+    config = _config()
+    state, seen = State(), []
+    for i, mark in enumerate(classes):
+        result = ProbeResult("caddy", mark == "P", "x", failures.get(mark))
+        state = tracker.fold(config, state, [result], now=float(i)).state
+        seen.append(state.get("caddy").streak_starving)
+    assert seen == starving
+
+
+def test_top_memory_is_noted_on_down_and_restart_entries() -> None:
+    """This run's down entry carries the largest memory users; other entries do not."""
+    from prober.pressure import MemoryUser
+
+    config = _config(failure_threshold=1)
+    folded = tracker.fold(config, State(), [_result("caddy", False)], now=5.0)
+    users = (MemoryUser("convert (pid 42)", 900 << 20),)
+    state, changes = tracker.with_top_memory(folded.state, folded.changes, users)
+    assert [(c.event, c.transition.top_memory) for c in changes] == [(Event.DOWN, users)]
+    assert state.get("caddy").history[-1].top_memory == users

@@ -41,7 +41,9 @@ def config_for(stack: Stack, *, units: tuple[str, ...] = ("caddy", "backend"),
         'interval = "1s"\n'
         "[defaults]\n"
         f'timeout = "1s"\nfailure_threshold = {threshold}\nstartup_grace = "0s"\n'
-        'cooldown = "1s"\nverify_timeout = "5s"\nrestart_timeout = "15s"\n\n'
+        'cooldown = "1s"\nverify_timeout = "5s"\nrestart_timeout = "15s"\n'
+        # PSI is host-wide and other jobs move it: a frozen caddy here is never held.
+        'pressure_threshold = 0\n\n'
         "[[target]]\n"
         f'name = "caddy"\nurl = "{stack.caddy_url}/health"\nexpect_body = "OK"\n'
         f'depends_on = ["backend"]\n{unit["caddy"] if "caddy" in units else ""}\n'

@@ -43,6 +43,7 @@ POLICY = """\
 timeout = "1s"
 failure_threshold = 2
 startup_grace = "0s"
+pressure_threshold = 0  # PSI is host-wide and other jobs move it: never held here
 cooldown = "1s"
 max_cooldown = "10s"
 max_restarts = 3

@@ -26,8 +26,6 @@ from prober.pressure import (
     PressureReading,
     describe_users,
     read_host_pressure,
-    read_unit_pressure,
-    top_memory_users,
 )
 from prober.probing import Probing
 from prober.runs import RunReport, Skipped, TargetReport
@@ -253,11 +251,16 @@ def _read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
     the largest memory users only when some failing target starves (worth the walk)."""
     host = read_host_pressure()
     readings: dict[str, PressureReading] = {}
+    if all(verdict.result.ok for verdict in verdicts):
+        return _MemoryPicture(host, readings)
+    from prober.cgroups import read_cgroup_mounts, read_unit_pressure, top_memory_users
+
+    mounts = read_cgroup_mounts()
     for target, verdict in zip(targets, verdicts, strict=True):
         if verdict.result.ok:
             continue
         unit_facts = facts.get(target.name)
-        own = read_unit_pressure(unit_facts.control_group) if unit_facts and \
+        own = read_unit_pressure(unit_facts.control_group, mounts) if unit_facts and \
             unit_facts.control_group else None
         reading = own or host
         if reading is not None:
@@ -267,7 +270,7 @@ def _read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
                 if policy.worth_saying(reading.pressure, by_name[name].policy.pressure_threshold)]
     if not starving:
         return _MemoryPicture(host, readings)
-    return _MemoryPicture(host, readings, top_memory_users(3),
+    return _MemoryPicture(host, readings, top_memory_users(3, mounts),
                           tuple(dict.fromkeys(starving)))
 
 

@@ -92,6 +92,22 @@ def test_check_reports_pressure(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and 0 <= v <= 100 for v in pressure.values())
 
 
+def test_a_healthy_run_leaves_the_cgroup_readers_unloaded(tmp_path: Path) -> None:
+    """A healthy check imports prober.pressure only: the cgroup readers load on first use."""
+    child = ("import json, sys\nfrom prober.cli import run\ncode = run(sys.argv[1:])\n"
+             "loaded = 'prober.cgroups' in sys.modules\n"
+             "from prober.pressure import top_memory_users\n"
+             "print(json.dumps([code, loaded, 'prober.cgroups' in sys.modules]))\n")
+    with serve(health()) as server:
+        config = tmp_path / "prober.toml"
+        config.write_text(f'[[target]]\nname = "web"\nurl = "{server.url("/health")}"\n')
+        done = subprocess.run(
+            [sys.executable, "-c", child, "check", "--config", str(config),
+             "--state", str(tmp_path / "state.json")],
+            capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(done.stdout.splitlines()[-1]) == [0, False, True], done.stderr
+
+
 # --- readings say whose they are -------------------------------------------------------------
 
 

@@ -104,6 +104,10 @@ def start_prober(box: Sandbox, stack: Stack, mode: str) -> Installed:
         box.systemctl("start", "prober.timer")
     else:
         installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+        # The watcher logs a run's summary at info only when something changed: -v logs every
+        # run's, which these tests count and time.
+        box.write_unit("prober-watch.service.d/verbose.conf",
+                       "[Service]\nExecStart=\nExecStart=/usr/local/bin/prober -v watch\n")
         box.systemctl("start", "prober-watch.service")
     wait_for(lambda: run_durations(installed) != [], 30, "a first run of the prober")
     return installed
@@ -196,21 +200,29 @@ def test_memory_sandbox_leaves_no_cgroup_behind(sandbox_workdir: Path) -> None:
 
 
 def test_pinned_psi_is_what_prober_reads(box: Sandbox, stack: Stack) -> None:
-    """pin_psi() makes /proc/pressure/memory read a fixed value inside only: prober's JSON
-    shows it, a re-pin reaches a unit that was already running, the host's file is untouched."""
-    installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+    """pin_psi() fixes what /proc/pressure/memory reads inside only: `prober check --json` shows
+    it, and so does the hardened watcher's metrics file, a re-pin too; the host's file is not
+    touched."""
+    textfile = box.workdir / "prober-state" / "metrics.prom"
+    installed = install(box, f'textfile = "{textfile}"\n' + config(stack),
+                        watchdog=f"{WATCHDOG}s")
     box.pin_psi(45, 30, units=["prober-watch.service"])
-    box.systemctl("start", "prober-watch.service")
     done = box.run([sys.executable, "-m", "prober", "check", "--json", "--config",
                     str(installed.config), "--state", str(box.workdir / "pin-state.json")],
                    timeout=60)
     assert json.loads(done.stdout)["memory_pressure"] == {
         "some_avg10": 45.0, "some_avg60": 45.0, "full_avg10": 30.0, "full_avg60": 30.0}
     assert "total=0000000000" not in Path("/proc/pressure/memory").read_text()
+
+    def watcher_reads(value: str) -> bool:
+        with contextlib.suppress(OSError):
+            return f"prober_memory_pressure_some_avg10 {value}\n" in textfile.read_text()
+        return False
+
+    box.systemctl("start", "prober-watch.service")
+    wait_for(lambda: watcher_reads("45"), 20, "the watcher reporting the pinned 45 %")
     box.pin_psi(12.5)
-    inside = box.run(["nsenter", "-t", str(box.main_pid("prober-watch.service")), "-m", "--",
-                      "cat", "/proc/pressure/memory"], check=True).stdout
-    assert inside.startswith("some avg10=012.50 "), inside
+    wait_for(lambda: watcher_reads("12.5"), 20, "the watcher reporting the re-pinned 12.5 %")
     box.unpin_psi()
     assert "total=0000000000" not in box.run(["cat", "/proc/pressure/memory"]).stdout
 

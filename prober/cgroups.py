@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prober.pressure import PSI_MEMORY, MemoryUser, PressureReading, Scope, read_psi_file
+from prober.pressure import MemoryUser, PressureReading, Scope, read_psi_file
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC = "/proc"

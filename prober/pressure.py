@@ -45,6 +45,7 @@ __all__ = [
     "PressureReading",
     "Scope",
     "anon_bytes",
+    "describe_users",
     "is_unit_cgroup",
     "largest",
     "parse_mountinfo",
@@ -59,7 +60,6 @@ __all__ = [
     "top_memory_users",
     "unit_memory_users",
     "valid_control_group",
-    "describe_users",
 ]
 
 PSI_MEMORY = "/proc/pressure/memory"

@@ -79,8 +79,9 @@ def _duration_option(flag: str, value: str | None) -> float | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
-def _store(state_file: str | None) -> StateStore:
-    return StateStore(state_path(state_file, os.environ))
+def _store(state_file: str | None, *, keep_lock_file_open: bool = False) -> StateStore:
+    return StateStore(state_path(state_file, os.environ),
+                      keep_lock_file_open=keep_lock_file_open)
 
 
 def _check_names(config: Config, names: Sequence[str]) -> None:
@@ -202,8 +203,8 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
         except ProberError as exc:
             log.error("%s", exc)
 
-    watch_loop(load, _store(state_file), _actuator_factory(), interval=pause, dry_run=dry_run,
-               on_report=publish)
+    watch_loop(load, _store(state_file, keep_lock_file_open=True), _actuator_factory(),
+               interval=pause, dry_run=dry_run, on_report=publish)
     return 0
 
 

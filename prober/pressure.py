@@ -8,6 +8,7 @@ first time one is asked for, so that a healthy run does not pay for them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -127,8 +128,13 @@ def parse_psi(text: str) -> Pressure:
 def read_psi_file(path: str) -> Pressure | None:
     """A PSI file (the host's, or a cgroup's memory.pressure), or None if it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            return parse_psi(handle.read(_PSI_READ_LIMIT).decode("ascii", errors="replace"))
+        # os.read, not open(): no buffered file object for the watcher to build every cycle.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, _PSI_READ_LIMIT)
+        finally:
+            os.close(fd)
+        return parse_psi(data.decode("ascii", errors="replace"))
     except (OSError, ValueError):
         return None
 

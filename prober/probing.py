@@ -35,6 +35,7 @@ class Probing:
 
     def __init__(self) -> None:
         self._contexts: dict[str, Context] = {}
+        self._prepared: Sequence[Target] | None = None  # the targets of the last prepare()
 
     def _context(self, kind: ProbeKind[Any, Any]) -> Any:
         context = self._contexts.get(kind.name)
@@ -43,26 +44,38 @@ class Probing:
         return context
 
     async def prepare(self, targets: Sequence[Target]) -> None:
-        """Let each kind set up what `targets` need before any probe starts."""
+        """Let each kind set up what `targets` need before any probe starts (the watcher's
+        targets, the same every cycle until a reload, only once)."""
+        if targets is self._prepared:
+            return
         by_kind: dict[str, tuple[ProbeKind[Any, Any], list[Any]]] = {}
         for target in targets:
             kind = target.kind
             by_kind.setdefault(kind.name, (kind, []))[1].append(target.probe)
         for kind, specs in by_kind.values():
             await self._context(kind).prepare(specs)
+        self._prepared = targets
 
     async def probe_all(self, targets: Sequence[Target]) -> list[ProbeResult]:
-        """Probe every target concurrently; one result per target, in the same order."""
+        """Probe every target concurrently; one result per target, in the same order.
+
+        The first attempts share one start, the run's: each ends by it + its timeout, however
+        long starting a thousand of them took, so the run ends by then too.
+        """
         await self.prepare(targets)
+        start = asyncio.get_running_loop().time()
+        if len(targets) == 1:  # no task to start and wait for
+            return [await self.probe(targets[0], start)]
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self.probe(target)) for target in targets]
+            tasks = [group.create_task(self.probe(target, start)) for target in targets]
         return [task.result() for task in tasks]
 
-    async def probe(self, target: Target) -> ProbeResult:
-        """Probe one target, with its quick retries."""
+    async def probe(self, target: Target, start: float | None = None) -> ProbeResult:
+        """Probe one target, with its quick retries; the first attempt's timeout counts from
+        `start` when given (a run's), else from when it begins, like every retry's."""
         if target.policy.retries <= 0:
-            return await self._attempt(target, 1)
-        return await self._with_retries(target)
+            return await self._attempt(target, 1, start)
+        return await self._with_retries(target, start)
 
     async def verify(self, target: Target, budget: float) -> ProbeResult:
         """Probe again, every VERIFY_INTERVAL, until the target passes or `budget` has gone."""
@@ -77,7 +90,7 @@ class Probing:
         result: ProbeResult = await retrying(self.probe, target)
         return result
 
-    async def _with_retries(self, target: Target) -> ProbeResult:
+    async def _with_retries(self, target: Target, start: float | None) -> ProbeResult:
         from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
         attempts = 0
@@ -85,7 +98,7 @@ class Probing:
         async def attempt() -> ProbeResult:
             nonlocal attempts
             attempts += 1
-            return await self._attempt(target, attempts)
+            return await self._attempt(target, attempts, start if attempts == 1 else None)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(target.policy.retries + 1),
@@ -96,12 +109,14 @@ class Probing:
         result: ProbeResult = await retrying(attempt)
         return result
 
-    async def _attempt(self, target: Target, number: int) -> ProbeResult:
+    async def _attempt(self, target: Target, number: int, start: float | None = None
+                       ) -> ProbeResult:
         kind = target.kind
         policy = target.policy
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = Deadline(started + policy.timeout, policy.timeout)
+        started = loop.time()  # the latency counts from here
+        begun = started if start is None else min(start, started)
+        deadline = Deadline(begun + policy.timeout, policy.timeout)
         try:
             async with asyncio.timeout_at(deadline.at + _BACKSTOP):
                 finding = await kind.probe(target.probe, deadline, self._context(kind))
@@ -128,7 +143,7 @@ class Probing:
         )
 
     async def aclose(self) -> None:
-        contexts, self._contexts = list(self._contexts.values()), {}
+        contexts, self._contexts, self._prepared = list(self._contexts.values()), {}, None
         for context in contexts:
             await context.aclose()
 

@@ -8,9 +8,14 @@ import socket
 from collections.abc import Mapping
 
 
+def notify_socket(environ: Mapping[str, str] = os.environ) -> str:
+    """Where notifications go: systemd's socket, or "" when not run by systemd."""
+    return environ.get("NOTIFY_SOCKET", "")
+
+
 def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Send one notification; False when not run by systemd (no $NOTIFY_SOCKET)."""
-    address = environ.get("NOTIFY_SOCKET", "")
+    address = notify_socket(environ)
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace socket

@@ -132,15 +132,25 @@ class LockBusy(Exception):
 
 
 class StateStore:
-    """The state file at `path`, its lock file beside it."""
+    """The state file at `path`, its lock file beside it.
 
-    def __init__(self, path: str) -> None:
+    With `keep_lock_file_open` (the watcher, which locks every cycle), the lock file is opened
+    once and kept: each lock is then one flock and one unlock, plus a stat that finds the file
+    still there (it is opened anew if it was removed or replaced). Call `close()` at the end.
+    """
+
+    def __init__(self, path: str, *, keep_lock_file_open: bool = False) -> None:
         self.path = Path(path)
         if not self.path.name or self.path.is_dir():
             raise StateError(f"{path}: is a directory, not a state file",
                              f"name the file, e.g. {self.path / 'state.json'}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.beat_path = self.path.with_name(self.path.name + ".last-run")
+        # As strings, for the calls every watcher cycle makes (a Path converts on each one).
+        self._path_name, self._lock_name = str(self.path), str(self.lock_path)
+        self._beat_name = str(self.beat_path)
+        self._keep_open = keep_lock_file_open
+        self._held: tuple[int, int, int] | None = None  # the open lock file: fd, device, inode
 
     @contextlib.contextmanager
     def locked(self, wait: float = 0.0) -> Iterator[None]:
@@ -148,20 +158,55 @@ class StateStore:
 
         A run does not wait (the next run will come); an operator's command waits its turn.
         """
+        fd = self._lock_file()
+        try:
+            _flock(fd, wait, self._lock_name)
+        except BaseException:
+            self._release(fd, locked=False)
+            raise
+        try:
+            yield
+        finally:
+            self._release(fd, locked=True)
+
+    def close(self) -> None:
+        """Close the lock file kept open, if any."""
+        held, self._held = self._held, None
+        if held is not None:
+            os.close(held[0])
+
+    def _lock_file(self) -> int:
+        if self._held is not None:
+            fd, device, inode = self._held
+            with contextlib.suppress(OSError):
+                st = os.stat(self._lock_name)
+                if (st.st_dev, st.st_ino) == (device, inode):
+                    return fd
+            self.close()
         self._ensure_directory()
         try:
             # Read-only and world-readable: flock needs no write access, so a lock file left
             # by root (an admin's manual run) never locks out the `prober` user's timer.
             fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self._give_to_directory_owner(fd)
         except OSError as exc:
             raise StateError(
                 f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None
         try:
-            _flock(fd, wait, str(self.lock_path))
-            yield
-        finally:
+            self._give_to_directory_owner(fd)
+            if self._keep_open:
+                st = os.fstat(fd)
+                self._held = (fd, st.st_dev, st.st_ino)
+        except OSError as exc:
+            os.close(fd)
+            raise StateError(
+                f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None
+        return fd
+
+    def _release(self, fd: int, *, locked: bool) -> None:
+        if self._held is None or self._held[0] != fd:
             os.close(fd)  # closing releases the lock
+        elif locked:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _ensure_directory(self) -> None:
         directory = self.path.parent
@@ -217,7 +262,7 @@ class StateStore:
         """What tells one version of the file from another: a writer's rename makes a new
         inode, an edit a new mtime or size. None when there is no file."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path_name)
         except OSError:
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
@@ -229,7 +274,7 @@ class StateStore:
         (the cron fallback) and `status` read this to know the watcher or the timer is alive.
         """
         try:
-            os.utime(self.beat_path)
+            os.utime(self._beat_name)
         except FileNotFoundError:
             with contextlib.suppress(OSError):
                 fd = os.open(self.beat_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -21,7 +21,6 @@ unknown, so that budgets and cooldowns still count it after the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -38,9 +37,9 @@ from prober.policy import Action, Decision, Outcome, RestartOutcome
 from prober.probing import Probing
 from prober.report import run_summary
 from prober.runs import RunReport, Skipped, Status
-from prober.sdnotify import notify, watchdog_interval
+from prober.sdnotify import notify, notify_socket, watchdog_interval
 from prober.state import LockBusy, StateStore
-from prober.tracker import State
+from prober.tracker import State, TargetState
 
 log = logging.getLogger("prober")
 
@@ -49,10 +48,12 @@ Listener = Callable[[RunReport | Skipped, Config], None]
 
 @dataclass
 class _Known:
-    """The state as the watcher last read or wrote it, and the file's signature then."""
+    """The state as the watcher last read or wrote it, the file's signature then, and what of
+    it a change must touch to need a write (tracker.essential), worked out once."""
 
     state: State
     signature: tuple[int, int, int] | None
+    essential: dict[str, TargetState]
 
 
 class Watcher:
@@ -81,9 +82,13 @@ class Watcher:
         self._clock = clock
         self._known: _Known | None = None
         self._probing = Probing()
-        self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
+        self._stopping = False
+        self._reload = False
+        self._cycling: asyncio.Task[None] | None = None  # run()'s task, while in a cycle
+        self._cancelled = False  # stop() cancelled that cycle
+        self._waking: asyncio.Future[None] | None = None  # the pause between cycles
         self._last_status: Status | None = None
+        self._notify_socket = notify_socket()
         self.report: RunReport | None = None
 
     @property
@@ -95,10 +100,21 @@ class Watcher:
         return self._known.state if self._known is not None else State()
 
     def stop(self) -> None:
-        self._stop.set()
+        """End the run in flight (its probes stop) or the pause, and then the loop."""
+        self._stopping = True
+        if self._cycling is not None and not self._cancelled:
+            self._cancelled = True
+            self._cycling.cancel()  # at the cycle's next await: its probes stop
+        self._wake()
 
     def request_reload(self) -> None:
-        self._reload.set()
+        """Re-read the config after the run in flight, or at once in a pause."""
+        self._reload = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waking is not None and not self._waking.done():
+            self._waking.set_result(None)
 
     async def run(self, runs: int | None = None) -> None:
         """Check every `interval` until stopped (or `runs` times)."""
@@ -109,8 +125,9 @@ class Watcher:
         ping = watchdog_interval()
         notify("READY=1")
         try:
+            self._stopping = False
             done = 0
-            while not self._stop.is_set() and (runs is None or done < runs):
+            while not self._stopping and (runs is None or done < runs):
                 # Runs start `interval` apart, or at once after one that overran.
                 wake = loop.time() + self.interval
                 await self._one_run()
@@ -121,40 +138,41 @@ class Watcher:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-            if self._stop.is_set():
+            if self._stopping:
                 notify("STOPPING=1")
             await self._probing.aclose()
+            self._store.close()
 
     async def _one_run(self) -> None:
-        run = asyncio.ensure_future(self._cycle())
-        stopping = asyncio.ensure_future(self._stop.wait())
+        # In run()'s own task, which stop() cancels while a cycle is in flight (no task of its
+        # own to start and wait for, every cycle).
+        task = self._cycling = asyncio.current_task()
         try:
-            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            result = await self._cycle()
+        except asyncio.CancelledError:
+            if self._cancelled and task is not None and task.uncancel() == 0:
+                return  # stop()'s doing, and nobody else's
+            raise
         finally:
-            stopping.cancel()
-        if not run.done():
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-            return
-        result = run.result()
+            self._cycling, self._cancelled = None, False
         self._tell(result)
-        if self._reload.is_set():
+        if self._reload:
             self._apply_reload()
 
     async def _pause_until(self, wake: float, ping: float | None) -> None:
-        """Sleep until `wake`, pinging the watchdog; a stop ends it, a reload is done at once."""
+        """Sleep until `wake`, pinging the watchdog; a stop ends it, a reload is done at once.
+
+        One future and one timer per pause, as asyncio.sleep has: no task to wait on."""
         loop = asyncio.get_running_loop()
-        while not self._stop.is_set() and (left := wake - loop.time()) > 0:
-            waiters = [asyncio.ensure_future(self._stop.wait()),
-                       asyncio.ensure_future(self._reload.wait())]
+        while not self._stopping and (left := wake - loop.time()) > 0:
+            waking = self._waking = loop.create_future()
+            timer = loop.call_later(min(left, ping) if ping else left, _resolve, waking)
             try:
-                await asyncio.wait(waiters, timeout=min(left, ping) if ping else left,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await waking
             finally:
-                for waiter in waiters:
-                    waiter.cancel()
-            if self._reload.is_set():
+                timer.cancel()
+                self._waking = None
+            if self._reload:
                 self._apply_reload()
             if ping:
                 notify("WATCHDOG=1")
@@ -175,10 +193,13 @@ class Watcher:
     async def _locked_cycle(self) -> RunReport:
         config = self.config
         signature = self._store.signature()
-        if self._known is None or signature != self._known.signature:
+        known = self._known
+        if known is None or signature != known.signature:
+            # First cycle, or another process wrote the file: read it, as it now is.
             state = tracker.prune(self._store.load(), config.names)
+            before = tracker.essential(state)
         else:
-            state = tracker.prune(self._known.state, config.names)
+            state, before = known.state, known.essential  # pruned at start and on reload
         asked: list[tuple[Target, float]] = []
         try:
             new_state, report = await run_once(
@@ -188,15 +209,16 @@ class Watcher:
             self._record_asked(state, asked)
             raise
         new_state = tracker.trim_history(new_state, config.history)
+        after = tracker.essential(new_state)
         try:
-            if signature is None or tracker.essential(new_state) != tracker.essential(state):
+            if signature is None or after != before:
                 self._store.save(new_state)
                 signature = self._store.signature()
             self._store.touch_heartbeat()
         except StateError as exc:
             report = replace(report, state_error=f"{exc}; this run's results are not "
                              "remembered")
-        self._known = _Known(new_state, signature)
+        self._known = _Known(new_state, signature, after)
         return report
 
     def _record_asked(self, state: State, asked: list[tuple[Target, float]]) -> None:
@@ -230,19 +252,21 @@ class Watcher:
             self._on_report(result, self.config)
             return
         self.report = result
-        summary = run_summary(result)
-        if result.status is not self._last_status or result.changes or result.state_error:
-            log.info("%s", summary)
-        else:
-            log.debug("%s", summary)
-        self._last_status = result.status
+        status = result.status
+        eventful = status is not self._last_status or result.changes or result.state_error
+        self._last_status = status
+        level = logging.INFO if eventful else logging.DEBUG
+        # The summary only for those who will read it: a quiet cycle off systemd needs none.
+        if log.isEnabledFor(level) or self._notify_socket:
+            summary = run_summary(result)
+            log.log(level, "%s", summary)
+            notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
         if result.state_error:
             log.error("%s", result.state_error)
-        notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
         self._on_report(result, self.config)
 
     def _apply_reload(self) -> None:
-        self._reload.clear()
+        self._reload = False
         notify("RELOADING=1")
         try:
             config = self._load()
@@ -252,11 +276,16 @@ class Watcher:
             return
         self.config = config
         if self._known is not None:
-            self._known = _Known(tracker.prune(self._known.state, config.names),
-                                 self._known.signature)
+            state = tracker.prune(self._known.state, config.names)
+            self._known = _Known(state, self._known.signature, tracker.essential(state))
         log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
                  format_duration(self.interval))
         notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def watch(

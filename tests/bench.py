@@ -983,7 +983,7 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "many", "systemd", "pressure")
+FIGURES = ("healthy", "many", "thousand", "watch", "systemd", "pressure")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1007,6 +1007,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             figure_healthy(bench)
         if "many" in chosen:
             figure_many(bench)
+        if "thousand" in chosen:
+            from tests.bench_thousand import figure_thousand
+
+            figure_thousand(bench)
+        if "watch" in chosen:
+            from tests.bench_watch import figure_watch_cost
+
+            figure_watch_cost(bench)
         if "systemd" in chosen:
             figures_systemd(bench, not args.no_sandbox)
         if "pressure" in chosen:

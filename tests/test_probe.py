@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import gc
@@ -23,10 +24,11 @@ import pytest
 from prober.config import Policy, Target
 from prober.probes.http import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
-from prober.probing import probe_all, probe_one, probe_sync
+from prober.probing import Probing, probe_all, probe_one, probe_sync
 from prober.results import FailureClass, ProbeResult
 from tests.servers import (
     Certs,
+    Exchange,
     Handler,
     Server,
     answer,
@@ -374,8 +376,45 @@ async def test_sends_method_and_headers() -> None:
     assert request.header("X-Probe") == "1"
     assert (request.header("User-Agent") or "").startswith("prober/")
     assert request.header("Accept-Encoding") == "identity"
+    assert request.header("Connection") == "close"
+    assert request.header("Accept") == "*/*"
     assert result.failure is FailureClass.STATUS
     assert "s3cret" not in result.reason
+
+
+@pytest.mark.anyio
+async def test_url_credentials_are_sent_as_basic_auth() -> None:
+    """A user:password in the URL reaches the server as HTTP Basic auth."""
+    with serve(answer()) as server:
+        target = http_target(server.url("/health").replace("://", "://admin:hunter2@"))
+        result, _ = await timed_probe(target)
+    assert result.ok, result.reason
+    (request,) = server.requests
+    assert request.header("Authorization") == "Basic " + base64.b64encode(
+        b"admin:hunter2").decode()
+
+
+def sets_cookie(exchange: Exchange) -> None:
+    """Redirect / to /in with a cookie; answer /in (and anything else) with one too."""
+    cookie = ("Set-Cookie", "session=abc; Path=/")
+    if exchange.request.path == "/":
+        exchange.respond(302, b"", [("Location", "/in"), cookie])
+    else:
+        exchange.respond(200, b"OK", [cookie])
+
+
+@pytest.mark.anyio
+async def test_no_cookie_is_kept_from_one_probe_to_the_next() -> None:
+    """A cookie a target sets is not sent back by the next probe of the same pool; one set by a
+    redirect is sent on to where it leads, as a browser would."""
+    with serve(sets_cookie) as server:
+        plain = http_target(server.url("/in"))
+        redirected = http_target(server.url("/"), follow_redirects=True)
+        async with Probing() as probing:
+            for target in (plain, plain, redirected):
+                assert (await probing.probe(target)).ok
+    cookies = [(r.path, r.header("Cookie")) for r in server.requests]
+    assert cookies == [("/in", None), ("/in", None), ("/", None), ("/in", "session=abc")]
 
 
 @pytest.mark.anyio

@@ -108,6 +108,28 @@ def test_lock_is_exclusive_within_a_process(tmp_path: Path) -> None:
         pass
 
 
+def test_a_lock_file_kept_open_still_locks_and_unlocks(tmp_path: Path) -> None:
+    """A store that keeps its lock file open (the watcher's) excludes others while it holds
+    the lock, lets them in between, and opens the file anew when it was removed meanwhile."""
+    kept = StateStore(str(tmp_path / "state.json"), keep_lock_file_open=True)
+    other = StateStore(str(tmp_path / "state.json"))
+    try:
+        for _ in range(2):
+            with kept.locked(), pytest.raises(LockBusy), other.locked():
+                pass
+            with other.locked(), pytest.raises(LockBusy), kept.locked():
+                pass
+        kept.lock_path.unlink()  # an admin cleaning up; the next lock must use the new file
+        with kept.locked(), pytest.raises(LockBusy), other.locked():
+            pass
+        with other.locked():
+            pass
+    finally:
+        kept.close()
+    with other.locked():
+        pass
+
+
 def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     """While another process holds the lock, this one is turned away; after, it gets it."""
     store = StateStore(str(tmp_path / "state.json"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import re
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prober")
 
 MAX_REDIRECTS = 10
+_SHARDS = 32  # transports (httpcore connection pools) per client setup, at most
 _DEFAULT_HEADERS = {
     "User-Agent": f"prober/{__version__}",
     # An uncompressed body keeps max_body a bound on memory, not on compressed bytes.
@@ -303,13 +305,28 @@ class _Setup:
     verify: bool
     ca_file: str | None
     unix_socket: str | None
+    redirects: bool  # follows them: keeps the cookies they set, for the next hop
 
     @classmethod
     def of(cls, spec: HttpProbe) -> _Setup:
         # A redirect may lead from http:// to https://, so following one may need TLS.
         tls = spec.follow_redirects or spec.url.lower().startswith("https:")
         verify = tls and spec.tls_verify
-        return cls(tls, verify, spec.ca_file if verify else None, spec.unix_socket)
+        return cls(tls, verify, spec.ca_file if verify else None, spec.unix_socket,
+                   spec.follow_redirects)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every request of one spec reuses: its client, its parsed URL and headers (the
+    client's merged with the spec's, as the client would), and, for a spec the client would
+    add nothing to, the transport to send straight to."""
+
+    client: httpx.AsyncClient
+    url: httpx.URL
+    headers: httpx.Headers  # never changed after this: httpx copies it into each request
+    sni_hostname: str | None
+    direct: httpx.AsyncBaseTransport | None  # None: through the client
 
 
 class ClientPool:
@@ -322,13 +339,27 @@ class ClientPool:
       pinned to an internal CA cannot be passed by a certificate from a public one;
     - `tls_verify = false`: no verification at all.
     Every probe still opens a fresh connection (no keep-alive: a kept-alive connection could
-    hide a server that no longer accepts), so a pool kept across runs holds no sockets.
-    Proxies and other environment settings are ignored: a liveness probe goes straight there.
+    hide a server that no longer accepts), so a pool kept across runs holds no sockets. No
+    cookie is kept from one probe to the next (one that follows redirects keeps those set on
+    the way, as a browser would). Proxies and other environment settings are ignored: a
+    liveness probe goes straight there.
+
+    What a spec's requests share (client, parsed URL, headers) is worked out once, in
+    `prepare`, for the specs of the run; the watcher prepares the same specs every cycle, and
+    that finds them ready.
+
+    A request the client would only pass on (no redirects to follow, no user:password in the
+    URL) goes straight to a transport, one of up to _SHARDS per setup: httpcore's connection
+    pool looks through all its connections and waiting requests whenever one comes or goes,
+    so a thousand probes through one pool would cost a million such looks.
     """
 
     def __init__(self) -> None:
         self._clients: dict[_Setup, httpx.AsyncClient] = {}
+        self._shards: dict[_Setup, list[httpx.AsyncHTTPTransport]] = {}
         self._contexts: dict[_Setup, ssl.SSLContext] = {}
+        self._specs: tuple[HttpProbe, ...] = ()  # those of the last prepare()
+        self._prepared: dict[int, tuple[HttpProbe, _Prepared]] = {}  # by id(spec)
         self._warmed = False
 
     async def prepare(self, specs: Sequence[Any]) -> None:
@@ -336,7 +367,8 @@ class ClientPool:
 
         Both block the event loop (certificates; anyio, on a fresh process's first request);
         done inside the probes, they would count against the latency of every target probed
-        at the same time.
+        at the same time. Forgets the specs of earlier runs that are not among `specs` (a
+        reloaded config's).
         """
         if not specs:
             return
@@ -348,32 +380,73 @@ class ClientPool:
 
             await anyio.sleep(0)  # loads anyio's asyncio backend
             self._warmed = True
-        for spec in specs:
+        if len(specs) == len(self._specs) and all(
+                spec is known for spec, known in zip(specs, self._specs, strict=True)):
+            return
+        self._specs, self._prepared = tuple(specs), {}
+        for index, spec in enumerate(specs):
             with contextlib.suppress(Exception):  # the probe will meet it again and report it
-                self.client_for(spec)
+                self._prepared[id(spec)] = (spec, self._prepare(spec, index))
+
+    def prepared(self, spec: HttpProbe) -> _Prepared:
+        """What `spec`'s requests share: as prepared, or worked out now (not kept)."""
+        found = self._prepared.get(id(spec))
+        if found is not None and found[0] is spec:
+            return found[1]
+        return self._prepare(spec, 0)
+
+    def _prepare(self, spec: HttpProbe, index: int) -> _Prepared:
+        import httpx
+
+        client = self.client_for(spec)
+        url = httpx.URL(spec.url)
+        headers = httpx.Headers(client.headers)
+        headers.update(list(spec.headers))
+        sni_hostname = None
+        if spec.resolve and not spec.unix_socket:
+            # Like curl --resolve: connect to the IP, but Host, SNI and verification use the name.
+            if "host" not in headers:
+                headers["Host"] = url.netloc.decode("ascii")
+            sni_hostname = url.raw_host.decode("ascii")
+            url = url.copy_with(host=spec.resolve)
+        # The client adds redirects and the Basic auth of a URL's user:password; without
+        # either, it would only pass the request on to its transport.
+        direct = None if spec.follow_redirects or url.userinfo else \
+            self._transport(_Setup.of(spec), index)
+        return _Prepared(client, url, headers, sni_hostname, direct)
 
     def client_for(self, spec: HttpProbe) -> httpx.AsyncClient:
         """The client for `spec`'s setup, created on first use."""
         setup = _Setup.of(spec)
         client = self._clients.get(setup)
         if client is None:
-            _fail_sniffio_fast()
             import httpx
 
-            transport = httpx.AsyncHTTPTransport(
-                verify=self._context(setup), uds=setup.unix_socket, trust_env=False,
-                # No cap: a cap would make targets queue behind hung ones.
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-            )
-            client = httpx.AsyncClient(
-                transport=transport, timeout=httpx.Timeout(None), trust_env=False,
-                headers=_DEFAULT_HEADERS, max_redirects=MAX_REDIRECTS,
+            kind = httpx.AsyncClient if setup.redirects else _client_without_cookies()
+            client = kind(
+                transport=self._transport(setup, 0), timeout=httpx.Timeout(None),
+                trust_env=False, headers=_DEFAULT_HEADERS, max_redirects=MAX_REDIRECTS,
             )
             self._clients[setup] = client
         return client
 
+    def _transport(self, setup: _Setup, index: int) -> httpx.AsyncHTTPTransport:
+        """Shard `index` (modulo _SHARDS) of `setup`'s transports, created on first use."""
+        shards = self._shards.setdefault(setup, [])
+        index %= _SHARDS
+        while len(shards) <= index:
+            _fail_sniffio_fast()
+            import httpx
+
+            shards.append(httpx.AsyncHTTPTransport(
+                verify=self._context(setup), uds=setup.unix_socket, trust_env=False,
+                # No cap: a cap would make targets queue behind hung ones.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+            ))
+        return shards[index]
+
     def _context(self, setup: _Setup) -> ssl.SSLContext:
-        key = _Setup(setup.tls, setup.verify, setup.ca_file, None)
+        key = _Setup(setup.tls, setup.verify, setup.ca_file, None, False)
         context = self._contexts.get(key)
         if context is None:
             context = _ssl_context(setup)
@@ -381,10 +454,38 @@ class ClientPool:
         return context
 
     async def aclose(self) -> None:
-        """Close every client (and so every connection) of the pool."""
+        """Close every client and transport (and so every connection) of the pool."""
         clients, self._clients = list(self._clients.values()), {}
+        shards, self._shards = [t for ts in self._shards.values() for t in ts[1:]], {}
+        self._specs, self._prepared = (), {}
         for client in clients:
-            await client.aclose()
+            await client.aclose()  # and its transport, a setup's shard 0
+        for transport in shards:
+            await transport.aclose()
+
+
+@functools.cache
+def _client_without_cookies() -> type[httpx.AsyncClient]:
+    """An httpx.AsyncClient that keeps no cookie: nothing from one probe leaks into the next,
+    and no response pays for parsing its cookies into a jar."""
+    import httpx
+
+    class NoCookies(httpx.Cookies):
+        def extract_cookies(self, response: httpx.Response) -> None:
+            return None
+
+    empty = NoCookies()
+
+    class Client(httpx.AsyncClient):
+        @property
+        def cookies(self) -> httpx.Cookies:
+            return empty
+
+        @cookies.setter
+        def cookies(self, cookies: Any) -> None:
+            return None
+
+    return Client
 
 
 class _Failed(Exception):
@@ -446,20 +547,18 @@ async def probe(spec: HttpProbe, deadline: Deadline, clients: ClientPool) -> Fin
 async def _request(spec: HttpProbe, clients: ClientPool, progress: Progress) -> Finding:
     import httpx
 
-    client = clients.client_for(spec)
-    target_url = httpx.URL(spec.url)
-    request_headers = httpx.Headers(list(spec.headers))
+    prepared = clients.prepared(spec)
     extensions: dict[str, Any] = {"trace": progress.trace}
-    if spec.resolve and not spec.unix_socket:
-        # Like curl --resolve: connect to the IP, but Host, SNI and verification use the name.
-        if "host" not in request_headers:
-            request_headers["Host"] = target_url.netloc.decode("ascii")
-        extensions["sni_hostname"] = target_url.raw_host.decode("ascii")
-        target_url = target_url.copy_with(host=spec.resolve)
-    async with client.stream(
-        spec.method.value, target_url, headers=request_headers, extensions=extensions,
-        follow_redirects=spec.follow_redirects,
-    ) as response:
+    if prepared.sni_hostname is not None:
+        extensions["sni_hostname"] = prepared.sni_hostname
+    request = httpx.Request(spec.method.value, prepared.url, headers=prepared.headers,
+                            extensions=extensions)
+    if prepared.direct is not None:
+        response = await prepared.direct.handle_async_request(request)
+    else:
+        response = await prepared.client.send(request, stream=True,
+                                              follow_redirects=spec.follow_redirects)
+    try:
         progress.phase = Phase.BODY
         status = progress.status_code = response.status_code
         if not any(r.matches(status) for r in spec.expect_status):
@@ -468,6 +567,8 @@ async def _request(spec: HttpProbe, clients: ClientPool, progress: Progress) -> 
             return progress.finding(f"status {status}")
         wants_body = bool(spec.expect_body or spec.expect_body_regex)
         body, over = await _read_body(response, spec.max_body, keep=wants_body)
+    finally:
+        await response.aclose()
     if wants_body:
         failure = _judge_body(spec, _decode(body, response.charset_encoding), over)
         if failure is not None:

@@ -48,6 +48,7 @@ class Probing:
         targets, the same every cycle until a reload, only once)."""
         if targets is self._prepared:
             return
+        _enough_descriptors(len(targets))
         by_kind: dict[str, tuple[ProbeKind[Any, Any], list[Any]]] = {}
         for target in targets:
             kind = target.kind
@@ -153,6 +154,32 @@ class Probing:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+# Open files one probe may hold at once: a socket, or a command's pipes; and the process's own.
+_FILES_PER_PROBE, _FILES_RESERVED = 3, 64
+_USUAL_SOFT_LIMIT = 1024  # systemd's default soft limit on open files for a service
+
+
+def _enough_descriptors(probes: int) -> None:
+    """Raise the soft limit on open files, up to the hard one, so that `probes` probes at once
+    cannot run out: a probe that could not open its socket would fail, and its target count as
+    down, for a limit of prober's own. Runs of a few hundred targets never need it."""
+    needed = probes * _FILES_PER_PROBE + _FILES_RESERVED
+    if needed <= _USUAL_SOFT_LIMIT:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("cannot raise the open-files limit to %d: %s", wanted, exc)
+    else:
+        log.debug("open-files limit raised from %d to %d for %d probes", soft, wanted, probes)
 
 
 def _last_result(state: Any) -> ProbeResult:

@@ -150,3 +150,30 @@ def test_trickling_and_huge_bodies_do_not_stretch_the_run(
         "huge": (True, None),
         "huge-expect": (False, "too-large"),
     }
+
+
+def test_more_targets_than_the_open_files_limit_all_get_their_socket(tmp_path: Path) -> None:
+    """Under a soft limit of 256 open files (systemd's default is 1024), a run of 400 targets
+    raises its own limit: every target is probed and passes, none fails for want of a socket."""
+    import resource
+
+    from tests.mass_server import mass_server
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    with mass_server(answering=8, hanging=0) as (ports, _):
+        targets = [(f"t{i}", f"http://127.0.0.1:{ports[i % 8]}/health?n={i}", "")
+                   for i in range(400)]
+        (tmp_path / "prober.toml").write_text(config_text(targets))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
+        env.update(DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={tmp_path}/no-bus")
+        done = subprocess.run(
+            [sys.executable, "-m", "prober", "check", "--json", "--config",
+             str(tmp_path / "prober.toml"), "--state", str(tmp_path / "state.json")],
+            env=env, capture_output=True, text=True, timeout=60, preexec_fn=low_limit,
+            check=False)
+    results = json.loads(done.stdout)["targets"]
+    failed = [(t["name"], t["reason"]) for t in results if not t["ok"]]
+    assert (len(results), failed, done.returncode) == (400, [], 0), done.stderr[-2000:]

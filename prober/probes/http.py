@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prober")
 
 MAX_REDIRECTS = 10
-_SHARDS = 32  # transports (httpcore connection pools) per client setup, at most
+_PER_SHARD = 32  # specs whose requests share one transport (one httpcore connection pool)
 _DEFAULT_HEADERS = {
     "User-Agent": f"prober/{__version__}",
     # An uncompressed body keeps max_body a bound on memory, not on compressed bytes.
@@ -349,9 +349,9 @@ class ClientPool:
     that finds them ready.
 
     A request the client would only pass on (no redirects to follow, no user:password in the
-    URL) goes straight to a transport, one of up to _SHARDS per setup: httpcore's connection
-    pool looks through all its connections and waiting requests whenever one comes or goes,
-    so a thousand probes through one pool would cost a million such looks.
+    URL) goes straight to a transport, one per _PER_SHARD specs of a setup: httpcore's
+    connection pool looks through all its connections and waiting requests whenever one comes
+    or goes, so a thousand probes through one pool would cost a million such looks.
     """
 
     def __init__(self) -> None:
@@ -384,7 +384,10 @@ class ClientPool:
                 spec is known for spec, known in zip(specs, self._specs, strict=True)):
             return
         self._specs, self._prepared = tuple(specs), {}
-        for index, spec in enumerate(specs):
+        seen: dict[_Setup, int] = {}  # specs so far of each setup
+        for spec in specs:
+            setup = _Setup.of(spec)
+            index = seen[setup] = seen.get(setup, -1) + 1
             with contextlib.suppress(Exception):  # the probe will meet it again and report it
                 self._prepared[id(spec)] = (spec, self._prepare(spec, index))
 
@@ -396,6 +399,7 @@ class ClientPool:
         return self._prepare(spec, 0)
 
     def _prepare(self, spec: HttpProbe, index: int) -> _Prepared:
+        """`index`: how many specs of the same setup come before it in the run."""
         import httpx
 
         client = self.client_for(spec)
@@ -431,9 +435,9 @@ class ClientPool:
         return client
 
     def _transport(self, setup: _Setup, index: int) -> httpx.AsyncHTTPTransport:
-        """Shard `index` (modulo _SHARDS) of `setup`'s transports, created on first use."""
+        """The transport of the `index`th spec of `setup`'s, created on first use."""
         shards = self._shards.setdefault(setup, [])
-        index %= _SHARDS
+        index //= _PER_SHARD
         while len(shards) <= index:
             _fail_sniffio_fast()
             import httpx

@@ -125,7 +125,6 @@ class Watcher:
         ping = watchdog_interval()
         notify("READY=1")
         try:
-            self._stopping = False
             done = 0
             while not self._stopping and (runs is None or done < runs):
                 # Runs start `interval` apart, or at once after one that overran.

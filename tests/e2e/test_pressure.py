@@ -347,3 +347,85 @@ def test_oom_score_adjust_decides_whom_the_kernel_kills(
     if kernel_log_readable():
         kills = harness.kernel_oom_kills()
         assert any(k.cgroup == "/prober.slice/prober-watch.service" for k in kills), kills
+
+
+# --- restarts with judgment ---------------------------------------------------------------
+
+HELD = re.compile(r"target=backend unit=backend\.service: wait: held: memory pressure of "
+                  r"/system\.slice/backend\.service: some ([\d.]+)%")
+
+
+def start_starving_backend(box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str,
+                           hold: str) -> tuple[Installed, list[int]]:
+    """The prober (with `pressure_hold = hold`), and a backend starving for memory: the
+    thrasher's processes moved into its cgroup (its own PSI climbs, as Sidekiq's does when its
+    jobs' children thrash), and its answers slower than the probe's timeout."""
+    installed = start_prober(box, stack, mode)
+    installed.config.write_text(config(stack).replace(
+        'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{hold}"'))
+    if mode == "watch":
+        box.systemctl("reload", "prober-watch.service")
+        wait_for(lambda: "reloaded" in box.unit_property("prober-watch.service", "StatusText"),
+                 20, "the watcher reloaded")
+    harness.thrash()
+    thrashers = harness.move(THRASHER, stack.backend_unit)
+    harness.wait_stalling(stack.backend_unit, some=15, within=60)
+    assert stack.slow_file is not None
+    stack.slow_file.write_text("3")
+    return installed, thrashers
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_slow_backend_is_held_under_pressure_and_left_alone_when_it_passes(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """A backend that only times out while it starves for memory is held, not restarted, with
+    the reading and the hold left in the reason; when the pressure ends and it answers again,
+    nothing was restarted: the outage ended without a cold start on a starving host."""
+    backend_before = box.main_pid(stack.backend_unit)
+    installed, thrashers = start_starving_backend(box, stack, harness, mode, "5m")
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60,
+             "the backend's restart held under pressure")
+    held = HELD.search(installed.log.read_text())
+    assert held is not None and float(held[1]) >= 10
+    assert "restarting backend.service in" in installed.log.read_text()
+    harness.kill(thrashers)
+    assert stack.slow_file is not None
+    stack.slow_file.unlink()
+    wait_for(lambda: "target=backend: recovered" in installed.log.read_text(), 60,
+             "the backend answering again")
+    assert box.main_pid(stack.backend_unit) == backend_before
+    assert "target=backend unit=backend.service: restarting" not in installed.log.read_text()
+    history = [e["event"] for e in json.loads(installed.state.read_text())["targets"]["backend"]
+               ["history"]]
+    assert history[-3:] == ["down", "held", "recovered"], history
+
+
+def test_a_hold_runs_out_and_the_backend_is_restarted(
+        box: Sandbox, stack: Stack, harness: MemoryPressure) -> None:
+    """Slowness that outlasts pressure_hold gets the restart after all, at the hold's end."""
+    backend_before = box.main_pid(stack.backend_unit)
+    installed, _ = start_starving_backend(box, stack, harness, "watch", "8s")
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60, "the restart held")
+    wait_for(lambda: box.main_pid(stack.backend_unit) not in (0, backend_before), 60,
+             "the backend restarted once the hold ran out")
+    state = json.loads(installed.state.read_text())["targets"]["backend"]
+    events = {e["event"]: e["at"] for e in state["history"]}
+    assert events["restart"] - events["down"] >= 8.0
+    assert events["held"] <= events["restart"]
+    down = next(e for e in state["history"] if e["event"] == "down")
+    assert down.get("top_memory"), down  # starving: the largest memory users noted
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_the_report_names_the_grower_while_a_target_starves(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """While a starving target fails and the anonymous-memory grower grows, the report names
+    the grower among the largest memory users (by anonymous memory: not the thrasher's file)."""
+    installed, _ = start_starving_backend(box, stack, harness, mode, "5m")
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60, "a starving, failing target")
+    harness.grow(rate_mib=8)
+    wait_for(lambda: "the largest memory users: grower.service" in installed.log.read_text(),
+             60, "the grower named first among the largest memory users")
+    harness.wait_oom_killed(GROWER, within=120)
+    assert box.unit_property("prober.timer" if mode == "timer" else "prober-watch.service",
+                             "ActiveState") == "active"

@@ -4,8 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time \
                    redis-server redis-tools
+# The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
+DEBIAN_PACKAGES += prometheus chromium
 
-.PHONY: all deps venv test lint demo bench clean
+.PHONY: all deps venv test lint demo bench screenshot clean
 
 all: test
 
@@ -38,6 +40,10 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) -m tests.bench
+
+# The README's picture of the status page, as headless Chromium draws it.
+screenshot: deps venv
+	$(PY) -m tests.statuspage docs/status-page.png
 
 clean:
 	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -166,7 +166,10 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
         click.echo(report.run_text(result))
     metrics_path = textfile or config.textfile
     if metrics_path:
-        report.write_atomically(metrics_path, report.run_prometheus(result, time.time()))
+        from prober.metrics import write_textfile  # prometheus_client: only with a textfile
+        from prober.runs import Snapshot
+
+        write_textfile(metrics_path, Snapshot.after_run(config, result, time.time()))
     if result.state_error is not None:
         click.echo(f"prober: error: {result.state_error}", err=True)
     return result.status.exit_code
@@ -195,9 +198,11 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
             return
         log.info("%s", report.run_summary(result))
         if config.textfile:
+            from prober.metrics import write_textfile
+            from prober.runs import Snapshot
+
             try:
-                report.write_atomically(config.textfile,
-                                        report.run_prometheus(result, time.time()))
+                write_textfile(config.textfile, Snapshot.after_run(config, result, time.time()))
             except ProberError as exc:
                 log.error("%s", exc)
 

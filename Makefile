@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
 # promtool for the fleet alert rules; the commands exec probes run under the hardened units
 DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
+# The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
+DEBIAN_PACKAGES += chromium
 
-.PHONY: all deps venv test lint demo bench clean
+.PHONY: all deps venv test lint demo bench screenshot clean
 
 all: test
 
@@ -39,6 +41,10 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) -m tests.bench
+
+# The README's picture of the status page, as headless Chromium draws it.
+screenshot: deps venv
+	$(PY) -m tests.statuspage docs/status-page.png
 
 clean:
 	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -66,7 +66,7 @@ WATCH_INTERVAL, WATCH_THRESHOLD, WATCH_TIMEOUT = 1.0, 2, 1.0
 WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
 # Loaded by a healthy check, these would be paid for on every run for nothing.
 HEAVY = ("dbus_next", "tenacity", "prober.systemd", "prober.notify", "prober.polkit",
-         "prober.sdnotify", "prometheus_client")
+         "prober.sdnotify", "prometheus_client", "prober.metrics", "prober.web", "prober.page")
 
 BASELINE = [PY, "-c", "import httpx, click"]
 # The least a program can do that probes with httpx's async client: no prober code at all.
@@ -457,6 +457,43 @@ def by_package(cost: Mapping[str, float]) -> dict[str, float]:
 
 def top(values: Mapping[str, float], count: int) -> dict[str, float]:
     return dict(sorted(values.items(), key=lambda kv: -kv[1])[:count])
+
+
+# --- the healthy check with a Prometheus textfile ------------------------------------------
+
+
+def figure_textfile(bench: Bench) -> None:
+    """The healthy check of figure 1, with and without a textfile: prometheus_client's cost."""
+    with serve(health()) as first, serve(health()) as second:
+        targets = [("a", first.url("/health")), ("b", second.url("/health"))]
+        plain = write_config(bench.path("textfile-plain.toml"), targets)
+        textfile = bench.path("prober.prom")
+        config = bench.path("textfile.toml")
+        config.write_text(f'textfile = "{textfile}"\n' + plain.read_text())
+
+        def check(config: Path, state: str) -> list[str]:
+            return [*PROBER, "check", "--config", str(config), "--state", str(bench.path(state))]
+
+        commands = {"textfile": check(config, "textfile-state.json"),
+                    "plain": check(plain, "plain-state.json")}
+        times = compare(commands, bench.env, bench.reps)
+        if "prober_probe_success" not in textfile.read_text():
+            raise BenchError(f"the check wrote no metrics to {textfile}")
+        with_s, plain_s = (statistics.median(times[k]) for k in ("textfile", "plain"))
+        bench.rows.append(Row(
+            "healthy check + Prometheus textfile: median wall", ms(with_s),
+            f"same check, no textfile {ms(plain_s)}", "-",
+            f"info ({with_s / plain_s:.2f}x, {(with_s - plain_s) * 1000:+.0f} ms)",
+            {"seconds": times["textfile"], "baseline_seconds": times["plain"],
+             "ratio": with_s / plain_s}))
+        rss = {name: [measure(argv, bench.env).rss_kib for _ in range(3)]
+               for name, argv in commands.items()}
+        peak, base = max(rss["textfile"]), max(rss["plain"])
+        bench.rows.append(Row(
+            "healthy check + Prometheus textfile: peak RSS", mib(peak),
+            f"same check, no textfile {mib(base)}", "-",
+            f"info ({(peak - base) / MIB:+.1f} MiB, max of 3)",
+            {"rss_kib": rss["textfile"], "baseline_rss_kib": rss["plain"]}))
 
 
 # --- figure 2: 200 targets, 20 of them hanging ---------------------------------------------
@@ -983,7 +1020,7 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "many", "systemd", "pressure")
+FIGURES = ("healthy", "textfile", "many", "systemd", "pressure")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1005,6 +1042,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "healthy" in chosen:
             figure_healthy(bench)
+        if "textfile" in chosen:
+            figure_textfile(bench)
         if "many" in chosen:
             figure_many(bench)
         if "systemd" in chosen:

@@ -129,7 +129,7 @@ class Watcher:
             while not self._stop.is_set() and (runs is None or done < runs):
                 # Runs start `interval` apart, or at once after one that overran.
                 wake = loop.time() + self.interval
-                await self._one_run()
+                await self._one_run(ping)
                 done += 1
                 if runs is not None and done >= runs:
                     break
@@ -144,13 +144,15 @@ class Watcher:
                 self._server = None
             await self._probing.aclose()
 
-    async def _one_run(self) -> None:
+    async def _one_run(self, ping: float | None) -> None:
         run = asyncio.ensure_future(self._cycle())
         stopping = asyncio.ensure_future(self._stop.wait())
+        pinging = asyncio.ensure_future(self._ping_while_on_time(ping))
         try:
             await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            pinging.cancel()
         if not run.done():
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +162,17 @@ class Watcher:
         self._tell(result)
         if self._reload.is_set():
             await self._apply_reload()
+
+    async def _ping_while_on_time(self, ping: float | None) -> None:
+        """Ping the watchdog during a run for as long as the run may take (its deadline under
+        the config), so that a slow run is no hang, and a run stuck past it still is one."""
+        if not ping:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.run_deadline
+        while loop.time() + ping < until:
+            await asyncio.sleep(ping)
+            notify("WATCHDOG=1")
 
     async def _pause_until(self, wake: float, ping: float | None) -> None:
         """Sleep until `wake`, pinging the watchdog; a stop ends it, a reload is done at once."""

@@ -4,6 +4,7 @@ reload, and a stop in the middle of a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -225,3 +226,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_watchdog_pings_during_a_run_until_its_deadline(tmp_path: Path) -> None:
+    """A run slower than the watchdog's ping interval keeps it fed, but only until the run's
+    deadline: a run stuck past it (here, a restart that never ends) lets the watchdog fire."""
+    import socket
+
+    config = tmp_path / "prober.toml"
+    with serve(answer(500, b"broken")) as broken, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd:
+        sd.bind(str(tmp_path / "notify"))
+        sd.setblocking(False)
+        config.write_text('[defaults]\ntimeout = "1s"\nfailure_threshold = 1\n'
+                          'startup_grace = "0s"\nrestart_timeout = "1s"\nverify_timeout = "0s"\n'
+                          f'[[target]]\nname = "web"\nurl = "{broken.url("/")}"\nunit = "web"\n')
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), StateStore(str(tmp_path / "s.json")),
+                          lambda: actuator, interval=0.01)
+        deadline = watcher.config.run_deadline
+        pings: list[float] = []
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            run = asyncio.ensure_future(watcher._one_run(0.2))
+            while loop.time() - started < deadline + 1.5:
+                await asyncio.sleep(0.01)
+                with contextlib.suppress(BlockingIOError):
+                    if b"WATCHDOG=1" in sd.recv(4096):
+                        pings.append(loop.time() - started)
+            assert not run.done() and actuator.asked  # stuck in the restart
+            watcher.stop()
+            await run
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+            asyncio.run(scenario())
+    assert len(pings) >= 5, pings  # fed every ping interval while on time
+    assert max(pings) <= deadline, pings  # and not once past the deadline

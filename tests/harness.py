@@ -201,9 +201,10 @@ class MemoryPressure:
         self.box.systemctl("stop", unit, check=False)
 
     def move(self, unit: str, into: str) -> list[int]:
-        """Move `unit`'s processes into `into`'s cgroup (systemd's AttachProcessesToUnit): their
-        stalls then count in `into`'s own PSI, as a job's ImageMagick children count in
-        Sidekiq's. Returns their PIDs (inside the sandbox); end them with kill()."""
+        """Move `unit`'s processes into `into`'s cgroup (systemd's AttachProcessesToUnit; `into`
+        needs Delegate=yes): their stalls then count in `into`'s own PSI, as a job's ImageMagick
+        children count in Sidekiq's. Returns their PIDs (inside the sandbox); end them with
+        kill()."""
         procs = Path(self.mounts().unified or "/nonexistent") / self.cgroup(unit).strip("/")
         pids = [int(p) for p in (procs / "cgroup.procs").read_text().split()]
         inside = [str(self._inside_pid(pid)) for pid in pids]

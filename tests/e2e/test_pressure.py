@@ -3,9 +3,12 @@ prober keeps restarting what broke, is never the process the kernel kills, ends 
 their deadline, and its watchdog does not fire while runs are slow. Its readers of pressure and
 memory users work for real, under the shipped units' hardening.
 
+The restart policy's judgment (pressure_threshold, pressure_hold) is proven on a backend that
+starves for real: the thrasher's processes moved into its cgroup, so that its own PSI, which
+the policy reads first, climbs as Sidekiq's does when its jobs' children thrash.
+
 PSI is host-wide and moved by other jobs on this machine: nothing here asserts the host's
-reading. Stalls are read from the thrasher's own cgroup; the prober's decisions here do not
-depend on PSI (the policy that does is not in yet); durations are checked against the run's
+reading. Stalls are read from the units' own cgroups; durations are checked against the run's
 deadline only, never against a figure (`make bench` has those).
 """
 
@@ -18,6 +21,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -220,7 +224,7 @@ def test_pinned_psi_is_what_prober_reads(box: Sandbox, stack: Stack) -> None:
         return False
 
     box.systemctl("start", "prober-watch.service")
-    wait_for(lambda: watcher_reads("45"), 20, "the watcher reporting the pinned 45 %")
+    wait_for(lambda: watcher_reads("45.0"), 20, "the watcher reporting the pinned 45 %")
     box.pin_psi(12.5)
     wait_for(lambda: watcher_reads("12.5"), 20, "the watcher reporting the re-pinned 12.5 %")
     box.unpin_psi()
@@ -360,6 +364,9 @@ def start_starving_backend(box: Sandbox, stack: Stack, harness: MemoryPressure, 
     """The prober (with `pressure_hold = hold`), and a backend starving for memory: the
     thrasher's processes moved into its cgroup (its own PSI climbs, as Sidekiq's does when its
     jobs' children thrash), and its answers slower than the probe's timeout."""
+    box.write_unit(f"{stack.backend_unit}.d/delegate.conf", "[Service]\nDelegate=yes\n")
+    box.systemctl("restart", stack.backend_unit)
+    box.wait_port(stack.backend_port)
     installed = start_prober(box, stack, mode)
     installed.config.write_text(config(stack).replace(
         'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{hold}"'))
@@ -408,7 +415,13 @@ def test_a_hold_runs_out_and_the_backend_is_restarted(
     wait_for(lambda: HELD.search(installed.log.read_text()), 60, "the restart held")
     wait_for(lambda: box.main_pid(stack.backend_unit) not in (0, backend_before), 60,
              "the backend restarted once the hold ran out")
-    state = json.loads(installed.state.read_text())["targets"]["backend"]
+
+    def backend() -> dict[str, Any]:
+        return dict(json.loads(installed.state.read_text())["targets"]["backend"])
+
+    wait_for(lambda: any(e["event"] == "restart" for e in backend()["history"]), 30,
+             "the restart recorded (after its verification)")
+    state = backend()
     events = {e["event"]: e["at"] for e in state["history"]}
     assert events["restart"] - events["down"] >= 8.0
     assert events["held"] <= events["restart"]

@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
+# `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
+DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian
 
-.PHONY: all deps venv test lint demo bench clean
+.PHONY: all deps venv test lint demo bench deb clean
 
 all: test
 
@@ -38,5 +40,9 @@ demo: deps venv
 bench: deps venv
 	$(PY) -m tests.bench
 
+# prober_VERSION_all.deb in this folder (debian/build-deb says how; tests/test_deb.py checks it).
+deb:
+	debian/build-deb .
+
 clean:
-	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info build prober_*.deb

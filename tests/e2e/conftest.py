@@ -60,11 +60,12 @@ def new_workdir(name: str) -> Path:
 
 @contextlib.contextmanager
 def booted_sandbox(
-    workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = ()
+    workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = (),
+    overlay: bool = False,
 ) -> Iterator[Sandbox]:
     """Boot a Sandbox in `workdir`, yield it, and stop it (whatever happens in between)."""
     require_sandbox()
-    box = Sandbox(workdir, share=share, users=users)
+    box = Sandbox(workdir, share=share, users=users, overlay=overlay)
     box.start()
     _history.append(
         SandboxRecord(box.pid, box.pid_start_time, os.readlink(f"/proc/{box.pid}/ns/pid")))

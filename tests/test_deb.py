@@ -96,7 +96,10 @@ def test_package_ships_command_units_cron_examples_and_man_page(deb: Path, root:
         assert "/usr/local" not in text, unit
         if unit.endswith(".service"):
             assert "ExecStart=/usr/bin/prober " in text, unit
-    assert (root / "etc/cron.d/prober").read_text() == (REPO / "units/prober.cron").read_text()
+    cron = (root / "etc/cron.d/prober").read_text()
+    assert "/usr/local" not in cron
+    assert cron == (REPO / "units/prober.cron").read_text().replace("PATH=/usr/local/bin:", "PATH=")
+    assert (root / "etc/cron.d/prober").stat().st_mode & 0o777 == 0o644
     assert "/etc/cron.d/prober" in debpkg.control_file(deb, "conffiles").split()
     examples = root / "usr/share/doc/prober/examples"
     for example in (REPO / "examples").glob("*.toml"):

@@ -54,9 +54,11 @@ def box(request: pytest.FixtureRequest, sandbox_workdir: Path) -> Iterator[Sandb
 
 
 def host_fingerprint() -> dict[str, Any]:
-    """What an install on the host would change: dpkg's status file and the package's paths."""
-    status = os.stat("/var/lib/dpkg/status")
-    return {"dpkg-status": (status.st_size, status.st_mtime_ns),
+    """What an install on the host would change: whether the host's dpkg database knows prober,
+    and the package's paths. (Not the whole status file: others may install packages on this
+    machine meanwhile.)"""
+    status = Path("/var/lib/dpkg/status").read_text(errors="replace")
+    return {"dpkg knows prober": "\nPackage: prober\n" in f"\n{status}",
             **{path: os.path.lexists(path) for path in HOST_FILES}}
 
 
@@ -230,6 +232,13 @@ def test_install_restart_upgrade_purge_as_an_operator(box: Sandbox) -> None:
     sh(box, "systemctl enable --now prober.timer")
     wait_for(lambda: inside(box, STATE).exists(), 20, "a first run of the packaged timer")
 
+    history = frozen_caddy_is_restarted(box, stack)
+    upgrade_keeps_the_state_and_the_timer(box, history)
+    remove_then_purge_leave_only_the_config(box, before)
+
+
+def frozen_caddy_is_restarted(box: Sandbox, stack: Stack) -> list[dict[str, Any]]:
+    """Freeze caddy; the packaged timer's run restarts it as `prober`. caddy's history."""
     caddy_before = box.main_pid(stack.caddy_unit)
     backend_before = box.main_pid(stack.backend_unit)
     freeze(box, stack.caddy_unit)
@@ -240,12 +249,18 @@ def test_install_restart_upgrade_purge_as_an_operator(box: Sandbox) -> None:
     assert f"target=caddy unit={stack.caddy_unit}: restarting" in log_of(box)
     assert box.unit_property("prober.service", "User") == "prober"
     assert box.unit_property("prober.service", "ExecStart").startswith("{ path=/usr/bin/prober")
-    wait_for(lambda: box.unit_property("prober.service", "Result") == "success", 10,
-             "a run of prober.service that ended in success")
-    history = state(box)["targets"]["caddy"]["history"]
-    assert any(entry["event"] == "restart" for entry in history), history
 
-    # Upgrade to a rebuilt package of a higher version.
+    def restarted() -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = state(box)["targets"]["caddy"]["history"]
+        return entries if any(e["event"] == "restart" for e in entries) else []
+
+    wait_for(restarted, 40, "the restart in the state (saved when its run ends)")
+    assert box.unit_property("prober.service", "Result") == "success"
+    return restarted()
+
+
+def upgrade_keeps_the_state_and_the_timer(box: Sandbox, history: list[dict[str, Any]]) -> None:
+    """Upgrade to a rebuilt package of a higher version: same state, the timer still runs."""
     newer = debpkg.built(debpkg.next_version())
     upgraded = time.time()
     apt_install(box, newer)
@@ -256,14 +271,16 @@ def test_install_restart_upgrade_purge_as_an_operator(box: Sandbox) -> None:
     assert all(entry in kept for entry in history), "the state lost its history"
     assert box.unit_property("prober.service", "Result") == "success"
 
-    # Remove: the units stop, the grant goes; the state and the config stay.
+
+def remove_then_purge_leave_only_the_config(box: Sandbox, before: set[str]) -> None:
+    """Remove stops the units and drops the grant, keeping state and config; purge leaves no
+    file of the package but the operator's config, and keeps the system user."""
     sh(box, "apt remove -y prober")
     for unit in ("prober.timer", "prober.service", "prober-polkit.path"):
         assert unit_state(box, unit) == "inactive", unit
     assert rule(box) == ""
     assert inside(box, STATE).exists()
 
-    # Purge: nothing of the package is left but the operator's config (and the system user).
     sh(box, "apt purge -y prober")
     assert not inside(box, "/var/lib/prober").exists()
     assert inside(box, CONFIG).exists()

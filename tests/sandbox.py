@@ -567,6 +567,9 @@ class Sandbox:
         root = base / "root"
         if any(c in str(base) for c in ",:\\"):
             raise SandboxError(f"{base}: an overlay's folders cannot contain , : or \\")
+        own_fs = [d for d in ("/usr", "/etc", "/var") if os.stat(d).st_dev != os.stat("/").st_dev]
+        if own_fs:  # the overlay's lower layer is the root file system alone
+            raise SandboxError(f"overlay=True needs {', '.join(own_fs)} on the root file system")
         live = [*self._live, *(p for p in (Path(sys.prefix), Path(sys.base_prefix))
                                if any(_is_under(str(p), d) for d in _HIDDEN))]
         lines = [

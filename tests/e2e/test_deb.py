@@ -321,3 +321,18 @@ def test_polkit_rule_follows_the_config(box: Sandbox) -> None:
     assert rule(box) == ""
     copy_example_config(box, stack)
     wait_for(lambda: stack.backend_unit in rule(box), 15, "the rule back with the config")
+
+
+def test_overlay_sandbox_keeps_every_write_off_the_host(box: Sandbox) -> None:
+    """Inside an overlay sandbox, writes to /usr, /etc and dpkg's folder stay inside; the work
+    directory is the host's own (live both ways)."""
+    probes = ["/usr/local/share/prober-overlay-probe", "/etc/prober-overlay-probe",
+              "/var/lib/dpkg/prober-overlay-probe"]
+    for path in probes:
+        assert not os.path.lexists(path)
+        box.run(["sh", "-c", f"echo inside > {path}"], check=True)
+        assert inside(box, path).read_text() == "inside\n"
+        assert not os.path.lexists(path), f"{path} reached the host"
+    box.run(["sh", "-c", f"echo inside > {box.workdir}/live"], check=True)
+    assert (box.workdir / "live").read_text() == "inside\n"
+    assert box.run(["findmnt", "-n", "-o", "FSTYPE", "/"], check=True).stdout.strip() == "overlay"

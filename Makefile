@@ -8,7 +8,11 @@ DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
 # The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
 DEBIAN_PACKAGES += chromium
 
-.PHONY: all deps venv test lint demo bench screenshot clean
+# `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
+DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian
+
+.PHONY: all deps venv test lint demo bench screenshot deb clean
+
 
 all: test
 
@@ -46,5 +50,9 @@ bench: deps venv
 screenshot: deps venv
 	$(PY) -m tests.statuspage docs/status-page.png
 
+# prober_VERSION_all.deb in this folder (debian/build-deb says how; tests/test_deb.py checks it).
+deb:
+	debian/build-deb .
+
 clean:
-	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info build prober_*.deb

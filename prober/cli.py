@@ -436,11 +436,32 @@ def resume(config_file: str | None, state_file: str | None, names: tuple[str, ..
 @_config_option
 @click.option("--user-name", default="prober", show_default=True,
               help="The system user the prober runs as.")
-def polkit_rule(config_file: str | None, user_name: str) -> int:
+@click.option("--install", "install_to", is_flag=False, flag_value="", metavar="[PATH]",
+              help="Write the rule to PATH (as root) instead [default: "
+                   "/etc/polkit-1/rules.d/50-prober.rules]; without a config, or with one that "
+                   "does not load, remove it.")
+def polkit_rule(config_file: str | None, user_name: str, install_to: str | None) -> int:
     """Print the polkit rule letting the prober user restart the configured units only."""
-    from prober.polkit import polkit_rule as make_rule
+    from prober import polkit
 
-    click.echo(make_rule(_load(config_file), user_name), nl=False)
+    if install_to is None:
+        click.echo(polkit.polkit_rule(_load(config_file), user_name), nl=False)
+        return 0
+    path = install_to or polkit.RULES_FILE
+    source = config_path(config_file, os.environ)
+    if not os.path.exists(source):
+        gone = "removed the rule" if polkit.remove_rule(path) else "no rule"
+        click.echo(f"{path}: {gone}, as there is no {source}: prober may restart nothing")
+        return 0
+    try:
+        config = _load(config_file)
+    except ProberError:
+        if polkit.remove_rule(path):
+            click.echo(f"{path}: removed the rule until the config loads", err=True)
+        raise
+    polkit.install_rule(path, polkit.polkit_rule(config, user_name))
+    units = ", ".join(polkit.restartable_units(config)) or "nothing (no target has a unit)"
+    click.echo(f"{path}: written; {user_name} may restart {units}")
     return 0
 
 

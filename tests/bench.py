@@ -961,6 +961,43 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
         f"{WATCH_THRESHOLD}, interval 1 s.")
 
 
+# --- the Debian package: a run without and with the bytecode postinst compiles -------------
+
+
+def figure_deb(bench: Bench) -> None:
+    """A healthy check from the package's /usr/lib/prober, run as its launcher runs it
+    (python3 -IB: the hardened unit's /usr is read-only), without and with py3compile's .pyc."""
+    from tests import debpkg
+
+    figure = "packaged check, 2 targets: no .pyc (no postinst)"
+    missing = debpkg.missing_tools() + ([] if shutil.which("py3compile") else ["py3compile"])
+    if missing:
+        bench.rows.append(Row(figure, "-", "-", "-", f"pending: {'; '.join(missing)}"))
+        return
+    deb = debpkg.build(bench.path("deb"))
+    cold, warm = (debpkg.extract(deb, bench.path(f"deb-{k}")) / debpkg.LIB for k in "cw")
+    # As postinst runs it: into __pycache__ beside the sources, not the children's own cache.
+    run(["py3compile", str(warm)], {k: v for k, v in bench.env.items()
+                                    if k != "PYTHONPYCACHEPREFIX"})
+    if not any(warm.rglob("*.pyc")):
+        raise BenchError(f"py3compile {warm} wrote no .pyc")
+    with serve(health()) as first, serve(health()) as second:
+        config = write_config(bench.path("deb.toml"),
+                              [("a", first.url("/health")), ("b", second.url("/health"))])
+        args = ["check", "--config", str(config), "--state", str(bench.path("deb-state.json"))]
+
+        def launcher(lib: Path) -> list[str]:
+            code = (f"import sys; sys.path.insert(0, {str(lib)!r}); "
+                    "from prober.cli import main; main()")
+            return ["/usr/bin/python3", "-IB", "-c", code, *args]
+
+        times = compare({"cold": launcher(cold), "warm": launcher(warm)}, bench.env, bench.reps)
+    cold_s, warm_s = (statistics.median(times[k]) for k in ("cold", "warm"))
+    bench.rows.append(Row(figure, ms(cold_s), f"py3compile'd {ms(warm_s)}", "-",
+                          f"info ({cold_s / warm_s:.2f}x)",
+                          {"seconds": times["cold"], "baseline_seconds": times["warm"]}))
+
+
 # --- the machine ---------------------------------------------------------------------------
 
 
@@ -1020,7 +1057,7 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "textfile", "many", "systemd", "pressure")
+FIGURES = ("healthy", "textfile", "many", "systemd", "pressure", "deb")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1050,6 +1087,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures_systemd(bench, not args.no_sandbox)
         if "pressure" in chosen:
             figures_pressure(bench, not args.no_sandbox)
+
+
+        if "deb" in chosen:
+            figure_deb(bench)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

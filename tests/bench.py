@@ -889,6 +889,57 @@ def _restart_figures(box: Any, stack: Any, installed: Any, reps: int) -> dict[st
     return found
 
 
+PRESSURE_HOLD_S = 10
+
+
+def _frozen_to_restart(box: Any, stack: Any, log: Path) -> float:
+    """Seconds from caddy's main process frozen (SIGSTOP: connections accepted, never answered)
+    right after a reported run, to systemd starting the restart prober asked for."""
+    def healthy_run_seen() -> bool:
+        runs = _RUN_DONE.findall(log.read_text())
+        return bool(runs) and runs[-1].startswith("OK: ")
+
+    _wait(healthy_run_seen, 60, "a healthy run")
+    seen = _runs_logged(log)
+    _wait(lambda: _runs_logged(log) > seen, 30, "the next run")
+    before = box.main_pid(stack.caddy_unit)
+    box.run(["kill", "-STOP", str(before)], check=True)
+    onset = time.monotonic()
+    _wait(lambda: _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+          > onset, PRESSURE_HOLD_S + 60, "caddy restarted")
+    restarted = _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+    _wait(lambda: box.main_pid(stack.caddy_unit) not in (0, before), 60, "caddy back")
+    box.wait_port(stack.caddy_port, timeout=30)
+    return restarted - onset
+
+
+def _hold_figure(box: Any, stack: Any, installed: Any, harness: Any, config: str
+                 ) -> dict[str, float]:
+    """A frozen caddy, idle and then starving (the thrasher's processes moved into its cgroup,
+    so that its own PSI climbs): when the restart came, and how long the hold lasted."""
+    import json
+
+    from tests.harness import THRASHER
+
+    installed.config.write_text(config.replace(
+        'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{PRESSURE_HOLD_S}s"'))
+    box.write_unit(f"{stack.caddy_unit}.d/delegate.conf", "[Service]\nDelegate=yes\n")
+    box.systemctl("start", "prober-watch.service")
+    harness.stop_hog(THRASHER)
+    idle = _frozen_to_restart(box, stack, installed.log)
+    harness.thrash()
+    harness.move(THRASHER, stack.caddy_unit)
+    harness.wait_stalling(stack.caddy_unit, some=15, within=60)
+    starving = _frozen_to_restart(box, stack, installed.log)
+    box.systemctl("stop", "prober-watch.service")
+    history = json.loads(installed.state.read_text())["targets"]["caddy"]["history"]
+    held = [e["at"] for e in history if e["event"] == "held"]
+    restarts = [e["at"] for e in history if e["event"] == "restart"]
+    if not held or not restarts or restarts[-1] < held[-1]:
+        raise BenchError(f"the frozen caddy was not held, then restarted: {history[-6:]}")
+    return {"idle": idle, "starving": starving, "held": restarts[-1] - held[-1]}
+
+
 def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
     """A healthy one-shot check, and failure -> restart request for a caddy that stopped
     listening (watch, and the timer every 1 s), under the harness and idle in the same sandbox."""
@@ -920,6 +971,10 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
             config = PRESSURE_CONFIG.format(threshold=WATCH_THRESHOLD, caddy=stack.caddy_url,
                                             backend=stack.backend_url)
             installed = install(box, config, period="1s")
+            # The watcher logs a run's summary at info only when something changed: -v logs
+            # every run's, which these figures count.
+            box.write_unit("prober-watch.service.d/verbose.conf",
+                           "[Service]\nExecStart=\nExecStart=/usr/local/bin/prober -v watch\n")
             with MemoryPressure(box, limit_mib=PRESSURE_LIMIT_MIB) as harness:
                 idle = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
                         **_restart_figures(box, stack, installed, PRESSURE_REPS)}
@@ -927,6 +982,7 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
                 stalled = harness.wait_stalling(THRASHER, some=10)
                 loaded = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
                           **_restart_figures(box, stack, installed, PRESSURE_REPS)}
+                hold = _hold_figure(box, stack, installed, harness, config)
                 thrasher = harness.unit_pressure(THRASHER)
                 whole = harness.unit_pressure("-.slice")
     except SandboxError as exc:
@@ -946,6 +1002,13 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
                               "-" if target is None else f"<= {target:g}x idle", verdict_text,
                               {"under_pressure": loaded[key], "idle": idle[key],
                                "ratio": ratio}))
+    bench.rows.append(Row(
+        f"under pressure: frozen caddy (timeouts), pressure_hold {PRESSURE_HOLD_S}s: held, then "
+        "restarted", f"held {hold['held']:.1f} s, restart {hold['starving']:.1f} s after the "
+        "freeze", f"idle: restart {hold['idle']:.1f} s after the freeze, never held",
+        f"held about {PRESSURE_HOLD_S} s", verdict(
+            PRESSURE_HOLD_S - 1 <= hold["held"] <= PRESSURE_HOLD_S + WATCH_INTERVAL * 3,
+            f"held {hold['held']:.1f} s of {PRESSURE_HOLD_S} s"), hold))
     psi = {"thrasher_start": stalled.pressure, "thrasher_end": thrasher and thrasher.pressure,
            "sandbox_end": whole and whole.pressure}
     bench.extra["pressure"] = {k: v and asdict(v) for k, v in psi.items()}

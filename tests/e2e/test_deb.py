@@ -130,15 +130,22 @@ def edit_config(box: Sandbox, text: str) -> None:
 
 
 def adapted_example(text: str, stack: Stack, *, backend_unit: bool = True) -> str:
-    """examples/mastodon.toml pointed at caddy and the stand-in, with test-sized timings."""
+    """examples/mastodon.toml pointed at caddy and the stand-in, with test-sized timings: its
+    HTTP targets only (the sandbox runs no Sidekiq, Postgres or Redis; tests/e2e/
+    test_exec_probes.py runs those commands)."""
+    sidekiq = text.index("# Sidekiq, Mastodon's job runner")
+    text = text[:sidekiq].rstrip() + "\n"
     web_unit = f'unit = "{stack.backend_unit}"' if backend_unit else ""
     edits = [
+        ('depends_on = ["postgres", "redis"]   # if they fail too, restarting puma would not '
+         'help', ""),
+        ('depends_on = ["postgres", "redis"]\n', "\n"),
         ('url = "https://mastodon.example.org/health"', f'url = "{stack.caddy_url}/health"'),
         ('url = "http://127.0.0.1:3000/health"', f'url = "{stack.backend_url}/health"'),
         ('url = "http://127.0.0.1:4000/api/v1/streaming/health"',
          f'url = "{stack.backend_url}/api/v1/streaming/health"'),
         ('unit = "mastodon-web.service"', web_unit),
-        ('unit = "mastodon-streaming.service"', ""),  # the one stand-in serves both
+        ('unit = "mastodon-streaming@4000.service"', ""),  # the one stand-in serves both
         ('timeout = "5s"', 'timeout = "1s"'),
         ("failure_threshold = 3 ", "failure_threshold = 2 "),
         ('startup_grace = "60s"', 'startup_grace = "0s"'),

@@ -388,8 +388,8 @@ def test_slow_backend_is_held_under_pressure_and_left_alone_when_it_passes(
     """A backend that only times out while it starves for memory is held, not restarted, with
     the reading and the hold left in the reason; when the pressure ends and it answers again,
     nothing was restarted: the outage ended without a cold start on a starving host."""
-    backend_before = box.main_pid(stack.backend_unit)
     installed, thrashers = start_starving_backend(box, stack, harness, mode, "5m")
+    backend_before = box.main_pid(stack.backend_unit)
     wait_for(lambda: HELD.search(installed.log.read_text()), 60,
              "the backend's restart held under pressure")
     held = HELD.search(installed.log.read_text())
@@ -410,8 +410,8 @@ def test_slow_backend_is_held_under_pressure_and_left_alone_when_it_passes(
 def test_a_hold_runs_out_and_the_backend_is_restarted(
         box: Sandbox, stack: Stack, harness: MemoryPressure) -> None:
     """Slowness that outlasts pressure_hold gets the restart after all, at the hold's end."""
-    backend_before = box.main_pid(stack.backend_unit)
     installed, _ = start_starving_backend(box, stack, harness, "watch", "8s")
+    backend_before = box.main_pid(stack.backend_unit)
     wait_for(lambda: HELD.search(installed.log.read_text()), 60, "the restart held")
     wait_for(lambda: box.main_pid(stack.backend_unit) not in (0, backend_before), 60,
              "the backend restarted once the hold ran out")

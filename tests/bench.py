@@ -655,6 +655,8 @@ WATCH_DEFAULTS = "\n".join([
     f'timeout = "{WATCH_TIMEOUT:g}s"', f"failure_threshold = {WATCH_THRESHOLD}",
     'startup_grace = "0s"', 'cooldown = "1s"', 'restart_timeout = "15s"',
     'verify_timeout = "5s"',
+    # PSI is host-wide and other jobs move it: the hung server is never held here.
+    "pressure_threshold = 0",
 ])
 RUN_DONE = r"prober: (OK|WARNING|CRITICAL): "
 

@@ -5,8 +5,14 @@ PY     := $(VENV)/bin/python
 DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux curl time
 # promtool for the fleet alert rules; the commands exec probes run under the hardened units
 DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
+# The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
+DEBIAN_PACKAGES += chromium
 
-.PHONY: all deps venv test lint demo bench clean
+# `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
+DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian
+
+.PHONY: all deps venv test lint demo bench screenshot deb clean
+
 
 all: test
 
@@ -40,5 +46,13 @@ demo: deps venv
 bench: deps venv
 	$(PY) -m tests.bench
 
+# The README's picture of the status page, as headless Chromium draws it.
+screenshot: deps venv
+	$(PY) -m tests.statuspage docs/status-page.png
+
+# prober_VERSION_all.deb in this folder (debian/build-deb says how; tests/test_deb.py checks it).
+deb:
+	debian/build-deb .
+
 clean:
-	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .sandbox .mypy_cache .ruff_cache .pytest_cache *.egg-info build prober_*.deb

@@ -189,7 +189,7 @@ async def run_once(
             for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]
         decisions = policy.one_restart_under_pressure(
-            targets, decisions, memory.host_pressure, memory.largest_units)
+            targets, decisions, memory.host_pressure, memory.culprit)
         restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock,
                                         on_restart_requested)
     finally:
@@ -238,11 +238,12 @@ class _MemoryPicture:
         return None if self.host is None else self.host.pressure
 
     @property
-    def largest_units(self) -> frozenset[str]:
-        return frozenset(u.name for u in self.top)
+    def culprit(self) -> str | None:
+        """The largest memory user, when the run looked for one."""
+        return self.top[0].name if self.top else None
 
     def for_target(self, name: str) -> policy.Memory:
-        return policy.Memory(self.readings.get(name, self.host), self.largest_units)
+        return policy.Memory(self.readings.get(name, self.host), self.culprit)
 
 
 def _read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],

@@ -25,14 +25,13 @@ from prober.config import (
     parse_config,
 )
 from prober.errors import ProberError, StateError, UsageError
-from prober.keys import Key, Shape, describe_value, format_duration, parse_duration
+from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
 from prober.probes import KINDS
 from prober.state import StateStore, state_path
 from prober.text import did_you_mean, one_line
 
 if TYPE_CHECKING:
     from prober.actuator import Actuator
-    from prober.runs import RunReport, Skipped
     from prober.tracker import State
 
 log = logging.getLogger("prober")
@@ -167,7 +166,10 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
         click.echo(report.run_text(result))
     metrics_path = textfile or config.textfile
     if metrics_path:
-        report.write_atomically(metrics_path, report.run_prometheus(result, time.time()))
+        from prober.metrics import write_textfile  # prometheus_client: only with a textfile
+        from prober.runs import Snapshot
+
+        write_textfile(metrics_path, Snapshot.after_run(config, result, time.time()))
     if result.state_error is not None:
         click.echo(f"prober: error: {result.state_error}", err=True)
     return result.status.exit_code
@@ -181,30 +183,30 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
                    "30s].")
 @click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
 @click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
+@click.option("--listen", metavar="HOST:PORT",
+              help="Serve /metrics, /status.json and the status page there [default: the "
+                   "config's `listen`; off].")
 def watch(config_file: str | None, state_file: str | None, interval: str | None,
-          dry_run: bool, user: bool) -> int:
+          dry_run: bool, user: bool, listen: str | None) -> int:
     """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog).
 
     SIGHUP (`systemctl reload`) re-reads the config; SIGTERM stops it, recording any restart
     already asked for."""
-    from prober.runs import Skipped
     from prober.watcher import watch as watch_loop
 
     pause = _duration_option("--interval", interval)
+    address = None
+    if listen is not None:
+        try:
+            address = host_port(listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen: {exc}") from None
 
     def load() -> Config:
         return _load(config_file, user)
 
-    def publish(result: RunReport | Skipped, config: Config) -> None:
-        if isinstance(result, Skipped) or not config.textfile:
-            return
-        try:
-            report.write_atomically(config.textfile, report.run_prometheus(result, time.time()))
-        except ProberError as exc:
-            log.error("%s", exc)
-
     watch_loop(load, _store(state_file, keep_lock_file_open=True), _actuator_factory(),
-               interval=pause, dry_run=dry_run, on_report=publish)
+               interval=pause, dry_run=dry_run, listen=address)
     return 0
 
 
@@ -435,11 +437,32 @@ def resume(config_file: str | None, state_file: str | None, names: tuple[str, ..
 @_config_option
 @click.option("--user-name", default="prober", show_default=True,
               help="The system user the prober runs as.")
-def polkit_rule(config_file: str | None, user_name: str) -> int:
+@click.option("--install", "install_to", is_flag=False, flag_value="", metavar="[PATH]",
+              help="Write the rule to PATH (as root) instead [default: "
+                   "/etc/polkit-1/rules.d/50-prober.rules]; without a config, or with one that "
+                   "does not load, remove it.")
+def polkit_rule(config_file: str | None, user_name: str, install_to: str | None) -> int:
     """Print the polkit rule letting the prober user restart the configured units only."""
-    from prober.polkit import polkit_rule as make_rule
+    from prober import polkit
 
-    click.echo(make_rule(_load(config_file), user_name), nl=False)
+    if install_to is None:
+        click.echo(polkit.polkit_rule(_load(config_file), user_name), nl=False)
+        return 0
+    path = install_to or polkit.RULES_FILE
+    source = config_path(config_file, os.environ)
+    if not os.path.exists(source):
+        gone = "removed the rule" if polkit.remove_rule(path) else "no rule"
+        click.echo(f"{path}: {gone}, as there is no {source}: prober may restart nothing")
+        return 0
+    try:
+        config = _load(config_file)
+    except ProberError:
+        if polkit.remove_rule(path):
+            click.echo(f"{path}: removed the rule until the config loads", err=True)
+        raise
+    polkit.install_rule(path, polkit.polkit_rule(config, user_name))
+    units = ", ".join(polkit.restartable_units(config)) or "nothing (no target has a unit)"
+    click.echo(f"{path}: written; {user_name} may restart {units}")
     return 0
 
 

@@ -31,6 +31,7 @@ from prober.keys import (
     duration,
     format_duration,
     headers,
+    host_port,
     integer,
     percent,
     signal_name,
@@ -227,6 +228,7 @@ class Config:
     notify: Notify | None = None
     history: int = DEFAULT_HISTORY  # transitions kept per target in the state
     default_policy: Policy = field(default_factory=Policy)  # [defaults], for host-wide figures
+    listen: tuple[str, int] | None = None  # where `prober watch` serves /metrics and its page
 
     def target(self, name: str) -> Target:
         for target in self.targets:
@@ -255,6 +257,10 @@ TOP_KEYS = (
     Key("history", Shape.INTEGER, integer(10, 10_000),
         "state transitions kept per target (failing, down, restart, given-up, recovered, "
         "reset)", default="500", minimum=10),
+    Key("listen", Shape.HOST_PORT, host_port,
+        "`prober watch` serves `/metrics`, `/status.json` and a status page here, e.g. "
+        '`"127.0.0.1:9813"` (also `watch --listen`); off by default; a non-loopback address '
+        "is an explicit choice"),
     Key("defaults", Shape.TABLE, table, "policy and probe keys for every target"),
     Key("target", Shape.TABLES, table, "one table per thing to probe", default="required"),
     Key("notify", Shape.TABLE, table, "where events are sent"),

@@ -4,7 +4,8 @@
     ├── ConfigError        the config file is missing, unreadable or invalid
     ├── StateError         the state file or its directory cannot be used
     ├── SystemdError       systemd cannot be reached or refused a request
-    └── UsageError         a command-line argument makes no sense
+    ├── UsageError         a command-line argument makes no sense
+    └── InstallError       a file prober installs into the system cannot be written
 
 Everything else reaching the CLI edge is a bug and shows a traceback only with --debug.
 """
@@ -41,3 +42,7 @@ class SystemdError(ProberError):
 
 class UsageError(ProberError):
     """A command-line argument makes no sense."""
+
+
+class InstallError(ProberError):
+    """A file prober installs into the system (the polkit rule) cannot be written."""

@@ -55,7 +55,7 @@ class Memory:
     """What a run read of memory pressure, for one target's decision."""
 
     reading: PressureReading | None = None  # its unit's own PSI where readable, else the host's
-    largest: frozenset[str] = frozenset()  # the units holding the most memory now
+    culprit: str | None = None  # the unit holding the most memory now, when it was looked for
 
 
 def worth_saying(pressure: Pressure, threshold: float) -> bool:
@@ -132,14 +132,16 @@ def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
 
     Only a service that answers too late (every failure of its streak `timeout` or `slow`) on a
     starving host or unit waits, and not longer than pressure_hold from when it went down;
-    refused, wrong status, bad body, TLS or protocol mean broken, whatever the load. A unit that
-    holds the most memory is not held: restarting it is what relieves the pressure.
+    refused, wrong status, bad body, TLS or protocol mean broken, whatever the load. The unit
+    that holds the most memory is not held: restarting it is what relieves the pressure. (Not
+    every one of the three largest: on a small host those are most of its services, puma
+    among them, and nothing would ever be held.)
     """
     policy = target.policy
     reading = memory.reading
     if reading is None or not state.streak_starving or policy.pressure_hold <= 0:
         return None
-    if not starves(reading.pressure, policy.pressure_threshold) or facts.unit in memory.largest:
+    if not starves(reading.pressure, policy.pressure_threshold) or facts.unit == memory.culprit:
         return None
     since = state.down_since if state.down_since is not None else now
     left = since + policy.pressure_hold - now
@@ -153,7 +155,7 @@ def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
 
 
 def one_restart_under_pressure(targets: Sequence[Target], decisions: Sequence[Decision],
-                               host: Pressure | None, largest: frozenset[str]
+                               host: Pressure | None, culprit: str | None
                                ) -> list[Decision]:
     """At most one unit restarted per run while the host starves for memory: services booting
     together (puma and sidekiq) deepen a memory outage. The unit holding the most memory goes
@@ -162,7 +164,7 @@ def one_restart_under_pressure(targets: Sequence[Target], decisions: Sequence[De
     if host is None or len({d.unit for d in restarting}) < 2:
         return list(decisions)
     by_name = {t.name: t for t in targets}
-    first = next((d for d in restarting if d.unit in largest), restarting[0])
+    first = next((d for d in restarting if d.unit == culprit), restarting[0])
     def waits(decision: Decision) -> bool:
         return decision in restarting and decision.unit != first.unit and \
             starves(host, by_name[decision.name].policy.pressure_threshold)

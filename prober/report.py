@@ -5,18 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from prober.config import Config
-from prober.errors import StateError
-from prober.files import write_atomically as write_file
 from prober.keys import format_duration
 from prober.policy import Action, cooldown_for, restarts_within
 from prober.pressure import describe_users
 from prober.results import ProbeResult
 from prober.runs import RunReport, Status, TargetReport
-from prober.text import os_reason, redact_url
+from prober.text import redact_url
 from prober.tracker import State, TargetState, Transition, is_paused
 
 
@@ -263,80 +260,3 @@ def _nagios_problem(item: TargetReport) -> str:
         return f"{item.target.name} {item.notice}"
     return (f"{item.target.name} {item.health.value} ({item.decision.action.value}: "
             f"{item.decision.reason})")
-
-
-# --- Prometheus textfile ------------------------------------------------------------------------
-
-
-def _label_value(text: str) -> str:
-    return text.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
-
-
-_METRICS = (
-    ("prober_probe_success", "gauge", "1 if the last probe of the target passed, else 0."),
-    ("prober_probe_duration_seconds", "gauge", "How long the last probe took."),
-    ("prober_consecutive_failures", "gauge", "Failed runs in a row."),
-    ("prober_restarts_total", "counter", "Restarts of the target's unit asked by prober."),
-    ("prober_given_up", "gauge", "1 if prober has given up restarting the target."),
-)
-
-
-def run_prometheus(report: RunReport, now: float) -> str:
-    """node_exporter textfile-collector metrics for one run."""
-    lines = []
-    for metric, kind, help_text in _METRICS:
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-        for item in report.targets:
-            labels = (f'target="{_label_value(item.target.name)}",'
-                      f'unit="{_label_value(item.target.unit or "")}"')
-            value = {
-                "prober_probe_success": 1 if item.result.ok else 0,
-                "prober_probe_duration_seconds": item.result.latency or 0.0,
-                "prober_consecutive_failures": item.state.consecutive_failures,
-                "prober_restarts_total": item.state.restarts_total,
-                "prober_given_up": 1 if item.state.given_up else 0,
-            }[metric]
-            lines.append(f"{metric}{{{labels}}} {value:g}" if isinstance(value, float)
-                         else f"{metric}{{{labels}}} {value}")
-    lines += ["# HELP prober_last_run_timestamp_seconds When the last run ended.",
-              "# TYPE prober_last_run_timestamp_seconds gauge",
-              f"prober_last_run_timestamp_seconds {now:.3f}",
-              *_pressure_metrics(report),
-              *_certificate_metrics(report),
-              "# HELP prober_run_status The run's Nagios status: 0 ok .. 3 unknown.",
-              "# TYPE prober_run_status gauge",
-              f"prober_run_status {report.status.exit_code}"]
-    return "\n".join(lines) + "\n"
-
-
-def _certificate_metrics(report: RunReport) -> list[str]:
-    certified = [i for i in report.targets if i.result.certificate is not None]
-    if not certified:
-        return []
-    lines = ["# HELP prober_tls_not_after_timestamp_seconds When the target's verified TLS "
-             "certificate expires.",
-             "# TYPE prober_tls_not_after_timestamp_seconds gauge"]
-    for item in certified:
-        assert item.result.certificate is not None
-        labels = (f'target="{_label_value(item.target.name)}",'
-                  f'unit="{_label_value(item.target.unit or "")}"')
-        lines.append(f"prober_tls_not_after_timestamp_seconds{{{labels}}} "
-                     f"{item.result.certificate.not_after:.0f}")
-    return lines
-
-
-def _pressure_metrics(report: RunReport) -> list[str]:
-    if report.pressure is None:
-        return []
-    return ["# HELP prober_memory_pressure_some_avg10 PSI: percent of the last 10 s some task "
-            "stalled on memory.",
-            "# TYPE prober_memory_pressure_some_avg10 gauge",
-            f"prober_memory_pressure_some_avg10 {report.pressure.some_avg10:g}"]
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write the metrics file so that node_exporter never reads half of it."""
-    try:
-        write_file(Path(path), text.encode(), durable=False)
-    except OSError as exc:
-        raise StateError(f"{path}: cannot write the metrics file: {os_reason(exc)}") from None

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prober.config import Target
+from prober.config import Config, Target
 from prober.policy import Action, Decision
 from prober.pressure import MemoryUser, Pressure
 from prober.results import ProbeResult
-from prober.tracker import Change, Health, TargetState
+from prober.tracker import Change, Health, State, TargetState
 
 
 class Status(StrEnum):
@@ -76,9 +76,36 @@ class RunReport:
             return Status.UNKNOWN
         return worst([t.status for t in self.targets])
 
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.duration
+
 
 @dataclass(frozen=True)
 class Skipped:
     """A run that chose not to probe, and why."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the watcher knows between runs, as every output (metrics, `/status.json`, the status
+    page) renders it: the config, the state, the last run's report (None before the first run)
+    and the time of rendering."""
+
+    config: Config
+    state: State
+    report: RunReport | None
+    now: float
+
+    @classmethod
+    def after_run(cls, config: Config, report: RunReport, now: float) -> Snapshot:
+        """The snapshot a one-shot run leaves: the state its report carries, for its targets."""
+        targets = {item.target.name: item.state for item in report.targets}
+        return cls(config, State(targets=targets, updated_at=report.ended_at), report, now)
+
+
+def pressure_threshold(config: Config) -> float:
+    """The config's default `pressure_threshold` (percent of memory `some avg10`; 0: off)."""
+    return config.default_policy.pressure_threshold

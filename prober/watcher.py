@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from prober import policy, tracker
 from prober.actuator import Actuator
@@ -36,10 +37,13 @@ from prober.keys import format_duration
 from prober.policy import Action, Decision, Outcome, RestartOutcome
 from prober.probing import Probing
 from prober.report import run_summary
-from prober.runs import RunReport, Skipped, Status
+from prober.runs import RunReport, Skipped, Snapshot, Status
 from prober.sdnotify import notify, notify_socket, watchdog_interval
 from prober.state import LockBusy, StateStore
 from prober.tracker import State, TargetState
+
+if TYPE_CHECKING:
+    from prober.web import WebServer
 
 log = logging.getLogger("prober")
 
@@ -67,11 +71,12 @@ class Watcher:
         *,
         interval: float | None = None,
         dry_run: bool = False,
+        listen: tuple[str, int] | None = None,
         on_report: Listener = lambda result, config: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`load` reads and validates the config (at start and on SIGHUP); `interval`, when
-        given, wins over the config's."""
+        """`load` reads and validates the config (at start and on SIGHUP); `interval` and
+        `listen`, when given, win over the config's."""
         self._load = load
         self.config = load()
         self._store = store
@@ -89,6 +94,8 @@ class Watcher:
         self._waking: asyncio.Future[None] | None = None  # the pause between cycles
         self._last_status: Status | None = None
         self._notify_socket = notify_socket()
+        self._listen = listen
+        self._server: WebServer | None = None
         self.report: RunReport | None = None
 
     @property
@@ -98,6 +105,14 @@ class Watcher:
     @property
     def state(self) -> State:
         return self._known.state if self._known is not None else State()
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        return self._listen or self.config.listen
+
+    def snapshot(self) -> Snapshot:
+        """What the outputs render: the config, the state and the last run, now."""
+        return Snapshot(self.config, self.state, self.report, time.time())
 
     def stop(self) -> None:
         """End the run in flight (its probes stop) or the pause, and then the loop."""
@@ -123,13 +138,14 @@ class Watcher:
             loop.add_signal_handler(signum, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         ping = watchdog_interval()
+        await self._serve()
         notify("READY=1")
         try:
             done = 0
             while not self._stopping and (runs is None or done < runs):
                 # Runs start `interval` apart, or at once after one that overran.
                 wake = loop.time() + self.interval
-                await self._one_run()
+                await self._one_run(ping)
                 done += 1
                 if runs is not None and done >= runs:
                     break
@@ -139,13 +155,18 @@ class Watcher:
                 loop.remove_signal_handler(signum)
             if self._stopping:
                 notify("STOPPING=1")
+            if self._server is not None:
+                await self._server.close()
+                self._server = None
             await self._probing.aclose()
             self._store.close()
 
-    async def _one_run(self) -> None:
+    async def _one_run(self, ping: float | None) -> None:
         # In run()'s own task, which stop() cancels while a cycle is in flight (no task of its
-        # own to start and wait for, every cycle).
+        # own to start and wait for, every cycle); a task pings the watchdog meanwhile, only
+        # where systemd watches.
         task = self._cycling = asyncio.current_task()
+        pinging = asyncio.ensure_future(self._ping_while_on_time(ping)) if ping else None
         try:
             result = await self._cycle()
         except asyncio.CancelledError:
@@ -154,9 +175,22 @@ class Watcher:
             raise
         finally:
             self._cycling, self._cancelled = None, False
+            if pinging is not None:
+                pinging.cancel()
         self._tell(result)
         if self._reload:
-            self._apply_reload()
+            await self._apply_reload()
+
+    async def _ping_while_on_time(self, ping: float | None) -> None:
+        """Ping the watchdog during a run for as long as the run may take (its deadline under
+        the config), so that a slow run is no hang, and a run stuck past it still is one."""
+        if not ping:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.config.run_deadline
+        while loop.time() + ping < until:
+            await asyncio.sleep(ping)
+            notify("WATCHDOG=1")
 
     async def _pause_until(self, wake: float, ping: float | None) -> None:
         """Sleep until `wake`, pinging the watchdog; a stop ends it, a reload is done at once.
@@ -172,7 +206,7 @@ class Watcher:
                 timer.cancel()
                 self._waking = None
             if self._reload:
-                self._apply_reload()
+                await self._apply_reload()
             if ping:
                 notify("WATCHDOG=1")
 
@@ -262,9 +296,40 @@ class Watcher:
             notify(f"WATCHDOG=1\nSTATUS=last run {summary}")
         if result.state_error:
             log.error("%s", result.state_error)
+        self._write_textfile()
         self._on_report(result, self.config)
 
-    def _apply_reload(self) -> None:
+    def _write_textfile(self) -> None:
+        if not self.config.textfile:
+            return
+        from prober.metrics import write_textfile
+
+        try:
+            write_textfile(self.config.textfile, self.snapshot())
+        except ProberError as exc:
+            log.error("%s", exc)
+
+    async def _serve(self) -> None:
+        """Serve /metrics, /status.json and the page where `listen` says (if it says)."""
+        if self.listen is None:
+            return
+        from prober import web
+
+        host, port = self.listen
+        self._server = await web.serve(host, port, self.snapshot)
+        log.info("serving /metrics, /status.json and the status page on http://%s:%d/",
+                 f"[{host}]" if ":" in host else host, self._server.port)
+
+    async def _relisten(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+        try:
+            await self._serve()
+        except ProberError as exc:
+            log.error("reload: %s; not serving until the next reload", exc)
+
+    async def _apply_reload(self) -> None:
         self._reload = False
         notify("RELOADING=1")
         try:
@@ -273,7 +338,10 @@ class Watcher:
             log.error("reload: keeping the previous config: %s", exc)
             notify(f"READY=1\nSTATUS=reload failed, running the previous config: {exc}")
             return
+        listened = self.listen
         self.config = config
+        if self.listen != listened:
+            await self._relisten()
         if self._known is not None:
             state = tracker.prune(self._known.state, config.names)
             self._known = _Known(state, self._known.signature, tracker.essential(state))
@@ -294,13 +362,14 @@ def watch(
     *,
     interval: float | None = None,
     dry_run: bool = False,
+    listen: tuple[str, int] | None = None,
     on_report: Listener = lambda result, config: None,
     runs: int | None = None,
 ) -> None:
     """Run the watcher in an event loop of its own until it is stopped (or `runs` times)."""
     async def main() -> None:
         watcher = Watcher(load, store, actuator_factory, interval=interval, dry_run=dry_run,
-                          on_report=on_report)
+                          listen=listen, on_report=on_report)
         await watcher.run(runs)
 
     asyncio.run(main())

@@ -64,7 +64,7 @@ WATCH_INTERVAL, WATCH_THRESHOLD, WATCH_TIMEOUT = 1.0, 2, 1.0
 WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
 # Loaded by a healthy check, these would be paid for on every run for nothing.
 HEAVY = ("dbus_next", "tenacity", "prober.systemd", "prober.notify", "prober.polkit",
-         "prober.sdnotify", "prometheus_client")
+         "prober.sdnotify", "prometheus_client", "prober.metrics", "prober.web", "prober.page")
 
 BASELINE = [PY, "-c", "import httpx, click"]  # issue 7's baseline, retired: now info only
 # The floor of a healthy check (issue 14): the least a program can do that probes the same
@@ -466,6 +466,43 @@ def top(values: Mapping[str, float], count: int) -> dict[str, float]:
     return dict(sorted(values.items(), key=lambda kv: -kv[1])[:count])
 
 
+# --- the healthy check with a Prometheus textfile ------------------------------------------
+
+
+def figure_textfile(bench: Bench) -> None:
+    """The healthy check of figure 1, with and without a textfile: prometheus_client's cost."""
+    with serve(health()) as first, serve(health()) as second:
+        targets = [("a", first.url("/health")), ("b", second.url("/health"))]
+        plain = write_config(bench.path("textfile-plain.toml"), targets)
+        textfile = bench.path("prober.prom")
+        config = bench.path("textfile.toml")
+        config.write_text(f'textfile = "{textfile}"\n' + plain.read_text())
+
+        def check(config: Path, state: str) -> list[str]:
+            return [*PROBER, "check", "--config", str(config), "--state", str(bench.path(state))]
+
+        commands = {"textfile": check(config, "textfile-state.json"),
+                    "plain": check(plain, "plain-state.json")}
+        times = compare(commands, bench.env, bench.reps)
+        if "prober_probe_success" not in textfile.read_text():
+            raise BenchError(f"the check wrote no metrics to {textfile}")
+        with_s, plain_s = (statistics.median(times[k]) for k in ("textfile", "plain"))
+        bench.rows.append(Row(
+            "healthy check + Prometheus textfile: median wall", ms(with_s),
+            f"same check, no textfile {ms(plain_s)}", "-",
+            f"info ({with_s / plain_s:.2f}x, {(with_s - plain_s) * 1000:+.0f} ms)",
+            {"seconds": times["textfile"], "baseline_seconds": times["plain"],
+             "ratio": with_s / plain_s}))
+        rss = {name: [measure(argv, bench.env).rss_kib for _ in range(3)]
+               for name, argv in commands.items()}
+        peak, base = max(rss["textfile"]), max(rss["plain"])
+        bench.rows.append(Row(
+            "healthy check + Prometheus textfile: peak RSS", mib(peak),
+            f"same check, no textfile {mib(base)}", "-",
+            f"info ({(peak - base) / MIB:+.1f} MiB, max of 3)",
+            {"rss_kib": rss["textfile"], "baseline_rss_kib": rss["plain"]}))
+
+
 # --- figure 2: 200 targets, 20 of them hanging ---------------------------------------------
 
 
@@ -625,6 +662,8 @@ WATCH_DEFAULTS = "\n".join([
     f'timeout = "{WATCH_TIMEOUT:g}s"', f"failure_threshold = {WATCH_THRESHOLD}",
     'startup_grace = "0s"', 'cooldown = "1s"', 'restart_timeout = "15s"',
     'verify_timeout = "5s"',
+    # PSI is host-wide and other jobs move it: the hung server is never held here.
+    "pressure_threshold = 0",
 ])
 RUN_DONE = r"prober: (OK|WARNING|CRITICAL): "
 
@@ -799,6 +838,14 @@ def _wait(predicate: Callable[[], object], within: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _wait_next_run(installed: Any, what: str) -> None:
+    """Until the next run: the watcher logs a healthy run only when the status changed, but
+    every run (the watcher's and the timer's) touches the heartbeat beside the state."""
+    beat = installed.state.with_name(installed.state.name + ".last-run")
+    seen = _mtime(beat)
+    _wait(lambda: _mtime(beat) > seen, 30, what)
+
+
 def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
@@ -836,11 +883,7 @@ def _refused_to_restart(box: Any, stack: Any, installed: Any, unit: str) -> floa
         return bool(runs) and runs[-1].startswith("OK: ")
 
     _wait(healthy_run_seen, 60, f"a healthy run of {unit}")
-    # The next run: the watcher logs a healthy run only when the status changed, but every run
-    # (the watcher's and the timer's) touches the heartbeat beside the state.
-    beat = installed.state.with_name(installed.state.name + ".last-run")
-    seen = _mtime(beat)
-    _wait(lambda: _mtime(beat) > seen, 30, f"the next run of {unit}")
+    _wait_next_run(installed, f"the next run of {unit}")
     before = box.main_pid(stack.caddy_unit)
     httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=10, trust_env=False)
     onset = time.monotonic()
@@ -865,6 +908,58 @@ def _restart_figures(box: Any, stack: Any, installed: Any, reps: int) -> dict[st
         found["timer"].append(_refused_to_restart(box, stack, installed, "prober.timer"))
     box.systemctl("stop", "prober.timer")
     return found
+
+
+PRESSURE_HOLD_S = 10
+
+
+def _frozen_to_restart(box: Any, stack: Any, installed: Any) -> float:
+    """Seconds from caddy's main process frozen (SIGSTOP: connections accepted, never answered)
+    right after a reported run, to systemd starting the restart prober asked for."""
+    log: Path = installed.log
+
+    def healthy_run_seen() -> bool:
+        runs = _RUN_DONE.findall(log.read_text())
+        return bool(runs) and runs[-1].startswith("OK: ")
+
+    _wait(healthy_run_seen, 60, "a healthy run")
+    _wait_next_run(installed, "the next run")
+    before = box.main_pid(stack.caddy_unit)
+    box.run(["kill", "-STOP", str(before)], check=True)
+    onset = time.monotonic()
+    _wait(lambda: _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+          > onset, PRESSURE_HOLD_S + 60, "caddy restarted")
+    restarted = _monotonic_property(box, stack.caddy_unit, "ActiveExitTimestampMonotonic")
+    _wait(lambda: box.main_pid(stack.caddy_unit) not in (0, before), 60, "caddy back")
+    box.wait_port(stack.caddy_port, timeout=30)
+    return restarted - onset
+
+
+def _hold_figure(box: Any, stack: Any, installed: Any, harness: Any, config: str
+                 ) -> dict[str, float]:
+    """A frozen caddy, idle and then starving (the thrasher's processes moved into its cgroup,
+    so that its own PSI climbs): when the restart came, and how long the hold lasted."""
+    import json
+
+    from tests.harness import THRASHER
+
+    installed.config.write_text(config.replace(
+        'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{PRESSURE_HOLD_S}s"'))
+    box.write_unit(f"{stack.caddy_unit}.d/delegate.conf", "[Service]\nDelegate=yes\n")
+    box.systemctl("start", "prober-watch.service")
+    harness.stop_hog(THRASHER)
+    idle = _frozen_to_restart(box, stack, installed)
+    harness.thrash()
+    harness.move(THRASHER, stack.caddy_unit)
+    harness.wait_stalling(stack.caddy_unit, some=15, within=60)
+    starving = _frozen_to_restart(box, stack, installed)
+    box.systemctl("stop", "prober-watch.service")
+    history = json.loads(installed.state.read_text())["targets"]["caddy"]["history"]
+    held = [e["at"] for e in history if e["event"] == "held"]
+    restarts = [e["at"] for e in history if e["event"] == "restart"]
+    if not held or not restarts or restarts[-1] < held[-1]:
+        raise BenchError(f"the frozen caddy was not held, then restarted: {history[-6:]}")
+    return {"idle": idle, "starving": starving, "held": restarts[-1] - held[-1]}
 
 
 def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
@@ -898,6 +993,10 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
             config = PRESSURE_CONFIG.format(threshold=WATCH_THRESHOLD, caddy=stack.caddy_url,
                                             backend=stack.backend_url)
             installed = install(box, config, period="1s")
+            # The watcher logs a run's summary at info only when something changed: -v logs
+            # every run's, which these figures count.
+            box.write_unit("prober-watch.service.d/verbose.conf",
+                           "[Service]\nExecStart=\nExecStart=/usr/local/bin/prober -v watch\n")
             with MemoryPressure(box, limit_mib=PRESSURE_LIMIT_MIB) as harness:
                 idle = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
                         **_restart_figures(box, stack, installed, PRESSURE_REPS)}
@@ -905,6 +1004,7 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
                 stalled = harness.wait_stalling(THRASHER, some=10)
                 loaded = {"oneshot": _oneshot_seconds(box, PRESSURE_ONESHOT_RUNS),
                           **_restart_figures(box, stack, installed, PRESSURE_REPS)}
+                hold = _hold_figure(box, stack, installed, harness, config)
                 thrasher = harness.unit_pressure(THRASHER)
                 whole = harness.unit_pressure("-.slice")
     except SandboxError as exc:
@@ -924,6 +1024,13 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
                               "-" if target is None else f"<= {target:g}x idle", verdict_text,
                               {"under_pressure": loaded[key], "idle": idle[key],
                                "ratio": ratio}))
+    bench.rows.append(Row(
+        f"under pressure: frozen caddy (timeouts), pressure_hold {PRESSURE_HOLD_S}s: held, then "
+        "restarted", f"held {hold['held']:.1f} s, restart {hold['starving']:.1f} s after the "
+        "freeze", f"idle: restart {hold['idle']:.1f} s after the freeze, never held",
+        f"held about {PRESSURE_HOLD_S} s", verdict(
+            PRESSURE_HOLD_S - 1 <= hold["held"] <= PRESSURE_HOLD_S + WATCH_INTERVAL * 3,
+            f"held {hold['held']:.1f} s of {PRESSURE_HOLD_S} s"), hold))
     psi = {"thrasher_start": stalled.pressure, "thrasher_end": thrasher and thrasher.pressure,
            "sandbox_end": whole and whole.pressure}
     bench.extra["pressure"] = {k: v and asdict(v) for k, v in psi.items()}
@@ -937,6 +1044,43 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
         f"time) and of {PRESSURE_REPS} restarts per mode (caddy unloaded right after a reported "
         f"run; the restart request is when systemd began stopping caddy), threshold "
         f"{WATCH_THRESHOLD}, interval 1 s.")
+
+
+# --- the Debian package: a run without and with the bytecode postinst compiles -------------
+
+
+def figure_deb(bench: Bench) -> None:
+    """A healthy check from the package's /usr/lib/prober, run as its launcher runs it
+    (python3 -IB: the hardened unit's /usr is read-only), without and with py3compile's .pyc."""
+    from tests import debpkg
+
+    figure = "packaged check, 2 targets: no .pyc (no postinst)"
+    missing = debpkg.missing_tools() + ([] if shutil.which("py3compile") else ["py3compile"])
+    if missing:
+        bench.rows.append(Row(figure, "-", "-", "-", f"pending: {'; '.join(missing)}"))
+        return
+    deb = debpkg.build(bench.path("deb"))
+    cold, warm = (debpkg.extract(deb, bench.path(f"deb-{k}")) / debpkg.LIB for k in "cw")
+    # As postinst runs it: into __pycache__ beside the sources, not the children's own cache.
+    run(["py3compile", str(warm)], {k: v for k, v in bench.env.items()
+                                    if k != "PYTHONPYCACHEPREFIX"})
+    if not any(warm.rglob("*.pyc")):
+        raise BenchError(f"py3compile {warm} wrote no .pyc")
+    with serve(health()) as first, serve(health()) as second:
+        config = write_config(bench.path("deb.toml"),
+                              [("a", first.url("/health")), ("b", second.url("/health"))])
+        args = ["check", "--config", str(config), "--state", str(bench.path("deb-state.json"))]
+
+        def launcher(lib: Path) -> list[str]:
+            code = (f"import sys; sys.path.insert(0, {str(lib)!r}); "
+                    "from prober.cli import main; main()")
+            return ["/usr/bin/python3", "-IB", "-c", code, *args]
+
+        times = compare({"cold": launcher(cold), "warm": launcher(warm)}, bench.env, bench.reps)
+    cold_s, warm_s = (statistics.median(times[k]) for k in ("cold", "warm"))
+    bench.rows.append(Row(figure, ms(cold_s), f"py3compile'd {ms(warm_s)}", "-",
+                          f"info ({cold_s / warm_s:.2f}x)",
+                          {"seconds": times["cold"], "baseline_seconds": times["warm"]}))
 
 
 # --- the machine ---------------------------------------------------------------------------
@@ -998,7 +1142,7 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "many", "thousand", "watch", "systemd", "pressure")
+FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1020,6 +1164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "healthy" in chosen:
             figure_healthy(bench)
+        if "textfile" in chosen:
+            figure_textfile(bench)
         if "many" in chosen:
             figure_many(bench)
         if "thousand" in chosen:
@@ -1034,6 +1180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures_systemd(bench, not args.no_sandbox)
         if "pressure" in chosen:
             figures_pressure(bench, not args.no_sandbox)
+
+
+        if "deb" in chosen:
+            figure_deb(bench)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ The shipped unit files are copied verbatim into the sandbox's /etc/systemd/syste
 adapts them to the sandbox, and says why for each line; nothing else differs:
 - DefaultDependencies=no: the sandbox masks sysinit.target (it would empty the host's /tmp);
 - the config and state live in the test's work directory: the host's /etc and /var/lib are
-  shared with the sandbox and must not be written;
+  shared with the sandbox and must not be written (so ConditionPathExists= names that config);
 - ProtectHome=read-only: this machine's Python lives under /root;
 - PrivateTmp=no, only when this checkout lives under /tmp (as CI's clone may): PrivateTmp=
   would hide the venv from the service;
@@ -74,6 +74,8 @@ def install(sandbox: Sandbox, config_text: str, *, period: str | None = None,
         sandbox.write_unit(f"{service}.d/sandbox.conf", f"""\
 [Unit]
 DefaultDependencies=no
+ConditionPathExists=
+ConditionPathExists={config}
 
 [Service]
 Environment=PROBER_CONFIG={config}
@@ -84,7 +86,7 @@ ProtectHome=read-only
 StandardOutput=append:{log}
 StandardError=append:{log}
 {extra}""", reload=False)
-    timer = "[Unit]\nDefaultDependencies=no\n"
+    timer = f"[Unit]\nDefaultDependencies=no\nConditionPathExists=\nConditionPathExists={config}\n"
     if period is not None:
         # An empty assignment resets all of the timer's triggers, not just that one.
         timer += f"\n[Timer]\nOnBootSec=\nOnBootSec=1s\nOnUnitInactiveSec={period}\n"

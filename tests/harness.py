@@ -200,6 +200,31 @@ class MemoryPressure:
     def stop_hog(self, unit: str) -> None:
         self.box.systemctl("stop", unit, check=False)
 
+    def move(self, unit: str, into: str) -> list[int]:
+        """Move `unit`'s processes into `into`'s cgroup (systemd's AttachProcessesToUnit; `into`
+        needs Delegate=yes): their stalls then count in `into`'s own PSI, as a job's ImageMagick
+        children count in Sidekiq's. Returns their PIDs (inside the sandbox); end them with
+        kill()."""
+        procs = Path(self.mounts().unified or "/nonexistent") / self.cgroup(unit).strip("/")
+        pids = [int(p) for p in (procs / "cgroup.procs").read_text().split()]
+        inside = [str(self._inside_pid(pid)) for pid in pids]
+        if not inside:
+            raise HarnessError(f"{unit} has no processes to move")
+        self.box.run(["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                      "org.freedesktop.systemd1.Manager", "AttachProcessesToUnit", "ssau", into,
+                      "", str(len(inside)), *inside], check=True)
+        return [int(p) for p in inside]
+
+    def kill(self, pids: list[int]) -> None:
+        """SIGKILL processes of the sandbox by their PIDs inside it."""
+        self.box.run(["kill", "-KILL", *(str(p) for p in pids)], check=False)
+
+    def _inside_pid(self, host_pid: int) -> int:
+        for line in Path(f"/proc/{host_pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+        raise HarnessError(f"no NSpid for process {host_pid}")
+
     def hog_log(self, unit: str) -> str:
         """What a hog printed (`pass N ...`, `grown N MiB`)."""
         try:

@@ -22,6 +22,14 @@ What keeps the host safe, in the order the setup script does it:
 - the unshare process dies with the thread that started it (PR_SET_PDEATHSIG), and the namespace
   with it (unshare --kill-child), so a crashed test run leaves nothing running.
 
+With overlay=True (opt-in, for installing packages inside: tests/e2e/test_deb.py), the sandbox
+first makes its root an overlay of the host's root file system, before any of the above: lower
+layer the host's /, upper layer a tmpfs private to the mount namespace; then pivot_root into it.
+`apt install` inside writes /usr, /etc and /var/lib/dpkg (dpkg's database and lock) into that
+tmpfs: the host's stay untouched, and the writes vanish with the sandbox. Only the repository,
+the work directory and `share` are bound in live (they are how the tests exchange files), and
+/dev, /proc and /sys as before. Users are then created inside (adduser), not with users=.
+
 Paths the tests need (the repository, the work directory, the Python installation) are bound back
 at the same place inside even when they live under a hidden directory such as /tmp, and made
 traversable for unprivileged users (the venv's Python may live under /root, mode 0700).
@@ -331,6 +339,7 @@ class Sandbox:
         share: Sequence[Path] = (),
         users: Sequence[str] = (),
         memory: bool = False,
+        overlay: bool = False,
     ) -> None:
         """`workdir` must exist or be creatable; it and `repo` are visible at the same path inside.
 
@@ -338,11 +347,18 @@ class Sandbox:
         that exist only inside the sandbox (a private /etc/passwd and /etc/group), e.g. "prober".
         `memory`: give systemd inside a memory controller, so that MemoryMax= & co. are enforced
         (see memory_layout(); without it, systemd accepts them and nothing limits anything).
+        `overlay`: boot on a copy-on-write overlay of the root file system (see "With
+        overlay=True" above), for installing packages inside; create users there with adduser.
         """
+        if overlay and users:
+            raise SandboxError("users= binds /etc/passwd, which adduser must replace: with "
+                               "overlay=True, create users inside")
         self.workdir = Path(os.path.realpath(workdir))
         self.repo = Path(os.path.realpath(repo))
         self.share = [self.repo, self.workdir, Path(sys.prefix), Path(sys.base_prefix), *share]
         self.users = list(users)
+        self.overlay = overlay
+        self._live = [self.repo, self.workdir, *(Path(os.path.realpath(p)) for p in share)]
         self.pid = 0
         self.pid_start_time = 0
         self._state = _State.NEW
@@ -511,6 +527,8 @@ class Sandbox:
             '|| { echo "sandbox: still in the host cgroup namespace" >&2; exit 1; }',
             "mount --make-rprivate /",
         ]
+        if self.overlay:
+            lines += self._overlay_root(boot)
         fds = {}
         for index, source in enumerate(sources):
             fd = 10 + index
@@ -597,6 +615,44 @@ class Sandbox:
                           f"{shlex.quote(f'{top}/{name}')}" for name in comounted]
         return lines
 
+    def _overlay_root(self, boot: Path) -> list[str]:
+        """Commands that make an overlay of / the root: reads from the host's, writes to a tmpfs.
+
+        The host's folders the tests exchange files through (repo, workdir, `share`, and Python
+        prefixes that the sandbox hides) are bound in live; the rest of the host is seen as it
+        was, and what is written there stays in the overlay, gone with the sandbox.
+        """
+        q = shlex.quote
+        base = boot / "overlay"
+        root = base / "root"
+        if any(c in str(base) for c in ",:\\"):
+            raise SandboxError(f"{base}: an overlay's folders cannot contain , : or \\")
+        own_fs = [d for d in ("/usr", "/etc", "/var") if os.stat(d).st_dev != os.stat("/").st_dev]
+        if own_fs:  # the overlay's lower layer is the root file system alone
+            raise SandboxError(f"overlay=True needs {', '.join(own_fs)} on the root file system")
+        live = [*self._live, *(p for p in (Path(sys.prefix), Path(sys.base_prefix))
+                               if any(_is_under(str(p), d) for d in _HIDDEN))]
+        lines = [
+            f"mkdir -p {q(str(base))}",
+            f"mount -t tmpfs -o mode=0755 sandbox-overlay {q(str(base))}",
+            f"mkdir {q(str(base / 'upper'))} {q(str(base / 'work'))} {q(str(root))}",
+            f"mount -t overlay -o lowerdir=/,upperdir={base}/upper,workdir={base}/work "
+            f"sandbox-root {q(str(root))}",
+        ]
+        for path in sorted({os.path.realpath(p) for p in live}, key=lambda p: len(Path(p).parts)):
+            inside = q(f"{root}{path}")
+            lines += [f"mkdir -p {inside}", f"mount --bind {q(path)} {inside}"]
+        lines += [f"mount --rbind {d} {q(f'{root}{d}')}" for d in ("/dev", "/proc", "/sys")]
+        lines += [
+            f"mkdir {q(f'{root}/run/sandbox-host')}",
+            f"cd {q(str(root))}",
+            "pivot_root . run/sandbox-host",
+            "cd /",
+            "umount -l /run/sandbox-host",
+            "rmdir /run/sandbox-host",
+        ]
+        return lines
+
     def _wait_booted(self, deadline: float) -> None:
         assert self._proc is not None
         children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
@@ -648,12 +704,15 @@ class Sandbox:
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         full = ["nsenter", "-t", str(self.pid), "-m", "-p", "-u"]
-        if cwd is not None:
+        if cwd is not None and not self.overlay:
             full.append(f"--wd={cwd}")
         full.append("--")
         if user is not None:
             full += ["setpriv", f"--reuid={user}", f"--regid={_primary_group(self, user)}",
                      "--init-groups", "--"]
+        if cwd is not None and self.overlay:
+            # nsenter opens --wd in the host's mount namespace, whose root the overlay replaced.
+            full += ["env", f"--chdir={cwd}", "--"]
         full += list(argv)
         environ = {k: v for k, v in os.environ.items()
                    if not k.startswith(("DBUS_", "NOTIFY_SOCKET", "LISTEN_", "INVOCATION_ID"))}

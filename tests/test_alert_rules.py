@@ -109,8 +109,6 @@ def web() -> Iterator[Server]:
         yield server
 
 
-@pytest.mark.xfail(strict=True, reason="the series the rules need land with /metrics "
-                   "(issue 13, part 3); remove this mark then")
 def test_prober_exports_every_series_the_rules_use(tmp_path: Path, web: Server) -> None:
     """One `prober check --textfile` run writes every series the rules use (PSI ones where the
     kernel has PSI)."""

@@ -192,44 +192,46 @@ UNIT_STARVING = PressureReading(Pressure(55.0, 40.0, 50.0, 30.0), Scope.UNIT,
 STARVING_STATE = _state(streak_starving=True, down_since=NOW - 60, last_failure="timeout")
 
 PRESSURE_CASES = [
-    # (id, target settings, state, reading, largest units, expected action, reason fragment)
-    ("held-host", {}, STARVING_STATE, HOST_STARVING, frozenset(), Action.WAIT,
+    # (id, target settings, state, reading, the culprit, expected action, reason fragment)
+    ("held-host", {}, STARVING_STATE, HOST_STARVING, None, Action.WAIT,
      "memory pressure (host): some 41.2%"),
-    ("held-unit", {}, STARVING_STATE, UNIT_STARVING, frozenset(), Action.WAIT,
+    ("held-unit", {}, STARVING_STATE, UNIT_STARVING, None, Action.WAIT,
      "memory pressure of /system.slice/caddy.service: some 55.0%"),
-    ("hold-left", {}, STARVING_STATE, HOST_STARVING, frozenset(), Action.WAIT,
+    ("hold-left", {}, STARVING_STATE, HOST_STARVING, None, Action.WAIT,
      "restarting caddy.service in 4m (pressure_hold 5m)"),
     ("hold-over", {}, _state(streak_starving=True, down_since=NOW - 301), HOST_STARVING,
-     frozenset(), Action.RESTART, "restarting"),
-    ("calm", {}, STARVING_STATE, HOST_CALM, frozenset(), Action.RESTART, "restarting"),
-    ("no-reading", {}, STARVING_STATE, None, frozenset(), Action.RESTART, "restarting"),
+     None, Action.RESTART, "restarting"),
+    ("calm", {}, STARVING_STATE, HOST_CALM, None, Action.RESTART, "restarting"),
+    ("no-reading", {}, STARVING_STATE, None, None, Action.RESTART, "restarting"),
     ("broken-not-starving", {}, _state(streak_starving=False, down_since=NOW - 60),
-     HOST_STARVING, frozenset(), Action.RESTART, "restarting"),
-    ("threshold-0", {"pressure_threshold": 0}, STARVING_STATE, HOST_STARVING, frozenset(),
+     HOST_STARVING, None, Action.RESTART, "restarting"),
+    ("threshold-0", {"pressure_threshold": 0}, STARVING_STATE, HOST_STARVING, None,
      Action.RESTART, "restarting"),
     ("threshold-above", {"pressure_threshold": 50}, STARVING_STATE, HOST_STARVING,
-     frozenset(), Action.RESTART, "restarting"),
-    ("hold-0", {"pressure_hold": "0s"}, STARVING_STATE, HOST_STARVING, frozenset(),
+     None, Action.RESTART, "restarting"),
+    ("hold-0", {"pressure_hold": "0s"}, STARVING_STATE, HOST_STARVING, None,
      Action.RESTART, "restarting"),
-    ("the-culprit-itself", {}, STARVING_STATE, HOST_STARVING, frozenset({"caddy.service"}),
+    ("another-is-the-culprit", {}, STARVING_STATE, HOST_STARVING, "sidekiq.service",
+     Action.WAIT, "held"),
+    ("the-culprit-itself", {}, STARVING_STATE, HOST_STARVING, "caddy.service",
      Action.RESTART, "restarting"),
     ("cooldown-first", {}, _state(streak_starving=True, down_since=NOW - 60,
-                                  last_restart_at=NOW - 10), HOST_STARVING, frozenset(),
+                                  last_restart_at=NOW - 10), HOST_STARVING, None,
      Action.WAIT, "cooldown"),
-    ("budget-first", {"max_restarts": 0}, STARVING_STATE, HOST_STARVING, frozenset(),
+    ("budget-first", {"max_restarts": 0}, STARVING_STATE, HOST_STARVING, None,
      Action.GIVEN_UP, "restarts are disabled"),
 ]
 
 
-@pytest.mark.parametrize(("settings", "state", "reading", "largest", "action", "reason"),
+@pytest.mark.parametrize(("settings", "state", "reading", "culprit", "action", "reason"),
                          [pytest.param(*case[1:], id=case[0]) for case in PRESSURE_CASES])
 def test_restart_held_under_pressure(settings: dict[str, Any], state: TargetState,
-                                     reading: PressureReading | None, largest: frozenset[str],
+                                     reading: PressureReading | None, culprit: str | None,
                                      action: Action, reason: str) -> None:
     """A target that only times out on a starving host or unit waits, up to pressure_hold from
     when it went down, saying which reading and how long; nothing else is ever held."""
     decision = policy.decide(_target(**settings), DOWN, state, ACTIVE, NOW,
-                             memory=policy.Memory(reading, largest))
+                             memory=policy.Memory(reading, culprit))
     assert (decision.action, reason in decision.reason) == (action, True), decision.reason
     assert decision.held == (action is Action.WAIT and "held" in decision.reason)
 
@@ -249,22 +251,22 @@ def _restart(name: str, unit: str) -> policy.Decision:
 
 
 @pytest.mark.parametrize(
-    ("host", "largest", "expected"),
+    ("host", "culprit", "expected"),
     [
-        (HOST_STARVING.pressure, frozenset(), ["restart", "wait", "wait"]),
-        (HOST_STARVING.pressure, frozenset({"sidekiq.service"}), ["wait", "restart", "wait"]),
-        (HOST_CALM.pressure, frozenset(), ["restart", "restart", "restart"]),
-        (None, frozenset(), ["restart", "restart", "restart"]),
+        (HOST_STARVING.pressure, None, ["restart", "wait", "wait"]),
+        (HOST_STARVING.pressure, "sidekiq.service", ["wait", "restart", "wait"]),
+        (HOST_CALM.pressure, None, ["restart", "restart", "restart"]),
+        (None, None, ["restart", "restart", "restart"]),
     ],
     ids=["config-order", "culprit-first", "calm", "no-psi"],
 )
-def test_one_restart_per_run_under_pressure(host: Pressure | None, largest: frozenset[str],
+def test_one_restart_per_run_under_pressure(host: Pressure | None, culprit: str | None,
                                             expected: list[str]) -> None:
     """While the host starves, one unit is restarted per run (the largest memory user first);
     the others wait and say why. Without pressure all go at once."""
     targets = [_target(name=n, unit=n) for n in ("web", "sidekiq", "streaming")]
     decisions = [_restart(t.name, t.unit or "") for t in targets]
-    limited = policy.one_restart_under_pressure(targets, decisions, host, largest)
+    limited = policy.one_restart_under_pressure(targets, decisions, host, culprit)
     assert [d.action.value for d in limited] == expected
     for decision in limited:
         if decision.action is Action.WAIT:

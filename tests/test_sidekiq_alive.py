@@ -357,7 +357,8 @@ def test_all_threads_busy_briefly_passes(redis: RedisServer) -> None:
 def test_threads_that_hang_while_beating_fail(redis: RedisServer) -> None:
     """Threads that all hang from some moment on fail once --max-busy has passed."""
     with standin(redis.url, "--beat-every", "0.1", "--concurrency", "3") as (proc, _):
-        args = ("--redis-url", redis.url, "--max-busy", "1s")
+        # Long enough for a loaded machine to see the busy, still passing, state first.
+        args = ("--redis-url", redis.url, "--max-busy", "4s")
         assert run_check(*args).returncode == 0
         proc.send_signal(signal.SIGUSR2)
         assert wait_for(lambda: "3 of 3 threads busy" in run_check(*args).stdout)

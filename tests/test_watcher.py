@@ -4,6 +4,7 @@ reload, and a stop in the middle of a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,3 +174,94 @@ def test_a_bad_config_at_start_is_a_config_error(tmp_path: Path) -> None:
     config.write_text("[[target]]\nname = 'x'\n")
     with pytest.raises(ConfigError):
         Watcher(lambda: loader(config), StateStore(str(tmp_path / "s.json")), None)
+
+
+def test_the_watcher_serves_its_page_and_metrics_and_follows_a_reload(tmp_path: Path,
+                                                                      web: Server) -> None:
+    """With `listen`, the running watcher answers /metrics, /status.json and the page from
+    what it knows; a reload that moves `listen` moves the server; stopping closes it."""
+    import httpx
+
+    config = tmp_path / "prober.toml"
+    config.write_text(f'listen = "127.0.0.1:{free_port()}"\n[[target]]\nname = "web"\n'
+                      f'url = "{web.url("/health")}"\n')
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.05)
+    seen: dict[str, str] = {}
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(watcher.run())
+        while watcher.report is None:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(trust_env=False) as client:
+            first = watcher.listen
+            assert first is not None
+            base = f"http://127.0.0.1:{first[1]}"
+            seen["metrics"] = (await client.get(f"{base}/metrics")).text
+            seen["status"] = (await client.get(f"{base}/status.json")).text
+            seen["page"] = (await client.get(f"{base}/")).text
+            moved = free_port()
+            config.write_text(config.read_text().replace(str(first[1]), str(moved)))
+            watcher.request_reload()
+            while watcher.listen != ("127.0.0.1", moved):
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            seen["moved"] = (await client.get(f"http://127.0.0.1:{moved}/metrics")).text
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"{base}/metrics")
+            watcher.stop()
+            await asyncio.wait_for(task, 5)
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{moved}/metrics")
+
+    asyncio.run(scenario())
+    assert 'prober_probe_success{target="web",unit=""} 1.0' in seen["metrics"]
+    assert '"name": "web"' in seen["status"] and "<html" in seen["page"].lower()
+    assert "prober_interval_seconds" in seen["moved"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_watchdog_pings_during_a_run_until_its_deadline(tmp_path: Path) -> None:
+    """A run slower than the watchdog's ping interval keeps it fed, but only until the run's
+    deadline: a run stuck past it (here, a restart that never ends) lets the watchdog fire."""
+    import socket
+
+    config = tmp_path / "prober.toml"
+    with serve(answer(500, b"broken")) as broken, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd:
+        sd.bind(str(tmp_path / "notify"))
+        sd.setblocking(False)
+        config.write_text('[defaults]\ntimeout = "1s"\nfailure_threshold = 1\n'
+                          'startup_grace = "0s"\nrestart_timeout = "1s"\nverify_timeout = "0s"\n'
+                          f'[[target]]\nname = "web"\nurl = "{broken.url("/")}"\nunit = "web"\n')
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), StateStore(str(tmp_path / "s.json")),
+                          lambda: actuator, interval=0.01)
+        deadline = watcher.config.run_deadline
+        pings: list[float] = []
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            run = asyncio.ensure_future(watcher._one_run(0.2))
+            while loop.time() - started < deadline + 1.5:
+                await asyncio.sleep(0.01)
+                with contextlib.suppress(BlockingIOError):
+                    if b"WATCHDOG=1" in sd.recv(4096):
+                        pings.append(loop.time() - started)
+            assert not run.done() and actuator.asked  # stuck in the restart
+            watcher.stop()
+            await run
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+            asyncio.run(scenario())
+    assert len(pings) >= 5, pings  # fed every ping interval while on time
+    assert max(pings) <= deadline, pings  # and not once past the deadline

@@ -63,10 +63,11 @@ def new_workdir(name: str) -> Path:
 def booted_sandbox(
     workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = (),
     memory: bool = False,
+    overlay: bool = False,
 ) -> Iterator[Sandbox]:
     """Boot a Sandbox in `workdir`, yield it, and stop it (whatever happens in between)."""
     require_sandbox(memory=memory)
-    box = Sandbox(workdir, share=share, users=users, memory=memory)
+    box = Sandbox(workdir, share=share, users=users, memory=memory, overlay=overlay)
     box.start()
     _history.append(
         SandboxRecord(box.pid, box.pid_start_time, os.readlink(f"/proc/{box.pid}/ns/pid")))

@@ -3,9 +3,12 @@ prober keeps restarting what broke, is never the process the kernel kills, ends 
 their deadline, and its watchdog does not fire while runs are slow. Its readers of pressure and
 memory users work for real, under the shipped units' hardening.
 
+The restart policy's judgment (pressure_threshold, pressure_hold) is proven on a backend that
+starves for real: the thrasher's processes moved into its cgroup, so that its own PSI, which
+the policy reads first, climbs as Sidekiq's does when its jobs' children thrash.
+
 PSI is host-wide and moved by other jobs on this machine: nothing here asserts the host's
-reading. Stalls are read from the thrasher's own cgroup; the prober's decisions here do not
-depend on PSI (the policy that does is not in yet); durations are checked against the run's
+reading. Stalls are read from the units' own cgroups; durations are checked against the run's
 deadline only, never against a figure (`make bench` has those).
 """
 
@@ -18,6 +21,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -220,7 +224,7 @@ def test_pinned_psi_is_what_prober_reads(box: Sandbox, stack: Stack) -> None:
         return False
 
     box.systemctl("start", "prober-watch.service")
-    wait_for(lambda: watcher_reads("45"), 20, "the watcher reporting the pinned 45 %")
+    wait_for(lambda: watcher_reads("45.0"), 20, "the watcher reporting the pinned 45 %")
     box.pin_psi(12.5)
     wait_for(lambda: watcher_reads("12.5"), 20, "the watcher reporting the re-pinned 12.5 %")
     box.unpin_psi()
@@ -347,3 +351,94 @@ def test_oom_score_adjust_decides_whom_the_kernel_kills(
     if kernel_log_readable():
         kills = harness.kernel_oom_kills()
         assert any(k.cgroup == "/prober.slice/prober-watch.service" for k in kills), kills
+
+
+# --- restarts with judgment ---------------------------------------------------------------
+
+HELD = re.compile(r"target=backend unit=backend\.service: wait: held: memory pressure of "
+                  r"/system\.slice/backend\.service: some ([\d.]+)%")
+
+
+def start_starving_backend(box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str,
+                           hold: str) -> tuple[Installed, list[int]]:
+    """The prober (with `pressure_hold = hold`), and a backend starving for memory: the
+    thrasher's processes moved into its cgroup (its own PSI climbs, as Sidekiq's does when its
+    jobs' children thrash), and its answers slower than the probe's timeout."""
+    box.write_unit(f"{stack.backend_unit}.d/delegate.conf", "[Service]\nDelegate=yes\n")
+    box.systemctl("restart", stack.backend_unit)
+    box.wait_port(stack.backend_port)
+    installed = start_prober(box, stack, mode)
+    installed.config.write_text(config(stack).replace(
+        'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{hold}"'))
+    if mode == "watch":
+        box.systemctl("reload", "prober-watch.service")
+        wait_for(lambda: "reloaded" in box.unit_property("prober-watch.service", "StatusText"),
+                 20, "the watcher reloaded")
+    harness.thrash()
+    thrashers = harness.move(THRASHER, stack.backend_unit)
+    harness.wait_stalling(stack.backend_unit, some=15, within=60)
+    assert stack.slow_file is not None
+    stack.slow_file.write_text("3")
+    return installed, thrashers
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_slow_backend_is_held_under_pressure_and_left_alone_when_it_passes(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """A backend that only times out while it starves for memory is held, not restarted, with
+    the reading and the hold left in the reason; when the pressure ends and it answers again,
+    nothing was restarted: the outage ended without a cold start on a starving host."""
+    installed, thrashers = start_starving_backend(box, stack, harness, mode, "5m")
+    backend_before = box.main_pid(stack.backend_unit)
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60,
+             "the backend's restart held under pressure")
+    held = HELD.search(installed.log.read_text())
+    assert held is not None and float(held[1]) >= 10
+    assert "restarting backend.service in" in installed.log.read_text()
+    harness.kill(thrashers)
+    assert stack.slow_file is not None
+    stack.slow_file.unlink()
+    wait_for(lambda: "target=backend: recovered" in installed.log.read_text(), 60,
+             "the backend answering again")
+    assert box.main_pid(stack.backend_unit) == backend_before
+    assert "target=backend unit=backend.service: restarting" not in installed.log.read_text()
+    history = [e["event"] for e in json.loads(installed.state.read_text())["targets"]["backend"]
+               ["history"]]
+    assert history[-3:] == ["down", "held", "recovered"], history
+
+
+def test_a_hold_runs_out_and_the_backend_is_restarted(
+        box: Sandbox, stack: Stack, harness: MemoryPressure) -> None:
+    """Slowness that outlasts pressure_hold gets the restart after all, at the hold's end."""
+    installed, _ = start_starving_backend(box, stack, harness, "watch", "8s")
+    backend_before = box.main_pid(stack.backend_unit)
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60, "the restart held")
+    wait_for(lambda: box.main_pid(stack.backend_unit) not in (0, backend_before), 60,
+             "the backend restarted once the hold ran out")
+
+    def backend() -> dict[str, Any]:
+        return dict(json.loads(installed.state.read_text())["targets"]["backend"])
+
+    wait_for(lambda: any(e["event"] == "restart" for e in backend()["history"]), 30,
+             "the restart recorded (after its verification)")
+    state = backend()
+    events = {e["event"]: e["at"] for e in state["history"]}
+    assert events["restart"] - events["down"] >= 8.0
+    assert events["held"] <= events["restart"]
+    down = next(e for e in state["history"] if e["event"] == "down")
+    assert down.get("top_memory"), down  # starving: the largest memory users noted
+
+
+@pytest.mark.parametrize("mode", ["timer", "watch"])
+def test_the_report_names_the_grower_while_a_target_starves(
+        box: Sandbox, stack: Stack, harness: MemoryPressure, mode: str) -> None:
+    """While a starving target fails and the anonymous-memory grower grows, the report names
+    the grower among the largest memory users (by anonymous memory: not the thrasher's file)."""
+    installed, _ = start_starving_backend(box, stack, harness, mode, "5m")
+    wait_for(lambda: HELD.search(installed.log.read_text()), 60, "a starving, failing target")
+    harness.grow(rate_mib=8)
+    wait_for(lambda: "the largest memory users: grower.service" in installed.log.read_text(),
+             60, "the grower named first among the largest memory users")
+    harness.wait_oom_killed(GROWER, within=120)
+    assert box.unit_property("prober.timer" if mode == "timer" else "prober-watch.service",
+                             "ActiveState") == "active"

@@ -1,0 +1,100 @@
+"""`prober polkit-rule --install PATH`, run as a process: the rule follows the config, and no
+config (or one that does not load) means no rule."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIG = """\
+[[target]]
+name = "caddy"
+url = "http://127.0.0.1:1/"
+unit = "caddy.service"
+
+[[target]]
+name = "web"
+url = "http://127.0.0.1:2/"
+unit = "mastodon-web"
+"""
+
+
+def prober(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
+    environ["PROBER_CONFIG"] = str(config)
+    return subprocess.run([sys.executable, "-m", "prober", *args], capture_output=True,
+                          text=True, env=environ, timeout=60, check=False)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "prober.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_install_writes_the_printed_rule_readable_by_polkitd(config: Path, tmp_path: Path
+                                                             ) -> None:
+    """--install writes what `polkit-rule` prints, mode 0644, and names the units it allows."""
+    rule = tmp_path / "rules.d" / "50-prober.rules"
+    rule.parent.mkdir()
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{rule}: written; prober may restart caddy.service, "
+                           "mastodon-web.service\n")
+    assert rule.read_text() == prober("polkit-rule", config=config).stdout
+    assert rule.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in rule.parent.iterdir()) == ["50-prober.rules"]
+
+
+def test_install_follows_an_edited_config(config: Path, tmp_path: Path) -> None:
+    """A unit dropped from the config is dropped from the rule on the next --install."""
+    rule = tmp_path / "50-prober.rules"
+    prober("polkit-rule", "--install", str(rule), config=config)
+    config.write_text(CONFIG.replace('unit = "mastodon-web"\n', ""))
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert "mastodon-web" not in rule.read_text()
+    assert '["caddy.service"]' in rule.read_text()
+
+
+def test_install_without_a_config_removes_the_rule(config: Path, tmp_path: Path) -> None:
+    """No config: the rule goes (nothing may be restarted), and that is not an error."""
+    rule = tmp_path / "50-prober.rules"
+    prober("polkit-rule", "--install", str(rule), config=config)
+    config.unlink()
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert not rule.exists()
+    assert done.stdout == (f"{rule}: removed the rule, as there is no {config}: prober may "
+                           "restart nothing\n")
+    again = prober("polkit-rule", "--install", str(rule), config=config)
+    assert again.returncode == 0 and "no rule, as there is no" in again.stdout
+
+
+def test_install_with_a_broken_config_removes_the_rule_and_says_why(config: Path,
+                                                                    tmp_path: Path) -> None:
+    """A config that does not load: the rule goes, exit 3, the config's error on one line."""
+    rule = tmp_path / "50-prober.rules"
+    prober("polkit-rule", "--install", str(rule), config=config)
+    config.write_text(CONFIG + "bogus = 1\n")
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 3
+    assert not rule.exists()
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"{rule}: removed the rule until the config loads"
+    assert lines[1].startswith(f"prober: error: {config}: ") and "bogus" in lines[1]
+    assert len(lines) == 2
+
+
+def test_install_into_a_missing_folder_is_one_line(config: Path, tmp_path: Path) -> None:
+    """A rule that cannot be written: exit 3 and one line naming the file, no traceback."""
+    rule = tmp_path / "no-such-folder" / "50-prober.rules"
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 3
+    assert done.stderr == (f"prober: error: {rule}: cannot write the polkit rule: "
+                           "no such file or directory\n")

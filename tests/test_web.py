@@ -1,0 +1,471 @@
+"""The read-only web server, for real: prober.web on 127.0.0.1:0 in the test's own event loop,
+spoken to over real sockets by httpx and by hand-written bytes (for what clients get wrong)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from prober import metrics, page, report
+from prober.config import load_config
+from prober.errors import ProberError
+from prober.runs import Snapshot
+from prober.state import StateStore
+from prober.tracker import Event, Health, State, TargetState, Transition
+from prober.web import MAX_REQUEST, WebServer, serve
+from tests import snapshots
+from tests.programs import CADDY, PROMETHEUS, PROMTOOL, require_program
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+HOST = "test-host.example"
+PATHS = ("/metrics", "/status.json", "/")
+
+
+def run(coroutine: Coroutine[Any, Any, T], deadline: float = 30.0) -> T:
+    """Run one async test body in a fresh loop, within `deadline` seconds."""
+    return asyncio.run(asyncio.wait_for(coroutine, deadline))
+
+
+async def with_server(body: Callable[[WebServer], Awaitable[T]],
+                      snapshot: Callable[[], Snapshot] = snapshots.snapshot,
+                      **options: Any) -> T:
+    server = await serve("127.0.0.1", 0, snapshot, hostname=HOST, **options)
+    try:
+        return await body(server)
+    finally:
+        await server.close()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    raw: bytes
+
+
+def parse(raw: bytes) -> Answer:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(lines[0].split()[1]), headers, body, raw)
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    """Everything until the server closes (b"" if it closes without a word, even by RST)."""
+    chunks = []
+    try:
+        while chunk := await reader.read(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await read_all(reader)
+    finally:
+        writer.close()
+
+
+def request(method: str, path: str, extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
+
+
+async def get(port: int, path: str, method: str = "GET") -> Answer:
+    return parse(await raw_exchange(port, request(method, path)))
+
+
+# --- the endpoints ------------------------------------------------------------------------
+
+
+def _expected(path: str, snapshot: Snapshot) -> tuple[str, bytes]:
+    if path == "/metrics":
+        return CONTENT_TYPE_LATEST, metrics.exposition(snapshot)
+    if path == "/status.json":
+        text = report.dumps(report.status_json(snapshot.config, snapshot.state, snapshot.now))
+        return "application/json", f"{text}\n".encode()
+    return "text/html; charset=utf-8", page.render(snapshot, hostname=HOST).encode()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_endpoint_answers_get_with_its_document(path: str) -> None:
+    """GET of each endpoint (with httpx, a real client) gives 200, its content type, and the
+    document rendered from the snapshot current at the request, then the connection closes."""
+    snapshot = snapshots.snapshot()
+
+    async def body(server: WebServer) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            return await client.get(path)
+
+    answer = run(with_server(body, lambda: snapshot))
+    content_type, document = _expected(path, snapshot)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == content_type
+    assert answer.content == document
+    assert answer.headers["connection"] == "close"
+    assert answer.headers["cache-control"] == "no-store"
+    assert "script-src" not in answer.headers["content-security-policy"]  # none may run
+    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_each_request_sees_the_snapshot_of_its_moment() -> None:
+    """The server asks for the snapshot at every request: a new run shows at once."""
+    current = [snapshots.snapshot(with_report=False)]
+
+    async def body(server: WebServer) -> tuple[Answer, Answer]:
+        before = await get(server.port, "/metrics")
+        current[0] = snapshots.snapshot()
+        return before, await get(server.port, "/metrics")
+
+    before, after = run(with_server(body, lambda: current[0]))
+    assert b"prober_run_status" not in before.body
+    assert b"prober_run_status 2.0" in after.body
+
+
+def test_metrics_endpoint_passes_promtool() -> None:
+    """What /metrics serves is valid for Prometheus' own linter."""
+    promtool = require_program(PROMTOOL, "prometheus")
+
+    async def body(server: WebServer) -> Answer:
+        return await get(server.port, "/metrics")
+
+    answer = run(with_server(body))
+    done = subprocess.run([promtool, "check", "metrics"], input=answer.body,
+                          capture_output=True, check=False, timeout=30)
+    assert (answer.status, done.returncode, done.stdout, done.stderr) == (200, 0, b"", b"")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _query(client: httpx.AsyncClient, expression: str) -> list[Any]:
+    answer = await client.get("/api/v1/query", params={"query": expression})
+    result: list[Any] = answer.json()["data"]["result"]
+    return result
+
+
+def test_prometheus_scrapes_metrics(tmp_path: Path) -> None:
+    """A real Prometheus server scrapes /metrics: the target is up and the series are
+    queryable with their labels and values."""
+    prometheus = require_program(PROMETHEUS, "prometheus")
+    port = _free_port()
+
+    async def body(server: WebServer) -> dict[str, list[Any]]:
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n"
+                          "  - job_name: prober\n    static_configs:\n"
+                          f'      - targets: ["127.0.0.1:{server.port}"]\n')
+        with (tmp_path / "prometheus.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/data",
+                f"--web.listen-address=127.0.0.1:{port}", stdout=log, stderr=log,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                while True:
+                    with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
+                        if await _query(client, "prober_run_status"):
+                            break
+                    await asyncio.sleep(0.2)
+                return {expression: await _query(client, expression) for expression in (
+                    'up{job="prober"}', "prober_run_status",
+                    'prober_restarts_total{target="web",unit="mastodon-web.service"}',
+                    "prober_memory_pressure_some_avg10")}
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    found = run(with_server(body), deadline=40)
+    values = {expression: [sample["value"][1] for sample in result]
+              for expression, result in found.items()}
+    assert values == {'up{job="prober"}': ["1"], "prober_run_status": ["2"],
+                      'prober_restarts_total{target="web",unit="mastodon-web.service"}': ["9"],
+                      "prober_memory_pressure_some_avg10": ["23.4"]}
+
+
+def test_status_json_is_what_prober_status_json_prints(tmp_path: Path) -> None:
+    """/status.json is byte for byte what `prober status --json` prints for the same config
+    and state file (the real command, in its own process)."""
+    config_file = tmp_path / "prober.toml"
+    config_file.write_text('[[target]]\nname = "web"\nurl = "http://u:pw@127.0.0.1:9/"\n'
+                           'unit = "web"\n[[target]]\nname = "db"\ntcp = "127.0.0.1:5432"\n')
+    os.chmod(config_file, 0o644)
+    long_ago = time.time() - 10 * 86400
+    state = State(targets={"web": TargetState(
+        health=Health.HEALTHY, since=long_ago, last_checked_at=long_ago, last_ok=True,
+        last_reason="status 200", restarts=(long_ago,), restarts_total=1,
+        last_restart_at=long_ago,
+        history=(Transition(long_ago, Event.RESTART, "restarted (job done)"),))},
+        updated_at=long_ago)
+    store = StateStore(str(tmp_path / "state.json"))
+    store.save(state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
+    printed = subprocess.run(
+        [sys.executable, "-m", "prober", "status", "--json", "--config", str(config_file),
+         "--state", str(store.path)], capture_output=True, env=env, check=True, timeout=60)
+    snapshot = Snapshot(load_config(str(config_file)), store.load(), None, time.time())
+
+    async def body(server: WebServer) -> Answer:
+        return await get(server.port, "/status.json")
+
+    answer = run(with_server(body, lambda: snapshot))
+    assert answer.status == 200
+    assert answer.body == printed.stdout
+    assert json.loads(answer.body)["targets"][0]["endpoint"] == "http://u:***@127.0.0.1:9/"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_head_has_the_headers_of_get_and_no_body(path: str) -> None:
+    """HEAD answers like GET, Content-Length included, without the body."""
+    async def body(server: WebServer) -> tuple[Answer, Answer]:
+        return await get(server.port, path), await get(server.port, path, "HEAD")
+
+    got, head = run(with_server(body))
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers == got.headers
+    assert int(head.headers["content-length"]) == len(got.body) > 0
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/nope", 404),
+    ("GET", "/metrics/", 404),
+    ("GET", "/../etc/passwd", 404),
+    ("POST", "/metrics", 405),
+    ("PUT", "/", 405),
+    ("DELETE", "/status.json", 405),
+    ("OPTIONS", "/", 405),
+    ("GET", "/metrics?name[]=prober_up", 200),
+], ids=["unknown", "trailing-slash", "traversal", "post", "put", "delete", "options", "query"])
+def test_paths_and_methods(method: str, path: str, status: int) -> None:
+    """Only the three paths exist (a query string is ignored), and only GET and HEAD; a 405
+    says which methods are allowed."""
+    async def body(server: WebServer) -> Answer:
+        return await get(server.port, path, method)
+
+    answer = run(with_server(body))
+    assert answer.status == status
+    if status == 405:
+        assert answer.headers["allow"] == "GET, HEAD"
+
+
+# --- what clients get wrong ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (request("GET", "/", f"Cookie: {'x' * (MAX_REQUEST + 1)}\r\n"), 431),
+    (request("POST", "/metrics", f"Content-Length: {4 * MAX_REQUEST}\r\n")
+     + b"x" * (4 * MAX_REQUEST), 413),
+    (b"NONSENSE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+], ids=["headers-too-large", "body-too-large", "garbage", "no-host"])
+def test_bad_or_oversized_requests_are_refused_and_the_server_goes_on(
+        data: bytes, status: int) -> None:
+    """An oversized or malformed request gets its 4xx and the connection is closed; the next
+    client is served as usual."""
+    async def body(server: WebServer) -> tuple[Answer, Answer]:
+        return parse(await raw_exchange(server.port, data)), await get(server.port, "/")
+
+    refused, after = run(with_server(body))
+    assert refused.status == status
+    assert refused.headers["connection"] == "close"
+    assert after.status == 200
+
+
+def test_a_stalled_client_is_dropped_while_others_are_served(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends half a request and stalls pins nothing: other requests are answered
+    meanwhile, and it is dropped after the timeout without an answer, logged once at debug."""
+    caplog.set_level(logging.DEBUG, logger="prober")
+
+    async def body(server: WebServer) -> tuple[list[int], bytes, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow")
+        await writer.drain()
+        statuses = [(await get(server.port, path)).status for path in PATHS]
+        assert not reader.at_eof()  # still open while the others were served
+        left = await read_all(reader)
+        writer.close()
+        return statuses, left, time.monotonic() - started
+
+    statuses, left, lasted = run(with_server(body, timeout=1.0))
+    assert statuses == [200, 200, 200]
+    assert left == b""
+    assert lasted >= 1.0
+    dropped = [r for r in caplog.records if "dropped after" in r.getMessage()]
+    assert [r.levelno for r in dropped] == [logging.DEBUG]
+
+
+def test_connections_over_the_cap_are_closed_at_once() -> None:
+    """With max_connections open (stalled), a further client is closed unanswered at once;
+    once the stalled ones are dropped, clients are served again."""
+    async def body(server: WebServer) -> tuple[bytes, bytes, Answer]:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for _, writer in held:
+            writer.write(b"GET / HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)  # let the server accept them
+        over = await raw_exchange(server.port, request("GET", "/"))
+        first_left = await read_all(held[0][0])  # dropped at the timeout
+        for reader, writer in held:
+            await read_all(reader)
+            writer.close()
+        return over, first_left, await get(server.port, "/")
+
+    over, first_left, after = run(with_server(body, timeout=1.0, max_connections=2))
+    assert over == b""
+    assert first_left == b""
+    assert after.status == 200
+
+
+def test_no_secret_in_any_response() -> None:
+    """No URL password, header value or exec env value appears in anything the server says,
+    for any path or method; the page escapes the markup in a reason."""
+    async def body(server: WebServer) -> list[bytes]:
+        said = []
+        for path in (*PATHS, "/nope", "/status.json?x"):
+            for method in ("GET", "HEAD", "POST"):
+                said.append(await raw_exchange(server.port, request(method, path)))
+        return said
+
+    said = run(with_server(body))
+    everything = b"\n".join(said)
+    for secret in snapshots.SECRETS:
+        assert secret.encode() not in everything
+    assert b"prober:***@127.0.0.1:3000" in everything  # the endpoint is there, redacted
+    html = parse(said[PATHS.index("/") * 3]).body
+    assert snapshots.MARKUP.encode() not in html
+    assert b"&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+
+
+def test_a_page_that_cannot_be_rendered_is_a_500_and_the_server_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failure to render (a bug) answers 500, is logged once as an error, and the next
+    request is served."""
+    calls = [0]
+
+    def flaky() -> Snapshot:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("no snapshot")
+        return snapshots.snapshot()
+
+    async def body(server: WebServer) -> tuple[Answer, Answer]:
+        return await get(server.port, "/"), await get(server.port, "/")
+
+    failed, after = run(with_server(body, flaky))
+    assert (failed.status, after.status) == (500, 200)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "cannot render" in errors[0].getMessage()
+
+
+def test_close_stops_listening_and_drops_open_connections() -> None:
+    """close() ends the connections still open and frees the port."""
+    async def body() -> tuple[bytes, int]:
+        server = await serve("127.0.0.1", 0, snapshots.snapshot, timeout=30.0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        await server.close()
+        left = await asyncio.wait_for(read_all(reader), 5)
+        writer.close()
+        return left, server.port
+
+    left, port = run(body())
+    assert left == b""
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(("127.0.0.1", port))
+
+
+def test_an_address_in_use_is_one_prober_error() -> None:
+    """Binding a port already taken raises a ProberError naming the address, nothing else."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ProberError, match=f"cannot listen on 127.0.0.1:{port}: "):
+            run(serve("127.0.0.1", port, snapshots.snapshot))
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_HASH = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
+
+
+def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
+    """The README's Caddyfile, run by Debian's caddy in front of the server, refuses a client
+    without the password (401) and passes one with it to the page and /metrics."""
+    caddy = require_program(CADDY, "caddy")
+    block = re.search(r"```caddyfile\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    password = uuid.uuid4().hex  # a fresh one for each run
+    hashed = subprocess.run([caddy, "hash-password", "--plaintext", password],
+                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+
+    async def body(server: WebServer) -> list[tuple[int, str]]:
+        assert block is not None
+        caddyfile = tmp_path / "Caddyfile"
+        caddyfile.write_text("{\n\tadmin off\n}\n" + block.group(1)
+                             .replace("status.mastodon.example.org", f"http://127.0.0.1:{port}")
+                             .replace(README_HASH, hashed)
+                             .replace("127.0.0.1:9813", f"127.0.0.1:{server.port}"))
+        with (tmp_path / "caddy.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile",
+                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        anonymous = await client.get("/")
+                        break
+                    await asyncio.sleep(0.1)
+                page = await client.get("/", auth=("ops", password))
+                exposition = await client.get("/metrics", auth=("ops", password))
+                wrong = await client.get("/", auth=("ops", "wrong"))
+            return [(r.status_code, r.text) for r in (anonymous, wrong, page, exposition)]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    (anonymous, wrong, got_page, got_metrics) = run(with_server(body), deadline=50)
+    assert (anonymous[0], wrong[0]) == (401, 401)
+    assert "prober on" not in anonymous[1] + wrong[1]
+    assert got_page[0] == 200 and "<title>CRITICAL - prober on test-host.example" in got_page[1]
+    assert got_metrics[0] == 200 and "prober_run_status 2.0" in got_metrics[1]

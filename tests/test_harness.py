@@ -3,8 +3,11 @@ joins, the hog programs, the stand-in's slow mode."""
 
 from __future__ import annotations
 
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,13 +121,27 @@ def test_grower_parent_says_how_its_child_ended(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hogs.py"), "grow",
                              "--parent", "--rate", "64", "--max", "4"],
                             stdout=subprocess.PIPE, text=True)
-    try:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert proc.stdout is not None
-        child = int(proc.stdout.readline().split()[1])
-        while "holding" not in proc.stdout.readline():
-            pass
+        for line in proc.stdout:
+            lines.put(line.strip())
+
+    def next_line(matching: str) -> re.Match[str]:
+        """The next line matching `matching` (parent and child write in either order)."""
+        while True:
+            found = re.fullmatch(matching, lines.get(timeout=30))
+            if found:
+                return found
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        child = int(next_line(r"grower (\d+) started")[1])
+        next_line(r"holding \d+ MiB")
         subprocess.run(["kill", "-KILL", str(child)], check=True)
-        assert proc.stdout.readline().strip() == f"grower {child} killed by SIGKILL"
+        next_line(rf"grower {child} killed by SIGKILL")
         assert proc.poll() is None
     finally:
         proc.kill()

@@ -309,7 +309,20 @@ def validate(config_file: str | None) -> int:
         settings = _settings(target)
         if settings:
             click.echo(f"    {settings}")
+        if target.unit:
+            click.echo(f"    {_when_restarted(target)}")
     return 0
+
+
+def _when_restarted(target: Target) -> str:
+    """When its unit would be restarted, the memory-pressure hold included."""
+    policy = target.policy
+    text = f"restarted after {policy.failure_threshold} failed runs in a row; "
+    if policy.pressure_threshold <= 0 or policy.pressure_hold <= 0:
+        return text + "never held under memory pressure (pressure_threshold or pressure_hold 0)"
+    return (text + f"held up to pressure_hold {format_duration(policy.pressure_hold)} while "
+            f"it only times out and its memory PSI is at or above pressure_threshold "
+            f"{policy.pressure_threshold:g}%")
 
 
 def _settings(target: Target) -> str:

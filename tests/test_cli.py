@@ -346,10 +346,16 @@ def test_probe_command(web: Server, prober: Prober) -> None:
 
 
 def test_validate_and_version(prober: Prober, web: Server) -> None:
-    """validate summarizes each target; --version prints the version."""
-    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"'))
+    """validate summarizes each target, its non-default keys and when its unit would be
+    restarted, the memory-pressure hold included; --version prints the version."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"',
+                         f'name = "api"\nurl = "{web.url("/api")}"\nunit = "api"\n'
+                         "pressure_threshold = 0"))
     run = prober("validate")
     assert run.code == 0 and "web.service" in run.out
+    assert "timeout 1s" in run.out  # a key away from its default
+    assert "held up to pressure_hold 5m" in run.out and "pressure_threshold 10%" in run.out
+    assert "never held under memory pressure" in run.out
     version = prober("--version")
     assert version.code == 0 and version.out.startswith("prober, version ")
 

@@ -50,10 +50,11 @@ log = logging.getLogger("prober")
 Listener = Callable[[RunReport | Skipped, Config], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Known:
-    """The state as the watcher last read or wrote it, the file's signature then, and what of
-    it a change must touch to need a write (tracker.essential), worked out once."""
+    """The state as the watcher holds it, the file's signature when last read or written, and
+    the essentials (tracker.essential) of what the file holds: state that differs from them in
+    its essentials needs a write. A prune makes them differ, as the file still has the target."""
 
     state: State
     signature: tuple[int, int, int] | None
@@ -229,8 +230,8 @@ class Watcher:
         known = self._known
         if known is None or signature != known.signature:
             # First cycle, or another process wrote the file: read it, as it now is.
-            state = tracker.prune(self._store.load(), config.names)
-            before = tracker.essential(state)
+            stored = self._store.load()
+            state, before = tracker.prune(stored, config.names), tracker.essential(stored)
         else:
             state, before = known.state, known.essential  # pruned at start and on reload
         asked: list[tuple[Target, float]] = []
@@ -344,7 +345,7 @@ class Watcher:
             await self._relisten()
         if self._known is not None:
             state = tracker.prune(self._known.state, config.names)
-            self._known = _Known(state, self._known.signature, tracker.essential(state))
+            self._known = replace(self._known, state=state)
         log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
                  format_duration(self.interval))
         notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")

@@ -265,3 +265,37 @@ def test_watchdog_pings_during_a_run_until_its_deadline(tmp_path: Path) -> None:
             asyncio.run(scenario())
     assert len(pings) >= 5, pings  # fed every ping interval while on time
     assert max(pings) <= deadline, pings  # and not once past the deadline
+
+
+def test_a_reload_that_only_removes_a_target_writes_it_out(tmp_path: Path, web: Server) -> None:
+    """A reload that removes target `b`, and changes nothing else, drops `b` from the state
+    file at the next cycle, though nothing else in the state changed."""
+    config = tmp_path / "prober.toml"
+    a, b = (f'name = "{name}"\nurl = "{web.url("/health")}"' for name in ("a", "b"))
+    write_config(config, a, b)
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+
+    def remove_b() -> None:
+        assert set(store.load().targets) == {"a", "b"}
+        write_config(config, a)
+        watcher.request_reload()
+
+    in_one_loop(lambda: watcher.run(2), remove_b, lambda: watcher.run(2))
+    assert watcher.config.names == ("a",)
+    assert set(store.load().targets) == {"a"}
+
+
+def test_a_watcher_started_without_a_target_drops_it_from_the_file(tmp_path: Path,
+                                                                   web: Server) -> None:
+    """Started on a config without target `b` (edited while it was stopped), the watcher
+    drops `b` from the state file, though nothing else in the state changed."""
+    config = tmp_path / "prober.toml"
+    a, b = (f'name = "{name}"\nurl = "{web.url("/health")}"' for name in ("a", "b"))
+    write_config(config, a, b)
+    store = StateStore(str(tmp_path / "state.json"))
+    in_one_loop(lambda: Watcher(lambda: loader(config), store, None, interval=0.01).run(2))
+    assert set(store.load().targets) == {"a", "b"}
+    write_config(config, a)
+    in_one_loop(lambda: Watcher(lambda: loader(config), store, None, interval=0.01).run(2))
+    assert set(store.load().targets) == {"a"}

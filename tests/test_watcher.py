@@ -6,6 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,3 +305,78 @@ def test_a_watcher_started_without_a_target_drops_it_from_the_file(tmp_path: Pat
     write_config(config, a)
     in_one_loop(lambda: Watcher(lambda: loader(config), store, None, interval=0.01).run(2))
     assert set(store.load().targets) == {"a"}
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET: what it received."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self.received: list[str] = []
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def until(self, wanted: str, within: float = 30.0) -> list[str]:
+        """The messages received up to the first that contains `wanted` (it included)."""
+        start = len(self.received)
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            self._sock.settimeout(left)
+            try:
+                message = self._sock.recv(65536).decode()
+            except TimeoutError:
+                break
+            self.received.append(message)
+            if wanted in message:
+                return self.received[start:]
+        raise AssertionError(f"no {wanted!r} on the notify socket; got {self.received[start:]}")
+
+
+def watch_process(config: Path, state: Path, notify: Path, *args: str) -> subprocess.Popen[str]:
+    """`prober watch` as a process of its own, telling `notify` what systemd would hear."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROBER_", "WATCHDOG_", "NOTIFY_"))}
+    env.update({"PROBER_CONFIG": str(config), "PROBER_STATE": str(state),
+                "NOTIFY_SOCKET": str(notify)})
+    return subprocess.Popen([sys.executable, "-m", "prober", "watch", *args],
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sighup_says_reloading_then_ready_on_the_notify_socket(tmp_path: Path,
+                                                               web: Server) -> None:
+    """On a real SIGHUP the watcher tells systemd RELOADING=1, then READY=1 with the new
+    STATUS= line; a bad config gives RELOADING=1, then READY=1 with the error on STATUS=, and
+    the previous config keeps running."""
+    config = tmp_path / "prober.toml"
+    one, two = (f'name = "{name}"\nurl = "{web.url("/health")}"' for name in ("web", "api"))
+    write_config(config, one)
+    systemd = NotifySocket(tmp_path / "notify")
+    watcher = watch_process(config, tmp_path / "state.json", systemd.path, "--interval", "1s")
+    try:
+        assert systemd.until("READY=1")[-1] == "READY=1"
+        systemd.until("STATUS=last run OK: 1 ok of 1 targets")
+        write_config(config, one, two)
+        os.kill(watcher.pid, signal.SIGHUP)
+        told = [m for m in systemd.until("STATUS=reloaded") if "WATCHDOG=1" not in m]
+        assert told == ["RELOADING=1", f"READY=1\nSTATUS=reloaded {config}: 2 targets"]
+        systemd.until("STATUS=last run OK: 2 ok of 2 targets")
+
+        config.write_text("[[target]]\nname = 'broken'\n")
+        os.kill(watcher.pid, signal.SIGHUP)
+        told = [m for m in systemd.until("STATUS=reload failed") if "WATCHDOG=1" not in m]
+        assert told == ["RELOADING=1", "READY=1\nSTATUS=reload failed, running the previous "
+                        f'config: {config}: target "broken": url: missing (set "url", '
+                        '"unix_socket", "tcp" or "command")']
+        systemd.until("STATUS=last run OK: 2 ok of 2 targets")  # the previous config's targets
+        watcher.terminate()
+        assert watcher.wait(timeout=10) == 0
+        assert systemd.until("STOPPING=1")[-1] == "STOPPING=1"
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        _, err = watcher.communicate(timeout=10)
+        systemd.close()
+    assert err.count("reload: keeping the previous config") == 1, err

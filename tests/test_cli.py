@@ -518,24 +518,32 @@ def test_pause_waits_for_a_run_holding_the_lock(prober: Prober, web: Server) -> 
     assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None
 
 
-def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober) -> None:
-    """SIGTERM while a run waits on a hung target stops the watcher within 2 s, exit 0, with
-    its state intact."""
+def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober, web: Server) -> None:
+    """SIGTERM while a run waits on a hung target stops the watcher within 2 s, exit 0, and
+    leaves the state file whole: valid, with every target an earlier run wrote."""
     import signal
 
-    with serve(hang()) as hung:
+    from prober.state import from_json
+
+    with serve(health()) as turns_hung:
         prober.write(f'[defaults]\ntimeout = "30s"\n[[target]]\nname = "web"\n'
-                     f'url = "{hung.url("/health")}"\n')
+                     f'url = "{turns_hung.url("/health")}"\n[[target]]\nname = "api"\n'
+                     f'url = "{web.url("/health")}"\n')
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
                                                                 "WATCHDOG_USEC")}
         env.update({"PROBER_CONFIG": str(prober.config), "PROBER_STATE": str(prober.state)})
-        watcher = subprocess.Popen([sys.executable, "-m", "prober", "watch"],
+        watcher = subprocess.Popen([sys.executable, "-m", "prober", "watch", "--interval", "1s"],
                                    stderr=subprocess.PIPE, text=True, env=env)
         try:
             deadline = time.monotonic() + 20
-            while not hung.requests and time.monotonic() < deadline:
+            while not prober.state.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert hung.requests, "the watcher never probed"
+            assert prober.state.exists(), "the watcher never wrote its first run"
+            turns_hung.handler = hang()
+            answered = len(turns_hung.requests)  # requests after this one hang
+            while len(turns_hung.requests) == answered and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(turns_hung.requests) > answered, "the watcher never probed again"
             started = time.monotonic()
             watcher.send_signal(signal.SIGTERM)
             code = watcher.wait(timeout=10)
@@ -547,3 +555,8 @@ def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober) -> None:
     assert code == 0, err
     assert stopped_in < 2.0
     assert "Traceback" not in err
+    state = from_json(json.loads(prober.state.read_text()))
+    assert {n: t.health.value for n, t in state.targets.items()} == \
+        {"web": "healthy", "api": "healthy"}
+    assert sorted(p.name for p in prober.state.parent.iterdir()) == \
+        ["state.json", "state.json.last-run", "state.json.lock"]  # no temp file left

@@ -174,6 +174,35 @@ def test_stop_during_a_restart_records_it_as_asked(tmp_path: Path) -> None:
     assert "outcome" not in web.history[-1].reason and "stopped" in web.history[-1].reason
 
 
+def test_a_real_sigterm_during_a_restart_records_it_as_asked(tmp_path: Path) -> None:
+    """A real SIGTERM to this process, taken by the handlers the watcher installs on its
+    loop, ends a run waiting on systemd's restart and records the restart as asked."""
+    config = tmp_path / "prober.toml"
+    unhandled: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
+    try:
+        with serve(answer(500, b"broken")) as broken:
+            write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
+            store = StateStore(str(tmp_path / "state.json"))
+            actuator = HangingActuator()
+            watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+            async def terminate_once_asked() -> None:
+                task = asyncio.ensure_future(watcher.run())
+                while not actuator.asked:
+                    await asyncio.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.wait_for(task, 2)
+
+            asyncio.run(terminate_once_asked())
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert unhandled == []  # the watcher's handler took it, not the stand-in above
+    web = store.load().get("web")
+    assert (web.restarts_total, len(web.restarts)) == (1, 1)
+    assert web.history[-1].event is Event.RESTART and "stopped" in web.history[-1].reason
+
+
 def test_a_bad_config_at_start_is_a_config_error(tmp_path: Path) -> None:
     """The watcher refuses to start on a config that does not load."""
     config = tmp_path / "prober.toml"

@@ -297,9 +297,11 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',
          'no target named "nope"'),
+        (["watch", "--listen", "9813"], "", '--listen: "9813" is not host:port'),
+        (["watch", "--listen", "127.0.0.1:0"], "", "has a port outside 1-65535"),
     ],
     ids=["missing", "wrong-type", "toml", "flag", "command", "if-stale", "scheme", "header",
-         "timeout", "reset-name"],
+         "timeout", "reset-name", "listen", "listen-port"],
 )
 def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], config: str | None,
                                           message: str) -> None:
@@ -560,3 +562,46 @@ def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober, web: Server)
         {"web": "healthy", "api": "healthy"}
     assert sorted(p.name for p in prober.state.parent.iterdir()) == \
         ["state.json", "state.json.last-run", "state.json.lock"]  # no temp file left
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"], ids=["ipv4", "ipv6"])
+def test_watch_listen_overrides_the_config(prober: Prober, web: Server, host: str) -> None:
+    """`watch --listen HOST:PORT` (an IPv4 address, or an IPv6 one in brackets) serves
+    /metrics there instead of where the config's `listen` says, which stays closed."""
+    import httpx
+
+    configured, given = _free_port("127.0.0.1"), _free_port(host.strip("[]"))
+    prober.write(f'listen = "127.0.0.1:{configured}"\n' +
+                 _config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROBER_", "NOTIFY_",
+                                                                    "WATCHDOG_"))}
+    env.update({"PROBER_CONFIG": str(prober.config), "PROBER_STATE": str(prober.state)})
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "prober", "watch", "--listen", f"{host}:{given}"],
+        stderr=subprocess.PIPE, text=True, env=env)
+    metrics = ""
+    try:
+        deadline = time.monotonic() + 20
+        while "prober_probe_success{" not in metrics and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                metrics = httpx.get(f"http://{host}:{given}/metrics", timeout=2,
+                                    trust_env=False).text
+            except httpx.ConnectError:
+                continue
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{configured}/metrics", timeout=2, trust_env=False)
+    finally:
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=10)
+    assert 'prober_probe_success{target="web",unit=""} 1.0' in metrics, err
+    assert f"on http://{host}:{given}/" in err

@@ -16,6 +16,7 @@ from tests.deploy import UNITS, install
 from tests.e2e.common import answers, freeze, thaw, wait_for
 from tests.e2e.conftest import booted_sandbox
 from tests.sandbox import Sandbox, Stack, start_stack
+from tests.servers import health, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -229,3 +230,34 @@ def test_watch_service_reloads_and_stops_cleanly(box: Sandbox, deployed: Stack) 
     box.systemctl("stop", "prober-watch.service")
     assert box.unit_property("prober-watch.service", "Result") == "success"
     assert box.unit_property("prober-watch.service", "ExecMainStatus") == "0"
+
+
+def test_watch_service_serves_its_page_and_metrics(box: Sandbox) -> None:
+    """The shipped, hardened prober-watch.service with `listen` set serves /metrics,
+    /status.json and the status page on that address, as `prober`, from what it probed."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with serve(health()) as web:  # on the host's loopback, which the sandbox shares
+        installed = install(box, f'listen = "127.0.0.1:{port}"\ninterval = "1s"\n'
+                                 f'[[target]]\nname = "web"\nurl = "{web.url("/health")}"\n')
+        box.systemctl("start", "prober-watch.service")
+        wait_for(lambda: "last run OK" in box.unit_property("prober-watch.service",
+                                                            "StatusText"),
+                 10, "a first run of the watcher")
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            metrics, status, page = (client.get(f"{base}{path}")
+                                     for path in ("/metrics", "/status.json", "/"))
+        box.systemctl("stop", "prober-watch.service")
+    assert metrics.status_code == status.status_code == page.status_code == 200
+    assert 'prober_probe_success{target="web",unit=""} 1.0' in metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert [t["name"] for t in status.json()["targets"]] == ["web"]
+    assert status.json()["targets"][0]["health"] == "healthy"
+    assert 'data-target="web"' in page.text and page.text.startswith("<!DOCTYPE html>")
+    assert f"on http://127.0.0.1:{port}/" in installed.log.read_text()
+    assert box.unit_property("prober-watch.service", "User") == "prober"
+    assert box.unit_property("prober-watch.service", "Result") == "success"

@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,11 @@ class DevTools:
             result: dict[str, Any] = reply["result"]
             return result
 
+    def seen(self, method: str, session: str) -> list[dict[str, Any]]:
+        """The events of `method` for `session` read so far, in order."""
+        return [e for e in self._events
+                if e.get("method") == method and e.get("sessionId") == session]
+
     async def event(self, method: str, session: str) -> dict[str, Any]:
         while True:
             for event in self._events:
@@ -153,9 +159,22 @@ def _high(fd: int) -> int:
     return moved
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A page as Chromium loaded it: its document, serialized, and every URL it requested."""
+
+    dom: str
+    requests: tuple[str, ...]
+
+
 async def page_dom(url: str, *, javascript: bool = True, timeout: float = TIMEOUT) -> str:
     """The document Chromium builds from `url`, serialized once it has loaded, with scripts
     allowed or not."""
+    return (await load_page(url, javascript=javascript, timeout=timeout)).dom
+
+
+async def load_page(url: str, *, javascript: bool = True, timeout: float = TIMEOUT) -> Loaded:
+    """`url` loaded by Chromium: its document once loaded, and the requests it made."""
     commands_in, commands = (_high(fd) for fd in os.pipe())
     replies_fd, replies_out = (_high(fd) for fd in os.pipe())
     try:
@@ -183,11 +202,12 @@ async def page_dom(url: str, *, javascript: bool = True, timeout: float = TIMEOU
                     os.close(fd)
 
 
-async def _load(tools: DevTools, url: str, javascript: bool) -> str:
+async def _load(tools: DevTools, url: str, javascript: bool) -> Loaded:
     target = await tools.call("Target.createTarget", {"url": "about:blank"})
     session = (await tools.call("Target.attachToTarget",
                                 {"targetId": target["targetId"], "flatten": True}))["sessionId"]
     await tools.call("Page.enable", session=session)
+    await tools.call("Network.enable", session=session)
     await tools.call("Emulation.setScriptExecutionDisabled", {"value": not javascript},
                      session=session)
     await tools.call("Page.navigate", {"url": url}, session=session)
@@ -195,7 +215,9 @@ async def _load(tools: DevTools, url: str, javascript: bool) -> str:
     document = await tools.call("DOM.getDocument", {"depth": 0}, session=session)
     html = await tools.call("DOM.getOuterHTML", {"nodeId": document["root"]["nodeId"]},
                             session=session)
-    return str(html["outerHTML"])
+    requests = tuple(str(event["params"]["request"]["url"])
+                     for event in tools.seen("Network.requestWillBeSent", session))
+    return Loaded(str(html["outerHTML"]), requests)
 
 
 @contextlib.asynccontextmanager

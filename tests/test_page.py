@@ -7,6 +7,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,16 @@ from prober.runs import Snapshot
 from prober.tracker import Event, Transition
 from tests import snapshots
 from tests.programs import CHROMIUM, require_program
-from tests.statuspage import PROFILE_PREFIX, Dom, dump_dom, page_dom, pids_using, screenshot
+from tests.statuspage import (
+    PROFILE_PREFIX,
+    Dom,
+    dump_dom,
+    load_page,
+    page_dom,
+    pids_using,
+    screenshot,
+    serving,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -168,6 +178,20 @@ def test_no_secret_in_the_rendered_page(rendered: Dom) -> None:
     assert "http://prober:***@127.0.0.1:3000/health" in rendered.card_text["web"]
 
 
+def test_the_page_loads_nothing_but_itself(browser: str) -> None:
+    """Chromium, loading the served page, requests that page and nothing else: no style
+    sheet, font, image or script from anywhere, this server included."""
+    snapshot = snapshots.snapshot()
+
+    async def load() -> tuple[str, tuple[str, ...]]:
+        async with serving(lambda: snapshot) as server:
+            url = f"http://127.0.0.1:{server.port}/"
+            return url, (await load_page(url)).requests
+
+    url, requests = run(load())
+    assert requests == (url,)
+
+
 # --- the rendering itself, without a browser ----------------------------------------------
 
 
@@ -208,3 +232,36 @@ def test_everything_printed_is_escaped() -> None:
     assert "<b>host</b>" not in html and "&lt;b&gt;host&lt;/b&gt;" in html
     assert snapshots.MARKUP not in html
     assert "<script" not in html
+
+
+class _References(HTMLParser):
+    """What a document refers to: links followed only when clicked (<a href>), and what a
+    browser would fetch along with it (any other src=, href=, srcset=, ...)."""
+
+    _FETCHED = ("src", "srcset", "href", "xlink:href", "poster", "data", "action",
+                "formaction", "background", "manifest", "ping")
+
+    def __init__(self, markup: str) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.fetched: list[str] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name == "href" and tag == "a":
+                self.links.append(value or "")
+            elif name in self._FETCHED and not (value or "").startswith("#"):
+                self.fetched.append(f"<{tag} {name}={value}>")
+
+
+def test_the_page_refers_to_no_external_asset() -> None:
+    """The page fetches nothing along with itself (no src=, no <link href>, no CSS url() or
+    @import), and its links are relative: they stay on whichever address serves it."""
+    for snapshot in (snapshots.snapshot(), snapshots.snapshot(with_report=False)):
+        html = page.render(snapshot, hostname="h")
+        references = _References(html)
+        assert references.fetched == []
+        assert not re.search(r"url\s*\(|@import", html, re.IGNORECASE)
+        assert sorted(references.links) == ["metrics", "status.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -190,32 +191,50 @@ def test_target_filter(prober: Prober, web: Server) -> None:
         f'prober: error: no target named "wbe" in {prober.config} (hint: did you mean "web"?)']
 
 
-def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
-    """A run finding another run's lock exits 0 at once and says so; reset waits --wait, then
-    gives up (exit 3)."""
-    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
-    prober.state.parent.mkdir(parents=True)
+@contextlib.contextmanager
+def _lock_held_elsewhere(state: Path) -> Iterator[None]:
+    """The state lock of `state`, held by another process for as long as the block runs."""
+    state.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys; from prober.state import StateStore\n"
          "with StateStore(sys.argv[1]).locked():\n"
-         "    print('held', flush=True); sys.stdin.readline()", str(prober.state)],
+         "    print('held', flush=True); sys.stdin.readline()", str(state)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        run = prober("check")
-        reset = prober("reset", "--wait", "500ms")
+        yield
     finally:
         assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()
         holder.wait(timeout=10)
         holder.stdout.close()
+
+
+def test_lock_held_exits_0_at_once(prober: Prober, web: Server) -> None:
+    """A run finding another run's lock exits 0 at once and says so, writing nothing."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    with _lock_held_elsewhere(prober.state):
+        run = prober("check")
     assert run.code == 0
     assert "another prober run holds" in run.out
     assert not prober.state.exists()  # the skipped run did not write
-    assert reset.code == 3
-    assert reset.err.strip().startswith("prober: error: another prober run has held")
-    assert "for 500ms" in reset.err
+
+
+@pytest.mark.parametrize("command", [["reset"], ["pause", "web"], ["resume"]],
+                         ids=["reset", "pause", "resume"])
+def test_state_commands_give_up_after_their_wait(prober: Prober, web: Server,
+                                                 command: list[str]) -> None:
+    """reset, pause and resume wait --wait for a lock another process holds, then give up:
+    one line, exit 3, nothing written."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    with _lock_held_elsewhere(prober.state):
+        run = prober(*command, "--wait", "500ms")
+    assert run.code == 3
+    assert run.err.strip().splitlines() == [
+        f"prober: error: another prober run has held {prober.state}.lock for 500ms (hint: is "
+        "a run stuck? see `prober status` and the journal)"]
+    assert not prober.state.exists()
 
 
 def test_if_stale(prober: Prober, web: Server) -> None:
@@ -479,6 +498,30 @@ def test_pause_and_resume(prober: Prober) -> None:
     history = [h["event"] for h in prober("status", "--json").json()["targets"][0]["history"]]
     assert history[-2:] == ["paused", "resumed"]
     assert prober("check", "--json").json()["targets"][0]["action"] == "unit-unknown"
+
+
+def test_pause_lasts_an_hour_unless_told(prober: Prober, web: Server) -> None:
+    """`pause NAME` without --for pauses for one hour from when it ran."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    before = time.time()
+    assert prober("pause", "web").code == 0
+    after = time.time()
+    until = prober("status", "--json").json()["targets"][0]["paused_until"]
+    assert before + 3600 <= until <= after + 3600
+
+
+def test_resume_by_name_resumes_only_those(prober: Prober, web: Server) -> None:
+    """`resume NAME` ends the pause of that target only; the others stay paused."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"',
+                         f'name = "api"\nurl = "{web.url("/health")}"',
+                         f'name = "db"\ntcp = "127.0.0.1:{web.port}"'))
+    assert prober("pause", "--all", "--reason", "upgrading").code == 0
+    resumed = prober("resume", "web", "db")
+    assert resumed.code == 0 and resumed.out.strip() == "resumed: web, db"
+    targets = {t["name"]: t for t in prober("status", "--json").json()["targets"]}
+    assert {name: t["paused_until"] is not None for name, t in targets.items()} == \
+        {"web": False, "api": True, "db": False}
+    assert targets["api"]["paused_reason"] == "upgrading"
 
 
 def test_pause_needs_names_or_all(prober: Prober, web: Server) -> None:

@@ -255,8 +255,8 @@ TOP_KEYS = (
         "write Prometheus textfile-collector metrics here after every run (also "
         "`check --textfile PATH`)"),
     Key("history", Shape.INTEGER, integer(10, 10_000),
-        "state transitions kept per target (failing, down, restart, given-up, recovered, "
-        "reset)", default="500", minimum=10),
+        "state transitions kept per target (failing, down, held, restart, restart-failed, "
+        "given-up, recovered, reset, paused, resumed)", default="500", minimum=10),
     Key("listen", Shape.HOST_PORT, host_port,
         "`prober watch` serves `/metrics`, `/status.json` and a status page here, e.g. "
         '`"127.0.0.1:9813"` (also `watch --listen`); off by default; a non-loopback address '

@@ -1,4 +1,5 @@
-"""The README documents every config key as the key table declares it, and nothing else."""
+"""The README documents every config key as the key table declares it, and nothing else, and
+names the commands that take the shared options as the CLI has them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from prober.cli import cli
 from prober.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
 from prober.keys import Key
 from prober.probes import KINDS
+from prober.tracker import Event
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _ROW = re.compile(r"^\| `([a-z_]+)` \| ([^|]*) \| ([^|]*) \|$")
@@ -49,3 +52,29 @@ def test_readme_tables_match_the_key_table(heading: str, keys: tuple[Key, ...]) 
         assert default == key.default, key.name
         if heading.startswith("Probe keys"):
             assert meaning.endswith("*defaults*") == key.in_defaults, key.name
+
+
+def test_the_history_key_names_every_event_recorded() -> None:
+    """The `history` key's help, and so its README row, lists every event the history
+    records."""
+    (history,) = (key for key in TOP_KEYS if key.name == "history")
+    listed = re.search(r"\(([a-z, -]+)\)", history.help)
+    assert listed is not None
+    assert sorted(listed.group(1).split(", ")) == sorted(event.value for event in Event)
+    assert history.help in readme_table("Top-level keys")["history"][1]
+
+
+def _readme_commands_taking(option: str) -> list[str]:
+    """The commands the README says take `option`: "`a`, `b` and `c` take `option`"."""
+    match = re.search(r"((?:`[a-z-]+`,?\s+)*(?:and\s+)?`[a-z-]+`)\s+takes?\s+`" + option,
+                      README.read_text())
+    assert match is not None, f"the README says nowhere which commands take {option}"
+    return sorted(re.findall(r"`([a-z-]+)`", match.group(1)))
+
+
+@pytest.mark.parametrize(("option", "param"), [("--state", "state_file"), ("--wait", "wait")])
+def test_readme_names_every_command_taking_an_option(option: str, param: str) -> None:
+    """The README's list of the commands that take --state (or --wait) is the CLI's."""
+    takers = sorted(name for name, command in cli.commands.items()
+                    if any(p.name == param for p in command.params))
+    assert _readme_commands_taking(option) == takers

@@ -8,7 +8,8 @@ whole life; every probe still opens a fresh connection. Each cycle:
   the file since: then it reads it again, so their changes are never overwritten by a stale copy;
 - runs once, and writes the state only when something in it changed, not every cycle: a crash
   loses at most the check times and latencies of targets that stayed as they were. That a run
-  happened is said by the lock file's mtime instead (`check --if-stale` reads it);
+  happened is said by the mtime of `state.json.last-run` beside it instead (`check --if-stale`
+  and `status` read it);
 - tells systemd WATCHDOG=1 and a STATUS= line, and logs a summary only when the status changes
   or something happened.
 

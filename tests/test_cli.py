@@ -248,6 +248,30 @@ def test_if_stale(prober: Prober, web: Server) -> None:
     assert len(web.requests) == 2
 
 
+def test_the_heartbeat_says_a_run_happened(prober: Prober, web: Server) -> None:
+    """A run that changed nothing (the watcher's) leaves state.json old and touches
+    state.json.last-run: `check --if-stale` skips while that heartbeat is fresh, and `status`
+    gives its time as the last run's; once both are old, `check --if-stale` runs."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    assert prober("check").code == 0
+    old = time.time() - 600
+    state = json.loads(prober.state.read_text())
+    state["updated_at"] = old
+    prober.state.write_text(json.dumps(state))
+    os.utime(prober.state, (old, old))
+    beat = prober.state.with_name("state.json.last-run")
+    os.utime(beat)  # a run just now that wrote nothing
+    skipped = prober("check", "--if-stale", "2m")
+    assert skipped.code == 0 and "the timer is running" in skipped.out
+    assert len(web.requests) == 1
+    assert prober("status", "--json").json()["updated_at"] > old + 300  # the heartbeat's
+
+    os.utime(beat, (old, old))
+    ran = prober("check", "--if-stale", "2m", "--json")
+    assert ran.code == 0 and ran.json()["targets"][0]["name"] == "web"
+    assert len(web.requests) == 2
+
+
 def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     """A corrupt state file is moved aside with a warning and the run goes on."""
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))

@@ -122,6 +122,47 @@ def test_changes_by_other_processes_are_read_not_overwritten(tmp_path: Path,
     assert store.load().get("web").paused_reason == "upgrading"
 
 
+def prober_cli(config: Path, state: Path, *args: str) -> None:
+    """Run the real `prober` command on `config` and `state`, as an operator or cron would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROBER_", "NOTIFY_"))}
+    env.update({"PROBER_CONFIG": str(config), "PROBER_STATE": str(state),
+                "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={state.parent}/no-bus"})
+    done = subprocess.run([sys.executable, "-m", "prober", *args], capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: the target is failing
+
+
+@pytest.mark.parametrize(
+    ("before", "between", "failures", "events"),
+    [
+        ([], ["reset", "web"], 1, ["failing", "reset", "failing"]),
+        (["pause", "web", "--reason", "upgrading"], ["resume", "web"], 1,
+         ["paused", "resumed", "failing"]),
+        ([], ["check"], 3, ["failing"]),
+    ],
+    ids=["reset", "resume", "cron-check"],
+)
+def test_other_writers_between_cycles_are_kept(tmp_path: Path, before: list[str],
+                                               between: list[str], failures: int,
+                                               events: list[str]) -> None:
+    """The real `prober reset`, `prober resume` or a one-shot `prober check` (the cron
+    fallback) writes the state between two watcher cycles: the watcher's next cycle starts
+    from what they wrote, and its own write keeps their change."""
+    config, state = tmp_path / "prober.toml", tmp_path / "state.json"
+    with serve(answer(500, b"broken")) as broken:
+        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"', threshold=10)
+        if before:
+            prober_cli(config, state, *before)
+        store = StateStore(str(state), keep_lock_file_open=True)
+        watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+        in_one_loop(lambda: watcher.run(1), lambda: prober_cli(config, state, *between),
+                    lambda: watcher.run(1))
+    web = store.load().get("web")
+    assert (web.consecutive_failures, web.paused_until) == (failures, None)
+    assert [t.event.value for t in web.history] == events
+    assert watcher.state.get("web") == web
+
+
 def test_reload_swaps_a_valid_config_and_keeps_the_old_on_a_bad_one(
         tmp_path: Path, web: Server, caplog: pytest.LogCaptureFixture) -> None:
     """A reload with a valid config prunes removed targets and probes the new ones; a bad

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,77 @@ def test_a_real_sigterm_during_a_restart_records_it_as_asked(tmp_path: Path) -> 
     web = store.load().get("web")
     assert (web.restarts_total, len(web.restarts)) == (1, 1)
     assert web.history[-1].event is Event.RESTART and "stopped" in web.history[-1].reason
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """HTTP/1.1 that keeps the connection open for the next request, unless told to close."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 5  # an idle client's connection ends, and its thread with it
+    server: KeepAliveServer
+
+    def do_GET(self) -> None:
+        self.server.requests += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+class KeepAliveServer(ThreadingHTTPServer):
+    """A loopback HTTP/1.1 server with keep-alive, counting the connections it accepted."""
+
+    daemon_threads = False  # server_close() joins every connection's thread
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _KeepAlive)
+        self.accepted = 0
+        self.requests = 0
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        accepted = super().get_request()
+        self.accepted += 1
+        return accepted
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/health"
+
+
+@contextlib.contextmanager
+def keep_alive_server() -> Iterator[KeepAliveServer]:
+    import threading
+
+    server = KeepAliveServer()
+    thread = threading.Thread(target=server.serve_forever, name="keep-alive")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def test_every_probe_opens_a_fresh_connection(tmp_path: Path) -> None:
+    """Against a server that would keep the connection for the next request (as a plain
+    HTTP/1.1 client finds), the watcher opens one connection per probe, cycle after cycle."""
+    import httpx
+
+    config = tmp_path / "prober.toml"
+    with keep_alive_server() as server:
+        with httpx.Client(trust_env=False) as client:
+            assert [client.get(server.url).text for _ in range(2)] == ["OK", "OK"]
+        assert (server.accepted, server.requests) == (1, 2)  # it does keep connections
+        write_config(config, f'name = "web"\nurl = "{server.url}"')
+        watcher = Watcher(lambda: loader(config), StateStore(str(tmp_path / "state.json")),
+                          None, interval=0.01)
+        in_one_loop(lambda: watcher.run(5))
+        assert watcher.state.get("web").consecutive_passes == 5
+        assert (server.accepted, server.requests) == (1 + 5, 2 + 5)
 
 
 def test_a_bad_config_at_start_is_a_config_error(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ whole life; every probe still opens a fresh connection. Each cycle:
 - takes the state lock, or skips the cycle when another run (`check`, the cron fallback) holds it;
 - uses the state it already has, unless another process (`reset`, `pause`, a `check`) changed
   the file since: then it reads it again, so their changes are never overwritten by a stale copy;
-- runs once, and writes the state only when something in it changed, not every cycle: a crash
-  loses at most the check times and latencies of targets that stayed as they were. That a run
-  happened is said by the mtime of `state.json.last-run` beside it instead (`check --if-stale`
-  and `status` read it);
+- runs once, and writes the state only when its essentials (tracker.essential) changed, not
+  every cycle: a crash loses the run in flight and, of earlier runs, only what essential leaves
+  out (check times, latencies, a healthy target's passes in a row). That a run happened is
+  said by the mtime of `state.json.last-run` beside it instead (`check --if-stale` and
+  `status` read it);
 - tells systemd WATCHDOG=1 and a STATUS= line, and logs a summary only when the status changes
   or something happened.
 

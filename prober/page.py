@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from html import escape
 
 from prober.config import Target
-from prober.policy import Action, cooldown_for, restarts_within
+from prober.policy import Action, cooldown_for, restarts_within, starves
 from prober.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
 from prober.text import redact_url
 from prober.tracker import Event, Health, TargetState, Transition, is_paused
@@ -416,7 +416,7 @@ def _pressure_line(snapshot: Snapshot) -> tuple[str, bool]:
     if report.pressure is None:
         return "memory pressure: not available (this kernel has no PSI)", False
     pressure = report.pressure
-    high = bool(threshold) and pressure.some_avg10 >= threshold
+    high = starves(pressure, threshold)
     limit = f"threshold {threshold:g}%" if threshold else "no threshold"
     return (f"memory pressure now: some {pressure.some_avg10:.1f}%, full "
             f"{pressure.full_avg10:.1f}% of the last 10 s ({limit})"), high

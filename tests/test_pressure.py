@@ -92,6 +92,59 @@ def test_check_reports_pressure(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and 0 <= v <= 100 for v in pressure.values())
 
 
+def _check_with_host_psi(tmp_path: Path, some: float, *args: str
+                         ) -> subprocess.CompletedProcess[str]:
+    """`prober ARGS` in a private mount namespace whose /proc/pressure/memory reads `some`%."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("needs root to mount")
+    psi = tmp_path / f"psi-{some}"
+    psi.write_text(f"some avg10={some:.2f} avg60={some:.2f} avg300=0.00 total=1\n"
+                   "full avg10=0.00 avg60=0.00 avg300=0.00 total=1\n")
+    argv = " ".join([sys.executable, "-m", "prober", *args])
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount --bind {psi} {PSI_MEMORY} && exec {argv}"],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("some", [45.0, 0.0], ids=["under-pressure", "idle"])
+def test_the_culprit_is_named_wherever_the_run_is_told(tmp_path: Path, some: float) -> None:
+    """A monitor-only target fails (refused) while the host's PSI reads `some`. Under pressure
+    the largest memory users, read from this host, are named in the JSON `top_memory`, the
+    text summary, the `down` notification, the history entry and `prober status`; idle, none
+    of them names anyone (only failing runs under pressure pay for the walk)."""
+    events = tmp_path / "events.jsonl"
+    record = tmp_path / "record.py"
+    record.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
+    config = tmp_path / "prober.toml"
+    config.write_text(f'[notify]\ncommand = ["{sys.executable}", "{record}", "{events}"]\n'
+                      '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/health"\n'
+                      "failure_threshold = 1\n")
+    files = ["--config", str(config), "--state", str(tmp_path / "state.json")]
+    first = _check_with_host_psi(tmp_path, some, "check", "--json", *files)
+    assert first.returncode == 2, first.stderr
+    top = json.loads(first.stdout)["top_memory"]
+    second = _check_with_host_psi(tmp_path, some, "check", *files)
+    status = _check_with_host_psi(tmp_path, some, "status", *files)
+    down = [e for e in json.loads((tmp_path / "state.json").read_text())["targets"]["web"]
+            ["history"] if e["event"] == "down"]
+    sent = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["event"] for e in sent] == ["down"]
+    if some == 0.0:
+        assert top == [] and sent[0]["top_memory"] == [] and "top_memory" not in down[0]
+        assert "largest memory users" not in second.stdout + status.stdout
+        return
+    assert 1 <= len(top) <= 3
+    assert all(u["bytes"] > 0 for u in top)
+    assert [u["bytes"] for u in top] == sorted((u["bytes"] for u in top), reverse=True)
+    named = ", ".join(u["name"] for u in top)
+    assert "largest memory users: " in second.stdout, second.stdout
+    assert sent[0]["top_memory"] == top
+    assert down[0]["top_memory"] == top
+    assert "largest memory users then: " in status.stdout, status.stdout
+    assert top[0]["name"] in status.stdout and named.split(", ")[0] in second.stdout
+
+
 def test_a_healthy_run_leaves_the_cgroup_readers_unloaded(tmp_path: Path) -> None:
     """A healthy check imports prober.pressure only: the cgroup readers load on first use."""
     child = ("import json, sys\nfrom prober.cli import run\ncode = run(sys.argv[1:])\n"
@@ -179,6 +232,42 @@ def test_rebased_mounts() -> None:
     mounts = CgroupMounts("/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory")
     assert mounts.rebased("/proc/42/root/") == CgroupMounts(
         "/proc/42/root/sys/fs/cgroup/unified", "/proc/42/root/sys/fs/cgroup/memory")
+
+
+def _host_root(tmp_path: Path, cgroup_dir: str, tree: Path) -> str:
+    """A root file system holding `tree` at `cgroup_dir`, as /proc/PID/root shows another's."""
+    mount = tmp_path / cgroup_dir.lstrip("/")
+    mount.parent.mkdir(parents=True)
+    mount.symlink_to(tree)
+    return str(tmp_path)
+
+
+def test_debian12_unified_host_is_read_end_to_end(tmp_path: Path) -> None:
+    """A v2 host (Debian 12's default), from its mountinfo and cgroup tree: the memory
+    controller is found on cgroup2 (its cgroup.controllers), so units are ranked by `anon` from
+    cgroup2's memory.stat and a unit's own PSI is read there."""
+    root = _host_root(tmp_path, "/sys/fs/cgroup", UNIFIED_TREE)
+    mounts = read_cgroup_mounts(str(DATA / "mountinfo-debian12-unified"), root)
+    assert mounts.layout is Layout.UNIFIED
+    assert mounts.memory_on_unified
+    assert mounts.memory_root == f"{root}/sys/fs/cgroup"
+    assert tuple(u.name for u in top_memory_users(3, mounts, proc="/nonexistent")) == \
+        EXPECTED_TOP
+    reading = read_unit_pressure("/system.slice/caddy.service", mounts)
+    assert reading is not None and reading.pressure.some_avg10 == 38.12
+
+
+def test_cgroup2_without_the_memory_controller_is_not_read_for_memory(tmp_path: Path) -> None:
+    """A hybrid host whose cgroup2 lists no memory controller (this machine's: hugetlb only):
+    memory.stat comes from the v1 hierarchy, never from cgroup2's files."""
+    unified = tmp_path / "tree"
+    unified.mkdir()
+    (unified / "cgroup.controllers").write_text("hugetlb\n")
+    root = _host_root(tmp_path / "root", "/sys/fs/cgroup/unified", unified)
+    mounts = read_cgroup_mounts(str(DATA / "mountinfo-hybrid-host"), root)
+    assert mounts.layout is Layout.HYBRID
+    assert not mounts.memory_on_unified
+    assert mounts.memory_root == f"{root}/sys/fs/cgroup/memory"
 
 
 def test_this_machine_is_detected() -> None:

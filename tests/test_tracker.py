@@ -165,6 +165,22 @@ def test_streak_starving_means_every_failure_was_timeout_or_slow(classes: str,
     assert seen == starving
 
 
+# Failures that may mean only starving (held under pressure), and those that mean broken
+# whatever the load. An exec check that times out is a `timeout` like any other.
+MEANS_STARVING = {
+    "timeout": True, "slow": True,
+    "refused": False, "tls": False, "dns": False, "connect": False,
+    "protocol": False, "status": False, "body": False, "too-large": False, "redirect": False,
+    "exit": False, "output": False, "exec": False, "error": False,
+}
+
+
+@pytest.mark.parametrize("failure", list(FailureClass), ids=lambda f: f.value)
+def test_which_failures_may_mean_starving(failure: FailureClass) -> None:
+    """Only timeouts and slowness may mean a starving service; every class is in the table."""
+    assert failure.means_starving is MEANS_STARVING[failure.value]
+
+
 def test_top_memory_is_noted_on_down_and_restart_entries() -> None:
     """This run's down entry carries the largest memory users; other entries do not."""
     from prober.pressure import MemoryUser

@@ -246,29 +246,32 @@ def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
     return function
 
 
-_KIND_ARGUMENTS = "URL | tcp://HOST:PORT | -- /PATH/TO/COMMAND [ARG]..."
+def _kind_arguments() -> str:
+    """What `prober probe` takes, as each registered kind spells it: "an http:// or https://
+    URL, tcp://HOST:PORT or a command (...)"."""
+    helps = [kind.argument.help for kind in KINDS]
+    return helps[0] if len(helps) == 1 else ", ".join(helps[:-1]) + f" or {helps[-1]}"
 
 
-@cli.command()
-@click.argument("what", nargs=-1, required=True, metavar=_KIND_ARGUMENTS)
+@cli.command(help=f"Probe once, with no state and no restart: {_kind_arguments()}. Exit 0 if "
+                  "it passes, else 2.")
+@click.argument("what", nargs=-1, required=True,
+                metavar=" | ".join(kind.argument.metavar for kind in KINDS))
 @_json_option
 @_probe_command
 def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
-    """Probe once, with no state and no restart: an http:// or https:// URL, tcp://HOST:PORT,
-    or a command (its absolute path and arguments, after `--`). Exit 0 if it passes, else 2."""
     import asyncio
 
     from prober.probing import probe_one
 
     table: dict[str, Any] = {"name": "probe"}
     for kind in KINDS:
-        values = kind.argument(what)
+        values = kind.argument.parse(what)
         if values is not None:
             table.update(values)
             break
     else:
-        raise UsageError(f'"{" ".join(what)}" must start with http://, https:// or tcp://, '
-                         "or be a command given by its absolute path (after --)")
+        raise UsageError(f'"{" ".join(what)}": expected {_kind_arguments()}')
     for name, given in options.items():
         value = _option_value(_option_key(name), given)
         if value is not None and value != ():

@@ -501,18 +501,24 @@ def load_config(path: str, *, insecure: bool = False) -> Config:
 
     Like sshd and sudo, refuses a file that someone other than root or the running user
     could have written (it decides what gets restarted and which commands run), unless
-    `insecure`. Files a target names (ca_file) must exist.
+    `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
     """
     text = read_config_text(path)
     if not insecure:
         check_ownership(path, os.stat(path), os.geteuid())
     config = parse_config(parse_toml(text, path), path)
     for target in config.targets:
-        ca_file = getattr(target.probe, "ca_file", None)
-        if ca_file and not os.path.isfile(ca_file):
-            raise ConfigError(f'{path}: target "{target.name}": ca_file: "{ca_file}" '
-                              "does not exist")
+        for key, file in named_files(target):
+            if not os.path.isfile(file):
+                raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
+                                  "does not exist")
     return config
+
+
+def named_files(target: Target) -> list[tuple[str, str]]:
+    """(key, path) of each file the target names that must exist when the config loads."""
+    keys = (key.name for key in target.kind.keys if key.existing_file)
+    return [(name, value) for name in keys if (value := getattr(target.probe, name, None))]
 
 
 def check_ownership(path: str, st: os.stat_result, euid: int) -> None:

@@ -83,6 +83,8 @@ class Key:
     choices: tuple[str, ...] = ()  # for CHOICE / CHOICES
     minimum: float | None = None  # for INTEGER / DURATION / PERCENT
     option: Option | None = None
+    # A file that must exist when the config is loaded (parsing stays pure: load_config looks).
+    existing_file: bool = False
 
     def read(self, value: object) -> Any:
         return self.parse(value)

@@ -292,7 +292,8 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["check", "--bogus"], "", "No such option '--bogus'"),
         (["frobnicate"], "", "No such command 'frobnicate'"),
         (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
-        (["probe", "ftp://x/"], "", "must start with http://, https:// or tcp://"),
+        (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
+         "tcp://HOST:PORT or a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
         (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',

@@ -31,12 +31,11 @@ import prober.watcher
 from prober.cli import cli as prober_cli
 from prober.cli import run
 from prober.config import (
-    ALL_TARGET_KEYS,
-    DEFAULT_KEYS,
     NOTIFY_KEYS,
     POLICY_KEYS,
     TOP_KEYS,
     Config,
+    key_tables,
     load_config,
     parse_config,
 )
@@ -107,9 +106,9 @@ KINDS: dict[str, st.SearchStrategy[Any]] = {
 # The schema comes from the key table itself: each key's shape says what it takes.
 TOP = tuple(by_name(TOP_KEYS))
 NOTIFY = tuple(by_name(NOTIFY_KEYS))
-DEFAULTS = tuple(DEFAULT_KEYS)
-TARGET = tuple(ALL_TARGET_KEYS)
-KEYS: dict[str, Key] = {**by_name(NOTIFY_KEYS), **ALL_TARGET_KEYS, **by_name(TOP_KEYS)}
+DEFAULTS = tuple(key_tables().defaults)
+TARGET = tuple(key_tables().target)
+KEYS: dict[str, Key] = {**by_name(NOTIFY_KEYS), **key_tables().target, **by_name(TOP_KEYS)}
 SELECTORS = [key for kind in PROBE_KINDS for key in kind.selectors]
 _TEXT = frozenset({"str"})
 ACCEPTS: dict[Shape, frozenset[str]] = {

@@ -119,7 +119,7 @@ POLICY_KEYS = (
         "restart)", default="3", minimum=0),
     Key("restart_window", Shape.DURATION, duration(), "", default="1h"),
     Key("restart_timeout", Shape.DURATION, duration(0.0, above=True),
-        "how long to wait for systemd's restart job", default="60s"),
+        "how long to wait for systemd's restart job", default="60s", minimum=0.0),
     Key("verify_timeout", Shape.DURATION, duration(),
         "after a restart, how long to keep re-probing for the target to answer", default="30s"),
     Key("signal_before_restart", Shape.SIGNAL, signal_name,

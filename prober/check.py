@@ -206,7 +206,7 @@ async def run_once(
             target=target, result=verdict.result, health=applied.state.health,
             decision=applied.decision, state=applied.state,
             outcome=None if restarted is None else restarted.detail,
-            notice=policy.certificate_notice(target, verdict.result, now),
+            notice=target.kind.notice(target.probe, verdict.result, now),
         ))
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:

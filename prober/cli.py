@@ -13,20 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prober import __version__, report
+from prober import __version__, probes, report
 from prober.config import (
-    KIND_KEYS,
     POLICY_KEYS,
     Bus,
     Config,
     Target,
     config_path,
+    key_tables,
     load_config,
     parse_config,
 )
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
-from prober.probes import KINDS
 from prober.state import StateStore, state_path
 from prober.text import did_you_mean, one_line
 
@@ -231,7 +230,7 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
 def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
     """Give `prober probe` an option for every key that declares one, from the key table."""
     seen: set[str] = set()
-    for key in (*reversed(tuple(KIND_KEYS.values())), *reversed(POLICY_KEYS)):
+    for key in (*reversed(tuple(key_tables().kinds.values())), *reversed(POLICY_KEYS)):
         option = key.option
         if option is None or key.name in seen:
             continue
@@ -246,29 +245,32 @@ def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
     return function
 
 
-_KIND_ARGUMENTS = "URL | tcp://HOST:PORT | -- /PATH/TO/COMMAND [ARG]..."
+def _kind_arguments() -> str:
+    """What `prober probe` takes, as each registered kind spells it: "an http:// or https://
+    URL, tcp://HOST:PORT or a command (...)"."""
+    helps = [kind.argument.help for kind in probes.KINDS]
+    return helps[0] if len(helps) == 1 else ", ".join(helps[:-1]) + f" or {helps[-1]}"
 
 
-@cli.command()
-@click.argument("what", nargs=-1, required=True, metavar=_KIND_ARGUMENTS)
+@cli.command(help=f"Probe once, with no state and no restart: {_kind_arguments()}. Exit 0 if "
+                  "it passes, else 2.")
+@click.argument("what", nargs=-1, required=True,
+                metavar=" | ".join(kind.argument.metavar for kind in probes.KINDS))
 @_json_option
 @_probe_command
 def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
-    """Probe once, with no state and no restart: an http:// or https:// URL, tcp://HOST:PORT,
-    or a command (its absolute path and arguments, after `--`). Exit 0 if it passes, else 2."""
     import asyncio
 
     from prober.probing import probe_one
 
     table: dict[str, Any] = {"name": "probe"}
-    for kind in KINDS:
-        values = kind.argument(what)
+    for kind in probes.KINDS:
+        values = kind.argument.parse(what)
         if values is not None:
             table.update(values)
             break
     else:
-        raise UsageError(f'"{" ".join(what)}" must start with http://, https:// or tcp://, '
-                         "or be a command given by its absolute path (after --)")
+        raise UsageError(f'"{" ".join(what)}": expected {_kind_arguments()}')
     for name, given in options.items():
         value = _option_value(_option_key(name), given)
         if value is not None and value != ():
@@ -283,7 +285,7 @@ def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
 
 
 def _option_key(name: str) -> Key:
-    return KIND_KEYS.get(name) or next(k for k in POLICY_KEYS if k.name == name)
+    return key_tables().kinds.get(name) or next(k for k in POLICY_KEYS if k.name == name)
 
 
 def _option_value(key: Key, given: Any) -> Any:
@@ -510,7 +512,7 @@ def main() -> None:
     guard_std_streams()  # journald may vanish mid-run: output never changes what a run does
     code = run()
     # Everything is done by now (state saved, lock released, clients closed): skip tearing
-    # down a few hundred modules, ~50 ms of a healthy check that runs every 30 s.
+    # down a few hundred modules, a large share of a healthy check that runs every 30 s.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -7,6 +7,7 @@ declared once, below and in each probe kind's module (see prober/keys.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections import Counter
@@ -16,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from prober import probes
 from prober.errors import ConfigError
 from prober.keys import (
     Key,
@@ -41,7 +43,6 @@ from prober.keys import (
     unit,
     url,
 )
-from prober.probes import KINDS
 from prober.probes.base import Invalid, ProbeKind, ProbeSpec
 from prober.text import did_you_mean, os_reason
 
@@ -118,7 +119,7 @@ POLICY_KEYS = (
         "restart)", default="3", minimum=0),
     Key("restart_window", Shape.DURATION, duration(), "", default="1h"),
     Key("restart_timeout", Shape.DURATION, duration(0.0, above=True),
-        "how long to wait for systemd's restart job", default="60s"),
+        "how long to wait for systemd's restart job", default="60s", minimum=0.0),
     Key("verify_timeout", Shape.DURATION, duration(),
         "after a restart, how long to keep re-probing for the target to answer", default="30s"),
     Key("signal_before_restart", Shape.SIGNAL, signal_name,
@@ -176,7 +177,7 @@ class Target:
 
 def kind_of(spec: object) -> ProbeKind[Any, Any]:
     """The registered kind whose spec `spec` is."""
-    for kind in KINDS:
+    for kind in probes.KINDS:
         if isinstance(spec, kind.spec):
             return kind
     raise TypeError(f"{type(spec).__name__} is not a registered probe kind")
@@ -267,13 +268,26 @@ TOP_KEYS = (
 )
 
 
-# Every probe kind's keys by name (a key two kinds share is declared once).
-KIND_KEYS: Mapping[str, Key] = {key.name: key for kind in KINDS for key in kind.keys}
-# What [defaults] takes: policy keys and the probe keys marked for it.
-DEFAULT_KEYS: Mapping[str, Key] = {
-    **_POLICY_BY_NAME, **{name: key for name, key in KIND_KEYS.items() if key.in_defaults}}
-# What a [[target]] table takes, whatever its kind.
-ALL_TARGET_KEYS: Mapping[str, Key] = {**by_name(TARGET_KEYS), **_POLICY_BY_NAME, **KIND_KEYS}
+@dataclass(frozen=True)
+class KeyTables:
+    """The keys of the tables whose keys depend on the registered probe kinds."""
+
+    kinds: Mapping[str, Key]  # every probe kind's keys by name (a shared key declared once)
+    defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, probe keys marked for it
+    target: Mapping[str, Key]  # what a [[target]] table takes, whatever its kind
+
+
+def key_tables() -> KeyTables:
+    """The key tables of the kinds registered now (prober/probes/__init__.py)."""
+    return _key_tables(probes.KINDS)
+
+
+@functools.cache
+def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...]) -> KeyTables:
+    of_kinds = {key.name: key for kind in kinds for key in kind.keys}
+    defaults = {**_POLICY_BY_NAME,
+                **{name: key for name, key in of_kinds.items() if key.in_defaults}}
+    return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **_POLICY_BY_NAME, **of_kinds})
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -335,12 +349,13 @@ class _Defaults:
 
 
 def _kind_for(data: Mapping[str, Any], where: _Where) -> ProbeKind[Any, Any]:
-    found = [(kind, key) for kind in KINDS for key in kind.selectors if key in data]
+    registered = probes.KINDS
+    found = [(kind, key) for kind in registered for key in kind.selectors if key in data]
     kinds = list(dict.fromkeys(kind for kind, _ in found))
     if not kinds:
-        selectors = [f'"{key}"' for kind in KINDS for key in kind.selectors]
+        selectors = [f'"{key}"' for kind in registered for key in kind.selectors]
         listed = ", ".join(selectors[:-1]) + f" or {selectors[-1]}"
-        raise where.error(KINDS[0].selectors[0], f"missing (set {listed})")
+        raise where.error(registered[0].selectors[0], f"missing (set {listed})")
     if len(kinds) > 1:
         first = next(key for kind, key in found if kind is kinds[0])
         second = next(key for kind, key in found if kind is kinds[1])
@@ -349,7 +364,8 @@ def _kind_for(data: Mapping[str, Any], where: _Where) -> ProbeKind[Any, Any]:
 
 
 def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: _Where) -> Target:
-    allowed = ALL_TARGET_KEYS
+    tables = key_tables()
+    allowed = tables.target
     if "name" not in data:
         _reject_unknown(data, allowed, where)
         raise where.error("name", "missing (every target needs a unique name)")
@@ -359,8 +375,8 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: _Where) -
     kind = _kind_for(data, where)
     own = by_name(kind.keys)
     for key in data:
-        if key in KIND_KEYS and key not in own:
-            owners = " and ".join(f'"{k.name}"' for k in KINDS if key in by_name(k.keys))
+        if key in tables.kinds and key not in own:
+            owners = " and ".join(f'"{k.name}"' for k in probes.KINDS if key in by_name(k.keys))
             raise where.error(key, f'only applies to {owners} targets, not "{kind.name}" ones')
     values = {k: v for k, v in defaults.probe_values.items() if k in own}
     values.update({key: where.read(data, own[key]) for key in data if key in own})
@@ -424,7 +440,7 @@ def find_cycle(by_name_: Mapping[str, Target]) -> list[str] | None:
 
 def _parse_defaults(data: Mapping[str, Any], path: str) -> _Defaults:
     where = _Where(path, "[defaults]")
-    allowed = DEFAULT_KEYS
+    allowed = key_tables().defaults
     _reject_unknown(data, allowed, where)
     policy = _parse_policy(data, Policy(), where)
     probe_values = {name: where.read(data, allowed[name]) for name in data
@@ -501,18 +517,24 @@ def load_config(path: str, *, insecure: bool = False) -> Config:
 
     Like sshd and sudo, refuses a file that someone other than root or the running user
     could have written (it decides what gets restarted and which commands run), unless
-    `insecure`. Files a target names (ca_file) must exist.
+    `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
     """
     text = read_config_text(path)
     if not insecure:
         check_ownership(path, os.stat(path), os.geteuid())
     config = parse_config(parse_toml(text, path), path)
     for target in config.targets:
-        ca_file = getattr(target.probe, "ca_file", None)
-        if ca_file and not os.path.isfile(ca_file):
-            raise ConfigError(f'{path}: target "{target.name}": ca_file: "{ca_file}" '
-                              "does not exist")
+        for key, file in named_files(target):
+            if not os.path.isfile(file):
+                raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
+                                  "does not exist")
     return config
+
+
+def named_files(target: Target) -> list[tuple[str, str]]:
+    """(key, path) of each file the target names that must exist when the config loads."""
+    keys = (key.name for key in target.kind.keys if key.existing_file)
+    return [(name, value) for name in keys if (value := getattr(target.probe, name, None))]
 
 
 def check_ownership(path: str, st: os.stat_result, euid: int) -> None:

@@ -83,6 +83,8 @@ class Key:
     choices: tuple[str, ...] = ()  # for CHOICE / CHOICES
     minimum: float | None = None  # for INTEGER / DURATION / PERCENT
     option: Option | None = None
+    # A file that must exist when the config is loaded (parsing stays pure: load_config looks).
+    existing_file: bool = False
 
     def read(self, value: object) -> Any:
         return self.parse(value)
@@ -128,7 +130,8 @@ def parse_duration(value: object) -> float:
         text = value.strip().replace(" ", "")
         parts = _DURATION_PART.findall(text)
         if not text or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f'"{value}" is not a duration (use e.g. "500ms", "30s", "5m", "1h")')
+            raise ValueError(
+                f'"{value}" is not a duration (use e.g. "500ms", "30s", "5m", "1h", "14d")')
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration like \"30s\", got {type(value).__name__}")

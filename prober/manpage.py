@@ -19,10 +19,11 @@ from prober import __version__
 SUMMARY = "restart systemd services that are up but not answering"
 
 DESCRIPTION = """\
-prober probes endpoints over HTTP, TCP or a Unix socket, counts failures across runs, works
-out which layer of a stack is broken, and asks systemd over D-Bus to restart that unit, with
-grace periods, backoff, a restart budget and a dry run. It never starts a unit that is not
-active. The README (in /usr/share/doc/prober/) describes the config and the restart policy.
+prober probes endpoints over HTTP, TCP or a Unix socket, or runs a check command, counts
+failures across runs, works out which layer of a stack is broken, and asks systemd over D-Bus
+to restart that unit, with grace periods, backoff, a restart budget and a dry run. It never
+starts a unit that is not active. The README (in /usr/share/doc/prober/) describes the config
+and the restart policy.
 """
 
 _STATIC = r"""

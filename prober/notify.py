@@ -3,8 +3,9 @@ webhook.
 
 Delivery happens after the run's restarts and never fails the run: a failed delivery is logged
 and forgotten. A webhook that fails is tried again with backoff (tenacity), every attempt
-within [notify] timeout in all. No shell is ever used, and secrets (the token, header values)
-are never logged.
+within [notify] timeout in all: tenacity stops before a backoff would end past it. `deliver`
+bounds the whole too, for an attempt that hangs (httpx's timeout is per phase, not per
+request). No shell is ever used, and secrets (the token, header values) are never logged.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ async def _post(notify: Notify, payloads_: Sequence[dict[str, Any]],
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((httpx.HTTPError, _Rejected)),
                 wait=wait_exponential(multiplier=_FIRST_BACKOFF, max=_MAX_BACKOFF),
+                # Not stop_after_delay: it would still start a backoff that ends past the
+                # deadline. This one also stops once the deadline has passed.
                 stop=stop_before_delay(max(0.0, deadline - time.monotonic())),
                 reraise=True,
             )

@@ -329,22 +329,3 @@ def _applied(target: Target, before: TargetState, after: TargetState,
              decision: Decision) -> Applied:
     changes = tuple(Change(target.name, t) for t in recorded_since(before, after))
     return Applied(after, decision, changes)
-
-
-def certificate_notice(target: Target, result: ProbeResult, now: float) -> str | None:
-    """Why the target is warning because its certificate expires soon, or None.
-
-    An expired certificate is already a `tls` failure; this only ever warns.
-    """
-    window = getattr(target.probe, "tls_expiry_warning", 0.0)
-    certificate = result.certificate
-    if not window or certificate is None or not result.ok:
-        return None
-    left = certificate.not_after - now
-    if left > window:
-        return None
-    date = dt.datetime.fromtimestamp(certificate.not_after, dt.UTC).strftime("%Y-%m-%d")
-    days = max(0, int(left // 86400))
-    return (f"certificate of {certificate.subject} expires on {date}, in {days} "
-            f"day{'' if days == 1 else 's'} (tls_expiry_warning "
-            f"{format_duration(window)})")

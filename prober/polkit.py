@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+from pathlib import Path
 
 from prober.config import Config
 from prober.errors import InstallError
+from prober.files import remove_stale_temp_files, write_atomically
+from prober.text import os_reason
 
 RULES_FILE = "/etc/polkit-1/rules.d/50-prober.rules"
 """Where `prober polkit-rule --install` writes the rule; polkitd rereads the folder by itself."""
@@ -49,17 +51,13 @@ polkit.addRule(function(action, subject) {{
 
 
 def install_rule(path: str, text: str) -> None:
-    """Write the rule to `path` through a temp file and a rename, mode 0644 (polkitd reads it)."""
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}")
+    """Write the rule to `path` atomically and durably, owned by whoever runs this (root) and
+    mode 0644: polkitd reads it as its own user, and a torn rule would be no rule at all."""
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomically(Path(path), text.encode("utf-8"), mode=0o644)
+        remove_stale_temp_files(Path(path))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise InstallError(f"{path}: cannot write the polkit rule: {_reason(exc)}",
+        raise InstallError(f"{path}: cannot write the polkit rule: {os_reason(exc)}",
                            _hint(exc)) from None
 
 
@@ -71,13 +69,9 @@ def remove_rule(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise InstallError(f"{path}: cannot remove the polkit rule: {_reason(exc)}",
+        raise InstallError(f"{path}: cannot remove the polkit rule: {os_reason(exc)}",
                            _hint(exc)) from None
     return True
-
-
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or str(exc)).lower()
 
 
 def _hint(exc: OSError) -> str | None:

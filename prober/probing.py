@@ -20,7 +20,7 @@ from prober.config import Target
 from prober.keys import format_duration
 from prober.probes.base import Context, ProbeKind
 from prober.results import Deadline, FailureClass, Finding, ProbeResult
-from prober.text import reason
+from prober.text import os_reason, reason
 
 log = logging.getLogger("prober")
 
@@ -177,7 +177,7 @@ def _enough_descriptors(probes: int) -> None:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (OSError, ValueError) as exc:
-        log.debug("cannot raise the open-files limit to %d: %s", wanted, exc)
+        log.debug("cannot raise the open-files limit to %d: %s", wanted, os_reason(exc))
     else:
         log.debug("open-files limit raised from %d to %d for %d probes", soft, wanted, probes)
 

@@ -7,7 +7,13 @@ from enum import StrEnum
 
 
 class FailureClass(StrEnum):
-    """Why a probe failed; the values are what logs, JSON and metrics show."""
+    """Why a probe failed; the values are what logs, JSON and metrics show.
+
+    One vocabulary for every kind, kept here and not brought by each kind: the values are a
+    contract with users (alert rules and dashboards match them, the README's failure-modes
+    table lists them), and the policy reads them (`means_starving`). A new kind maps its
+    failures onto these; a new class changes that contract, so it is made here on purpose.
+    """
 
     REFUSED = "refused"  # nothing listens: connection refused or reset at connect
     TIMEOUT = "timeout"  # no complete answer within the target's timeout

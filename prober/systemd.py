@@ -30,7 +30,7 @@ from prober.actuator import RestartResult, UnitFacts
 from prober.config import Bus, Target
 from prober.errors import SystemdError
 from prober.keys import format_duration
-from prober.text import reason
+from prober.text import os_reason, reason
 
 log = logging.getLogger("prober")
 
@@ -109,14 +109,15 @@ class DBusClient:
         try:
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
         except Exception as exc:  # dbus-next raises plain OSErrors and its own errors
-            raise BusUnavailable(f"cannot connect to the {kind} bus at {address}: {exc}") from None
+            raise BusUnavailable(f"cannot connect to the {kind} bus at {address}: "
+                                 f"{os_reason(exc)}") from None
         try:
             await asyncio.wait_for(bus.connect(), CONNECT_TIMEOUT)
         except Exception as exc:
             _close(bus)
-            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            why = "no answer" if isinstance(exc, TimeoutError) else os_reason(exc)
             raise BusUnavailable(f"cannot connect to the {kind} bus at {address}: "
-                                 f"{reason}") from None
+                                 f"{why}") from None
         return cls(bus)
 
     async def call(self, path: str, interface: str, member: str, signature: str = "",
@@ -129,7 +130,7 @@ class DBusClient:
             raise BusUnavailable(f"systemd did not answer {member} within "
                                  f"{format_duration(CALL_TIMEOUT)}") from None
         except Exception as exc:
-            raise BusUnavailable(f"D-Bus call {member} failed: {exc!r}") from None
+            raise BusUnavailable(f"D-Bus call {member} failed: {os_reason(exc)}") from None
         if reply is None:
             raise BusUnavailable(f"no reply to {member}")
         _raise_for_error(reply, unit, what)

@@ -169,7 +169,7 @@ class WebServer:
         except TimeoutError:
             log.debug("web: %s: dropped after %gs", peer, self._timeout)
         except (_Dropped, ConnectionError, h11.ProtocolError) as exc:
-            log.debug("web: %s: %s", peer, exc or type(exc).__name__)
+            log.debug("web: %s: %s", peer, os_reason(exc))
         except asyncio.CancelledError:
             pass  # close() is ending this connection; the loop keeps going
         except Exception:

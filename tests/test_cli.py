@@ -335,7 +335,8 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["check", "--bogus"], "", "No such option '--bogus'"),
         (["frobnicate"], "", "No such command 'frobnicate'"),
         (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
-        (["probe", "ftp://x/"], "", "must start with http://, https:// or tcp://"),
+        (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
+         "tcp://HOST:PORT or a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
         (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',
@@ -388,6 +389,62 @@ def test_probe_command(web: Server, prober: Prober) -> None:
     tcp = prober("probe", f"tcp://127.0.0.1:{web.port}")
     assert tcp.code == 0
     assert not prober.state.exists()
+
+
+@pytest.mark.parametrize(("args", "code", "out"), [
+    (["--expect-output", "PONG", "--", "/bin/echo", "PONG"], 0, "OK: /bin/echo PONG: exit 0"),
+    (["--expect-output", "PONG", "--", "/bin/echo", "PANG"], 2,
+     'FAIL (output): /bin/echo PANG: output does not contain "PONG": PANG'),
+    (["--expect-output-regex", "^P.NG$", "--", "/bin/echo", "PANG"], 0, "OK: "),
+    (["--", "/bin/sh", "-c", "exit 3"], 2,
+     "FAIL (exit): /bin/sh -c 'exit 3': exit 3, expected 0"),
+    (["--expect-exit", "3", "--", "/bin/sh", "-c", "exit 3"], 0,
+     "OK: /bin/sh -c 'exit 3': exit 3"),
+    (["--env", "TOKEN=s3cret", "--expect-output", "token s3cret", "--", "/bin/sh", "-c",
+      'echo "token $TOKEN"'], 0, "OK: /bin/sh -c 'echo \"token $TOKEN\"': exit 0"),
+    (["--env", "TOKEN=s3cret", "--expect-output", "nope", "--", "/bin/sh", "-c",
+      'test "${#TOKEN}" = 6 && echo set'], 2,
+     """FAIL (output): /bin/sh -c 'test "${#TOKEN}" = 6 && echo set': output does not """
+     'contain "nope": set'),
+    (["--", "/nonexistent/check"], 2,
+     "FAIL (exec): /nonexistent/check: cannot run /nonexistent/check: no such file or "
+     "directory"),
+], ids=["output", "output-missing", "regex", "exit", "expect-exit", "env", "env-on-failure",
+        "not-found"])
+def test_probe_runs_a_command(prober: Prober, args: list[str], code: int, out: str) -> None:
+    """`prober probe ... -- /PATH ARG...` runs the command itself, no shell in between, and
+    judges its exit code and output: exit 0 on pass, 2 on fail. --env reaches the command,
+    and prober prints its value nowhere (what the command itself prints is its own affair)."""
+    run = prober("probe", *args)
+    assert (run.code, run.err) == (code, ""), run
+    assert run.out.startswith(out), run.out
+    if "--env" in args:
+        assert "s3cret" not in run.out
+
+
+def test_probe_runs_a_command_json(prober: Prober) -> None:
+    """--json reports a command's probe like any other, the command as its endpoint."""
+    run = prober("probe", "--json", "--expect-exit", "3", "--", "/bin/sh", "-c", "exit 3")
+    assert run.code == 0, run
+    assert run.json() | {"latency_ms": None} == {
+        "endpoint": "/bin/sh -c 'exit 3'", "ok": True, "reason": "exit 3", "failure": None,
+        "status_code": None, "latency_ms": None, "attempts": 1}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--env", "NOSIGN", "--", "/bin/true"], '--env "NOSIGN": expected NAME=VALUE'),
+    (["--env", "BAD NAME=x", "--", "/bin/true"],
+     'env: "BAD NAME" is not an environment variable name'),
+    (["--expect-exit", "300", "--", "/bin/true"], "expect_exit: must be at most 255, got 300"),
+    (["--", "bin/true"], '"bin/true": expected an http:// or https:// URL'),
+], ids=["env-no-equals", "env-bad-name", "exit-range", "relative"])
+def test_probe_of_a_command_refuses_bad_input(prober: Prober, args: list[str],
+                                              message: str) -> None:
+    """Bad --env, --expect-exit or a relative command: exit 3 and one line, nothing run."""
+    run = prober("probe", *args)
+    assert run.code == 3 and run.out == "", run
+    assert run.err.startswith("prober: error: ") and message in run.err, run.err
+    assert run.err.count("\n") == 1
 
 
 def test_validate_and_version(prober: Prober, web: Server) -> None:

@@ -131,6 +131,24 @@ def test_max_latency_applies_to_tcp_targets(where: str, target: dict[str, Any]) 
     assert db.policy.max_latency == 0.2
 
 
+def test_tls_expiry_warning_in_defaults_applies_to_https_targets() -> None:
+    """tls_expiry_warning in [defaults] reaches every HTTP target that does not set its own,
+    and leaves the other kinds alone (they do not take it)."""
+    config = parse_config({
+        "defaults": {"tls_expiry_warning": "30d"},
+        "target": [
+            {"name": "site", "url": "https://example.org/"},
+            {"name": "off", "url": "https://example.net/", "tls_expiry_warning": "0s"},
+            {"name": "db", "tcp": "127.0.0.1:5432"},
+        ],
+    })
+    site, off, db = config.targets
+    assert isinstance(site.probe, HttpProbe) and isinstance(off.probe, HttpProbe)
+    assert site.probe.tls_expiry_warning == 30 * 86400
+    assert off.probe.tls_expiry_warning == 0
+    assert db.probe == TcpProbe("127.0.0.1", 5432)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:443", ("::1", 443)),

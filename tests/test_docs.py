@@ -78,3 +78,32 @@ def test_readme_names_every_command_taking_an_option(option: str, param: str) ->
     takers = sorted(name for name, command in cli.commands.items()
                     if any(p.name == param for p in command.params))
     assert _readme_commands_taking(option) == takers
+
+
+_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def rows_outside_tables(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of each "|" line that starts a block without being a table header:
+    a header row is followed by its |---| separator. A blank line inside a table ends it, and
+    the rows after it render as a paragraph of pipes."""
+    lines = text.splitlines()
+    found = []
+    fenced = in_block = False
+    for index, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not line.startswith("|"):
+            in_block = False
+            continue
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if not in_block and not _SEPARATOR.match(following):
+            found.append((index + 1, line[:60]))
+        in_block = True
+    return found
+
+
+def test_readme_tables_are_not_broken_by_blank_lines() -> None:
+    """Every block of README lines starting with "|" opens with a header and its separator,
+    so no table is cut in two by a blank line (or starts without a header)."""
+    assert rows_outside_tables(README.read_text()) == []

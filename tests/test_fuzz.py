@@ -31,17 +31,18 @@ import prober.watcher
 from prober.cli import cli as prober_cli
 from prober.cli import run
 from prober.config import (
-    ALL_TARGET_KEYS,
-    DEFAULT_KEYS,
     NOTIFY_KEYS,
     POLICY_KEYS,
+    TARGET_KEYS,
     TOP_KEYS,
     Config,
+    Policy,
+    key_tables,
     load_config,
     parse_config,
 )
 from prober.errors import ConfigError
-from prober.keys import Key, Shape, by_name
+from prober.keys import Key, Shape, by_name, parse_duration
 from prober.probes import KINDS as PROBE_KINDS
 from prober.text import one_line
 from tests.servers import refused_port
@@ -107,9 +108,9 @@ KINDS: dict[str, st.SearchStrategy[Any]] = {
 # The schema comes from the key table itself: each key's shape says what it takes.
 TOP = tuple(by_name(TOP_KEYS))
 NOTIFY = tuple(by_name(NOTIFY_KEYS))
-DEFAULTS = tuple(DEFAULT_KEYS)
-TARGET = tuple(ALL_TARGET_KEYS)
-KEYS: dict[str, Key] = {**by_name(NOTIFY_KEYS), **ALL_TARGET_KEYS, **by_name(TOP_KEYS)}
+DEFAULTS = tuple(key_tables().defaults)
+TARGET = tuple(key_tables().target)
+KEYS: dict[str, Key] = {**by_name(NOTIFY_KEYS), **key_tables().target, **by_name(TOP_KEYS)}
 SELECTORS = [key for kind in PROBE_KINDS for key in kind.selectors]
 _TEXT = frozenset({"str"})
 ACCEPTS: dict[Shape, frozenset[str]] = {
@@ -303,101 +304,165 @@ def documents(draw: st.DrawFn) -> Doc:
 
 
 # --- valid documents, to mutate one thing at a time -------------------------------------------
+#
+# Built from the key table like the documents above: a valid value per Shape, bounded by the
+# key's declared `minimum` and `choices`, so a new key or kind needs no edit here. What the
+# table cannot say are the rules between keys (README "Configuration"); `_keep_rules` keeps them.
 
-VALID_POLICY: dict[str, st.SearchStrategy[Any]] = {
-    "timeout": st.sampled_from(["2s", "5s", "1m", 3, 4.5]),
-    "max_latency": st.sampled_from(["500ms", "1s", 1]),
-    "retries": st.integers(0, 3),
-    "retry_delay": st.sampled_from(["0s", "500ms", 1]),
-    "failure_threshold": st.integers(1, 5),
-    "success_threshold": st.integers(1, 5),
-    "startup_grace": st.sampled_from(["0s", "60s", "1h30m"]),
-    "cooldown": st.sampled_from(["10s", "1m", 30]),
-    "max_cooldown": st.sampled_from(["15m", "1h", 3600]),
-    "max_restarts": st.integers(0, 5),
-    "restart_window": st.sampled_from(["1h", "30m", 600]),
-    "restart_timeout": st.sampled_from(["60s", 10]),
-    "verify_timeout": st.sampled_from(["0s", "30s"]),
-    "signal_before_restart": st.sampled_from(["SIGABRT", "sigquit", "ABRT"]),
-    "bus": st.sampled_from(["system", "user", "USER"]),
-    "method": st.sampled_from(["GET", "get"]),
-    "headers": st.dictionaries(st.sampled_from(["X-Token", "Accept", "X_A"]), texts(8),
-                               max_size=2),
-    "tls_verify": st.booleans(),
-    "follow_redirects": st.booleans(),
-    "expect_status": st.sampled_from([200, "2xx", "3XX", "404", [200, "3xx"]]),
-    "max_body": st.integers(1, 10**6),
-    "tls_expiry_warning": st.sampled_from(["0s", "14d", "30d"]),
-}
-POLICY = frozenset(key.name for key in POLICY_KEYS)
-VALID_EXEC: dict[str, st.SearchStrategy[Any]] = {
-    "expect_exit": st.integers(0, 255),
-    "expect_output": st.sampled_from(["PONG", "accepting connections"]),
-    "expect_output_regex": st.sampled_from(["^PONG$", "accepting"]),
-    "env": st.dictionaries(st.sampled_from(["REDISCLI_AUTH", "PGCONNECT_TIMEOUT", "_X1"]),
-                           texts(8), max_size=2),
-    "env_file": st.sampled_from(["/etc/prober/redis.env", "redis-auth"]),
-}
+_DURATIONS = ("0s", "500ms", "2s", "30s", "5m", "1h", "1h30m", "2d", 90, 2.5)
+
+
+def _valid_durations(key: Key) -> st.SearchStrategy[Any]:
+    """Durations the key takes: any, or only those above its declared minimum."""
+    bound = key.minimum
+    return st.sampled_from(
+        [d for d in _DURATIONS if bound is None or parse_duration(d) > bound])
+
+
+def _valid_integers(key: Key) -> st.SearchStrategy[Any]:
+    low = int(key.minimum or 0)
+    return st.integers(low, low + 5)
+
+
+def _choice(key: Key) -> st.SearchStrategy[str]:
+    return st.sampled_from([*key.choices, *(c.upper() for c in key.choices)])
+
+
 VALID_NAMES = st.sampled_from(["web", "caddy", "db", "api-1", "x.y", "cache", "w_2", "Z9"])
+_HEADER_NAMES = st.sampled_from(["X-Token", "Accept", "X_A", "Host"])
+_ENV_NAMES = st.sampled_from(["REDISCLI_AUTH", "PGCONNECT_TIMEOUT", "_X1"])
+VALID_BY_SHAPE: dict[Shape, Callable[[Key], st.SearchStrategy[Any]]] = {
+    Shape.DURATION: _valid_durations,
+    Shape.INTEGER: _valid_integers,
+    Shape.PERCENT: lambda key: st.integers(0, 100) | st.floats(0, 100),
+    Shape.BOOLEAN: lambda key: st.booleans(),
+    Shape.STRING: lambda key: texts(8),
+    Shape.PATH: lambda key: st.sampled_from(
+        ["/run/app/puma.sock", "/etc/ssl/private/ca.pem", "/var/lib/prometheus/x.prom"]),
+    Shape.CREDENTIAL: lambda key: st.sampled_from(["/etc/prober/redis.env", "redis-auth"]),
+    Shape.URL: lambda key: st.sampled_from([
+        "http://127.0.0.1:8080/health", "https://example.test/", "http://[::1]:3000/x?y=1",
+        "http://u:p@example.test:81/"]),
+    Shape.HOST_PORT: lambda key: st.sampled_from(["127.0.0.1:6379", "[::1]:5432", "db.test:1"]),
+    Shape.IP: lambda key: st.sampled_from(["127.0.0.1", "::1", "[::1]"]),
+    Shape.REGEX: lambda key: st.sampled_from(["^PONG$", "accepting", "OK|ok", r"\d+ ms"]),
+    Shape.CHOICE: _choice,
+    Shape.CHOICES: lambda key: st.lists(_choice(key), max_size=len(key.choices)),
+    Shape.STATUSES: lambda key: st.sampled_from([200, "2xx", "3XX", "404", [200, "3xx"]]),
+    Shape.HEADERS: lambda key: st.dictionaries(_HEADER_NAMES, texts(8), max_size=2),
+    Shape.ENV: lambda key: st.dictionaries(_ENV_NAMES, texts(8), max_size=2),
+    Shape.ARGV: lambda key: st.sampled_from([
+        ["/usr/bin/redis-cli", "ping"], ["/usr/bin/pg_isready", "-h", "/run/postgresql"],
+        ["/usr/local/lib/prober/sidekiq-alive"]]),
+    Shape.UNIT: lambda key: st.sampled_from(
+        ["caddy", "caddy.service", "mastodon-web.service", "app@1.service"]),
+    Shape.NAME: lambda key: VALID_NAMES,
+    Shape.SIGNAL: lambda key: st.sampled_from(["SIGABRT", "sigquit", "ABRT"]),
+}
+# Keys whose values are the document's own structure, drawn by valid_documents itself.
+STRUCTURAL = frozenset({Shape.NAMES, Shape.TABLE, Shape.TABLES})
 
 
-def _some(draw: st.DrawFn, choices: Mapping[str, st.SearchStrategy[Any]]) -> Doc:
-    keys = draw(st.lists(st.sampled_from(sorted(choices)), max_size=4, unique=True))
-    return {key: draw(choices[key]) for key in keys}
+def valid_value(key: Key) -> st.SearchStrategy[Any]:
+    return VALID_BY_SHAPE[key.shape](key)
+
+
+def _some(draw: st.DrawFn, keys: Sequence[Key]) -> Doc:
+    """Up to four of `keys`, each with a valid value."""
+    chosen = draw(st.lists(st.sampled_from(keys), max_size=4, unique_by=lambda k: k.name))
+    return {key.name: draw(valid_value(key)) for key in chosen}
+
+
+def _effective(name: str, table: Doc, defaults: Doc) -> Any:
+    """A policy key's value for `table` over `defaults`, parsed; the built-in default else."""
+    raw = table.get(name, defaults.get(name))
+    return getattr(Policy(), name) if raw is None else KEYS[name].read(raw)
+
+
+def _keep_rules(table: Doc, defaults: Doc, *, target: bool) -> None:
+    """Make `table` keep the rules between keys, over `defaults`, by setting its own keys."""
+    def value(name: str) -> Any:
+        return _effective(name, table, defaults)
+
+    if value("max_cooldown") < value("cooldown"):
+        table["max_cooldown"] = value("cooldown")
+    if value("max_restarts") > 0 and value("restart_window") <= 0:
+        table["max_restarts"] = 0
+    if not target:
+        return
+    if value("max_latency") is not None and value("max_latency") >= value("timeout"):
+        table["timeout"] = 2 * value("max_latency") + 1
+    method = str(table.get("method", defaults.get("method", "GET"))).upper()
+    if method == "HEAD" and ({"expect_body", "expect_body_regex"} & set(table)):
+        table["method"] = "GET"
+
+
+@st.composite
+def valid_targets(draw: st.DrawFn, name: str, earlier: Sequence[str], defaults: Doc) -> Doc:
+    """A target of any registered kind: its selectors, then some of its keys and the policy's."""
+    kind = draw(st.sampled_from(PROBE_KINDS))
+    selectors = draw(st.lists(st.sampled_from(kind.selectors), min_size=1, unique=True))
+    own = by_name(kind.keys)
+    table: Doc = {"name": name, **{s: draw(valid_value(own[s])) for s in selectors}}
+    keys = [k for k in (*POLICY_KEYS, *kind.keys, *TARGET_KEYS) if k.name not in
+            {*kind.selectors, "name"} and k.shape not in STRUCTURAL]
+    table.update(_some(draw, keys))
+    if draw(st.booleans()) and earlier:
+        table["depends_on"] = draw(st.lists(st.sampled_from(earlier), max_size=3))
+    _keep_rules(table, defaults, target=True)
+    return table
+
+
+@st.composite
+def valid_notify(draw: st.DrawFn) -> Doc:
+    """A [notify] table with a command or a webhook (token_file only with a webhook)."""
+    keys = by_name(NOTIFY_KEYS)
+    table = _some(draw, list(keys.values()))
+    if "webhook" not in table and (not table.get("command") or "token_file" in table):
+        table["webhook"] = draw(valid_value(keys["webhook"]))
+    return table
 
 
 @st.composite
 def valid_documents(draw: st.DrawFn) -> Doc:
     """Documents prober must accept: every rule of the README kept."""
     names = draw(st.lists(VALID_NAMES, min_size=1, max_size=5, unique=True))
-    targets = []
-    for index, name in enumerate(names):
-        kind = draw(st.sampled_from(["url", "tcp", "unix_socket", "command"]))
-        table: Doc = {"name": name}
-        if kind == "tcp":
-            table["tcp"] = draw(st.sampled_from(["127.0.0.1:6379", "[::1]:5432", "db.test:1"]))
-            policy = {k: v for k, v in VALID_POLICY.items() if k in POLICY}
-            table.update(_some(draw, policy))
-        elif kind == "command":
-            table["command"] = draw(st.sampled_from([
-                ["/usr/bin/redis-cli", "ping"], ["/usr/bin/pg_isready", "-h", "/run/postgresql"],
-                ["/usr/local/lib/prober/sidekiq-alive"]]))
-            policy = {k: v for k, v in VALID_POLICY.items() if k in POLICY or k == "max_body"}
-            table.update(_some(draw, {**policy, **VALID_EXEC}))
-        else:
-            table.update(_some(draw, VALID_POLICY))
-            if kind == "unix_socket":
-                table["unix_socket"] = "/run/app/puma.sock"
-            if kind == "url" or draw(st.booleans()):
-                table["url"] = draw(st.sampled_from([
-                    "http://127.0.0.1:8080/health", "https://example.test/",
-                    "http://[::1]:3000/x?y=1", "http://u:p@example.test:81/"]))
-            if draw(st.booleans()):
-                table["expect_body"] = draw(texts(8))
-            elif draw(st.booleans()):
-                table["method"] = "HEAD"
-            if draw(st.booleans()):
-                table["resolve"] = draw(st.sampled_from(["127.0.0.1", "::1", "[::1]"]))
-        if draw(st.booleans()):
-            table["unit"] = draw(st.sampled_from(
-                ["caddy", "caddy.service", "mastodon-web.service", "app@1.service"]))
-        if index and draw(st.booleans()):
-            table["depends_on"] = draw(st.lists(st.sampled_from(names[:index]), max_size=3))
-        targets.append(table)
-    doc: Doc = {"target": targets}
+    defaults_keys = [k for k in key_tables().defaults.values() if k.shape not in STRUCTURAL]
+    defaults = _some(draw, defaults_keys) if draw(st.booleans()) else {}
+    _keep_rules(defaults, {}, target=False)
+    targets = [draw(valid_targets(name, names[:index], defaults))
+               for index, name in enumerate(names)]
+    top = [k for k in TOP_KEYS if k.shape not in STRUCTURAL]
+    doc: Doc = {**_some(draw, top), "target": targets}
+    if draw(st.booleans()) or defaults:
+        doc["defaults"] = defaults
     if draw(st.booleans()):
-        doc["defaults"] = _some(draw, {k: v for k, v in VALID_POLICY.items() if k != "method"})
-    if draw(st.booleans()):
-        doc["interval"] = draw(st.sampled_from(["30s", 60, "1m"]))
-    if draw(st.booleans()):
-        doc["textfile"] = "/var/lib/prometheus/node-exporter/prober.prom"
-    if draw(st.booleans()):
-        doc["notify"] = draw(st.sampled_from([
-            {"command": ["/usr/local/bin/alert", "--urgent"]},
-            {"webhook": "https://hooks.example.test/x", "token_file": "token",
-             "events": ["restart", "given-up"], "timeout": "5s"},
-        ]))
+        doc["notify"] = draw(valid_notify())
     return doc
+
+
+def test_every_shape_has_a_valid_strategy() -> None:
+    """A new Shape in the key table needs its valid values here, or the fuzzer cannot build a
+    document holding it."""
+    assert set(VALID_BY_SHAPE) | STRUCTURAL == set(Shape)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS.values() if k.shape in (
+    Shape.DURATION, Shape.INTEGER)], ids=lambda k: k.name)
+def test_declared_minimums_are_the_parsers(key: Key) -> None:
+    """The valid strategies trust `Key.minimum`: integers from it up, durations above it (or
+    from 0s when none is declared). Each parser agrees."""
+    if key.shape is Shape.INTEGER:
+        low = int(key.minimum or 0)
+        key.read(low)
+        with pytest.raises(ValueError):
+            key.read(low - 1)
+    elif key.minimum is None:
+        key.read("0s")
+    else:
+        key.read(key.minimum + 0.001)
+        with pytest.raises(ValueError):
+            key.read(0)
 
 
 def tables_in(doc: Doc) -> list[tuple[str, Doc, tuple[str, ...]]]:

@@ -51,6 +51,17 @@ def test_install_writes_the_printed_rule_readable_by_polkitd(config: Path, tmp_p
     assert sorted(p.name for p in rule.parent.iterdir()) == ["50-prober.rules"]
 
 
+def test_install_clears_what_a_killed_install_left(config: Path, tmp_path: Path) -> None:
+    """A temp file left by an --install killed mid-write goes with the next one (polkitd
+    ignores it, but rules.d is no place for litter)."""
+    rule = tmp_path / "50-prober.rules"
+    stale = tmp_path / ".50-prober.rules.4242.tmp"
+    stale.write_text("polkit.addRule(")
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["50-prober.rules", "prober.toml"]
+
+
 def test_install_follows_an_edited_config(config: Path, tmp_path: Path) -> None:
     """A unit dropped from the config is dropped from the rule on the next --install."""
     rule = tmp_path / "50-prober.rules"

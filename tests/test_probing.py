@@ -13,7 +13,7 @@ import pytest
 
 import prober.config
 from prober.config import Policy, Target
-from prober.probes.base import ProbeKind
+from prober.probes.base import Argument, ProbeKind
 from prober.probing import Probing
 from prober.results import Deadline, FailureClass, Finding
 
@@ -57,7 +57,8 @@ def fake_kind(seen: Seen) -> ProbeKind[FakeSpec, Seen]:
         return FakeSpec(**values)
 
     return ProbeKind(name="fake", spec=FakeSpec, keys=(), selectors=(), build=build,
-                     probe=probe, context=lambda: seen, argument=lambda args: None)
+                     probe=probe, context=lambda: seen,
+                     argument=Argument("FAKE", "a fake", lambda args: None))
 
 
 @pytest.fixture

@@ -5,6 +5,11 @@ function of one neutral signature, `probe(spec, deadline, context) -> Finding`, 
 `deadline.at` and never raises for a failed target (a failure is data). The context is the
 kind's own (one httpx client pool for HTTP), opaque to the rest of prober, created once per run
 or once for the watcher's life, and closed with `aclose()`.
+
+Everything else prober needs to know about a kind is asked here too, never written into a
+shared module: how `prober probe` spells it on the command line, and what a passing probe may
+still warn about. Files a key names that must exist when the config loads are marked on the key
+itself (`Key.existing_file`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from prober.keys import Key
-from prober.results import Deadline, Finding
+from prober.results import Deadline, Finding, ProbeResult
 
 
 class ProbeSpec(Protocol):
@@ -54,13 +59,33 @@ class NoContext:
         return None
 
 
+@dataclass(frozen=True)
+class Argument:
+    """How `prober probe ARGUMENT...` names a target of one kind."""
+
+    metavar: str  # "tcp://HOST:PORT": its part of the usage line
+    help: str  # "tcp://HOST:PORT": what it is, in the help text and in the error for none
+    # The key values the arguments stand for, or None if they are not of this kind.
+    parse: Callable[[Sequence[str]], Mapping[str, Any] | None]
+
+
+def no_notice(spec: Any, result: ProbeResult, now: float) -> str | None:
+    """The notice of a kind whose passing probes never warn."""
+    return None
+
+
 S = TypeVar("S")
 C = TypeVar("C", bound=Context)
 
 
 @dataclass(frozen=True)
 class ProbeKind(Generic[S, C]):
-    """One probe kind, as registered in prober/probes/__init__.py."""
+    """One probe kind, as registered in prober/probes/__init__.py.
+
+    Its spec is a frozen dataclass whose fields are named after its keys (`build` may add
+    others): `validate` shows those that differ from their defaults, and `load_config` checks
+    the files of keys marked `existing_file`.
+    """
 
     name: str  # "http": the value reports show
     spec: type[S]
@@ -69,6 +94,7 @@ class ProbeKind(Generic[S, C]):
     build: Callable[[Mapping[str, Any]], S]  # the keys' values -> the spec; raises Invalid
     probe: Callable[[S, Deadline, C], Awaitable[Finding]]
     context: Callable[[], C]
-    # `prober probe ARGUMENT...`: the key values those arguments stand for, or None if they are
-    # not of this kind (a URL, tcp://host:port, an absolute command).
-    argument: Callable[[Sequence[str]], Mapping[str, Any] | None]
+    argument: Argument
+    # Why a target whose probe passed is still *warning* (a certificate about to expire), or
+    # None. Pure: the spec, the result and `now` in.
+    notice: Callable[[S, ProbeResult, float], str | None] = no_notice

@@ -32,7 +32,7 @@ from prober.keys import (
     regex,
     string,
 )
-from prober.probes.base import NoContext, ProbeKind
+from prober.probes.base import Argument, NoContext, ProbeKind
 from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY
 from prober.results import Deadline, FailureClass, Finding
 from prober.text import clip, os_reason, quote, reason, redact_url, size
@@ -269,5 +269,6 @@ KIND: ProbeKind[ExecProbe, NoContext] = ProbeKind(
     build=build,
     probe=probe,
     context=NoContext,
-    argument=argument,
+    argument=Argument("-- /PATH/TO/COMMAND [ARG]...",
+                      "a command (its absolute path and arguments, after `--`)", argument),
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import importlib.util
 import logging
@@ -38,9 +39,9 @@ from prober.keys import (
     url,
 )
 from prober.keys import headers as headers_value
-from prober.probes.base import Invalid, ProbeKind
+from prober.probes.base import Argument, Invalid, ProbeKind
 from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY
-from prober.results import Certificate, Deadline, FailureClass, Finding
+from prober.results import Certificate, Deadline, FailureClass, Finding, ProbeResult
 from prober.text import clip, lower_first, os_reason, quote, reason, redact_url, size
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ KEYS = (
                       convert=lambda on: False if on else None)),
     Key("ca_file", Shape.PATH, absolute_path,
         "PEM file of CA certificates to trust for this target (instead of the system's)",
-        in_defaults=True, option=Option("--ca-file", "PATH")),
+        in_defaults=True, option=Option("--ca-file", "PATH"), existing_file=True),
     Key("follow_redirects", Shape.BOOLEAN, boolean, "follow redirects (a loop fails as "
         "`redirect`)", default="false", in_defaults=True,
         option=Option("--follow-redirects", is_flag=True, convert=lambda on: True if on else None)),
@@ -193,6 +194,23 @@ def argument(args: Sequence[str]) -> Mapping[str, Any] | None:
     if len(args) == 1 and args[0].lower().startswith(("http://", "https://")):
         return {"url": args[0]}
     return None
+
+
+def certificate_notice(spec: HttpProbe, result: ProbeResult, now: float) -> str | None:
+    """Why the target is warning because its certificate expires within tls_expiry_warning,
+    or None. An expired certificate is already a `tls` failure; this only ever warns."""
+    window = spec.tls_expiry_warning
+    certificate = result.certificate
+    if not window or certificate is None or not result.ok:
+        return None
+    left = certificate.not_after - now
+    if left > window:
+        return None
+    date = dt.datetime.fromtimestamp(certificate.not_after, dt.UTC).strftime("%Y-%m-%d")
+    days = max(0, int(left // 86400))
+    return (f"certificate of {certificate.subject} expires on {date}, in {days} "
+            f"day{'' if days == 1 else 's'} (tls_expiry_warning "
+            f"{format_duration(window)})")
 
 
 # --- how far a request got ------------------------------------------------------------------
@@ -720,5 +738,6 @@ KIND: ProbeKind[HttpProbe, ClientPool] = ProbeKind(
     build=build,
     probe=probe,
     context=ClientPool,
-    argument=argument,
+    argument=Argument("URL", "an http:// or https:// URL", argument),
+    notice=certificate_notice,
 )

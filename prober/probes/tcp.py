@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prober.keys import Key, Shape, format_duration, host_port
-from prober.probes.base import NoContext, ProbeKind
+from prober.probes.base import Argument, NoContext, ProbeKind
 from prober.results import Deadline, FailureClass, Finding
 from prober.text import os_reason, reason
 
@@ -104,5 +104,5 @@ KIND: ProbeKind[TcpProbe, NoContext] = ProbeKind(
     build=build,
     probe=probe,
     context=NoContext,
-    argument=argument,
+    argument=Argument("tcp://HOST:PORT", "tcp://HOST:PORT", argument),
 )

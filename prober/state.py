@@ -119,7 +119,7 @@ def from_json(data: Any) -> State:
 
 
 def dumps(state: State) -> str:
-    # No indent: only without one does json use its C encoder (see `make bench`).
+    # No indent: only without one does json use its C encoder, not the pure-Python one.
     # `jq . state.json` or `prober status` show it to people.
     return json.dumps(to_json(state), sort_keys=True) + "\n"
 

@@ -5,6 +5,7 @@ purging it in a real systemd: tests/e2e/test_deb.py.)"""
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 import tomllib
@@ -221,3 +222,11 @@ def test_rebuilding_gives_the_same_bytes(deb: Path, tmp_path: Path) -> None:
     """Two builds of the same checkout make identical packages (pinned wheels, fixed dates)."""
     again = debpkg.build(tmp_path)
     assert again.read_bytes() == deb.read_bytes()
+
+
+def test_make_deb_is_build_deb_into_the_checkout() -> None:
+    """`make deb` runs debian/build-deb, the script these tests build with, into the checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    done = subprocess.run(["make", "--dry-run", "deb"], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert done.stdout.splitlines() == [f"{debpkg.BUILD_DEB.relative_to(REPO)} ."]

@@ -191,8 +191,8 @@ def unit_state(box: Sandbox, unit: str) -> str:
 
 def test_nothing_runs_or_fails_before_there_is_a_config(box: Sandbox) -> None:
     """Installed without a config: only the timer (and the rule's path unit) enabled; the timer,
-    the service and the watcher do nothing and stay out of `failed`, `systemctl status` says
-    why; the cron line is silent; no polkit rule."""
+    the service and the watcher, even enabled instead of the timer, do nothing and stay out of
+    `failed`, `systemctl status` says why; the cron line is silent; no polkit rule."""
     apt_install(box, debpkg.built())
     enabled = {unit: box.systemctl("is-enabled", unit, check=False).stdout.strip()
                for unit in ("prober.timer", "prober-watch.service", "prober-polkit.path")}
@@ -216,6 +216,13 @@ def test_nothing_runs_or_fails_before_there_is_a_config(box: Sandbox) -> None:
     assert done.stdout + done.stderr == "", "cron would mail this every minute"
     assert not inside(box, STATE).exists()
     assert rule(box) == ""
+
+    # An operator who chooses the watcher, as the README says, before writing the config.
+    sh(box, "systemctl disable --now prober.timer && systemctl enable --now prober-watch.service")
+    assert unit_state(box, "prober-watch.service") == "inactive"
+    status = box.systemctl("status", "--no-pager", "prober-watch.service", check=False).stdout
+    assert "start condition failed" in status, status
+    assert f"ConditionPathExists={CONFIG} was not met" in status, status
     failed = box.systemctl("list-units", "--failed", "--no-legend", *debpkg.UNITS).stdout
     assert failed.strip() == ""
     assert "prober" in sh(box, "systemctl cat prober.service")  # the packaged unit is the one

@@ -364,6 +364,17 @@ def cron_job(box: Sandbox) -> Callable[[], int]:
     return run
 
 
+def test_remove_stops_the_watcher(box: Sandbox) -> None:
+    """The README's switch from the timer to the watcher, with a config; then `apt remove`
+    stops the running watcher, and it is not left `failed`."""
+    apt_install(box, debpkg.built())
+    copy_example_config(box, start_stack(box))
+    sh(box, "systemctl disable --now prober.timer && systemctl enable --now prober-watch.service")
+    assert unit_state(box, "prober-watch.service") == "active"
+    sh(box, "apt remove -y prober")
+    assert unit_state(box, "prober-watch.service") == "inactive"
+
+
 def test_polkit_rule_follows_the_config(box: Sandbox) -> None:
     """The rule is rewritten whenever the config changes: a unit not in the config can never be
     restarted by `prober`, and without a valid config nothing can."""

@@ -18,6 +18,8 @@ BUILD_DEB = REPO / "debian" / "build-deb"
 OUT = REPO / "build" / "test-debs"
 """Where the tests' packages go (gitignored build/); inside the repository, so the sandbox sees
 them."""
+WHEELS = REPO / "build" / "wheels"
+"""debian/build-deb's cache of the wheels it fetched."""
 LIB = "usr/lib/prober"
 UNITS = ("prober.service", "prober.timer", "prober-watch.service", "prober-polkit.path",
          "prober-polkit.service")
@@ -52,10 +54,20 @@ def next_version(version: str = __version__) -> str:
     return f"{version}+1"
 
 
-def build(outdir: Path, version: str | None = None) -> Path:
-    """Run debian/build-deb into `outdir`; the path of the .deb it made."""
+def build(outdir: Path, version: str | None = None, *, offline: bool = False) -> Path:
+    """Run debian/build-deb into `outdir`; the path of the .deb it made.
+
+    `offline`: in a network namespace of its own, with no network at all; its `pip download`
+    takes the pinned wheels from build/wheels (a build before this one fetched them), where they
+    are hash-checked all the same.
+    """
     argv = [str(BUILD_DEB), str(outdir)] + ([version] if version else [])
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    env = None
+    if offline:
+        argv = ["unshare", "--net", *([] if os.geteuid() == 0 else ["--map-root-user"]), *argv]
+        env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600,
+                          env=env)
     if done.returncode != 0:
         raise AssertionError(f"debian/build-deb failed ({done.returncode}):\n{done.stderr}")
     deb = Path(done.stdout.strip().splitlines()[-1])

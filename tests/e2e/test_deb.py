@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,9 @@ def edit_config(box: Sandbox, text: str) -> None:
 
 
 def adapted_example(text: str, stack: Stack, *, backend_unit: bool = True) -> str:
-    """examples/mastodon.toml pointed at caddy and the stand-in, with test-sized timings: its
-    HTTP targets only (the sandbox runs no Sidekiq, Postgres or Redis; tests/e2e/
-    test_exec_probes.py runs those commands)."""
+    """examples/mastodon.toml pointed at caddy and the stand-in, with test-sized timings and no
+    memory-pressure hold: its HTTP targets only (the sandbox runs no Sidekiq, Postgres or
+    Redis; tests/e2e/test_exec_probes.py runs those commands)."""
     sidekiq = text.index("# Sidekiq, Mastodon's job runner")
     text = text[:sidekiq].rstrip() + "\n"
     web_unit = f'unit = "{stack.backend_unit}"' if backend_unit else ""
@@ -151,6 +152,8 @@ def adapted_example(text: str, stack: Stack, *, backend_unit: bool = True) -> st
         ('startup_grace = "60s"', 'startup_grace = "0s"'),
         ('startup_grace = "2m"', 'startup_grace = "0s"'),
         ('cooldown = "2m"', 'cooldown = "1s"'),
+        # PSI, the host's or caddy's cgroup's, moves with other jobs' load: never hold caddy.
+        ("pressure_threshold = 10\n", "pressure_threshold = 0\n"),
     ]
     for old, new in edits:
         assert text.count(old) == 1, f"examples/mastodon.toml changed: {old!r}"
@@ -189,8 +192,8 @@ def unit_state(box: Sandbox, unit: str) -> str:
 
 def test_nothing_runs_or_fails_before_there_is_a_config(box: Sandbox) -> None:
     """Installed without a config: only the timer (and the rule's path unit) enabled; the timer,
-    the service and the watcher do nothing and stay out of `failed`, `systemctl status` says
-    why; the cron line is silent; no polkit rule."""
+    the service and the watcher, even enabled instead of the timer, do nothing and stay out of
+    `failed`, `systemctl status` says why; the cron line is silent; no polkit rule."""
     apt_install(box, debpkg.built())
     enabled = {unit: box.systemctl("is-enabled", unit, check=False).stdout.strip()
                for unit in ("prober.timer", "prober-watch.service", "prober-polkit.path")}
@@ -214,6 +217,13 @@ def test_nothing_runs_or_fails_before_there_is_a_config(box: Sandbox) -> None:
     assert done.stdout + done.stderr == "", "cron would mail this every minute"
     assert not inside(box, STATE).exists()
     assert rule(box) == ""
+
+    # An operator who chooses the watcher, as the README says, before writing the config.
+    sh(box, "systemctl disable --now prober.timer && systemctl enable --now prober-watch.service")
+    assert unit_state(box, "prober-watch.service") == "inactive"
+    status = box.systemctl("status", "--no-pager", "prober-watch.service", check=False).stdout
+    assert "start condition failed" in status, status
+    assert f"ConditionPathExists={CONFIG} was not met" in status, status
     failed = box.systemctl("list-units", "--failed", "--no-legend", *debpkg.UNITS).stdout
     assert failed.strip() == ""
     assert "prober" in sh(box, "systemctl cat prober.service")  # the packaged unit is the one
@@ -297,6 +307,72 @@ def remove_then_purge_leave_only_the_config(box: Sandbox, before: set[str]) -> N
     assert sorted(before - after) == []
     units = box.systemctl("list-unit-files", "--no-legend", *debpkg.UNITS, check=False).stdout
     assert units.strip() == ""
+
+
+def test_cron_line_with_a_config_runs_only_for_an_enabled_timer(box: Sandbox) -> None:
+    """The README: with a config, the packaged cron line (run as cron runs it) does nothing
+    while the timer is not enabled (`systemctl disable --now prober.timer` stops prober); with
+    the timer enabled but not firing, it runs `prober check --if-stale 2m`: a check when the
+    state is stale, nothing while it is fresh."""
+    apt_install(box, debpkg.built())
+    copy_example_config(box, start_stack(box))
+    cron = cron_job(box)
+    beat = inside(box, STATE + ".last-run")
+
+    def files() -> list[tuple[int, bytes]]:
+        return [(path.stat().st_mtime_ns, path.read_bytes()) for path in (inside(box, STATE),
+                                                                             beat)]
+
+    sh(box, "systemctl disable --now prober.timer")
+    sh(box, "systemctl start prober.service")  # one run by hand: a state to be stale
+    data = state(box)
+    data["updated_at"] -= 600  # as if prober had been stopped ten minutes ago
+    inside(box, STATE).write_text(json.dumps(data))
+    os.utime(beat, (data["updated_at"], data["updated_at"]))
+    stale = files()
+    cron()
+    assert files() == stale, "the cron line ran prober with the timer disabled"
+
+    sh(box, "systemctl enable prober.timer")  # enabled, but systemd does not fire it
+    assert unit_state(box, "prober.timer") == "inactive"
+    assert cron() == 0
+    assert state(box)["updated_at"] > data["updated_at"] + 500, "no check of a stale state"
+    fresh = files()
+    assert cron() == 0
+    assert files() == fresh, "the cron line ran a check while the state was fresh"
+
+
+def cron_job(box: Sandbox) -> Callable[[], int]:
+    """The packaged /etc/cron.d/prober line as cron runs it: with /bin/sh, as the user it names,
+    with the file's variables (SHELL, PATH) over cron's own (HOME, LOGNAME). Running it asserts
+    that it prints nothing (cron would mail it) and gives its exit status."""
+    lines = inside(box, "/etc/cron.d/prober").read_text().splitlines()
+    variables = dict(line.split("=", 1) for line in lines if re.match(r"[A-Z_]+=", line))
+    fields = next(line for line in lines if line.startswith("* ")).split(None, 6)
+    user, command = fields[5], fields[6]
+    assert fields[:5] == ["*"] * 5 and user == "prober"
+    assert variables["SHELL"] == "/bin/sh" and variables["PATH"] == "/usr/bin:/bin"
+    home = sh(box, f"getent passwd {user}").strip().split(":")[5]
+    env = ["env", "-i", f"HOME={home}", f"LOGNAME={user}",
+           *(f"{name}={value}" for name, value in variables.items())]
+
+    def run() -> int:
+        done = box.run([*env, variables["SHELL"], "-c", command], user=user, timeout=120)
+        assert done.stdout + done.stderr == "", "cron would mail this"
+        return done.returncode
+
+    return run
+
+
+def test_remove_stops_the_watcher(box: Sandbox) -> None:
+    """The README's switch from the timer to the watcher, with a config; then `apt remove`
+    stops the running watcher, and it is not left `failed`."""
+    apt_install(box, debpkg.built())
+    copy_example_config(box, start_stack(box))
+    sh(box, "systemctl disable --now prober.timer && systemctl enable --now prober-watch.service")
+    assert unit_state(box, "prober-watch.service") == "active"
+    sh(box, "apt remove -y prober")
+    assert unit_state(box, "prober-watch.service") == "inactive"
 
 
 def test_polkit_rule_follows_the_config(box: Sandbox) -> None:

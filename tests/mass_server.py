@@ -22,6 +22,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+from tests.processes import stop_process
+
 BACKLOG = 4096
 _OK = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
        b"Connection: close\r\n\r\nOK")
@@ -83,14 +85,7 @@ def mass_server(answering: int, hanging: int) -> Iterator[tuple[list[int], list[
         left, right = line.split("|")
         yield [int(p) for p in left.split()], [int(p) for p in right.split()]
     finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        stop_process(child)
 
 
 if __name__ == "__main__":

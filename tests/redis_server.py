@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
 from tests.sandbox import free_ports
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -80,16 +81,6 @@ def _answers(path: Path) -> bool:
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def redis_server(*, password: str | None = None, attempts: int = 5) -> Iterator[RedisServer]:
     """Start redis-server on a free loopback port and a private socket; stop it afterwards."""
@@ -115,13 +106,13 @@ def redis_server(*, password: str | None = None, attempts: int = 5) -> Iterator[
                 time.sleep(0.02)
             if proc.poll() is None and _answers(sock):
                 break
-            _stop(proc)  # most likely someone took the port in between: try another
+            stop_process(proc)  # most likely someone took the port in between: try another
         else:
             log = (folder / "redis.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"redis-server did not start:\n{log}")
         try:
             yield RedisServer(pid=proc.pid, port=port, socket_path=sock, password=password)
         finally:
-            _stop(proc)
+            stop_process(proc)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

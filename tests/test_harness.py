@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.hogs import make_file
+from tests.processes import stop_process
 from tests.sandbox import _Hierarchy, _v1_hierarchies
 from tests.standin import slow_seconds
 
@@ -88,10 +89,7 @@ def test_standin_answers_slowly_while_the_slow_file_exists(tmp_path: Path) -> No
         slow.unlink()
         assert timed() < 0.4
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def test_grower_grows_at_its_rate_and_holds(tmp_path: Path) -> None:
@@ -163,7 +161,4 @@ def test_thrasher_reads_its_file_in_passes(tmp_path: Path) -> None:
         assert [proc.stdout.readline().split()[:2] for _ in range(3)] == [
             ["pass", "1"], ["pass", "2"], ["pass", "3"]]
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.processes import stop_process
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import refused_port
 from tests.sidekiq_standin import SIDEKIQ_ALIVE, load_sidekiq_alive
@@ -197,15 +198,7 @@ def standin(url: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]
         assert identity, "the stand-in did not start"
         yield proc, identity
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> bool:

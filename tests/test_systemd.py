@@ -13,6 +13,7 @@ import pytest
 from prober.config import Bus
 from prober.errors import SystemdError
 from prober.systemd import SystemdActuator, _parse_show, facts_from_properties
+from tests.processes import stop_process
 
 
 def test_facts_from_dbus_properties() -> None:
@@ -58,10 +59,7 @@ def bus_without_systemd(tmp_path: Path) -> Iterator[str]:
         assert address.startswith("unix:")
         yield address
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
-        if daemon.stdout is not None:
-            daemon.stdout.close()
+        stop_process(daemon)
 
 
 def test_bus_without_systemd_falls_back_to_systemctl(bus_without_systemd: str,

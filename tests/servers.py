@@ -21,12 +21,14 @@ import ipaddress
 import os
 import select
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import TypeVar
 
 import trustme
 from cryptography import x509
@@ -289,6 +291,24 @@ def serve(
     """A running `Server`, closed when the block ends."""
     with Server(handler, tls=tls, unix_path=unix_path) as server:
         yield server
+
+
+S = TypeVar("S", bound=socketserver.BaseServer)
+
+
+@contextlib.contextmanager
+def serving(server: S) -> Iterator[S]:
+    """A standard-library server (http.server's, for a protocol `Server` does not speak) served
+    from a thread for the block, then shut down, joined and closed."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=type(server).__name__)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 # --- behaviours ---------------------------------------------------------------------------

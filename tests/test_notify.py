@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +19,7 @@ import pytest
 from prober.config import Notify, NotifyEvent, parse_config
 from prober.errors import ConfigError
 from prober.notify import deliver, event_payload
-from tests.servers import Server, answer, flaky, serve
+from tests.servers import Server, answer, flaky, serve, serving
 
 
 class Receiver(ThreadingHTTPServer):
@@ -55,15 +54,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def receiving(status: int = 204) -> Iterator[Receiver]:
-    server = Receiver(status)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(Receiver(status)) as server:
         yield server
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from prober.runs import RunReport, Skipped
 from prober.state import StateStore
 from prober.tracker import Event
 from prober.watcher import Watcher
-from tests.servers import Server, answer, health, serve
+from tests.servers import Server, answer, health, serve, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -283,28 +283,13 @@ class KeepAliveServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/health"
 
 
-@contextlib.contextmanager
-def keep_alive_server() -> Iterator[KeepAliveServer]:
-    import threading
-
-    server = KeepAliveServer()
-    thread = threading.Thread(target=server.serve_forever, name="keep-alive")
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 def test_every_probe_opens_a_fresh_connection(tmp_path: Path) -> None:
     """Against a server that would keep the connection for the next request (as a plain
     HTTP/1.1 client finds), the watcher opens one connection per probe, cycle after cycle."""
     import httpx
 
     config = tmp_path / "prober.toml"
-    with keep_alive_server() as server:
+    with serving(KeepAliveServer()) as server:
         with httpx.Client(trust_env=False) as client:
             assert [client.get(server.url).text for _ in range(2)] == ["OK", "OK"]
         assert (server.accepted, server.requests) == (1, 2)  # it does keep connections

@@ -190,35 +190,12 @@ def test_reload_swaps_a_valid_config_and_keeps_the_old_on_a_bad_one(
     assert len(errors) == 1 and "reload: keeping the previous config" in errors[0]
 
 
-def test_stop_during_a_restart_records_it_as_asked(tmp_path: Path) -> None:
-    """Stopping the watcher while systemd has a restart to do ends the run at once and records
-    the restart as asked, its outcome unknown: it counts against budget and cooldown."""
-    config = tmp_path / "prober.toml"
-    with serve(answer(500, b"broken")) as broken:
-        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
-        store = StateStore(str(tmp_path / "state.json"))
-        actuator = HangingActuator()
-        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
-
-        async def stop_once_asked() -> None:
-            task = asyncio.ensure_future(watcher.run())
-            while not actuator.asked:
-                await asyncio.sleep(0.01)
-            watcher.stop()
-            await asyncio.wait_for(task, 2)
-
-        asyncio.run(stop_once_asked())
-    web = store.load().get("web")
-    assert actuator.asked == ["web.service"]
-    assert (web.restarts_total, len(web.restarts)) == (1, 1)
-    assert web.last_restart_at is not None
-    assert web.history[-1].event is Event.RESTART
-    assert "outcome" not in web.history[-1].reason and "stopped" in web.history[-1].reason
-
-
-def test_a_real_sigterm_during_a_restart_records_it_as_asked(tmp_path: Path) -> None:
-    """A real SIGTERM to this process, taken by the handlers the watcher installs on its
-    loop, ends a run waiting on systemd's restart and records the restart as asked."""
+@pytest.mark.parametrize("how", ["stop", "sigterm"])
+def test_stop_during_a_restart_records_it_as_asked(tmp_path: Path, how: str) -> None:
+    """Stopping the watcher while systemd has a restart to do, by stop() or by a real SIGTERM to
+    this process (taken by the handlers the watcher installs on its loop), ends the run at once
+    and records the restart as asked, its outcome unknown: it counts against budget and
+    cooldown."""
     config = tmp_path / "prober.toml"
     unhandled: list[int] = []
     before = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
@@ -229,20 +206,26 @@ def test_a_real_sigterm_during_a_restart_records_it_as_asked(tmp_path: Path) -> 
             actuator = HangingActuator()
             watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
 
-            async def terminate_once_asked() -> None:
+            async def stop_once_asked() -> None:
                 task = asyncio.ensure_future(watcher.run())
                 while not actuator.asked:
                     await asyncio.sleep(0.01)
-                os.kill(os.getpid(), signal.SIGTERM)
+                if how == "stop":
+                    watcher.stop()
+                else:
+                    os.kill(os.getpid(), signal.SIGTERM)
                 await asyncio.wait_for(task, 2)
 
-            asyncio.run(terminate_once_asked())
+            asyncio.run(stop_once_asked())
     finally:
         signal.signal(signal.SIGTERM, before)
-    assert unhandled == []  # the watcher's handler took it, not the stand-in above
+    assert unhandled == []  # with SIGTERM: the watcher's handler took it, not the stand-in above
     web = store.load().get("web")
+    assert actuator.asked == ["web.service"]
     assert (web.restarts_total, len(web.restarts)) == (1, 1)
-    assert web.history[-1].event is Event.RESTART and "stopped" in web.history[-1].reason
+    assert web.last_restart_at is not None
+    assert web.history[-1].event is Event.RESTART
+    assert "outcome" not in web.history[-1].reason and "stopped" in web.history[-1].reason
 
 
 class _KeepAlive(BaseHTTPRequestHandler):

@@ -51,6 +51,10 @@ TIMEOUT, RESTART_TIMEOUT, VERIFY_TIMEOUT = 1, 5, 3
 DEADLINE = TIMEOUT + RESTART_TIMEOUT + VERIFY_TIMEOUT  # the longest one run may take
 WATCHDOG = DEADLINE + 1  # shorter than the shipped 3min by far, still above a run's deadline
 LIMIT_MIB = 300
+# A target made to starve gets more thrash workers than the default: the more of its tasks wait
+# on refaults, the more of the time at least one does, so its own PSI clears the default
+# pressure_threshold with a margin even on a machine whose disk answers refaults quickly.
+STARVING_WORKERS = 4
 RUN_LINE = re.compile(r"\b(?:OK|WARNING|CRITICAL|UNKNOWN): .* targets in ([\d.]+)s")
 FAILED = re.compile(r"target=caddy: probe failed \(([\w-]+)\): .*\[(\d+) in a row\]")
 
@@ -292,9 +296,9 @@ def test_caddy_that_stopped_listening_is_restarted_at_the_threshold_under_pressu
     box.wait_port(stack.caddy_port)
     installed = start_prober(box, stack, mode)
     watcher = box.main_pid("prober-watch.service") if mode == "watch" else 0
-    harness.thrash()
+    harness.thrash(workers=STARVING_WORKERS)
     harness.move(THRASHER, stack.caddy_unit)
-    harness.wait_stalling(stack.caddy_unit, some=15, within=60)
+    harness.wait_stalling(stack.caddy_unit, some=15, within=90)
     caddy_before = box.main_pid(stack.caddy_unit)
     httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=10, trust_env=False)
     assert refuses(f"{stack.caddy_url}/health")
@@ -410,9 +414,9 @@ def start_starving_backend(box: Sandbox, stack: Stack, harness: MemoryPressure, 
         box.systemctl("reload", "prober-watch.service")
         wait_for(lambda: "reloaded" in box.unit_property("prober-watch.service", "StatusText"),
                  20, "the watcher reloaded")
-    harness.thrash()
+    harness.thrash(workers=STARVING_WORKERS)
     thrashers = harness.move(THRASHER, stack.backend_unit)
-    harness.wait_stalling(stack.backend_unit, some=15, within=60)
+    harness.wait_stalling(stack.backend_unit, some=15, within=90)
     assert stack.slow_file is not None
     stack.slow_file.write_text("3")
     return installed, thrashers

@@ -7,6 +7,8 @@ DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux cur
 DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
 # The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
 DEBIAN_PACKAGES += chromium
+# The README's password-protected proxies for the page: caddy (above), nginx and htpasswd
+DEBIAN_PACKAGES += nginx apache2-utils
 
 # `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
 DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian

@@ -9,6 +9,8 @@ import pytest
 PROMTOOL = "/usr/bin/promtool"
 PROMETHEUS = "/usr/bin/prometheus"
 CADDY = "/usr/bin/caddy"
+NGINX = "/usr/sbin/nginx"
+HTPASSWD = "/usr/bin/htpasswd"
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -32,7 +32,7 @@ from prober.state import StateStore
 from prober.tracker import Event, Health, State, TargetState, Transition
 from prober.web import MAX_REQUEST, WebServer, serve
 from tests import snapshots
-from tests.programs import CADDY, PROMETHEUS, PROMTOOL, require_program
+from tests.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -421,14 +421,64 @@ def test_an_address_in_use_is_one_prober_error() -> None:
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_HASH = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
+README_HTPASSWD = "/etc/nginx/prober.htpasswd"
+USER = "ops"
+
+
+def readme_block(language: str) -> str:
+    """The README's first fenced block of `language`."""
+    block = re.search(rf"```{language}\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None, f"the README has no ```{language} block"
+    return block.group(1)
+
+
+async def ask_through_proxy(argv: list[str], env: dict[str, str], log: Path, base_url: str,
+                            password: str) -> dict[str, tuple[int, str]]:
+    """Start the proxy `argv`, then ask it at `base_url` for the page: without a password, with
+    a wrong one, with the right one; and, with the right one, for every link on the page, as
+    the browser would resolve it. Each answer as (status, text), by what was asked."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env,
+            start_new_session=True)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, trust_env=False) as client:
+            while True:
+                assert proc.returncode is None, f"{argv[0]} exited: {log.read_text()[-2000:]}"
+                with contextlib.suppress(httpx.TransportError):
+                    anonymous = await client.get("")
+                    break
+                await asyncio.sleep(0.1)
+            right = (USER, password)
+            answers = {"anonymous": anonymous,
+                       "wrong": await client.get("", auth=(USER, "wrong")),
+                       "page": await client.get("", auth=right)}
+            for link in re.findall(r'href="([^"]+)"', answers["page"].text):
+                answers[link] = await client.get(link, auth=right)
+        return {asked: (answer.status_code, answer.text) for asked, answer in answers.items()}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def check_password_asked(answers: dict[str, tuple[int, str]]) -> None:
+    """Nothing of prober's without the password; the page and what it links to with it."""
+    assert (answers["anonymous"][0], answers["wrong"][0]) == (401, 401)
+    assert "prober on" not in answers["anonymous"][1] + answers["wrong"][1]
+    page = answers["page"]
+    assert page[0] == 200 and "<title>CRITICAL - prober on test-host.example" in page[1]
+    links = {asked: answer[0] for asked, answer in answers.items()
+             if asked not in ("anonymous", "wrong", "page")}
+    assert links == {"metrics": 200, "status.json": 200}
+    assert "prober_run_status 2.0" in answers["metrics"][1]
+    assert "targets" in json.loads(answers["status.json"][1])
 
 
 def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
     """The README's Caddyfile, run by Debian's caddy in front of the server, refuses a client
-    without the password (401) and passes one with it to the page and /metrics."""
+    without the password (401) and passes one with it to the page and what it links to."""
     caddy = require_program(CADDY, "caddy")
-    block = re.search(r"```caddyfile\n(.*?)```", README.read_text(), re.DOTALL)
-    assert block is not None
     password = uuid.uuid4().hex  # a fresh one for each run
     hashed = subprocess.run([caddy, "hash-password", "--plaintext", password],
                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
@@ -436,36 +486,43 @@ def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
            "XDG_DATA_HOME": str(tmp_path / "data")}
 
-    async def body(server: WebServer) -> list[tuple[int, str]]:
-        assert block is not None
+    async def body(server: WebServer) -> dict[str, tuple[int, str]]:
         caddyfile = tmp_path / "Caddyfile"
-        caddyfile.write_text("{\n\tadmin off\n}\n" + block.group(1)
+        caddyfile.write_text("{\n\tadmin off\n}\n" + readme_block("caddyfile")
                              .replace("status.mastodon.example.org", f"http://127.0.0.1:{port}")
                              .replace(README_HASH, hashed)
                              .replace("127.0.0.1:9813", f"127.0.0.1:{server.port}"))
-        with (tmp_path / "caddy.log").open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile",
-                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env,
-                start_new_session=True)
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        anonymous = await client.get("/")
-                        break
-                    await asyncio.sleep(0.1)
-                page = await client.get("/", auth=("ops", password))
-                exposition = await client.get("/metrics", auth=("ops", password))
-                wrong = await client.get("/", auth=("ops", "wrong"))
-            return [(r.status_code, r.text) for r in (anonymous, wrong, page, exposition)]
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        return await ask_through_proxy(
+            [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], env,
+            tmp_path / "caddy.log", f"http://127.0.0.1:{port}/", password)
 
-    (anonymous, wrong, got_page, got_metrics) = run(with_server(body), deadline=50)
-    assert (anonymous[0], wrong[0]) == (401, 401)
-    assert "prober on" not in anonymous[1] + wrong[1]
-    assert got_page[0] == 200 and "<title>CRITICAL - prober on test-host.example" in got_page[1]
-    assert got_metrics[0] == 200 and "prober_run_status 2.0" in got_metrics[1]
+    check_password_asked(run(with_server(body), deadline=50))
+
+
+def test_the_readme_nginx_example_asks_for_the_password(tmp_path: Path) -> None:
+    """The README's nginx location, in a server block of Debian's nginx, with the password file
+    `htpasswd` makes: 401 without the password, and with it the page at the sub-path, whose
+    relative links reach /metrics and /status.json through the same location."""
+    nginx = require_program(NGINX, "nginx")
+    htpasswd = require_program(HTPASSWD, "apache2-utils")
+    password = uuid.uuid4().hex
+    users = tmp_path / "prober.htpasswd"
+    subprocess.run([htpasswd, "-c", "-b", "-B", str(users), USER, password],
+                   capture_output=True, check=True, timeout=60)
+    port = _free_port()
+
+    async def body(server: WebServer) -> dict[str, tuple[int, str]]:
+        location = (readme_block("nginx").replace(README_HTPASSWD, str(users))
+                    .replace("127.0.0.1:9813", f"127.0.0.1:{server.port}"))
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            f"daemon off;\nmaster_process off;\nuser root;\npid {tmp_path}/nginx.pid;\n"
+            f"error_log {tmp_path}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n"
+            + "".join(f"  {kind}_temp_path {tmp_path}/{kind};\n"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + f"  server {{\n    listen 127.0.0.1:{port};\n{location}  }}\n}}\n")
+        return await ask_through_proxy([nginx, "-p", str(tmp_path), "-c", str(conf)],
+                                       dict(os.environ), tmp_path / "nginx.log",
+                                       f"http://127.0.0.1:{port}/prober/", password)
+
+    check_password_asked(run(with_server(body), deadline=50))

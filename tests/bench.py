@@ -47,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tests.processes import stop_process
 from tests.servers import Server, hang, health, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -646,13 +647,7 @@ class Watcher:
                     return at
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, timeout=5)
         self._reader.join(timeout=5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()

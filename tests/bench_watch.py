@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.processes import stop_process
 from tests.servers import Server, health
 
 SHORT_INTERVAL = 0.05  # the cycle of the main comparison: many cycles in little time
@@ -124,14 +124,8 @@ class Probed:
 
     def stop(self) -> None:
         """SIGTERM, by PID; SIGKILL if it is still there after 5 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
 
 
 @contextlib.contextmanager

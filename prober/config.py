@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prober import probes
+from prober.configfiles import NamedFile
 from prober.errors import ConfigError
 from prober.keys import (
     Key,
@@ -512,12 +513,16 @@ def parse_toml(text: str, path: str) -> Mapping[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load_config(path: str, *, insecure: bool = False) -> Config:
+def load_config(path: str, *, insecure: bool = False,
+                environ: Mapping[str, str] | None = os.environ) -> Config:
     """Read, parse and validate the config file at `path`.
 
     Like sshd and sudo, refuses a file that someone other than root or the running user
     could have written (it decides what gets restarted and which commands run), unless
     `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
+    With `environ` (every command that reads the files the config names), a credential name
+    needs $CREDENTIALS_DIRECTORY in it; the files themselves are read when used (a missing one
+    is a prober fault then, see prober/configfiles.py).
     """
     text = read_config_text(path)
     if not insecure:
@@ -528,7 +533,30 @@ def load_config(path: str, *, insecure: bool = False) -> Config:
             if not os.path.isfile(file):
                 raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
                                   "does not exist")
+    if environ is not None:
+        for scope, _, named in credential_files(config):
+            try:
+                named.where(environ)
+            except ValueError as exc:
+                raise _Where(path, scope).error(
+                    named.key, str(exc), "give an absolute path, or run prober under systemd "
+                    "with LoadCredential=") from None
     return config
+
+
+def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
+    """(where, key, file) of each file the config names with a credential key, read when used:
+    an exec target's env_file, [notify] token_file."""
+    out = []
+    for target in config.targets:
+        for key in target.kind.keys:
+            value = getattr(target.probe, key.name, None)
+            if key.shape is Shape.CREDENTIAL and value:
+                out.append((f'target "{target.name}"', key, NamedFile(key.name, value)))
+    if config.notify is not None and config.notify.token_file:
+        key = by_name(NOTIFY_KEYS)["token_file"]
+        out.append(("[notify]", key, NamedFile(key.name, config.notify.token_file)))
+    return out
 
 
 def named_files(target: Target) -> list[tuple[str, str]]:

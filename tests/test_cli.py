@@ -731,6 +731,13 @@ def test_watch_listen_overrides_the_config(prober: Prober, web: Server, host: st
     assert f"on http://{host}:{given}/" in err
 
 
+def _me() -> str:
+    """The running user as `prober validate` names it."""
+    import pwd
+
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+
+
 def _redis(env_file: str) -> str:
     return _config('name = "redis"\ncommand = ["/bin/true"]\nunit = "redis-server"\n'
                    f'env_file = "{env_file}"\n', defaults="failure_threshold = 1")
@@ -746,7 +753,7 @@ def test_a_missing_env_file_is_a_prober_fault_in_every_output(prober: Prober,
     validate = prober("validate")
     assert validate.code == 0, validate.err
     assert (f'  target "redis": env_file {missing}: no such file or directory: NOT usable by '
-            f"root (uid {os.geteuid()}) now") in validate.out
+            f"{_me()} now") in validate.out
     textfile = tmp_path / "m.prom"
     for _ in range(3):
         run = prober("check", "--json", "--textfile", str(textfile))
@@ -762,6 +769,8 @@ def test_a_missing_env_file_is_a_prober_fault_in_every_output(prober: Prober,
     assert nagios.code == 1
     assert nagios.out.startswith("PROBER WARNING - redis unknown (prober-fault: prober's own "
                                  f"fault, not the target's: env_file {missing}")
+    assert f"target=redis: not judged, a prober fault: env_file {missing}: no such file" in \
+        text.err
     status = prober("status")
     assert "unknown (prober fault)" in status.out
     (entry,) = prober("status", "--json").json()["targets"]
@@ -799,8 +808,7 @@ def test_a_readable_env_file_is_said_so_by_validate(prober: Prober, tmp_path: Pa
     prober.write(_redis(str(env_file)))
     validate = prober("validate")
     assert validate.code == 0
-    assert f'target "redis": env_file {env_file}: readable by root (uid {os.geteuid()}) now' \
-        in validate.out
+    assert f'target "redis": env_file {env_file}: readable by {_me()} now' in validate.out
 
 
 def test_a_credential_name_needs_the_credentials_directory(prober: Prober,
@@ -820,3 +828,18 @@ def test_a_credential_name_needs_the_credentials_directory(prober: Prober,
             f'prober: error: {prober.config}: target "redis": env_file: "redis.env" is a '
             "credential name, but $CREDENTIALS_DIRECTORY is not set (hint: give an absolute "
             "path, or run prober under systemd with LoadCredential=)\n")
+
+
+def test_validate_says_whether_the_token_file_is_readable(prober: Prober, web: Server,
+                                                          tmp_path: Path) -> None:
+    """`validate` names [notify] token_file too, and whether the running user can read it."""
+    token = tmp_path / "hook-token"
+    prober.write(f'[notify]\nwebhook = "{web.url("/hook")}"\ntoken_file = "{token}"\n'
+                 + _config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    user = _me()
+    assert (f"  [notify]: token_file {token}: no such file or directory: NOT usable by {user} "
+            "now") in prober("validate").out
+    token.write_text("t0ken\n")
+    validate = prober("validate")
+    assert f"  [notify]: token_file {token}: readable by {user} now" in validate.out
+    assert "t0ken" not in validate.out

@@ -15,10 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prober import probes
-from prober.configfiles import NamedFile
 from prober.errors import ConfigError
 from prober.keys import (
     Key,
@@ -46,6 +45,9 @@ from prober.keys import (
 )
 from prober.probes.base import Invalid, ProbeKind, ProbeSpec
 from prober.text import did_you_mean, os_reason
+
+if TYPE_CHECKING:
+    from prober.configfiles import NamedFile
 
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
@@ -547,16 +549,16 @@ def load_config(path: str, *, insecure: bool = False,
 def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
     """(where, key, file) of each file the config names with a credential key, read when used:
     an exec target's env_file, [notify] token_file."""
-    out = []
-    for target in config.targets:
-        for key in target.kind.keys:
-            value = getattr(target.probe, key.name, None)
-            if key.shape is Shape.CREDENTIAL and value:
-                out.append((f'target "{target.name}"', key, NamedFile(key.name, value)))
+    named = [(f'target "{target.name}"', key, value) for target in config.targets
+             for key in target.kind.keys
+             if key.shape is Shape.CREDENTIAL and (value := getattr(target.probe, key.name, None))]
     if config.notify is not None and config.notify.token_file:
-        key = by_name(NOTIFY_KEYS)["token_file"]
-        out.append(("[notify]", key, NamedFile(key.name, config.notify.token_file)))
-    return out
+        named.append(("[notify]", by_name(NOTIFY_KEYS)["token_file"], config.notify.token_file))
+    if not named:
+        return []
+    from prober.configfiles import NamedFile  # not loaded for a config that names no file
+
+    return [(where, key, NamedFile(key.name, value)) for where, key, value in named]
 
 
 def named_files(target: Target) -> list[tuple[str, str]]:

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prober.configfiles import FileFault, NamedFile
 from prober.keys import (
     Key,
     Option,
@@ -163,12 +162,16 @@ def environment(spec: ExecProbe, environ: Mapping[str, str], euid: int) -> dict[
     Environment= and EnvironmentFile=). FileFault if the env_file cannot be used."""
     out = {**BASE_ENVIRONMENT, **dict(spec.env)}
     if spec.env_file is not None:
+        from prober.configfiles import NamedFile
+
         out.update(NamedFile("env_file", spec.env_file).parsed(environ, euid, parse_env_file))
     return out
 
 
 async def probe(spec: ExecProbe, deadline: Deadline, context: NoContext) -> Finding:
     """Run the command once, within the deadline, and judge what it did."""
+    from prober.configfiles import FileFault
+
     loop = asyncio.get_running_loop()
     try:
         environ = environment(spec, os.environ, os.geteuid())

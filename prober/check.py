@@ -280,7 +280,9 @@ def _log_results(verdicts: Sequence[Verdict]) -> None:
         result = verdict.result
         if result.ok:
             continue
-        if verdict.paused:
+        if result.prober_fault:
+            log.error("target=%s: not judged, a prober fault: %s", verdict.name, result.reason)
+        elif verdict.paused:
             log.info("target=%s: probe failed (%s), paused: %s", verdict.name, result.failure,
                      result.reason)
         else:

@@ -20,6 +20,7 @@ from prober.config import (
     Config,
     Target,
     config_path,
+    credential_files,
     key_tables,
     load_config,
     parse_config,
@@ -31,6 +32,7 @@ from prober.text import did_you_mean, one_line
 
 if TYPE_CHECKING:
     from prober.actuator import Actuator
+    from prober.configfiles import NamedFile
     from prober.tracker import State
 
 log = logging.getLogger("prober")
@@ -56,10 +58,13 @@ class Context:
     insecure_config: bool = False
 
 
-def _load(config_file: str | None, user: bool = False) -> Config:
+def _load(config_file: str | None, user: bool = False, *, uses_files: bool = True) -> Config:
+    """The config; `uses_files` for the commands that read the files it names (not the polkit
+    rule's, whose unit has no LoadCredential=)."""
     context = click.get_current_context().find_object(Context)
     insecure = context.insecure_config if context else False
-    config = load_config(config_path(config_file, os.environ), insecure=insecure)
+    config = load_config(config_path(config_file, os.environ), insecure=insecure,
+                         environ=os.environ if uses_files else None)
     if user:
         config = dataclasses.replace(config, targets=tuple(
             dataclasses.replace(t, policy=dataclasses.replace(t.policy, bus=Bus.USER))
@@ -313,7 +318,28 @@ def validate(config_file: str | None) -> int:
             click.echo(f"    {settings}")
         if target.unit:
             click.echo(f"    {_when_restarted(target)}")
+    for where, key, file in credential_files(config):
+        click.echo(f"  {where}: {_file_now(key, file)}")
     return 0
+
+
+def _file_now(key: Key, file: NamedFile) -> str:
+    """Whether the running user can use a file the config names, now (the service's user may
+    differ: the shipped units run prober as `prober`)."""
+    import pwd
+
+    from prober.configfiles import FileFault
+
+    euid = os.geteuid()
+    try:
+        user = f"{pwd.getpwuid(euid).pw_name} (uid {euid})"
+    except KeyError:
+        user = f"uid {euid}"
+    try:
+        file.parsed(os.environ, euid, key.file_parse or str)
+    except FileFault as exc:
+        return f"{exc}: NOT usable by {user} now"
+    return f"{key.name} {file.where(os.environ)}: readable by {user} now"
 
 
 def _when_restarted(target: Target) -> str:
@@ -461,7 +487,8 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
     from prober import polkit
 
     if install_to is None:
-        click.echo(polkit.polkit_rule(_load(config_file), user_name), nl=False)
+        click.echo(polkit.polkit_rule(_load(config_file, uses_files=False), user_name),
+                   nl=False)
         return 0
     path = install_to or polkit.RULES_FILE
     source = config_path(config_file, os.environ)
@@ -470,7 +497,7 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
         click.echo(f"{path}: {gone}, as there is no {source}: prober may restart nothing")
         return 0
     try:
-        config = _load(config_file)
+        config = _load(config_file, uses_files=False)
     except ProberError:
         if polkit.remove_rule(path):
             click.echo(f"{path}: removed the rule until the config loads", err=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prober import probes
 from prober.errors import ConfigError
@@ -45,6 +45,9 @@ from prober.keys import (
 )
 from prober.probes.base import Invalid, ProbeKind, ProbeSpec
 from prober.text import did_you_mean, os_reason
+
+if TYPE_CHECKING:
+    from prober.configfiles import NamedFile
 
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
@@ -512,12 +515,16 @@ def parse_toml(text: str, path: str) -> Mapping[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load_config(path: str, *, insecure: bool = False) -> Config:
+def load_config(path: str, *, insecure: bool = False,
+                environ: Mapping[str, str] | None = os.environ) -> Config:
     """Read, parse and validate the config file at `path`.
 
     Like sshd and sudo, refuses a file that someone other than root or the running user
     could have written (it decides what gets restarted and which commands run), unless
     `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
+    With `environ` (every command that reads the files the config names), a credential name
+    needs $CREDENTIALS_DIRECTORY in it; the files themselves are read when used (a missing one
+    is a prober fault then, see prober/configfiles.py).
     """
     text = read_config_text(path)
     if not insecure:
@@ -528,7 +535,30 @@ def load_config(path: str, *, insecure: bool = False) -> Config:
             if not os.path.isfile(file):
                 raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
                                   "does not exist")
+    if environ is not None:
+        for scope, _, named in credential_files(config):
+            try:
+                named.where(environ)
+            except ValueError as exc:
+                raise _Where(path, scope).error(
+                    named.key, str(exc), "give an absolute path, or run prober under systemd "
+                    "with LoadCredential=") from None
     return config
+
+
+def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
+    """(where, key, file) of each file the config names with a credential key, read when used:
+    an exec target's env_file, [notify] token_file."""
+    named = [(f'target "{target.name}"', key, value) for target in config.targets
+             for key in target.kind.keys
+             if key.shape is Shape.CREDENTIAL and (value := getattr(target.probe, key.name, None))]
+    if config.notify is not None and config.notify.token_file:
+        named.append(("[notify]", by_name(NOTIFY_KEYS)["token_file"], config.notify.token_file))
+    if not named:
+        return []
+    from prober.configfiles import NamedFile  # not loaded for a config that names no file
+
+    return [(where, key, NamedFile(key.name, value)) for where, key, value in named]
 
 
 def named_files(target: Target) -> list[tuple[str, str]]:

@@ -85,6 +85,9 @@ class Key:
     option: Option | None = None
     # A file that must exist when the config is loaded (parsing stays pure: load_config looks).
     existing_file: bool = False
+    # A CREDENTIAL key's file, read at run time (prober/configfiles.py): its text -> its value,
+    # or ValueError saying what is wrong with it. `prober validate` reads the file with it too.
+    file_parse: Callable[[str], object] | None = None
 
     def read(self, value: object) -> Any:
         return self.parse(value)
@@ -206,7 +209,7 @@ def absolute_path(value: object) -> str:
 def credential(value: object) -> str:
     """An absolute path, or the name of a file in $CREDENTIALS_DIRECTORY (LoadCredential=)."""
     text = typed(value, str, "a path or a credential name")
-    if not text or (not os.path.isabs(text) and "/" in text):
+    if not text or text in (".", "..") or (not os.path.isabs(text) and "/" in text):
         raise ValueError(f'"{text}" must be an absolute path or a credential name')
     return text
 

@@ -7,8 +7,9 @@ loads prometheus_client, so the healthy `check` imports it only when a textfile 
 Per target, with the labels `target` and `unit` (`""` for a monitor-only target), for the
 targets the state knows (every target from its first run on): `prober_probe_success`,
 `prober_probe_duration_seconds`, `prober_consecutive_failures`, `prober_target_down`,
-`prober_restarts_total`, `prober_given_up`, `prober_paused` and, for targets whose last result
-has a verified certificate, `prober_tls_not_after_timestamp_seconds`. For the host and the run:
+`prober_restarts_total`, `prober_given_up`, `prober_paused`, `prober_target_prober_fault` and,
+for targets whose last result has a verified certificate,
+`prober_tls_not_after_timestamp_seconds`. For the host and the run:
 `prober_last_run_timestamp_seconds`, `prober_interval_seconds`, `prober_run_deadline_seconds`,
 `prober_run_status`, `prober_memory_pressure_some_avg10` and
 `prober_pressure_threshold_percent`.
@@ -30,7 +31,7 @@ from prober.files import write_atomically
 from prober.results import ProbeResult
 from prober.runs import Snapshot, pressure_threshold
 from prober.text import os_reason
-from prober.tracker import Health, TargetState, is_paused
+from prober.tracker import Health, TargetState, has_prober_fault, is_paused
 
 __all__ = ["CONTENT_TYPE", "exposition", "families", "write_textfile"]
 
@@ -51,6 +52,9 @@ HELP = {
                        "restart_window spent) until it passes again or is reset.",
     "prober_paused": "1 while an operator's pause (prober pause) holds: probed and reported, "
                      "never restarted.",
+    "prober_target_prober_fault": "1 while prober cannot judge the target through its own "
+                                  "fault (a file its config names is missing or unsafe): the "
+                                  "admin's to fix; never counted, never restarted.",
     "prober_tls_not_after_timestamp_seconds": "When the verified TLS certificate of the "
                                               "target expires, in seconds since the epoch.",
     "prober_last_run_timestamp_seconds": "When prober's last run ended, in seconds since the "
@@ -86,6 +90,10 @@ class _Row:
         return self.state.last_ok if self.result is None else self.result.ok
 
     @property
+    def prober_fault(self) -> bool:
+        return has_prober_fault(self.state) if self.result is None else self.result.prober_fault
+
+    @property
     def duration(self) -> float | None:
         if self.result is not None:
             return self.result.latency
@@ -116,6 +124,7 @@ def _target_families(snapshot: Snapshot) -> Iterator[Metric]:
     restarts = CounterMetricFamily("prober_restarts", HELP["prober_restarts"], labels=LABELS)
     given_up = _gauge("prober_given_up")
     paused = _gauge("prober_paused")
+    fault = _gauge("prober_target_prober_fault")
     certificate = _gauge("prober_tls_not_after_timestamp_seconds")
     for row in rows:
         state, labels = row.state, row.labels
@@ -128,9 +137,10 @@ def _target_families(snapshot: Snapshot) -> Iterator[Metric]:
         restarts.add_metric(labels, state.restarts_total)
         given_up.add_metric(labels, 1 if state.given_up else 0)
         paused.add_metric(labels, 1 if is_paused(state, snapshot.now) else 0)
+        fault.add_metric(labels, 1 if row.prober_fault else 0)
         if row.result is not None and row.result.certificate is not None:
             certificate.add_metric(labels, row.result.certificate.not_after)
-    yield from (success, duration, failures, down, restarts, given_up, paused)
+    yield from (success, duration, failures, down, restarts, given_up, paused, fault)
     if certificate.samples:
         yield certificate
 

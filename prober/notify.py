@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from prober.config import Config, Notify, NotifyEvent
-from prober.text import os_reason
+from prober.configfiles import FileFault, NamedFile
 from prober.tracker import Change
 
 log = logging.getLogger("prober")
@@ -52,17 +52,17 @@ def payloads(changes: Sequence[Change], config: Config, **extra: Any) -> list[di
 
 
 def _token(notify: Notify, environ: Mapping[str, str]) -> str | None:
+    """The webhook's bearer token, or None without a token_file; FileFault if it is unusable."""
     if notify.token_file is None:
         return None
-    path = notify.token_file
-    if not os.path.isabs(path):  # a systemd credential (LoadCredential=NAME:...)
-        path = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    except OSError as exc:
-        log.error("notify: cannot read the token file %s: %s", path, os_reason(exc))
-        return None
+    return NamedFile("token_file", notify.token_file).parsed(environ, os.geteuid(), _one_token)
+
+
+def _one_token(text: str) -> str:
+    token = text.strip()
+    if not token or any(c in token for c in "\r\n"):
+        raise ValueError("expected one line, the token")
+    return token
 
 
 async def _run_command(notify: Notify, payload: dict[str, Any], timeout: float) -> None:
@@ -96,8 +96,8 @@ class _CommandFailed(Exception):
     """The notify command ran and failed."""
 
 
-async def _post(notify: Notify, payloads_: Sequence[dict[str, Any]],
-                environ: Mapping[str, str], deadline: float) -> None:
+async def _post(notify: Notify, payloads_: Sequence[dict[str, Any]], token: str | None,
+                deadline: float) -> None:
     import httpx
     from tenacity import (
         AsyncRetrying,
@@ -108,7 +108,6 @@ async def _post(notify: Notify, payloads_: Sequence[dict[str, Any]],
 
     assert notify.webhook is not None
     headers = dict(notify.headers)
-    token = _token(notify, environ)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     async with httpx.AsyncClient(trust_env=False) as client:
@@ -142,7 +141,12 @@ async def deliver(notify: Notify, payloads_: Sequence[dict[str, Any]],
     if notify.command:
         jobs.append(("command", _run_commands(notify, wanted, deadline)))
     if notify.webhook:
-        jobs.append(("webhook", _post(notify, wanted, environ, deadline)))
+        try:
+            token = _token(notify, environ)
+        except FileFault as exc:  # never sent without its token: prober's problem, not the run's
+            log.error("notify: webhook not sent, a prober fault: %s", exc)
+        else:
+            jobs.append(("webhook", _post(notify, wanted, token, deadline)))
     results = await asyncio.gather(
         *(asyncio.wait_for(job, notify.timeout) for _, job in jobs), return_exceptions=True
     )

@@ -20,7 +20,7 @@ from prober.config import Target
 from prober.policy import Action, cooldown_for, restarts_within, starves
 from prober.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
 from prober.text import redact_url
-from prober.tracker import Event, Health, TargetState, Transition, is_paused
+from prober.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
 
 __all__ = ["WINDOW", "render"]
 
@@ -95,6 +95,8 @@ def _state_status(target: Target, state: TargetState, paused: bool) -> Status:
         return Status.OK if state.last_ok is not False else Status.WARNING
     if state.given_up or state.health is Health.DOWN:
         return Status.CRITICAL
+    if has_prober_fault(state):
+        return Status.WARNING
     if state.health in (Health.FAILING, Health.RECOVERING):
         return Status.WARNING
     return Status.UNKNOWN if state.health is Health.UNKNOWN else Status.OK
@@ -103,6 +105,8 @@ def _state_status(target: Target, state: TargetState, paused: bool) -> Status:
 def _badge(target: Target, state: TargetState, status: Status, paused: bool) -> str:
     if paused:
         return "paused"
+    if has_prober_fault(state):
+        return "prober fault"
     if state.given_up:
         return "given up"
     if state.health is Health.DOWN:
@@ -426,9 +430,10 @@ def _counts(cards: Iterable[_Card]) -> str:
     counts: dict[str, int] = {}
     for card in cards:
         key = "paused" if card.paused else card.badge if card.badge in (
-            "down", "given up") else card.status.value
+            "down", "given up", "prober fault") else card.status.value
         counts[key] = counts.get(key, 0) + 1
-    order = ["down", "given up", "critical", "unknown", "warning", "paused", "ok"]
+    order = ["down", "given up", "prober fault", "critical", "unknown", "warning", "paused",
+             "ok"]
     return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
 
 

@@ -34,11 +34,13 @@ class Action(StrEnum):
     NO_UNIT = "no-unit"  # down, but no unit is configured to restart
     UNIT_UNKNOWN = "unit-unknown"  # systemd could not be asked about the unit
     PAUSED = "paused"  # an operator paused it: probed and reported, never restarted
+    PROBER_FAULT = "prober-fault"  # prober could not judge it, its own fault: never restarted
 
     @property
     def is_critical(self) -> bool:
         """Whether this action makes the run critical (exit 2)."""
-        return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED)
+        return self not in (Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED,
+                            Action.PROBER_FAULT)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ def decide(
     def decision(action: Action, reason: str) -> Decision:
         return Decision(target.name, action, reason, target.unit)
 
+    if verdict.result.prober_fault:
+        return decision(Action.PROBER_FAULT, f"prober's own fault, not the target's: "
+                        f"{verdict.result.reason}; no failure counted, nothing restarted")
     if verdict.paused:
         return decision(Action.PAUSED, _paused_reason(state, verdict))
     if not verdict.health.is_failing:

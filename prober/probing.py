@@ -85,7 +85,7 @@ class Probing:
         retrying = AsyncRetrying(
             stop=stop_after_delay(max(0.0, budget - VERIFY_INTERVAL)),
             wait=wait_fixed(VERIFY_INTERVAL),
-            retry=retry_if_result(lambda result: not result.ok),
+            retry=retry_if_result(_worth_another_try),
             retry_error_callback=_last_result,
         )
         result: ProbeResult = await retrying(self.probe, target)
@@ -104,7 +104,7 @@ class Probing:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(target.policy.retries + 1),
             wait=wait_fixed(target.policy.retry_delay),
-            retry=retry_if_result(lambda result: not result.ok),
+            retry=retry_if_result(_worth_another_try),
             retry_error_callback=_last_result,
         )
         result: ProbeResult = await retrying(attempt)
@@ -180,6 +180,11 @@ def _enough_descriptors(probes: int) -> None:
         log.debug("cannot raise the open-files limit to %d: %s", wanted, os_reason(exc))
     else:
         log.debug("open-files limit raised from %d to %d for %d probes", soft, wanted, probes)
+
+
+def _worth_another_try(result: ProbeResult) -> bool:
+    """A failed probe is tried again, unless prober's own fault failed it: that lasts."""
+    return not result.ok and not result.prober_fault
 
 
 def _last_result(state: Any) -> ProbeResult:

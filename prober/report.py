@@ -14,7 +14,7 @@ from prober.pressure import describe_users
 from prober.results import ProbeResult
 from prober.runs import RunReport, Status, TargetReport
 from prober.text import redact_url
-from prober.tracker import State, TargetState, Transition, is_paused
+from prober.tracker import State, TargetState, Transition, has_prober_fault, is_paused
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -178,6 +178,7 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "given_up_reason": t.given_up_reason or None,
             "paused_until": t.paused_until if is_paused(t, now) else None,
             "paused_reason": (t.paused_reason or None) if is_paused(t, now) else None,
+            "prober_fault": has_prober_fault(t),
             "history": [_history_json(h) for h in t.history[-history:]],
         })
     return {"updated_at": state.updated_at, "targets": out}
@@ -195,7 +196,8 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
     for target in config.targets:
         t = state.get(target.name)
         health = t.health.value + (" (given up)" if t.given_up else "") + \
-            (" (paused)" if is_paused(t, now) else "")
+            (" (paused)" if is_paused(t, now) else "") + \
+            (" (prober fault)" if has_prober_fault(t) else "")
         restarts = f"{restarts_within(t, target.policy.restart_window, now)}/" \
                    f"{target.policy.max_restarts}"
         rows.append((target.name, health, _ago(t.since, now), restarts, t.last_reason or "-"))

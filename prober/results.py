@@ -30,6 +30,7 @@ class FailureClass(StrEnum):
     OUTPUT = "output"  # a command's output lacked expect_output / expect_output_regex
     EXEC = "exec"  # a command could not be run: not found, not executable, permission
     ERROR = "error"  # anything else; the reason says what
+    PROBER_FAULT = "prober-fault"  # prober's own config, files or environment: see prober_fault
 
     @property
     def means_starving(self) -> bool:
@@ -64,6 +65,19 @@ class Finding:
     certificate: Certificate | None = None
 
 
+def prober_fault(reason: str) -> Finding:
+    """A target prober could not judge, through a fault of its own: a file its config names
+    that is missing, unreadable or unsafe, a socket or a tool its environment lacks.
+
+    The admin's to fix, not the target's: the failure streak neither grows nor resets, nothing
+    is restarted, no dependent is blamed on it, and `check` exits 1 (warning), never 2 for it.
+    Every output shows it as `prober-fault`: the text table's action, `check --json`'s
+    `failure` and `action`, the Nagios line, `status`, the status page and the
+    `prober_target_prober_fault` series. `reason` names the key and the file or thing at fault.
+    """
+    return Finding(reason, FailureClass.PROBER_FAULT)
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """The outcome of probing one target once (after its retries)."""
@@ -76,6 +90,11 @@ class ProbeResult:
     latency: float | None = None  # seconds, until the answer was judged
     attempts: int = 1
     certificate: Certificate | None = None
+
+    @property
+    def prober_fault(self) -> bool:
+        """Whether prober could not judge the target through its own fault (see prober_fault)."""
+        return self.failure is FailureClass.PROBER_FAULT
 
     @property
     def latency_ms(self) -> float | None:

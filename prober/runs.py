@@ -52,6 +52,8 @@ class TargetReport:
     def status(self) -> Status:
         if self.decision.action is Action.PAUSED:  # an operator is at work: say, never page
             return Status.OK if self.result.ok else Status.WARNING
+        if self.decision.action is Action.PROBER_FAULT:  # the admin's to fix, every run
+            return Status.CRITICAL if self.health is Health.DOWN else Status.WARNING
         if self.decision.action.is_critical or self.health is Health.DOWN:
             return Status.CRITICAL
         if self.health in (Health.FAILING, Health.RECOVERING) or self.notice:

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from prober.config import Config, Target
 from prober.pressure import MemoryUser
-from prober.results import ProbeResult
+from prober.results import FailureClass, ProbeResult
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 
@@ -127,7 +127,8 @@ class Verdict:
 
     @property
     def wants_restart(self) -> bool:
-        return self.health is Health.DOWN and self.blamed_on is None and not self.paused
+        return self.health is Health.DOWN and self.blamed_on is None and not self.paused \
+            and not self.result.prober_fault
 
 
 @dataclass(frozen=True)
@@ -173,15 +174,21 @@ def is_paused(state: TargetState, now: float) -> bool:
     return state.paused_until is not None and now < state.paused_until
 
 
+def has_prober_fault(state: TargetState) -> bool:
+    """Whether prober could not judge the target last time, through its own fault."""
+    return state.last_failure == FailureClass.PROBER_FAULT.value
+
+
 def fold_result(target: Target, state: TargetState, result: ProbeResult, now: float) -> TargetState:
     """One target's state after one more probe result.
 
-    A paused target's result is remembered, but counts toward no threshold; a pause that has
-    run out ends here, and the history says so.
+    A paused target's result, or a prober fault (prober could not judge the target), is
+    remembered, but counts toward no threshold: the streak neither grows nor resets. A pause
+    that has run out ends here, and the history says so.
     """
     if state.paused_until is not None and not is_paused(state, now):
         state = _resumed(state, now, "the pause ran out")
-    if is_paused(state, now):
+    if is_paused(state, now) or result.prober_fault:
         return replace(state, last_checked_at=now, last_ok=result.ok, last_reason=result.reason,
                        last_failure=None if result.failure is None else result.failure.value,
                        last_status_code=result.status_code, last_latency_ms=result.latency_ms)
@@ -243,7 +250,7 @@ def fold(config: Config, state: State, results: Iterable[ProbeResult], now: floa
         old = state.get(name)
         targets[name] = fold_result(config_targets[name], old, result, now)
         changes += [Change(name, t) for t in recorded_since(old, targets[name])]
-    failed = {name for name, r in by_name.items() if not r.ok}
+    failed = {name for name, r in by_name.items() if not r.ok and not r.prober_fault}
     blamed_on = blame(config, failed)
     verdicts = []
     for name, result in by_name.items():

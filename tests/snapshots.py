@@ -157,3 +157,24 @@ def healthy_snapshot() -> Snapshot:
                  ProbeResult("solo", True, "status 200", status_code=200, latency=0.001))
     return Snapshot.after_run(cfg, RunReport(targets=(item,), started_at=NOW, duration=0.01),
                               NOW + 0.01)
+
+
+FAULT_REASON = "env_file /etc/prober/redis.env: no such file or directory"
+
+
+def prober_fault_snapshot(*, with_report: bool = True) -> Snapshot:
+    """One healthy exec target whose env_file has gone missing: a prober fault, its streak
+    untouched."""
+    cfg = parse_config({"target": [{"name": "cache", "command": ["/usr/bin/redis-cli", "ping"],
+                                    "env_file": "/etc/prober/redis.env", "unit": "redis"}]})
+    state = TargetState(health=Health.HEALTHY, since=NOW - HOUR, consecutive_passes=7,
+                        last_checked_at=NOW, last_ok=False, last_reason=FAULT_REASON,
+                        last_failure=FailureClass.PROBER_FAULT.value)
+    result = ProbeResult("cache", False, FAULT_REASON, FailureClass.PROBER_FAULT, latency=0.0001)
+    item = _item(cfg, "cache", state, Action.PROBER_FAULT,
+                 f"prober's own fault, not the target's: {FAULT_REASON}; no failure counted, "
+                 "nothing restarted", result)
+    report = RunReport(targets=(item,), started_at=NOW, duration=0.01)
+    if not with_report:
+        return Snapshot(cfg, State(targets={"cache": state}, updated_at=NOW), None, NOW + 0.01)
+    return Snapshot.after_run(cfg, report, NOW + 0.01)

@@ -27,6 +27,7 @@ PSI = Path("/proc/pressure/memory")
 CONTRACT = frozenset({
     "prober_probe_success", "prober_probe_duration_seconds", "prober_consecutive_failures",
     "prober_target_down", "prober_restarts_total", "prober_given_up", "prober_paused",
+    "prober_target_prober_fault",
     "prober_tls_not_after_timestamp_seconds", "prober_last_run_timestamp_seconds",
     "prober_interval_seconds", "prober_run_deadline_seconds", "prober_run_status",
     "prober_memory_pressure_some_avg10", "prober_pressure_threshold_percent",

@@ -729,3 +729,117 @@ def test_watch_listen_overrides_the_config(prober: Prober, web: Server, host: st
         _, err = watcher.communicate(timeout=10)
     assert 'prober_probe_success{target="web",unit=""} 1.0' in metrics, err
     assert f"on http://{host}:{given}/" in err
+
+
+def _me() -> str:
+    """The running user as `prober validate` names it."""
+    import pwd
+
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+
+
+def _redis(env_file: str) -> str:
+    return _config('name = "redis"\ncommand = ["/bin/true"]\nunit = "redis-server"\n'
+                   f'env_file = "{env_file}"\n', defaults="failure_threshold = 1")
+
+
+def test_a_missing_env_file_is_a_prober_fault_in_every_output(prober: Prober,
+                                                             tmp_path: Path) -> None:
+    """An env_file that does not exist (a typo): `validate` says the file cannot be read now;
+    every `check` is a warning (exit 1) whose target shows `prober-fault` in the text, JSON,
+    Nagios, `status` and the metrics, never down, however many runs."""
+    missing = tmp_path / "redis.env"
+    prober.write(_redis(str(missing)))
+    validate = prober("validate")
+    assert validate.code == 0, validate.err
+    assert (f'  target "redis": env_file {missing}: no such file or directory: NOT usable by '
+            f"{_me()} now") in validate.out
+    textfile = tmp_path / "m.prom"
+    for _ in range(3):
+        run = prober("check", "--json", "--textfile", str(textfile))
+        assert run.code == 1, run.err
+        (target,) = run.json()["targets"]
+        assert (target["failure"], target["action"], target["status"], target["health"],
+                target["consecutive_failures"]) == ("prober-fault", "prober-fault", "warning",
+                                                    "unknown", 0)
+        assert target["reason"] == f"env_file {missing}: no such file or directory"
+    text = prober("check")
+    assert text.code == 1 and "prober-fault" in text.out and "WARNING: 1 warning" in text.out
+    nagios = prober("check", "--format", "nagios")
+    assert nagios.code == 1
+    assert nagios.out.startswith("PROBER WARNING - redis unknown (prober-fault: prober's own "
+                                 f"fault, not the target's: env_file {missing}")
+    assert f"target=redis: not judged, a prober fault: env_file {missing}: no such file" in \
+        text.err
+    status = prober("status")
+    assert "unknown (prober fault)" in status.out
+    (entry,) = prober("status", "--json").json()["targets"]
+    assert entry["prober_fault"] is True and entry["history"] == []
+    assert ('prober_target_prober_fault{target="redis",unit="redis-server.service"} 1.0'
+            in textfile.read_text())
+    assert 'prober_target_down{target="redis",unit="redis-server.service"} 0.0' in \
+        textfile.read_text()
+
+
+@pytest.mark.parametrize(("content", "mode", "problem"), [
+    ("REDISCLI_AUTH=x\n", 0o666, "writable by group or others (mode 666)"),
+    ("LD_PRELOAD=/tmp/evil.so\n", 0o600,
+     "line 1: LD_PRELOAD chooses code that programs load; refused"),
+], ids=["world-writable", "ld-preload"])
+def test_an_unsafe_env_file_is_refused_by_validate_and_check(
+        prober: Prober, tmp_path: Path, content: str, mode: int, problem: str) -> None:
+    """A world-writable env_file, or one that sets LD_PRELOAD, is never used: `validate` says
+    why, and `check` reports a prober fault without running the command."""
+    env_file = tmp_path / "redis.env"
+    env_file.write_text(content)
+    env_file.chmod(mode)
+    prober.write(_redis(str(env_file)))
+    validate = prober("validate")
+    assert f"env_file {env_file}: {problem}: NOT usable by" in validate.out
+    run = prober("check", "--json")
+    assert run.code == 1
+    assert run.json()["targets"][0]["reason"] == f"env_file {env_file}: {problem}"
+
+
+def test_a_readable_env_file_is_said_so_by_validate(prober: Prober, tmp_path: Path) -> None:
+    """`validate` says, per file the config names, that the running user can read it now."""
+    env_file = tmp_path / "redis.env"
+    env_file.write_text("REDISCLI_AUTH=x\n")
+    prober.write(_redis(str(env_file)))
+    validate = prober("validate")
+    assert validate.code == 0
+    assert f'target "redis": env_file {env_file}: readable by {_me()} now' in validate.out
+
+
+def test_a_credential_name_needs_the_credentials_directory(prober: Prober,
+                                                           tmp_path: Path) -> None:
+    """A credential name with no $CREDENTIALS_DIRECTORY is one error line and exit 3, for
+    `validate` and `check`, never a file read from the current directory."""
+    (tmp_path / "redis.env").write_text("REDISCLI_AUTH=x\n")
+    prober.write(_redis("redis.env"))
+    environ = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    environ["PROBER_STATE"] = str(prober.state)
+    for command in ("validate", "check"):
+        done = subprocess.run(
+            [sys.executable, "-m", "prober", command, "--config", str(prober.config)],
+            capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=60, check=False)
+        assert done.returncode == 3 and done.stdout == ""
+        assert done.stderr == (
+            f'prober: error: {prober.config}: target "redis": env_file: "redis.env" is a '
+            "credential name, but $CREDENTIALS_DIRECTORY is not set (hint: give an absolute "
+            "path, or run prober under systemd with LoadCredential=)\n")
+
+
+def test_validate_says_whether_the_token_file_is_readable(prober: Prober, web: Server,
+                                                          tmp_path: Path) -> None:
+    """`validate` names [notify] token_file too, and whether the running user can read it."""
+    token = tmp_path / "hook-token"
+    prober.write(f'[notify]\nwebhook = "{web.url("/hook")}"\ntoken_file = "{token}"\n'
+                 + _config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    user = _me()
+    assert (f"  [notify]: token_file {token}: no such file or directory: NOT usable by {user} "
+            "now") in prober("validate").out
+    token.write_text("t0ken\n")
+    validate = prober("validate")
+    assert f"  [notify]: token_file {token}: readable by {user} now" in validate.out
+    assert "t0ken" not in validate.out

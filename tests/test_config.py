@@ -34,8 +34,10 @@ def _bad_cases() -> list[Any]:
 
 
 @pytest.mark.parametrize(("path", "expected"), _bad_cases())
-def test_bad_config_gives_one_exact_line(path: Path, expected: str) -> None:
+def test_bad_config_gives_one_exact_line(path: Path, expected: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each bad config file is rejected with exactly the message written in its first line."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert str(caught.value) == f"{path}: {expected}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import tomllib
 from dataclasses import replace
@@ -120,22 +121,66 @@ def test_env_file_secrets_reach_the_command_and_nothing_else(
     assert "s3cret" not in shown and "t0ken" not in shown
 
 
-@pytest.mark.parametrize(
-    ("content", "reason"),
-    [(None, "cannot read env_file"), ("just words\n", "line 1 is not NAME=VALUE")],
-    ids=["missing", "malformed"],
-)
-def test_unusable_env_file_is_an_exec_failure(tmp_path: Path, content: str | None,
-                                              reason: str) -> None:
-    """An env_file that cannot be read or parsed fails the target as `exec`, without running
-    the command."""
+def _env_file(path: Path, kind: str) -> None:
+    """Make `path` the env_file of one ENV_FILE_FAULTS case."""
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)  # no writer: a blocking open would wait for ever
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "too-large":
+        path.write_text("A=" + "x" * 70_000 + "\n")
+    elif kind == "not-utf8":
+        path.write_bytes(b"A=\xff\n")
+    elif kind != "missing":
+        path.write_text({"malformed": "just words\n", "ld-preload": "LD_PRELOAD=/tmp/evil.so\n",
+                         "bash-env": "REDISCLI_AUTH=x\nBASH_ENV=/tmp/evil.sh\n"}.get(kind, "A=1\n"))
+        path.chmod(0o666 if kind == "world-writable" else 0o640 if kind == "other-owner"
+                   else 0o600)
+        if kind == "other-owner":
+            os.chown(path, 65534, 65534)
+
+
+ENV_FILE_FAULTS = [
+    ("missing", "no such file or directory"),
+    ("malformed", "line 1 is not NAME=VALUE"),
+    ("world-writable", "writable by group or others (mode 666)"),
+    ("other-owner", "owned by uid 65534, not by root or the running user (uid 0)"),
+    ("directory", "not a regular file (a directory)"),
+    ("fifo", "not a regular file (a FIFO)"),
+    ("too-large", "larger than 64KiB"),
+    ("not-utf8", "not UTF-8 text"),
+    ("ld-preload", "line 1: LD_PRELOAD chooses code that programs load; refused"),
+    ("bash-env", "line 2: BASH_ENV chooses code that programs load; refused"),
+]
+
+
+@pytest.mark.parametrize(("kind", "problem"), ENV_FILE_FAULTS, ids=[k for k, _ in ENV_FILE_FAULTS])
+def test_unusable_env_file_is_a_prober_fault(tmp_path: Path, kind: str, problem: str) -> None:
+    """An env_file that is missing, unsafe, no regular file (a FIFO: at once, no hang) or that
+    sets a variable choosing code to load is a prober fault naming the key and the file, never
+    a failure of the target, and the command does not run."""
+    if kind == "other-owner" and os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
     path = tmp_path / "env"
-    if content is not None:
-        path.write_text(content)
+    _env_file(path, kind)
     marker = tmp_path / "ran"
     result = run(exec_target(SH, "-c", f"touch {marker}", env_file=str(path)))
-    assert result.failure is FailureClass.EXEC and reason in result.reason
+    assert result.failure is FailureClass.PROBER_FAULT, result
+    assert result.reason == f"env_file {path}: {problem}"
     assert not marker.exists()
+
+
+def test_credential_name_without_credentials_directory_is_a_prober_fault(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A credential name is never read from the current directory when
+    $CREDENTIALS_DIRECTORY is not set."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "redis.env").write_text("A=1\n")
+    result = run(exec_target("/bin/true", env_file="redis.env"))
+    assert result.failure is FailureClass.PROBER_FAULT
+    assert result.reason == ('env_file redis.env: "redis.env" is a credential name, but '
+                             "$CREDENTIALS_DIRECTORY is not set")
 
 
 def _alive(pid: int) -> bool:

@@ -55,6 +55,7 @@ AFTER_RUN: Values = {
     "prober_restarts_total": _per_target(4, 9, 0, 3, 0),
     "prober_given_up": _per_target(0, 0, 0, 1, 0),
     "prober_paused": _per_target(0, 0, 1, 0, 0),
+    "prober_target_prober_fault": _per_target(0, 0, 0, 0, 0),
     "prober_tls_not_after_timestamp_seconds": {("caddy", "caddy.service"):
                                                snapshots.CERT_NOT_AFTER},
     "prober_last_run_timestamp_seconds": {(): snapshots.NOW - 1.3 + 0.81},
@@ -103,6 +104,16 @@ def test_a_first_run_exports_counters_at_zero() -> None:
     assert found["prober_restarts_total"] == {("solo", ""): 0.0}
     assert found["prober_probe_success"] == {("solo", ""): 1.0}
     assert found["prober_run_status"] == {(): 0.0}
+
+
+@pytest.mark.parametrize("with_report", [True, False], ids=["after-a-run", "before-any-run"])
+def test_a_prober_fault_has_its_own_series(with_report: bool) -> None:
+    """A target prober cannot judge through its own fault (a missing env_file) shows 1 in
+    prober_target_prober_fault, and is neither down nor counted as failing."""
+    found = _samples(snapshots.prober_fault_snapshot(with_report=with_report))
+    assert found["prober_target_prober_fault"] == {("cache", "redis.service"): 1.0}
+    assert found["prober_target_down"] == {("cache", "redis.service"): 0.0}
+    assert found["prober_consecutive_failures"] == {("cache", "redis.service"): 0.0}
 
 
 def test_labels_are_escaped() -> None:

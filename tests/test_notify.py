@@ -113,6 +113,33 @@ def test_down_and_recovered_events_reach_webhook_and_command(tmp_path: Path,
     assert "t0ken" not in first.stderr + second.stderr + first.stdout + second.stdout
 
 
+@pytest.mark.parametrize("problem", ["missing", "world-writable"])
+def test_unusable_token_file_sends_no_webhook(tmp_path: Path, receiver: Receiver,
+                                              problem: str) -> None:
+    """A token_file that is missing or writable by others is a prober fault: the webhook is not
+    called without its token, one error line says why, the command still gets the event and
+    the run's result is unchanged."""
+    token = tmp_path / "hook-token"
+    if problem == "world-writable":
+        token.write_text("t0ken\n")
+        token.chmod(0o666)
+    out = tmp_path / "events.jsonl"
+    script = tmp_path / "record.py"
+    script.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
+    with serve(answer(500, b"broken")) as server:
+        run = _check(tmp_path, (
+            f'[notify]\ncommand = ["{sys.executable}", "{script}", "{out}"]\n'
+            f'webhook = "{receiver.url}"\ntoken_file = "{token}"\n'
+            f'[[target]]\nname = "web"\nurl = "{server.url("/")}"\nfailure_threshold = 1\n'))
+    assert run.returncode == 2, run.stderr
+    assert receiver.received == []
+    assert [json.loads(line)["event"] for line in out.read_text().splitlines()] == ["down"]
+    reason = "no such file or directory" if problem == "missing" else \
+        "writable by group or others (mode 666)"
+    assert f"notify: webhook not sent, a prober fault: token_file {token}: {reason}" in \
+        run.stderr
+
+
 def test_failing_webhook_is_logged_and_does_not_fail_the_run(tmp_path: Path) -> None:
     """A webhook that cannot be reached is logged; the run's result is unchanged."""
     with serve(answer(500, b"broken")) as server, serve(answer(500)) as hook:

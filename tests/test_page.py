@@ -226,6 +226,18 @@ def test_a_flapping_target_stays_readable() -> None:
     assert 'data-count="1"><title>02:12 UTC failing: flap 0</title>' in sparse
 
 
+@pytest.mark.parametrize("with_report", [True, False], ids=["after-a-run", "before-any-run"])
+def test_a_prober_fault_shows_as_itself(with_report: bool) -> None:
+    """A target prober cannot judge through its own fault is a warning with its own badge and
+    reason, not down, not ok; the page's counts name it too."""
+    html = page.render(snapshots.prober_fault_snapshot(with_report=with_report), hostname="h")
+    card = _card(html, "cache")
+    assert 'data-status="warning"' in card and 'data-health="healthy"' in card
+    assert ">prober fault<" in card
+    assert "failed (prober-fault)" in card and snapshots.FAULT_REASON in card
+    assert "1 prober fault" in html
+
+
 def test_everything_printed_is_escaped() -> None:
     """Names, reasons and endpoints go through HTML escaping: markup in a reason is text."""
     html = page.render(snapshots.snapshot(), hostname="<b>host</b>")

@@ -29,6 +29,8 @@ def _target(**settings: Any) -> Target:
 FAILED = ProbeResult("caddy", False, "timeout: no response headers within 5s",
                      FailureClass.TIMEOUT)
 DOWN = Verdict("caddy", Health.DOWN, FAILED, 3)
+FAULT = ProbeResult("caddy", False, "env_file /etc/prober/x.env: no such file or directory",
+                    FailureClass.PROBER_FAULT)
 DOWN_STATE = TargetState(health=Health.DOWN, consecutive_failures=3,
                          failure_times=(NOW - 60, NOW - 30, NOW))
 ACTIVE = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 3600,
@@ -55,6 +57,11 @@ CASES = [
     ("restart", {}, DOWN, _state(), ACTIVE, False, Action.RESTART,
      "caddy.service is active (running) but not answering"),
     ("dry-run", {}, DOWN, _state(), ACTIVE, True, Action.WOULD_RESTART, "would restart"),
+    ("prober-fault-while-down", {}, replace(DOWN, result=FAULT), _state(), ACTIVE, False,
+     Action.PROBER_FAULT, "prober's own fault, not the target's: env_file /etc/prober/x.env: "
+     "no such file or directory; no failure counted, nothing restarted"),
+    ("prober-fault-while-healthy", {}, Verdict("caddy", Health.HEALTHY, FAULT, 0),
+     TargetState(), ACTIVE, False, Action.PROBER_FAULT, "nothing restarted"),
     ("dry-run-no-facts", {}, DOWN, _state(), None, True, Action.WOULD_RESTART, "unknown"),
     ("no-facts", {}, DOWN, _state(), None, False, Action.UNIT_UNKNOWN, "cannot ask systemd"),
     ("no-unit", {"unit": None}, DOWN, _state(), None, False, Action.NO_UNIT,
@@ -175,9 +182,10 @@ def test_cooldown_doubles_up_to_max(unhelpful: int, expected: float) -> None:
 
 
 def test_failing_actions_are_critical() -> None:
-    """Only none, dependency, wait and paused leave a run below critical."""
+    """Only none, dependency, wait, paused and a prober fault leave a run below critical."""
     calm = {a for a in Action if not a.is_critical}
-    assert calm == {Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED}
+    assert calm == {Action.NONE, Action.DEPENDENCY, Action.WAIT, Action.PAUSED,
+                    Action.PROBER_FAULT}
 
 
 # --- under memory pressure ------------------------------------------------------------------

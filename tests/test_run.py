@@ -23,6 +23,7 @@ from prober.check import run_once
 from prober.config import Bus, Config, Target, parse_config
 from prober.errors import SystemdError
 from prober.policy import Action
+from prober.results import FailureClass
 from prober.runs import RunReport, Status
 from prober.tracker import Event, Health, State
 from tests.servers import Server, answer, serve
@@ -227,3 +228,34 @@ def test_paused_backend_is_still_blamed(events_file: Path) -> None:
     actions = {item.target.name: item.decision.action for item in report.targets}
     assert actions == {"caddy": Action.DEPENDENCY, "web": Action.PAUSED}
     assert actuator.restarted == []
+
+
+def test_a_missing_env_file_never_restarts_a_healthy_service(tmp_path: Path,
+                                                             events_file: Path) -> None:
+    """An exec target whose env_file is missing (a typo) is a prober fault on every run: never
+    down, never restarted, nothing notified, warning not critical; once the file is there, the
+    target is judged again, and healthy."""
+    env_file = tmp_path / "redis.env"
+    recorder = events_file.with_suffix(".py")
+    recorder.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
+    config = parse_config({
+        "defaults": {"timeout": "1s", "failure_threshold": 1, "startup_grace": "0s"},
+        "notify": {"command": [sys.executable, str(recorder), str(events_file)]},
+        "target": [{"name": "redis", "command": ["/bin/sh", "-c", 'test "$REDISCLI_AUTH" = x'],
+                    "env_file": str(env_file), "unit": "redis-server.service"}],
+    })
+    actuator = FakeActuator()
+    state = State()
+    for run in range(3):
+        state, report = _run(config, actuator, state, now=NOW + run)
+        (item,) = report.targets
+        assert item.result.failure is FailureClass.PROBER_FAULT
+        assert item.result.reason == f"env_file {env_file}: no such file or directory"
+        assert item.decision.action is Action.PROBER_FAULT
+        assert (item.status, report.status) == (Status.WARNING, Status.WARNING)
+        assert state.get("redis").consecutive_failures == 0
+    assert actuator.restarted == [] and _events(events_file) == []
+    assert state.get("redis").health is Health.UNKNOWN and state.get("redis").history == ()
+    env_file.write_text("REDISCLI_AUTH=x\n")
+    state, report = _run(config, actuator, state, now=NOW + 3)
+    assert report.targets[0].result.ok and state.get("redis").health is Health.HEALTHY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -32,17 +33,30 @@ def _result(name: str, ok: bool) -> ProbeResult:
     return ProbeResult(name, False, "connection refused", FailureClass.REFUSED)
 
 
+FAULT = ProbeResult("", False, "env_file /etc/prober/x.env: no such file or directory",
+                    FailureClass.PROBER_FAULT)
+
+
+def _marked(name: str, mark: str) -> ProbeResult:
+    """'P' passed, 'F' failed, 'X' a prober fault (prober could not judge it)."""
+    return replace(FAULT, name=name) if mark == "X" else _result(name, mark == "P")
+
+
 def _run(config: Config, runs: str, name: str = "caddy") -> list[Health]:
-    """Feed 'F'/'P' runs for one target; the health after each."""
+    """Feed 'F'/'P'/'X' runs for one target; the health after each."""
+    return [verdict.health for verdict in _verdicts(config, runs, name)]
+
+
+def _verdicts(config: Config, runs: str, name: str = "caddy") -> list[tracker.Verdict]:
     state, seen = State(), []
     for i, mark in enumerate(runs):
-        folded = tracker.fold(config, state, [_result(name, mark == "P")], now=i * 30.0)
+        folded = tracker.fold(config, state, [_marked(name, mark)], now=i * 30.0)
         state = folded.state
-        seen.append(folded.verdicts[0].health)
+        seen.append(folded.verdicts[0])
     return seen
 
 
-H, F, D, R = Health.HEALTHY, Health.FAILING, Health.DOWN, Health.RECOVERING
+H, F, D, R, U = Health.HEALTHY, Health.FAILING, Health.DOWN, Health.RECOVERING, Health.UNKNOWN
 
 
 @pytest.mark.parametrize(
@@ -58,6 +72,12 @@ H, F, D, R = Health.HEALTHY, Health.FAILING, Health.DOWN, Health.RECOVERING
         ({"success_threshold": 2}, "FFFPP", [F, F, D, R, H]),
         ({"success_threshold": 3}, "FFFPPFPPP", [F, F, D, R, R, F, R, R, H]),
         ({"success_threshold": 2}, "PP", [H, H]),
+        ({}, "FFX", [F, F, F]),
+        ({}, "FFXXXF", [F, F, F, F, F, D]),
+        ({}, "FXP", [F, F, H]),
+        ({}, "PXXXX", [H, H, H, H, H]),
+        ({"failure_threshold": 1}, "XXX", [U, U, U]),
+        ({"success_threshold": 2}, "FFFPXP", [F, F, D, R, R, H]),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
@@ -91,6 +111,45 @@ def test_failures_are_blamed_on_the_deepest_failing_dependency(
     assert got == blame
     wants = {v.name for v in verdicts if v.wants_restart}
     assert wants == {n for n, b in blame.items() if b is None}
+
+
+def test_a_prober_fault_counts_for_nothing() -> None:
+    """A prober fault neither grows nor resets the streak, records no history, never asks for
+    a restart (even of a target already down) and is remembered as the last result."""
+    verdicts = _verdicts(_config(), "FFFX")
+    assert [v.consecutive_failures for v in verdicts] == [1, 2, 3, 3]
+    assert [v.wants_restart for v in verdicts] == [False, False, True, False]
+    config = _config()
+    state = State()
+    for i, mark in enumerate("FX"):
+        state = tracker.fold(config, state, [_marked("caddy", mark)], now=float(i)).state
+    caddy = state.get("caddy")
+    assert [t.event for t in caddy.history] == [Event.FAILING]
+    assert (caddy.last_failure, caddy.last_reason) == ("prober-fault", FAULT.reason)
+    assert tracker.has_prober_fault(caddy)
+
+
+@pytest.mark.parametrize(
+    ("faulty", "failing", "blame"),
+    [
+        ({"web"}, {"caddy"}, {"caddy": None, "web": None}),
+        ({"db"}, {"caddy", "web"}, {"caddy": "web", "web": None, "db": None}),
+        ({"caddy"}, {"web"}, {"caddy": None, "web": None}),
+    ],
+    ids=["proxy-not-blamed-on-its-faulty-backend", "faulty-db-takes-no-blame",
+         "faulty-proxy-blames-nobody"],
+)
+def test_a_prober_fault_blames_no_one(faulty: set[str], failing: set[str],
+                                      blame: dict[str, str | None]) -> None:
+    """A target prober cannot judge is no failing dependency: what depends on it is judged on
+    its own; and it is blamed on nothing, nor restarted."""
+    config = _config(failure_threshold=1)
+    results = [_marked(n, "X" if n in faulty else "F" if n in failing else "P")
+               for n in config.names]
+    verdicts = tracker.fold(config, State(), results, now=0.0).verdicts
+    assert {v.name: v.blamed_on for v in verdicts if not v.result.ok} == blame
+    assert {v.name for v in verdicts if v.wants_restart} == \
+        {n for n, b in blame.items() if b is None and n not in faulty}
 
 
 def test_state_counts_and_history() -> None:
@@ -171,7 +230,7 @@ MEANS_STARVING = {
     "timeout": True, "slow": True,
     "refused": False, "tls": False, "dns": False, "connect": False,
     "protocol": False, "status": False, "body": False, "too-large": False, "redirect": False,
-    "exit": False, "output": False, "exec": False, "error": False,
+    "exit": False, "output": False, "exec": False, "error": False, "prober-fault": False,
 }
 
 

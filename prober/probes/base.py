@@ -9,7 +9,8 @@ or once for the watcher's life, and closed with `aclose()`.
 Everything else prober needs to know about a kind is asked here too, never written into a
 shared module: how `prober probe` spells it on the command line, and what a passing probe may
 still warn about. Files a key names that must exist when the config loads are marked on the key
-itself (`Key.existing_file`).
+itself (`Key.existing_file`). A failure that is prober's own, not the target's (a file the
+kind's config names is unusable), is `prober.results.prober_fault(reason)`.
 """
 
 from __future__ import annotations

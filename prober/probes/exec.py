@@ -34,7 +34,7 @@ from prober.keys import (
 )
 from prober.probes.base import Argument, NoContext, ProbeKind
 from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY
-from prober.results import Deadline, FailureClass, Finding
+from prober.results import Deadline, FailureClass, Finding, prober_fault
 from prober.text import clip, os_reason, quote, reason, redact_url, size
 
 BASE_ENVIRONMENT = {
@@ -64,6 +64,51 @@ class ExecProbe:
         import shlex
 
         return " ".join(shlex.quote(redact_url(arg)) for arg in self.command)
+
+
+# Variables that make a program load code from where they say, refused in an env_file: the
+# dynamic loader's (every LD_*, GLIBC_TUNABLES), glibc's iconv modules (GCONV_PATH), and the
+# start-up code of the shells and interpreters health checks are written in. An env_file is
+# for secrets; these would let whoever writes it run code as prober's user (root, for an
+# admin's manual `prober check`). PATH is not among them: the command is an absolute path.
+LOADER_VARIABLES = frozenset({
+    "GLIBC_TUNABLES", "GCONV_PATH",
+    "BASH_ENV", "ENV",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+    "PERL5LIB", "PERLLIB", "PERL5OPT",
+    "RUBYLIB", "RUBYOPT",
+    "NODE_OPTIONS", "NODE_PATH",
+})
+
+
+def loads_code(name: str) -> bool:
+    """Whether the variable `name` chooses code a program loads (see LOADER_VARIABLES)."""
+    return name.startswith("LD_") or name in LOADER_VARIABLES
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """`NAME=VALUE` lines; blank lines and `#` comments skipped; one pair of quotes removed.
+    ValueError for another line, or a variable that loads code."""
+    out = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.partition("=")
+        try:
+            env_name(name.strip())
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"line {number} is not NAME=VALUE")
+        if loads_code(name.strip()):
+            raise ValueError(f"line {number}: {name.strip()} chooses code that programs load; "
+                             "refused")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[name.strip()] = value
+    return out
 
 
 def _env_option(values: Sequence[str]) -> dict[str, str] | None:
@@ -96,7 +141,8 @@ KEYS = (
     Key("env_file", Shape.CREDENTIAL, credential,
         "`NAME=VALUE` lines added to its environment, for secrets (`REDISCLI_AUTH`, "
         "`PGPASSWORD`) kept out of the config: an absolute path, or a name in "
-        "`$CREDENTIALS_DIRECTORY`", option=Option("--env-file", "PATH")),
+        "`$CREDENTIALS_DIRECTORY`; variables that choose code a program loads (`LD_*`, ...) "
+        "are refused", option=Option("--env-file", "PATH"), file_parse=parse_env_file),
     MAX_BODY,
 )
 
@@ -111,60 +157,32 @@ def argument(args: Sequence[str]) -> Mapping[str, Any] | None:
     return None
 
 
-class _Unusable(Exception):
-    """The command cannot be run as configured; the message says why."""
-
-
-def environment(spec: ExecProbe, environ: Mapping[str, str]) -> dict[str, str]:
+def environment(spec: ExecProbe, environ: Mapping[str, str], euid: int) -> dict[str, str]:
     """The command's environment: the base, then `env`, then `env_file` (as systemd's
-    Environment= and EnvironmentFile=)."""
+    Environment= and EnvironmentFile=). FileFault if the env_file cannot be used."""
     out = {**BASE_ENVIRONMENT, **dict(spec.env)}
     if spec.env_file is not None:
-        path = spec.env_file
-        if not os.path.isabs(path):
-            path = os.path.join(environ.get("CREDENTIALS_DIRECTORY", ""), path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _Unusable(f"cannot read env_file {path}: {os_reason(exc)}") from None
-        out.update(parse_env_file(text, path))
-    return out
+        from prober.configfiles import NamedFile
 
-
-def parse_env_file(text: str, path: str) -> dict[str, str]:
-    """`NAME=VALUE` lines; blank lines and `#` comments skipped; one pair of quotes removed."""
-    out = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        name, sep, value = stripped.partition("=")
-        try:
-            env_name(name.strip())
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise _Unusable(f"env_file {path}: line {number} is not NAME=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        out[name.strip()] = value
+        out.update(NamedFile("env_file", spec.env_file).parsed(environ, euid, parse_env_file))
     return out
 
 
 async def probe(spec: ExecProbe, deadline: Deadline, context: NoContext) -> Finding:
     """Run the command once, within the deadline, and judge what it did."""
+    from prober.configfiles import FileFault
+
     loop = asyncio.get_running_loop()
+    try:
+        environ = environment(spec, os.environ, os.geteuid())
+    except FileFault as exc:
+        return prober_fault(reason(str(exc)))
     try:
         transport, command = await loop.subprocess_exec(
             lambda: _Command(loop, spec.max_body), *spec.command,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=environment(spec, os.environ),
-            start_new_session=True, cwd="/",
+            stderr=asyncio.subprocess.PIPE, env=environ, start_new_session=True, cwd="/",
         )
-    except _Unusable as exc:
-        return Finding(reason(str(exc)), FailureClass.EXEC)
     except OSError as exc:
         return Finding(reason(f"cannot run {spec.command[0]}: {os_reason(exc)}"),
                        FailureClass.EXEC)

@@ -150,3 +150,48 @@ timeout = "1s"
     log = installed.log.read_text()
     assert "no exit within 1s (killed)" in log, log[-2000:]
     assert box.unit_property("prober-watch.service", "Result") == "success"
+
+
+SECRET_CHECK = ["/bin/sh", "-c", 'test "$REDISCLI_AUTH" = s3cret']
+
+
+def test_secret_files_as_the_prober_user_of_the_shipped_unit(box: Sandbox) -> None:
+    """Under prober.service as shipped (User=prober): an env_file owned root:prober 0640 reaches
+    the command; a root-only 0600 file, which prober cannot read, is a prober fault, and its
+    unit is never restarted however many runs see it."""
+    box.write_service("dummy.service", ["/bin/sleep", "infinity"])
+    box.systemctl("start", "dummy.service")
+    before = box.main_pid("dummy.service")
+    gid = box.run(["id", "-g", "prober"], check=True).stdout.strip()
+    secrets = box.workdir / "secrets"
+    secrets.mkdir()
+    for name, group, mode in (("group.env", gid, 0o640), ("root-only.env", "0", 0o600)):
+        path = secrets / name
+        path.write_text("REDISCLI_AUTH=s3cret\n")
+        box.run(["chown", f"0:{group}", str(path)], check=True)
+        path.chmod(mode)
+    command = json.dumps(SECRET_CHECK)
+    installed = install(box, f"""\
+[defaults]
+failure_threshold = 1
+startup_grace = "0s"
+
+[[target]]
+name = "group-readable"
+command = {command}
+env_file = "{secrets / 'group.env'}"
+
+[[target]]
+name = "root-only"
+command = {command}
+env_file = "{secrets / 'root-only.env'}"
+unit = "dummy.service"
+""")
+    for _ in range(3):
+        state = run_timer_service(box, installed)
+    assert state["group-readable"]["last_ok"] is True, state["group-readable"]["last_reason"]
+    fault = state["root-only"]
+    assert (fault["last_failure"], fault["health"], fault["restarts_total"]) == \
+        ("prober-fault", "unknown", 0), fault
+    assert fault["last_reason"] == f"env_file {secrets / 'root-only.env'}: permission denied"
+    assert box.main_pid("dummy.service") == before

@@ -26,7 +26,7 @@ from prober.config import (
 )
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
-from prober.state import StateStore, state_path
+from prober.state import StateStore, named_apart, size_limit, state_path
 from prober.text import did_you_mean, one_line
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ def _duration_option(flag: str, value: str | None) -> float | None:
 
 def _store(state_file: str | None, *, keep_lock_file_open: bool = False) -> StateStore:
     return StateStore(state_path(state_file, os.environ),
-                      keep_lock_file_open=keep_lock_file_open)
+                      keep_lock_file_open=keep_lock_file_open,
+                      named_apart=named_apart(state_file, os.environ))
 
 
 def _check_names(config: Config, names: Sequence[str]) -> None:
@@ -217,7 +218,7 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
     """Show what is remembered about each target: health, since when, restarts, history."""
     config = _load(config_file)
     store = _store(state_file)
-    state = store.load()
+    state = store.load(size_limit(config))
     now = time.time()
     state = dataclasses.replace(state, updated_at=store.last_run_at(state))
     if as_json:
@@ -367,7 +368,7 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
         with store.locked(wait=patience):
             from prober import tracker
 
-            state = tracker.prune(store.load(), config.names)
+            state = tracker.prune(store.load(size_limit(config)), config.names)
             store.save(tracker.trim_history(change(state, time.time()), config.history))
     except LockBusy:
         raise StateError(f"another prober run has held {store.lock_path} for "

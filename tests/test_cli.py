@@ -280,7 +280,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 1
+    assert json.loads(prober.state.read_text())["version"] == 2
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:

@@ -77,6 +77,10 @@ def _duration_option(flag: str, value: str | None) -> float | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+_DRY_RUN_HELP = ("Decide and report; restart, notify and write nothing (but a trial's own "
+                 "state file, named with --state).")
+
+
 def _store(state_file: str | None, *, keep_lock_file_open: bool = False) -> StateStore:
     return StateStore(state_path(state_file, os.environ),
                       keep_lock_file_open=keep_lock_file_open,
@@ -124,7 +128,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
 @cli.command()
 @_config_option
 @_state_option
-@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
 @_json_option
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "nagios"]),
               help="Output format [default: text; --json means json].")
@@ -181,7 +185,7 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 @click.option("--interval", metavar="DURATION",
               help="Time between the starts of two runs [default: the config's interval, "
                    "30s].")
-@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
 @click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
 @click.option("--listen", metavar="HOST:PORT",
               help="Serve /metrics, /status.json and the status page there [default: the "

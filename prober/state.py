@@ -126,7 +126,9 @@ def migrate(data: Document) -> Document:
 # --- JSON <-> State: pure -------------------------------------------------------------------
 
 _TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
-_LATEST = 253402300799.0  # 9999-12-31 23:59:59 UTC, the last second datetime can show
+# 2100-01-01 UTC: past any time prober writes (a pause is at most MAX_DURATION long), and far
+# enough from datetime's year 9999 that such a time plus a cooldown still shows as a date.
+_LATEST = 4102444800.0
 _COUNT_LIMIT = 1 << 53  # exact as a float too: metrics and JSON readers see the same number
 _FAILURES = frozenset(FailureClass)
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prober import page, report
+from prober import metrics, page, report
 from prober.config import parse_config
 from prober.errors import StateError
 from prober.pressure import MemoryUser
@@ -40,8 +40,9 @@ GOOD = TargetState(
 )
 GOOD_JSON: dict[str, Any] = json.loads(dumps(State(targets={"good": GOOD})))["targets"]["good"]
 
-EXTREMES = st.sampled_from([0, -1, 2**63, 10**400, 1e308, -1e308, float("nan"), float("inf"),
-                            float("-inf"), 253402300800.0, -0.0, True, False, "", "\x00\n",
+EXTREMES = st.sampled_from([0, -1, 2**53 - 1, 2**53, 2**63, 10**400, 1e308, -1e308,
+                            float("nan"), float("inf"), float("-inf"), 4102444800.0,
+                            4102444800.5, 253402300800.0, -0.0, True, False, "", "\x00\n",
                             "down", "refused", "restart", "tomorrow"])
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | EXTREMES,
@@ -83,10 +84,12 @@ def documents(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
 
 
 def renders(state: State) -> None:
-    """`status` (text and JSON) and the page render the state."""
+    """`status` (text and JSON), the page and /metrics render the state."""
     report.status_text(CONFIG, state, NOW)
     report.dumps(report.status_json(CONFIG, state, NOW))
-    page.render(Snapshot(CONFIG, state, None, NOW), hostname="host")
+    snapshot = Snapshot(CONFIG, state, None, NOW)
+    page.render(snapshot, hostname="host")
+    metrics.exposition(snapshot)
 
 
 @fuzz(400)
@@ -130,3 +133,16 @@ def test_any_bytes_load_as_a_state_or_are_moved_aside(tmp_path_factory: pytest.T
         logging.getLogger("prober").disabled = False
     assert path.exists() != (path.with_name("state.json.corrupt")).exists()
     renders(state)
+
+
+# --- found with the extreme values -------------------------------------------------------
+
+
+def test_a_huge_count_of_unhelpful_restarts_gives_the_longest_cooldown() -> None:
+    """A count the loader accepts (below 2**53) in the cooldown's power of two: the longest
+    cooldown at once, not a power of two too large to compute."""
+    from prober.policy import cooldown_for
+
+    target = CONFIG.target("good")
+    huge = TargetState(unhelpful_restarts=2**53 - 1)
+    assert cooldown_for(target, huge) == target.policy.max_cooldown

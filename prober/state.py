@@ -240,17 +240,27 @@ def _history(value: Any) -> tuple[Transition, ...]:
     return tuple(_transition(entry) for entry in value)
 
 
+_EVENTS = {event.value: event for event in Event}
+
+
 def _transition(data: Any) -> Transition:
-    if not isinstance(data, dict):
+    # The loop of every load, over each target's history: the common case checked first.
+    if type(data) is not dict:
         raise BadField("an event that is not an object")
-    event = data.get("event")
-    if not isinstance(event, str) or event not in Event._value2member_map_:
+    at, name, reason = data.get("at"), data.get("event"), data.get("reason")
+    if not (type(at) is float and 0.0 <= at <= _LATEST):
+        at = _time(at)
+    event = _EVENTS.get(name) if type(name) is str else None
+    if event is None:
         raise BadField("an event of no known kind")
-    users = data.get("top_memory", [])
+    if type(reason) is not str:
+        raise BadField("an event's reason is not a string")
+    users = data.get("top_memory")
+    if users is None:
+        return Transition(at, event, reason)
     if not isinstance(users, list) or len(users) > HISTORY_LIMIT:
         raise BadField("an event's top_memory is not a list")
-    return Transition(_time(data.get("at")), Event(event), _text(data.get("reason")),
-                      tuple(_memory_user(u) for u in users))
+    return Transition(at, event, reason, tuple(_memory_user(u) for u in users))
 
 
 def _memory_user(data: Any) -> MemoryUser:

@@ -222,10 +222,14 @@ def _text(value: Any) -> str:
     return value
 
 
+_HEALTHS = {health.value: health for health in Health}
+
+
 def _health(value: Any) -> Health:
-    if isinstance(value, str) and value in Health._value2member_map_:
-        return Health(value)
-    raise BadField(f"not one of {', '.join(Health)}")
+    found = _HEALTHS.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise BadField(f"not one of {', '.join(Health)}")
+    return found
 
 
 def _failure(value: Any) -> str | None:

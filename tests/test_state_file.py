@@ -8,6 +8,7 @@ file of the last release is carried to version 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -227,6 +228,42 @@ def test_three_dry_runs_leave_the_real_count_and_notify_no_one(tmp_path: Path) -
     assert after == before
     assert sent_by_dry_runs == []
     assert json.loads(real.stdout)["targets"][0]["consecutive_failures"] == 2
+
+
+def test_watch_dry_run_counts_in_memory_only_and_notifies_no_one(tmp_path: Path) -> None:
+    """`watch --dry-run` over a real run's state: its count goes on in memory (and on its
+    page) past the threshold, while the state file and its heartbeat stay as they were and no
+    webhook is sent. Before, it wrote its counts to the real state."""
+    port = _free_port()
+    with receiving() as receiver, serve(answer(500, b"broken")) as server:
+        _config(tmp_path, server, "web",
+                extra=f'failure_threshold = 3\n[notify]\nwebhook = "{receiver.url}"\n')
+        assert prober(tmp_path, "check").returncode == 1
+        state, beat = tmp_path / "state.json", tmp_path / "state.json.last-run"
+        before = (state.read_bytes(), state.stat().st_mtime_ns, beat.stat().st_mtime_ns)
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "prober", "watch", "--dry-run", "--config",
+             str(tmp_path / "prober.toml"), "--state", str(state), "--listen",
+             f"127.0.0.1:{port}", "--interval", "1s"],
+            stderr=subprocess.PIPE, text=True, env=_environ(tmp_path))
+        failures = 0
+        try:
+            deadline = time.monotonic() + 40
+            while failures < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                with contextlib.suppress(httpx.HTTPError):
+                    status = httpx.get(f"http://127.0.0.1:{port}/status.json", timeout=5,
+                                       trust_env=False).json()
+                    failures = status["targets"][0]["consecutive_failures"]
+        finally:
+            stop_process(watcher)
+            assert watcher.stderr is not None
+            with watcher.stderr:
+                err = watcher.stderr.read()
+        after = (state.read_bytes(), state.stat().st_mtime_ns, beat.stat().st_mtime_ns)
+    assert failures >= 4, err
+    assert after == before, err
+    assert receiver.received == []
 
 
 def test_a_trial_keeps_its_own_counts_and_a_real_run_refuses_them(tmp_path: Path) -> None:

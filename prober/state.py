@@ -426,7 +426,10 @@ class StateStore:
         try:
             # Read-only and world-readable: flock needs no write access, so a lock file left
             # by root (an admin's manual run) never locks out the `prober` user's timer.
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Non-blocking: a FIFO put there is opened (and locked) at once, never waited on.
+            fd = os.open(self.lock_path,
+                         os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+                         0o644)
         except OSError as exc:
             raise StateError(
                 f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None

@@ -93,6 +93,17 @@ def test_a_fifo_state_file_is_refused_without_blocking(tmp_path: Path, web: Serv
 
 
 @pytest.mark.timeout(90)
+def test_a_fifo_lock_file_does_not_block_the_run(tmp_path: Path, web: Server) -> None:
+    """A FIFO where the lock file goes is opened without waiting for a writer: the run
+    goes on as usual. Before, it waited for good."""
+    _config(tmp_path, web, "web")
+    os.mkfifo(tmp_path / "state.json.lock")
+    run = prober(tmp_path, "check")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "state.json").read_text())["targets"]["web"]["last_ok"]
+
+
+@pytest.mark.timeout(90)
 def test_a_symlink_to_dev_zero_is_never_read(tmp_path: Path, web: Server) -> None:
     """A symlink to /dev/zero is followed to a device, which is not read: one line, exit 3,
     within the 1 GiB the run is given. Before, the run read GiBs of it."""

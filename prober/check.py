@@ -29,7 +29,7 @@ from prober.pressure import (
 )
 from prober.probing import Probing
 from prober.runs import RunReport, Skipped, TargetReport
-from prober.state import LockBusy, StateStore
+from prober.state import LockBusy, StateStore, size_limit
 from prober.tracker import Change, Event, State, TargetState, Verdict
 
 log = logging.getLogger("prober")
@@ -212,7 +212,7 @@ async def run_once(
     if memory.top:
         log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
                     "; ".join(memory.worth_saying), describe_users(memory.top))
-    if config.notify is not None:
+    if config.notify is not None and not dry_run:
         from prober.notify import deliver, payloads
 
         await deliver(config.notify, payloads(changes, config, top_memory=[
@@ -341,7 +341,8 @@ def run_check(
     if_stale: float | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RunReport | Skipped:
-    """Lock, load, run once, save; or say why the run was skipped.
+    """Lock, load, run once, save; or say why the run was skipped. A dry run saves only to a
+    trial's own file (`StateStore.writes_back`), and never notifies.
 
     An unusable state file (read-only or full disk, a path that cannot be created) does not stop
     the probes: they run and are reported, but nothing is restarted, since restart budgets and
@@ -364,15 +365,21 @@ def _run_check_locked(
 ) -> RunReport | Skipped:
     try:
         with store.locked():
-            state = tracker.prune(store.load(), config.names)
+            found = store.signature() is not None
+            stored = store.load(size_limit(config), move_aside=not dry_run)
+            writes = store.writes_back(stored, dry_run=dry_run, found=found)
+            state = tracker.prune(stored, config.names)
             if if_stale is not None and is_fresh(store.last_run_at(state), if_stale, clock()):
                 return Skipped(f"the state was updated less than {format_duration(if_stale)} "
                                "ago: the timer is running, nothing to do")
             new_state, report = asyncio.run(
                 run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
             )
+            if not writes:
+                return report
             try:
-                store.save(tracker.trim_history(new_state, config.history))
+                store.save(replace(tracker.trim_history(new_state, config.history),
+                                   trial=dry_run))
                 store.touch_heartbeat()
             except StateError as exc:
                 return replace(report, state_error=f"{exc}; this run's results are not "

@@ -27,7 +27,7 @@ from prober.config import (
 )
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
-from prober.state import StateStore, state_path
+from prober.state import StateStore, named_apart, size_limit, state_path
 from prober.text import did_you_mean, one_line
 
 if TYPE_CHECKING:
@@ -82,9 +82,14 @@ def _duration_option(flag: str, value: str | None) -> float | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+_DRY_RUN_HELP = ("Decide and report; restart, notify and write nothing (but a trial's own "
+                 "state file, named with --state).")
+
+
 def _store(state_file: str | None, *, keep_lock_file_open: bool = False) -> StateStore:
     return StateStore(state_path(state_file, os.environ),
-                      keep_lock_file_open=keep_lock_file_open)
+                      keep_lock_file_open=keep_lock_file_open,
+                      named_apart=named_apart(state_file, os.environ))
 
 
 def _check_names(config: Config, names: Sequence[str]) -> None:
@@ -128,7 +133,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
 @cli.command()
 @_config_option
 @_state_option
-@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
 @_json_option
 @click.option("--format", "output_format", type=click.Choice(["text", "json", "nagios"]),
               help="Output format [default: text; --json means json].")
@@ -185,7 +190,7 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 @click.option("--interval", metavar="DURATION",
               help="Time between the starts of two runs [default: the config's interval, "
                    "30s].")
-@click.option("--dry-run", is_flag=True, help="Decide and report, restart nothing.")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
 @click.option("--user", is_flag=True, help="Restart units of the user's systemd manager.")
 @click.option("--listen", metavar="HOST:PORT",
               help="Serve /metrics, /status.json and the status page there [default: the "
@@ -222,7 +227,7 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
     """Show what is remembered about each target: health, since when, restarts, history."""
     config = _load(config_file)
     store = _store(state_file)
-    state = store.load()
+    state = store.load(size_limit(config))
     now = time.time()
     state = dataclasses.replace(state, updated_at=store.last_run_at(state))
     if as_json:
@@ -393,7 +398,7 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
         with store.locked(wait=patience):
             from prober import tracker
 
-            state = tracker.prune(store.load(), config.names)
+            state = tracker.prune(store.load(size_limit(config)), config.names)
             store.save(tracker.trim_history(change(state, time.time()), config.history))
     except LockBusy:
         raise StateError(f"another prober run has held {store.lock_path} for "

@@ -74,7 +74,9 @@ def starves(pressure: Pressure, threshold: float) -> bool:
 def cooldown_for(target: Target, state: TargetState) -> float:
     """The wait before the next restart: doubled for each restart that did not help."""
     policy = target.policy
-    return float(min(policy.max_cooldown, policy.cooldown * 2 ** state.unhelpful_restarts))
+    # Past 2**64 times the cooldown, max_cooldown wins anyway; a larger power costs memory.
+    doublings = min(state.unhelpful_restarts, 64)
+    return float(min(policy.max_cooldown, policy.cooldown * 2 ** doublings))
 
 
 def restarts_within(state: TargetState, window: float, now: float) -> int:

@@ -1,7 +1,22 @@
 """The state file: versioned JSON, written atomically, guarded by a lock held for the whole run.
 
-The prober never dies of its own state: a corrupt or unreadable file is moved aside with a
-warning and the run goes on from fresh state.
+The prober never dies of its own state. Only a regular file is read (a FIFO, a device or a
+socket is a StateError, never opened for reading), and no more of it than a config of its size
+can write. Every field is checked on load: a damaged target entry costs that target its entry,
+with a warning naming the field, and no other target anything. A file that is not JSON, or not
+a state at all, is moved aside with a warning and the run goes on from fresh state.
+
+Format versions: the file says its `version`. A file of an older version is brought up to
+STATE_VERSION by MIGRATIONS, one pure step per version (`MIGRATIONS[1]` turns a version 1
+document into a version 2 one), applied in order by `migrate`; the next save writes the new
+version. A change to the format is a new step and a bump of STATE_VERSION, never an edit of an
+old step. A file of a newer version than this prober's is moved aside, like a corrupt one.
+
+    v1  targets, updated_at
+    v2  + trial (a dry run's own file, which a real run refuses), written_by (the version)
+
+A dry run writes only a trial file: one named with --state or PROBER_STATE, apart from the
+default path, that a dry run created (`may_write`).
 """
 
 from __future__ import annotations
@@ -13,21 +28,27 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
+from prober import __version__
+from prober.config import Config
 from prober.errors import StateError
 from prober.files import remove_stale_temp_files, write_atomically
 from prober.pressure import MemoryUser
-from prober.text import os_reason
-from prober.tracker import Event, Health, State, TargetState, Transition
+from prober.results import FailureClass
+from prober.text import one_line, os_reason
+from prober.tracker import HISTORY_LIMIT, Event, Health, State, TargetState, Transition
 
 log = logging.getLogger("prober")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 DEFAULT_STATE_DIR = "/var/lib/prober"
+DEFAULT_SIZE_LIMIT = 256 << 20  # for a reader with no config at hand
 _LOCK_POLL = 0.05
 
 
@@ -42,9 +63,74 @@ def state_path(cli_value: str | None, environ: Mapping[str, str]) -> str:
     return os.path.join(directory, "state.json")
 
 
+def named_apart(cli_value: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether the state file was named for this run (--state, PROBER_STATE) and is not the
+    one a run finds by default: the only kind of file a dry run may create."""
+    if not cli_value and not environ.get("PROBER_STATE"):
+        return False
+    default = {k: v for k, v in environ.items() if k != "PROBER_STATE"}
+    return os.path.abspath(state_path(cli_value, environ)) != \
+        os.path.abspath(state_path(None, default))
+
+
+def may_write(*, dry_run: bool, named_apart: bool, found: bool, trial: bool,
+              path: Path) -> bool:
+    """Whether a run writes back the state it read. A real run writes a real run's file and
+    refuses a trial's (StateError); a dry run writes only a trial file: one it made, named apart
+    from the default path. Otherwise a dry run reads the state and leaves it as it was."""
+    if not dry_run:
+        if trial:
+            raise StateError(f"{path}: a trial state file, written by a --dry-run; a real run "
+                             "does not use its counts",
+                             "name the real state file with --state or PROBER_STATE, or remove "
+                             "this one to start afresh")
+        return True
+    return named_apart and (trial or not found)
+
+
+def size_limit(config: Config) -> int:
+    """The most bytes a state file of this config is read up to: generous (an entry of history
+    takes far less than its share here, so a lowered `history` or a few removed targets still
+    fit), yet bounded, so that no file makes a run read without end."""
+    targets = len(config.targets) + 16
+    return (1 << 20) + targets * ((64 << 10) + config.history * (4 << 10))
+
+
+# --- migrations: pure -------------------------------------------------------------------------
+
+Document = dict[str, Any]
+
+
+def _v1_to_v2(data: Document) -> Document:
+    return {**data, "version": 2, "trial": False, "written_by": ""}
+
+
+MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2}
+
+
+def migrate(data: Document) -> Document:
+    """`data` brought up to STATE_VERSION, one migration at a time; ValueError if its version is
+    not one this prober knows (a newer prober's file is moved aside like a corrupt one)."""
+    version = data.get("version")
+    if not _is_int(version) or version < 1:
+        raise ValueError(f"not a state file: version {one_line(repr(version))[:40]}")
+    if version > STATE_VERSION:
+        raise ValueError(f"version {version}, written by a newer prober; this one reads up to "
+                         f"{STATE_VERSION}")
+    while version < STATE_VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["version"]
+    return data
+
+
 # --- JSON <-> State: pure -------------------------------------------------------------------
 
 _TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
+# 2100-01-01 UTC: past any time prober writes (a pause is at most MAX_DURATION long), and far
+# enough from datetime's year 9999 that such a time plus a cooldown still shows as a date.
+_LATEST = 4102444800.0
+_COUNT_LIMIT = 1 << 53  # exact as a float too: metrics and JSON readers see the same number
+_FAILURES = frozenset(FailureClass)
 
 
 def _target_to_json(state: TargetState) -> dict[str, Any]:
@@ -64,58 +150,209 @@ def _transition_to_json(entry: Transition) -> dict[str, Any]:
     return out
 
 
-def _transition_from_json(data: Mapping[str, Any]) -> Transition:
-    users = tuple(MemoryUser(str(u["name"]), int(u["bytes"])) for u in data.get("top_memory", ()))
-    return Transition(float(data["at"]), Event(data["event"]), str(data["reason"]), users)
-
-
 def to_json(state: State) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
+        "trial": state.trial,
+        "written_by": __version__,
         "updated_at": state.updated_at,
         "targets": {name: _target_to_json(t) for name, t in sorted(state.targets.items())},
     }
 
 
-def _target_from_json(data: Mapping[str, Any]) -> TargetState:
+class BadField(ValueError):
+    """One field of a target's entry is not what prober writes there."""
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _time(value: Any) -> float:
+    if (_is_int(value) or isinstance(value, float)) and 0 <= value <= _LATEST:  # not NaN
+        return float(value)
+    raise BadField("not a time in seconds since 1970")
+
+
+def _optional_time(value: Any) -> float | None:
+    return None if value is None else _time(value)
+
+
+def _times(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) > HISTORY_LIMIT:
+        raise BadField("not a list of times")
+    return tuple(_time(v) for v in value)
+
+
+def _count(value: Any) -> int:
+    if not _is_int(value) or not 0 <= value < _COUNT_LIMIT:
+        raise BadField("not a count")
+    return int(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not -_COUNT_LIMIT < value < _COUNT_LIMIT:
+        raise BadField("not an integer")
+    return int(value)
+
+
+def _optional_latency(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (_is_int(value) or isinstance(value, float)) and 0 <= value <= _LATEST:
+        return float(value)
+    raise BadField("not a latency in milliseconds")
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadField("not true or false")
+    return value
+
+
+def _optional_flag(value: Any) -> bool | None:
+    return None if value is None else _flag(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadField("not a string")
+    return value
+
+
+_HEALTHS = {health.value: health for health in Health}
+
+
+def _health(value: Any) -> Health:
+    found = _HEALTHS.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise BadField(f"not one of {', '.join(Health)}")
+    return found
+
+
+def _failure(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value in _FAILURES):
+        return value
+    raise BadField("not a failure class")
+
+
+def _history(value: Any) -> tuple[Transition, ...]:
+    if not isinstance(value, list) or len(value) > HISTORY_LIMIT:
+        raise BadField("not a list of events")
+    return tuple(_transition(entry) for entry in value)
+
+
+_EVENTS = {event.value: event for event in Event}
+
+
+def _transition(data: Any) -> Transition:
+    # The loop of every load, over each target's history: the common case checked first.
+    if type(data) is not dict:
+        raise BadField("an event that is not an object")
+    at, name, reason = data.get("at"), data.get("event"), data.get("reason")
+    if not (type(at) is float and 0.0 <= at <= _LATEST):
+        at = _time(at)
+    event = _EVENTS.get(name) if type(name) is str else None
+    if event is None:
+        raise BadField("an event of no known kind")
+    if type(reason) is not str:
+        raise BadField("an event's reason is not a string")
+    users = data.get("top_memory")
+    if users is None:
+        return Transition(at, event, reason)
+    if not isinstance(users, list) or len(users) > HISTORY_LIMIT:
+        raise BadField("an event's top_memory is not a list")
+    return Transition(at, event, reason, tuple(_memory_user(u) for u in users))
+
+
+def _memory_user(data: Any) -> MemoryUser:
+    if not isinstance(data, dict):
+        raise BadField("a memory user that is not an object")
+    return MemoryUser(_text(data.get("name")), _count(data.get("bytes")))
+
+
+# How each field of a target's entry is read: the value it had in the file, checked.
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "health": _health,
+    "since": _optional_time,
+    "consecutive_failures": _count,
+    "consecutive_passes": _count,
+    "failure_times": _times,
+    "last_checked_at": _optional_time,
+    "last_ok": _optional_flag,
+    "last_reason": _text,
+    "last_failure": _failure,
+    "last_status_code": _optional_int,
+    "last_latency_ms": _optional_latency,
+    "down_since": _optional_time,
+    "streak_starving": _flag,
+    "held_at": _optional_time,
+    "restarts": _times,
+    "restarts_total": _count,
+    "unhelpful_restarts": _count,
+    "last_restart_at": _optional_time,
+    "given_up": _flag,
+    "given_up_reason": _text,
+    "paused_until": _optional_time,
+    "paused_reason": _text,
+    "history": _history,
+}
+
+
+def _target_from_json(data: Any) -> TargetState:
+    """One target's entry; BadField naming the first field that is not what prober writes."""
+    if not isinstance(data, dict):
+        raise BadField("the entry is not an object")
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _TARGET_FIELDS:
+        reader = _READERS.get(key)
+        if reader is None:
             continue  # written by a newer prober: ignore rather than lose everything
-        if key == "health":
-            values[key] = Health(value)
-        elif key == "history":
-            values[key] = tuple(_transition_from_json(t) for t in value)
-        elif key in ("restarts", "failure_times"):
-            values[key] = tuple(float(x) for x in value)
-        else:
-            values[key] = value
-    state = TargetState(**values)
-    _check_types(state)
-    return state
+        try:
+            values[key] = reader(value)
+        except BadField as exc:
+            raise BadField(f"{key}: {exc}") from None
+    return TargetState(**values)
 
 
-def _check_types(state: TargetState) -> None:
-    ints = (state.consecutive_failures, state.consecutive_passes, state.restarts_total,
-            state.unhelpful_restarts)
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ints):
-        raise ValueError("counters must be non-negative integers")
-    if not isinstance(state.given_up, bool) or not isinstance(state.last_reason, str):
-        raise ValueError("bad field types")
+@dataclass(frozen=True)
+class Salvaged:
+    """A state read from a file: what could be kept, and a line per entry that could not."""
+
+    state: State
+    dropped: tuple[str, ...] = ()
 
 
-def from_json(data: Any) -> State:
-    """A State from parsed JSON; ValueError/KeyError/TypeError if it is not one."""
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        raise ValueError(f"not a version {STATE_VERSION} state file")
-    targets = data["targets"]
+def from_json(data: Any) -> Salvaged:
+    """A State from parsed JSON of any version we know, keeping every good target entry.
+
+    ValueError if it is not a state at all (not an object, no version of ours, no targets, a
+    trial flag that is not true or false).
+    """
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    data = migrate(data)
+    targets = data.get("targets")
     if not isinstance(targets, dict):
         raise ValueError("targets is not an object")
-    updated = data.get("updated_at")
-    return State(
-        targets={str(n): _target_from_json(t) for n, t in targets.items()},
-        updated_at=None if updated is None else float(updated),
-    )
+    trial = data.get("trial")
+    if not isinstance(trial, bool):
+        raise ValueError("trial is not true or false")
+    kept: dict[str, TargetState] = {}
+    dropped: list[str] = []
+    for name, entry in targets.items():
+        try:
+            kept[name] = _target_from_json(entry)
+        except BadField as exc:
+            dropped.append(f'target "{one_line(name)[:200]}": {exc}')
+    try:
+        updated = _optional_time(data.get("updated_at"))
+    except BadField as exc:
+        updated = None
+        dropped.append(f"updated_at: {exc}")
+    return Salvaged(State(targets=kept, updated_at=updated, trial=trial), tuple(dropped))
 
 
 def dumps(state: State) -> str:
@@ -139,8 +376,10 @@ class StateStore:
     still there (it is opened anew if it was removed or replaced). Call `close()` at the end.
     """
 
-    def __init__(self, path: str, *, keep_lock_file_open: bool = False) -> None:
+    def __init__(self, path: str, *, keep_lock_file_open: bool = False,
+                 named_apart: bool = False) -> None:
         self.path = Path(path)
+        self.named_apart = named_apart  # see `named_apart`: a dry run may keep a trial here
         if not self.path.name or self.path.is_dir():
             raise StateError(f"{path}: is a directory, not a state file",
                              f"name the file, e.g. {self.path / 'state.json'}")
@@ -187,7 +426,10 @@ class StateStore:
         try:
             # Read-only and world-readable: flock needs no write access, so a lock file left
             # by root (an admin's manual run) never locks out the `prober` user's timer.
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Non-blocking: a FIFO put there is opened (and locked) at once, never waited on.
+            fd = os.open(self.lock_path,
+                         os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+                         0o644)
         except OSError as exc:
             raise StateError(
                 f"{self.lock_path}: cannot open the lock file: {os_reason(exc)}") from None
@@ -220,22 +462,37 @@ class StateStore:
                 "create it, or pass --state / set PROBER_STATE to a writable path",
             ) from None
 
-    def load(self) -> State:
-        """The stored state; fresh state (with a warning) if it is missing or unusable."""
+    def load(self, max_bytes: int = DEFAULT_SIZE_LIMIT, *, move_aside: bool = True) -> State:
+        """The stored state; fresh state (with a warning) if it is missing or corrupt.
+
+        StateError if the path is not a regular file. A corrupt file (a newer prober's too) is
+        moved aside, unless `move_aside` is false (a dry run touches nothing).
+        """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = _read_regular(self._path_name, max_bytes)
         except FileNotFoundError:
             return State()
-        except (OSError, UnicodeDecodeError) as exc:
-            return self._set_aside(f"cannot read it: {os_reason(exc)}")
+        except _TooLarge:
+            return self._set_aside(f"it is larger than {max_bytes} bytes, more than this "
+                                   "config's targets and history write", move_aside)
+        except OSError as exc:
+            return self._set_aside(f"cannot read it: {os_reason(exc)}", move_aside)
         try:
-            return from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return self._set_aside(f"it is corrupt ({exc})")
+            salvaged = from_json(json.loads(raw.decode("utf-8")))
+        except (ValueError, RecursionError) as exc:
+            return self._set_aside(f"it is corrupt ({one_line(str(exc))[:200]})", move_aside)
+        for problem in salvaged.dropped:
+            log.warning("state file %s: %s; left out, the other entries are kept", self.path,
+                        problem)
+        return salvaged.state
 
-    def _set_aside(self, problem: str) -> State:
+    def _set_aside(self, problem: str, move_aside: bool) -> State:
         if not self.path.is_file():  # only ever move our own file, never a directory or device
             raise StateError(f"{self.path}: not a regular file: {problem}")
+        if not move_aside:
+            log.warning("state file %s: %s; left where it is, read as fresh state", self.path,
+                        problem)
+            return State()
         aside = self.path.with_name(f"{self.path.name}.corrupt")
         try:
             os.replace(self.path, aside)
@@ -257,6 +514,12 @@ class StateStore:
             hint = "the disk is full" if exc.errno == errno.ENOSPC else None
             raise StateError(f"{self.path}: cannot write the state: {os_reason(exc)}",
                              hint) from None
+
+    def writes_back(self, state: State, *, dry_run: bool, found: bool) -> bool:
+        """Whether a run that read `state` (`found`: from a file) writes it back; StateError
+        for a real run given a trial's file. See `may_write`."""
+        return may_write(dry_run=dry_run, named_apart=self.named_apart, found=found,
+                         trial=state.trial, path=self.path)
 
     def signature(self) -> tuple[int, int, int] | None:
         """What tells one version of the file from another: a writer's rename makes a new
@@ -309,6 +572,44 @@ class StateStore:
         st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
+
+
+class _TooLarge(Exception):
+    """The state file is larger than the config it serves can write."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
+          "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+    raise StateError(f"{path}: {kind}, not a regular file: prober keeps its state only in a "
+                     "regular file", "remove it; the next run starts from fresh state")
+
+
+def _read_regular(path: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file at `path` (a symlink to one is followed), at most
+    `max_bytes` of them, else _TooLarge. Anything else is a StateError and is never read: a
+    FIFO without a writer would block the run, holding the lock, for good."""
+    _require_regular(os.stat(path), path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        _require_regular(st, path)  # replaced by something else since the stat
+        if st.st_size > max_bytes:
+            raise _TooLarge
+        chunks, left = [], max_bytes + 1
+        while left > 0 and (chunk := os.read(fd, min(left, max(st.st_size + 1, 1 << 16)))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise _TooLarge
+    return b"".join(chunks)
 
 
 def _flock(fd: int, wait: float, path: str) -> None:

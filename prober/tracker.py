@@ -106,6 +106,7 @@ class TargetState:
 class State:
     targets: Mapping[str, TargetState] = field(default_factory=dict)
     updated_at: float | None = None
+    trial: bool = False  # a dry run's own counts, which a real run never uses
 
     def get(self, name: str) -> TargetState:
         return self.targets.get(name, TargetState())
@@ -265,7 +266,7 @@ def fold(config: Config, state: State, results: Iterable[ProbeResult], now: floa
                 paused=is_paused(targets[name], now),
             )
         )
-    return Folded(State(targets=targets, updated_at=now), verdicts, changes)
+    return Folded(replace(state, targets=targets, updated_at=now), verdicts, changes)
 
 
 def blame(config: Config, failed: set[str]) -> dict[str, str | None]:

@@ -41,7 +41,7 @@ from prober.probing import Probing
 from prober.report import run_summary
 from prober.runs import RunReport, Skipped, Snapshot, Status
 from prober.sdnotify import notify, notify_socket, watchdog_interval
-from prober.state import LockBusy, StateStore
+from prober.state import LockBusy, StateStore, size_limit
 from prober.tracker import State, TargetState
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class Watcher:
         self._actuator_factory = actuator_factory
         self._interval = interval
         self._dry_run = dry_run
+        self._writes = not dry_run  # whether the state read last is written back
         self._on_report = on_report
         self._clock = clock
         self._known: _Known | None = None
@@ -232,7 +233,9 @@ class Watcher:
         known = self._known
         if known is None or signature != known.signature:
             # First cycle, or another process wrote the file: read it, as it now is.
-            stored = self._store.load()
+            stored = self._store.load(size_limit(config), move_aside=not self._dry_run)
+            self._writes = self._store.writes_back(stored, dry_run=self._dry_run,
+                                                   found=signature is not None)
             state, before = tracker.prune(stored, config.names), tracker.essential(stored)
         else:
             state, before = known.state, known.essential  # pruned at start and on reload
@@ -247,10 +250,11 @@ class Watcher:
         new_state = tracker.trim_history(new_state, config.history)
         after = tracker.essential(new_state)
         try:
-            if signature is None or after != before:
-                self._store.save(new_state)
+            if self._writes and (signature is None or after != before):
+                self._store.save(replace(new_state, trial=self._dry_run))
                 signature = self._store.signature()
-            self._store.touch_heartbeat()
+            if self._writes:
+                self._store.touch_heartbeat()
         except StateError as exc:
             report = replace(report, state_error=f"{exc}; this run's results are not "
                              "remembered")

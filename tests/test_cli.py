@@ -280,7 +280,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 1
+    assert json.loads(prober.state.read_text())["version"] == 2
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
@@ -681,7 +681,7 @@ def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober, web: Server)
     assert code == 0, err
     assert stopped_in < 2.0
     assert "Traceback" not in err
-    state = from_json(json.loads(prober.state.read_text()))
+    state = from_json(json.loads(prober.state.read_text())).state
     assert {n: t.health.value for n, t in state.targets.items()} == \
         {"web": "healthy", "api": "healthy"}
     assert sorted(p.name for p in prober.state.parent.iterdir()) == \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +11,25 @@ from pathlib import Path
 
 import pytest
 
+import prober
+from prober.config import parse_config, parse_toml
 from prober.errors import StateError
 from prober.pressure import MemoryUser
-from prober.state import LockBusy, StateStore, dumps, from_json, state_path, to_json
+from prober.state import (
+    _READERS,
+    MIGRATIONS,
+    STATE_VERSION,
+    LockBusy,
+    StateStore,
+    dumps,
+    from_json,
+    may_write,
+    migrate,
+    named_apart,
+    size_limit,
+    state_path,
+    to_json,
+)
 from prober.tracker import Event, Health, State, TargetState, Transition
 
 
@@ -40,8 +57,8 @@ def _sample() -> State:
 def test_round_trip() -> None:
     """State -> JSON -> State gives back the same state, and the JSON is deterministic."""
     state = _sample()
-    assert from_json(json.loads(dumps(state))) == state
-    assert dumps(state) == dumps(from_json(to_json(state)))
+    assert from_json(json.loads(dumps(state))).state == state
+    assert dumps(state) == dumps(from_json(to_json(state)).state)
 
 
 @pytest.mark.parametrize(
@@ -74,9 +91,11 @@ def test_missing_file_is_fresh_state(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "content",
     [b"{not json", b"", b"[]", b'{"version": 99, "targets": {}}',
-     b'{"version": 1, "targets": {"a": {"consecutive_failures": -1}}}',
-     b'{"version": 1, "targets": {"a": {"health": "sideways"}}}', b"\xff\xfe"],
-    ids=["garbage", "empty", "list", "future-version", "negative", "bad-enum", "not-utf8"],
+     b'{"version": 2, "trial": false, "targets": []}',
+     b'{"version": 2, "trial": "yes", "targets": {}}', b'{"version": true, "targets": {}}',
+     b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"],
+    ids=["garbage", "empty", "list", "future-version", "targets-a-list", "trial-not-a-flag",
+         "version-a-flag", "nested-deep", "not-utf8"],
 )
 def test_corrupt_state_is_moved_aside(tmp_path: Path, content: bytes,
                                       caplog: pytest.LogCaptureFixture) -> None:
@@ -176,7 +195,7 @@ def test_write_is_atomic_under_sigkill(tmp_path: Path) -> None:
         writer.kill()
         writer.wait()
         writer.stdout.close()
-        state = from_json(json.loads(path.read_text()))  # never torn
+        state = from_json(json.loads(path.read_text())).state  # never torn
         assert state.targets in ({}, big)
     StateStore(str(path)).save(State())
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # stale temp files cleaned
@@ -195,3 +214,164 @@ def test_root_run_leaves_files_the_directory_owner_can_use(tmp_path: Path) -> No
     for name in ("state.json", "state.json.lock"):
         st = (directory / name).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o644), name
+
+
+V1_FILE = Path(__file__).parent / "testdata" / "state-v1.json"
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"version": 1, "targets": {"a": {}}, "updated_at": 5.0},
+         {"version": 2, "targets": {"a": {}}, "updated_at": 5.0, "trial": False,
+          "written_by": ""}),
+        ({"version": 2, "targets": {}, "trial": True, "written_by": "0.1.0"},
+         {"version": 2, "targets": {}, "trial": True, "written_by": "0.1.0"}),
+    ],
+    ids=["v1", "v2-as-it-is"],
+)
+def test_migrate(document: dict[str, object], expected: dict[str, object]) -> None:
+    """Each version is brought up to the current one, one step at a time, nothing lost."""
+    assert migrate(document) == expected
+
+
+@pytest.mark.parametrize("version", [0, -1, 3, 99, "1", 1.0, None, True],
+                         ids=repr)
+def test_migrate_refuses_a_version_it_does_not_know(version: object) -> None:
+    """A version that is none of ours, a newer one included, is not read."""
+    with pytest.raises(ValueError, match="version"):
+        migrate({"version": version, "targets": {}})
+
+
+def test_every_version_below_the_current_one_has_a_migration() -> None:
+    """The path from version 1 up has no gap, and ends at STATE_VERSION."""
+    assert sorted(MIGRATIONS) == list(range(1, STATE_VERSION))
+
+
+def test_every_target_field_has_a_reader() -> None:
+    """A field added to TargetState is checked on load: it needs its own reader."""
+    assert set(_READERS) == {f.name for f in dataclasses.fields(TargetState)}
+
+
+def test_a_v1_file_of_the_last_release_is_rewritten_as_v2_with_nothing_lost(
+        tmp_path: Path) -> None:
+    """tests/testdata/state-v1.json, written by the version 1 StateStore.save, loads; the next
+    save writes version 2 with every target's entry as it was."""
+    v1 = json.loads(V1_FILE.read_text())
+    path = tmp_path / "state.json"
+    path.write_bytes(V1_FILE.read_bytes())
+    store = StateStore(str(path))
+    state = store.load()
+    assert not state.trial and set(state.targets) == set(v1["targets"])
+    store.save(state)
+    v2 = json.loads(path.read_text())
+    assert (v2["version"], v2["trial"], v2["written_by"]) == (2, False, prober.__version__)
+    assert v2["targets"] == v1["targets"] and v2["updated_at"] == v1["updated_at"]
+    assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def _with_entry(field: str, value: object) -> bytes:
+    """A v2 state where target "bad" has `field` set to `value`, beside two good targets,
+    one paused and one with restarts in its budget."""
+    good = json.loads(dumps(_sample()))
+    good["targets"]["bad"] = {**good["targets"]["web"], field: value}
+    return json.dumps(good).encode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("paused_until", "tomorrow"), ("since", "x"), ("since", 1e308),
+        ("last_checked_at", -1.0), ("held_at", float("nan")), ("down_since", float("inf")),
+        ("consecutive_failures", -1), ("consecutive_failures", 1.5),
+        ("consecutive_passes", True), ("restarts_total", 10**30), ("restarts", "5"),
+        ("restarts", [1.0, "x"]), ("failure_times", {}), ("health", "sideways"),
+        ("health", 3), ("last_ok", "yes"), ("last_reason", None), ("last_failure", "melted"),
+        ("last_failure", 7), ("last_status_code", "200"), ("last_latency_ms", -3),
+        ("given_up", 1), ("given_up_reason", []), ("paused_reason", {}),
+        ("streak_starving", None), ("history", {}), ("history", [1]),
+        ("history", [{"at": 1.0, "event": "exploded", "reason": ""}]),
+        ("history", [{"at": "now", "event": "down", "reason": ""}]),
+        ("history", [{"at": 1.0, "event": "down", "reason": 5}]),
+        ("history", [{"at": 1.0, "event": "down", "reason": "", "top_memory": "lots"}]),
+        ("history", [{"at": 1.0, "event": "down", "reason": "",
+                      "top_memory": [{"name": "x", "bytes": -1}]}]),
+    ],
+    ids=lambda v: repr(v)[:30],
+)
+def test_a_bad_field_costs_only_its_own_target(tmp_path: Path, field: str, value: object,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong-typed or out-of-range field drops that target's entry with one warning naming
+    it and the field; the other targets' pauses and restart budgets stay; the file stays."""
+    path = tmp_path / "state.json"
+    path.write_bytes(_with_entry(field, value))
+    state = StateStore(str(path)).load()
+    assert dict(state.targets) == dict(_sample().targets)
+    assert state.updated_at == _sample().updated_at
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f'target "bad": {field}: ' in warnings[0], warnings
+    assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_a_bad_entry_and_a_bad_time_of_the_file(tmp_path: Path) -> None:
+    """An entry that is not an object is dropped; a bad updated_at is forgotten, alone."""
+    good = json.loads(dumps(_sample()))
+    good["targets"]["bad"] = "down"
+    good["updated_at"] = "yesterday"
+    salvaged = from_json(good)
+    assert dict(salvaged.state.targets) == dict(_sample().targets)
+    assert salvaged.state.updated_at is None
+    assert [d.split(":")[0] for d in salvaged.dropped] == ['target "bad"', "updated_at"]
+
+
+def test_a_file_larger_than_its_config_writes_is_moved_aside(tmp_path: Path) -> None:
+    """The size cap scales with the targets and `history`; a file over it is never read
+    whole, and is moved aside."""
+    target = '[[target]]\nname = "{}"\nurl = "http://127.0.0.1/"\n'
+    small = parse_config(parse_toml("history = 10\n" + target.format("a"), "small"))
+    large = parse_config(parse_toml(target.format("a") + target.format("b"), "large"))
+    assert size_limit(large) > size_limit(small)
+    path = tmp_path / "state.json"
+    path.write_bytes(b" " * (size_limit(small) + 1))
+    assert StateStore(str(path)).load(size_limit(small)) == State()
+    assert (tmp_path / "state.json.corrupt").exists()
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "named", "found", "trial", "expected"),
+    [
+        (False, False, False, False, True),
+        (False, True, True, False, True),
+        (True, False, True, False, False),  # a human's dry run on the real state
+        (True, False, False, False, False),  # ... before the first real run
+        (True, True, True, False, False),  # the real file, named with --state
+        (True, True, False, False, True),  # a trial's first run
+        (True, True, True, True, True),  # a trial's later runs
+    ],
+)
+def test_may_write(dry_run: bool, named: bool, found: bool, trial: bool,
+                   expected: bool) -> None:
+    """A dry run writes only a trial's own file; a real run any file but a trial's."""
+    assert may_write(dry_run=dry_run, named_apart=named, found=found, trial=trial,
+                     path=Path("s.json")) is expected
+
+
+def test_a_real_run_refuses_a_trial_file() -> None:
+    with pytest.raises(StateError, match="trial state file"):
+        may_write(dry_run=False, named_apart=True, found=True, trial=True, path=Path("s.json"))
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "expected"),
+    [
+        (None, {}, False),
+        (None, {"STATE_DIRECTORY": "/var/lib/prober"}, False),
+        ("/var/lib/prober/trial.json", {}, True),
+        (None, {"PROBER_STATE": "/var/lib/prober/trial.json"}, True),
+        ("/var/lib/prober/state.json", {}, False),  # the default, named: still the real one
+        (None, {"PROBER_STATE": "/srv/s/state.json", "STATE_DIRECTORY": "/srv/s"}, False),
+    ],
+)
+def test_named_apart(cli: str | None, env: dict[str, str], expected: bool) -> None:
+    """Only a file named for the run, other than the one a run finds by default."""
+    assert named_apart(cli, env) is expected

@@ -26,6 +26,7 @@ from tests.sandbox import Sandbox, SandboxError, Stack, start_stack
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 CONFIG = "/etc/prober/prober.toml"
+V1_STATE = Path(__file__).parents[1] / "testdata" / "state-v1.json"
 STATE = "/var/lib/prober/state.json"
 RULE = "/etc/polkit-1/rules.d/50-prober.rules"
 EXAMPLE = "/usr/share/doc/prober/examples/mastodon.toml"
@@ -249,8 +250,8 @@ def test_install_restart_upgrade_purge_as_an_operator(box: Sandbox) -> None:
     sh(box, "systemctl enable --now prober.timer")
     wait_for(lambda: inside(box, STATE).exists(), 20, "a first run of the packaged timer")
 
-    history = frozen_caddy_is_restarted(box, stack)
-    upgrade_keeps_the_state_and_the_timer(box, history)
+    frozen_caddy_is_restarted(box, stack)
+    upgrade_keeps_the_state_and_the_timer(box)
     remove_then_purge_leave_only_the_config(box, before)
 
 
@@ -276,16 +277,28 @@ def frozen_caddy_is_restarted(box: Sandbox, stack: Stack) -> list[dict[str, Any]
     return restarted()
 
 
-def upgrade_keeps_the_state_and_the_timer(box: Sandbox, history: list[dict[str, Any]]) -> None:
-    """Upgrade to a rebuilt package of a higher version: same state, the timer still runs."""
+def upgrade_keeps_the_state_and_the_timer(box: Sandbox) -> None:
+    """Upgrade to a rebuilt package of a higher version, over the state file of the last
+    release (version 1, tests/testdata/state-v1.json): the timer still runs, and its first run
+    rewrites the state as version 2, the history of each configured target kept."""
+    v1 = json.loads(V1_STATE.read_text())
+    staged = inside(box, STATE + ".v1")
+    staged.write_bytes(V1_STATE.read_bytes())
+    sh(box, f"chown prober:prober {STATE}.v1 && mv {STATE}.v1 {STATE}")
+    assert not staged.exists()
     newer = debpkg.built(debpkg.next_version())
     upgraded = time.time()
     apt_install(box, newer)
     assert sh(box, "prober --version").strip() == f"prober, version {debpkg.next_version()}"
     assert unit_state(box, "prober.timer") == "active"
     wait_for(lambda: state(box)["updated_at"] > upgraded + 1, 20, "a run after the upgrade")
-    kept = state(box)["targets"]["caddy"]["history"]
-    assert all(entry in kept for entry in history), "the state lost its history"
+    after = state(box)
+    assert (after["version"], after["trial"]) == (2, False)
+    for name in ("caddy", "streaming"):  # the others are not in the config: pruned
+        kept = after["targets"][name]["history"]
+        assert all(entry in kept for entry in v1["targets"][name]["history"]), name
+        assert after["targets"][name]["restarts_total"] >= v1["targets"][name]["restarts_total"]
+    assert not inside(box, STATE + ".corrupt").exists()
     assert box.unit_property("prober.service", "Result") == "success"
 
 

@@ -59,10 +59,9 @@ async def _confirm_gone(config: Config, targets: Sequence[Target], folded: track
         nonlocal folded
         while left(target) > 0:
             await asyncio.sleep(target.policy.confirm_interval)
-            result = await probing.probe(target)
-            folded = tracker.confirm(config, folded, [result], clock())
-            log.info("target=%s: probed again to confirm nothing listens: %s", target.name,
-                     "passed" if result.ok else f"{result.failure}: {result.reason}")
+            log.debug("target=%s: probing again to confirm that nothing listens", target.name)
+            folded = tracker.confirm(config, folded, [await probing.probe(target)], clock())
+            _log_results([v for v in folded.verdicts if v.name == target.name])
 
     due = [target for target in targets if left(target) > 0]
     if len(due) == 1:  # no task to start and wait for
@@ -200,12 +199,12 @@ async def run_once(
     results = await probing.probe_all(targets)
     before = state
     folded = tracker.fold(config, state, results, clock())
+    _log_results(folded.verdicts)
     if confirm:
         folded = await _confirm_gone(config, targets, folded, probing, clock)
     now = clock()
     state = folded.state
     changes = list(folded.changes)
-    _log_results(folded.verdicts)
     _log_changes(before, changes)  # what the policy adds below logs itself
     wanted = [t for t, v in zip(targets, folded.verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]

@@ -197,12 +197,14 @@ async def run_once(
     started = clock()
     targets = select_targets(config, only)
     results = await probing.probe_all(targets)
+    now = clock()
     before = state
-    folded = tracker.fold(config, state, results, clock())
+    folded = tracker.fold(config, state, results, now)
     _log_results(folded.verdicts)
     if confirm:
-        folded = await _confirm_gone(config, targets, folded, probing, clock)
-    now = clock()
+        confirmed = await _confirm_gone(config, targets, folded, probing, clock)
+        if confirmed is not folded:  # probed again: the decisions are taken as of now
+            folded, now = confirmed, clock()
     state = folded.state
     changes = list(folded.changes)
     _log_changes(before, changes)  # what the policy adds below logs itself

@@ -44,10 +44,10 @@ class FailureClass(StrEnum):
         quick probes confirm it as surely as a few runs do (`confirm_interval`).
 
         Only `refused`: the kernel answered that no socket takes the connection, or a unix
-        socket's file is gone. `connect` is left out: an unreachable host or network says
-        nothing of the service;
-        a slow deploy or a starving host also gives `timeout`, `slow`, `status`, `dns`, `tls`,
-        and `protocol`, `exit` and `error` may be passing troubles of a live service.
+        socket's file is gone. Not `connect`: an unreachable host or network says nothing of
+        the service. A slow deploy or a starving host also gives `timeout`, `slow`, `status`,
+        `dns` or `tls`; `protocol`, `exit` and `error` may be passing troubles of a live
+        service.
         """
         return self is FailureClass.REFUSED
 

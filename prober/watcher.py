@@ -135,7 +135,9 @@ class Watcher:
             self._waking.set_result(None)
 
     async def run(self, runs: int | None = None) -> None:
-        """Check every `interval` until stopped (or `runs` times)."""
+        """Check every `interval` until stopped (or `runs` times); while a target that nothing
+        listens on fails below its threshold, every `confirm_interval` instead: these cycles
+        are its confirmations, as the probes again within a one-shot run are."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)

@@ -458,6 +458,7 @@ def test_validate_and_version(prober: Prober, web: Server) -> None:
     assert "timeout 1s" in run.out  # a key away from its default
     assert "held up to pressure_hold 5m" in run.out and "pressure_threshold 10%" in run.out
     assert "never held under memory pressure" in run.out
+    assert "(refused: probed again every 2s within the run, each repeat one run)" in run.out
     version = prober("--version")
     assert version.code == 0 and version.out.startswith("prober, version ")
 

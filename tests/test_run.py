@@ -257,6 +257,36 @@ def test_a_target_nothing_listens_on_is_restarted_within_one_run(
     assert actuator.restarted == (["caddy.service"] if action is Action.RESTART else [])
 
 
+@pytest.mark.parametrize(
+    ("policy", "last_restart", "dry_run", "action"),
+    [
+        ({}, None, True, Action.WOULD_RESTART),
+        ({"startup_grace": "60s"}, None, False, Action.WAIT),  # the unit started 10 s ago
+        ({"cooldown": "60s"}, NOW - 5, False, Action.WAIT),
+        ({"max_restarts": 0}, None, False, Action.GIVEN_UP),
+    ],
+    ids=["dry-run", "startup-grace", "cooldown", "max-restarts"],
+)
+def test_a_confirmed_target_meets_the_policy_as_always(
+        policy: dict[str, Any], last_restart: float | None, dry_run: bool,
+        action: Action) -> None:
+    """Down by its confirmations, a target is decided on as one down after as many runs:
+    the dry run, the startup grace, the cooldown and the budget still stop its restart."""
+    from prober.tracker import TargetState
+
+    active = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 10,
+                       main_pid=42)
+    with Listening() as listening:
+        listening.close()
+        config = _tcp_config(listening.port, **{"confirm_interval": "10ms", **policy})
+        actuator = FakeActuator(facts={"caddy.service": active})
+        state = State().with_target("caddy", TargetState(last_restart_at=last_restart))
+        _, report = _run(config, actuator, state, dry_run=dry_run)
+    (item,) = report.targets
+    assert (item.health, item.decision.action) == (Health.DOWN, action)
+    assert actuator.restarted == []
+
+
 def test_a_target_that_refuses_for_a_second_is_never_restarted() -> None:
     """A listener gone for a moment is probed again, passes, and the streak ends there: the
     run ends healthy, nothing restarted (failure_threshold 3, confirm_interval 2s, defaults)."""

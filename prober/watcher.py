@@ -282,7 +282,7 @@ class Watcher:
     async def _stateless_cycle(self, error: StateError) -> RunReport:
         _, report = await run_once(
             self.config, State(), self._clock, None, dry_run=self._dry_run,
-            probing=self._probing,
+            probing=self._probing, confirm=False,
             no_restart_reason=f"no restarts while the state is unusable ({error.message})")
         return replace(report, state_error=f"{error}; the probes ran, nothing was restarted")
 

@@ -44,6 +44,35 @@ def select_targets(config: Config, names: Sequence[str]) -> tuple[Target, ...]:
     return tuple(t for t in config.targets if t.name in wanted)
 
 
+async def _confirm_gone(config: Config, targets: Sequence[Target], folded: tracker.Folded,
+                        probing: Probing, clock: Callable[[], float]) -> tracker.Folded:
+    """Probe again, every confirm_interval, each target that nothing listens on, until it
+    passes, fails some other way, or is down: each probe counts as one more failed run, so
+    that this run acts on what would otherwise take failure_threshold runs to see."""
+
+    def left(target: Target) -> int:
+        verdict = next(v for v in folded.verdicts if v.name == target.name)
+        return tracker.confirmations_left(target, folded.state.get(target.name),
+                                          verdict.result, clock())
+
+    async def confirm_one(target: Target) -> None:
+        nonlocal folded
+        while left(target) > 0:
+            await asyncio.sleep(target.policy.confirm_interval)
+            log.debug("target=%s: probing again to confirm that nothing listens", target.name)
+            folded = tracker.confirm(config, folded, [await probing.probe(target)], clock())
+            _log_results([v for v in folded.verdicts if v.name == target.name])
+
+    due = [target for target in targets if left(target) > 0]
+    if len(due) == 1:  # no task to start and wait for
+        await confirm_one(due[0])
+    elif due:
+        async with asyncio.TaskGroup() as group:
+            for target in due:
+                group.create_task(confirm_one(target))
+    return folded
+
+
 def _needs_facts(target: Target, verdict: Verdict, state: TargetState) -> bool:
     return verdict.wants_restart and target.unit is not None and not state.given_up
 
@@ -151,27 +180,33 @@ async def run_once(
     no_restart_reason: str = "",
     probing: Probing | None = None,
     on_restart_requested: RestartRequested = lambda target, at: None,
+    confirm: bool = True,
 ) -> tuple[State, RunReport]:
     """One check: the new state and what was found and done.
 
     `probing` is the watcher's, kept across runs; without it the run has its own.
     `on_restart_requested` hears of each restart as it is asked for, so that a run cancelled
-    midway can still record it.
+    midway can still record it. Without `confirm`, a target that nothing listens on is not
+    probed again within the run (the watcher's next cycle comes soon instead).
     """
     if probing is None:
         async with Probing() as own:
             return await run_once(config, state, clock, actuator_factory, dry_run=dry_run,
                                   only=only, no_restart_reason=no_restart_reason, probing=own,
-                                  on_restart_requested=on_restart_requested)
+                                  on_restart_requested=on_restart_requested, confirm=confirm)
     started = clock()
     targets = select_targets(config, only)
     results = await probing.probe_all(targets)
     now = clock()
     before = state
     folded = tracker.fold(config, state, results, now)
+    _log_results(folded.verdicts)
+    if confirm:
+        confirmed = await _confirm_gone(config, targets, folded, probing, clock)
+        if confirmed is not folded:  # probed again: the decisions are taken as of now
+            folded, now = confirmed, clock()
     state = folded.state
     changes = list(folded.changes)
-    _log_results(folded.verdicts)
     _log_changes(before, changes)  # what the policy adds below logs itself
     wanted = [t for t, v in zip(targets, folded.verdicts, strict=True)
               if _needs_facts(t, v, state.get(t.name))]

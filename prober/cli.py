@@ -350,7 +350,11 @@ def _file_now(key: Key, file: NamedFile) -> str:
 def _when_restarted(target: Target) -> str:
     """When its unit would be restarted, the memory-pressure hold included."""
     policy = target.policy
-    text = f"restarted after {policy.failure_threshold} failed runs in a row; "
+    text = f"restarted after {policy.failure_threshold} failed runs in a row"
+    if policy.confirm_interval > 0 and policy.failure_threshold > 1:
+        text += (f" (refused: probed again every {format_duration(policy.confirm_interval)} "
+                 "within the run, each repeat one run)")
+    text += "; "
     if policy.pressure_threshold <= 0 or policy.pressure_hold <= 0:
         return text + "never held under memory pressure (pressure_threshold or pressure_hold 0)"
     return (text + f"held up to pressure_hold {format_duration(policy.pressure_hold)} while "

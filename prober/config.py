@@ -69,6 +69,7 @@ class Policy:
     timeout: float = 5.0
     retries: int = 0
     retry_delay: float = 0.5
+    confirm_interval: float = 2.0
     max_latency: float | None = None
     failure_threshold: int = 3
     success_threshold: int = 1
@@ -90,6 +91,14 @@ class Policy:
         attempts = self.retries + 1
         return attempts * self.timeout + self.retries * self.retry_delay
 
+    @property
+    def confirm_budget(self) -> float:
+        """The longest a run may spend confirming that nothing listens: the probes after the
+        first one that would make the target down, each after confirm_interval."""
+        if self.confirm_interval <= 0:
+            return 0.0
+        return (self.failure_threshold - 1) * (self.confirm_interval + self.probe_budget)
+
 
 POLICY_KEYS = (
     Key("timeout", Shape.DURATION, duration(0.0, above=True),
@@ -101,6 +110,11 @@ POLICY_KEYS = (
         minimum=0, option=Option("--retries", "N")),
     Key("retry_delay", Shape.DURATION, duration(), "pause between those retries",
         default="500ms"),
+    Key("confirm_interval", Shape.DURATION, duration(),
+        "a probe that finds nothing listening (`refused`) is repeated this often within the "
+        "same run, each repeat counting as one more failed run, until it passes or the target "
+        'is *down*; `watch` runs its next cycle this soon instead; `"0s"` disables',
+        default="2s"),
     Key("max_latency", Shape.DURATION, duration(),
         "slower answers fail as `slow` (must be below `timeout`); every kind of probe",
         option=Option("--max-latency", "DURATION")),
@@ -246,9 +260,10 @@ class Config:
 
     @property
     def run_deadline(self) -> float:
-        """The longest one run may take: its slowest probe, one restart, its verification."""
-        return max((t.policy.probe_budget + t.policy.restart_timeout + t.policy.verify_timeout
-                    for t in self.targets), default=0.0)
+        """The longest one run may take: its slowest probe and the confirmations that may follow
+        it, one restart, its verification."""
+        return max((t.policy.probe_budget + t.policy.confirm_budget + t.policy.restart_timeout
+                    + t.policy.verify_timeout for t in self.targets), default=0.0)
 
 
 TOP_KEYS = (

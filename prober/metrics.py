@@ -62,7 +62,8 @@ HELP = {
     "prober_interval_seconds": "The config's interval: time between the starts of two runs of "
                                "prober watch (the shipped timer's period too).",
     "prober_run_deadline_seconds": "The longest one run may take under the config: the "
-                                   "slowest probe budget + restart_timeout + verify_timeout.",
+                                   "slowest probe budget + confirmations + restart_timeout + "
+                                   "verify_timeout.",
     "prober_run_status": "The last run's status as a Nagios exit code: 0 ok, 1 warning, "
                          "2 critical, 3 unknown.",
     "prober_memory_pressure_some_avg10": "Host memory pressure (PSI): percent of the last 10 s "

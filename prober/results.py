@@ -11,15 +11,16 @@ class FailureClass(StrEnum):
 
     One vocabulary for every kind, kept here and not brought by each kind: the values are a
     contract with users (alert rules and dashboards match them, the README's failure-modes
-    table lists them), and the policy reads them (`means_starving`). A new kind maps its
-    failures onto these; a new class changes that contract, so it is made here on purpose.
+    table lists them), and the run and the policy read them (`means_gone`, `means_starving`).
+    A new kind maps its failures onto these; a new class changes that contract, so it is made
+    here on purpose.
     """
 
-    REFUSED = "refused"  # nothing listens: connection refused or reset at connect
+    REFUSED = "refused"  # nothing listens: connection refused or reset, no such socket file
     TIMEOUT = "timeout"  # no complete answer within the target's timeout
     TLS = "tls"  # handshake or certificate verification failed
     DNS = "dns"  # the host name does not resolve
-    CONNECT = "connect"  # any other failure to connect (unreachable, no such socket file)
+    CONNECT = "connect"  # any other failure to connect (host or network unreachable)
     PROTOCOL = "protocol"  # the peer broke HTTP: closed mid-response, garbage
     STATUS = "status"  # an answer, with a status not in expect_status
     BODY = "body"  # the body did not contain expect_body / match expect_body_regex
@@ -37,6 +38,19 @@ class FailureClass(StrEnum):
         """Whether this failure may only mean the host is short of resources: the service
         answered too late (or not yet), not wrongly. Every other class means it is broken."""
         return self in (FailureClass.TIMEOUT, FailureClass.SLOW)
+
+    @property
+    def means_gone(self) -> bool:
+        """Whether this failure can only mean that nothing listens any more, so that a few
+        quick probes confirm it as surely as a few runs do (`confirm_interval`).
+
+        Only `refused`: the kernel answered that no socket takes the connection, or a unix
+        socket's file is gone. Not `connect`: an unreachable host or network says nothing of
+        the service. A slow deploy or a starving host also gives `timeout`, `slow`, `status`,
+        `dns` or `tls`; `protocol`, `exit` and `error` may be passing troubles of a live
+        service.
+        """
+        return self is FailureClass.REFUSED
 
 
 @dataclass(frozen=True)

@@ -251,22 +251,53 @@ def fold(config: Config, state: State, results: Iterable[ProbeResult], now: floa
         old = state.get(name)
         targets[name] = fold_result(config_targets[name], old, result, now)
         changes += [Change(name, t) for t in recorded_since(old, targets[name])]
-    failed = {name for name, r in by_name.items() if not r.ok and not r.prober_fault}
+    return Folded(replace(state, targets=targets, updated_at=now),
+                  _verdicts(config, targets, by_name, now), changes)
+
+
+def _verdicts(config: Config, targets: Mapping[str, TargetState],
+              results: Mapping[str, ProbeResult], now: float) -> list[Verdict]:
+    failed = {name for name, r in results.items() if not r.ok and not r.prober_fault}
     blamed_on = blame(config, failed)
-    verdicts = []
-    for name, result in by_name.items():
-        blamed = blamed_on.get(name)
-        verdicts.append(
-            Verdict(
-                name=name,
-                health=targets[name].health,
-                result=result,
-                consecutive_failures=targets[name].consecutive_failures,
-                blamed_on=blamed,
-                paused=is_paused(targets[name], now),
-            )
+    return [
+        Verdict(
+            name=name,
+            health=targets[name].health,
+            result=result,
+            consecutive_failures=targets[name].consecutive_failures,
+            blamed_on=blamed_on.get(name),
+            paused=is_paused(targets[name], now),
         )
-    return Folded(replace(state, targets=targets, updated_at=now), verdicts, changes)
+        for name, result in results.items()
+    ]
+
+
+def confirmations_left(target: Target, state: TargetState, result: ProbeResult,
+                       now: float) -> int:
+    """How many more failed probes, soon, would make this target down, when its latest result
+    means nothing listens (FailureClass.means_gone); 0 when that is not certain, when it is
+    already down, paused, or its confirm_interval is 0."""
+    gone = result.failure is not None and result.failure.means_gone
+    if not gone or target.policy.confirm_interval <= 0 or is_paused(state, now):
+        return 0
+    return max(0, target.policy.failure_threshold - state.consecutive_failures)
+
+
+def confirm(config: Config, folded: Folded, results: Iterable[ProbeResult], now: float) -> Folded:
+    """`folded` after probing some of its targets again within the same run: each result
+    counts as one more probe of its target; blame is judged again on every target's latest
+    result, so a target blamed on a dependency that passes now is judged on its own."""
+    config_targets = {t.name: t for t in config.targets}
+    targets = {**folded.state.targets}
+    changes = list(folded.changes)
+    latest = {v.name: v.result for v in folded.verdicts}
+    for result in results:
+        old = targets[result.name]
+        targets[result.name] = fold_result(config_targets[result.name], old, result, now)
+        changes += [Change(result.name, t) for t in recorded_since(old, targets[result.name])]
+        latest[result.name] = result
+    return Folded(replace(folded.state, targets=targets, updated_at=now),
+                  _verdicts(config, targets, latest, now), changes)
 
 
 def blame(config: Config, failed: set[str]) -> dict[str, str | None]:

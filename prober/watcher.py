@@ -136,7 +136,9 @@ class Watcher:
             self._waking.set_result(None)
 
     async def run(self, runs: int | None = None) -> None:
-        """Check every `interval` until stopped (or `runs` times)."""
+        """Check every `interval` until stopped (or `runs` times); while a target that nothing
+        listens on fails below its threshold, every `confirm_interval` instead: these cycles
+        are its confirmations, as the probes again within a one-shot run are."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
@@ -149,10 +151,13 @@ class Watcher:
             while not self._stopping and (runs is None or done < runs):
                 # Runs start `interval` apart, or at once after one that overran.
                 wake = loop.time() + self.interval
-                await self._one_run(ping)
+                result = await self._one_run(ping)
                 done += 1
                 if runs is not None and done >= runs:
                     break
+                spacing = confirm_spacing(result)
+                if spacing is not None:
+                    wake = min(wake, loop.time() + spacing)
                 await self._pause_until(wake, ping)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -165,7 +170,7 @@ class Watcher:
             await self._probing.aclose()
             self._store.close()
 
-    async def _one_run(self, ping: float | None) -> None:
+    async def _one_run(self, ping: float | None) -> RunReport | Skipped | None:
         # In run()'s own task, which stop() cancels while a cycle is in flight (no task of its
         # own to start and wait for, every cycle); a task pings the watchdog meanwhile, only
         # where systemd watches.
@@ -175,7 +180,7 @@ class Watcher:
             result = await self._cycle()
         except asyncio.CancelledError:
             if self._cancelled and task is not None and task.uncancel() == 0:
-                return  # stop()'s doing, and nobody else's
+                return None  # stop()'s doing, and nobody else's
             raise
         finally:
             self._cycling, self._cancelled = None, False
@@ -184,6 +189,7 @@ class Watcher:
         self._tell(result)
         if self._reload:
             await self._apply_reload()
+        return result
 
     async def _ping_while_on_time(self, ping: float | None) -> None:
         """Ping the watchdog during a run for as long as the run may take (its deadline under
@@ -243,7 +249,8 @@ class Watcher:
         try:
             new_state, report = await run_once(
                 config, state, self._clock, self._actuator_factory, dry_run=self._dry_run,
-                probing=self._probing, on_restart_requested=lambda t, at: asked.append((t, at)))
+                probing=self._probing, on_restart_requested=lambda t, at: asked.append((t, at)),
+                confirm=False)
         except asyncio.CancelledError:
             self._record_asked(state, asked)
             raise
@@ -279,7 +286,7 @@ class Watcher:
     async def _stateless_cycle(self, error: StateError) -> RunReport:
         _, report = await run_once(
             self.config, State(), self._clock, None, dry_run=self._dry_run,
-            probing=self._probing,
+            probing=self._probing, confirm=False,
             no_restart_reason=f"no restarts while the state is unusable ({error.message})")
         return replace(report, state_error=f"{error}; the probes ran, nothing was restarted")
 
@@ -355,6 +362,17 @@ class Watcher:
         log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
                  format_duration(self.interval))
         notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")
+
+
+def confirm_spacing(result: RunReport | Skipped | None) -> float | None:
+    """How soon the next cycle confirms that nothing listens on a target this run found so, not
+    yet down: the shortest confirm_interval of those (None when there is none, or when the
+    state could not be kept, so that no count could grow)."""
+    if not isinstance(result, RunReport) or result.state_error is not None:
+        return None
+    return min((item.target.policy.confirm_interval for item in result.targets
+                if tracker.confirmations_left(item.target, item.state, item.result,
+                                              result.ended_at) > 0), default=None)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1137,8 +1137,31 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb",
-           "state")
+Figure = Callable[[Bench, bool], None]  # (the bench, whether the systemd sandbox may be used)
+
+
+def _elsewhere(module: str, function: str) -> Figure:
+    """A figure measured by a module of its own, imported only when it is chosen."""
+    def measure(bench: Bench, sandbox: bool) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), function)(bench)
+    return measure
+
+
+# Every figure, in the order they are measured: one line each.
+FIGURES: dict[str, Figure] = {
+    "healthy": lambda bench, sandbox: figure_healthy(bench),
+    "textfile": lambda bench, sandbox: figure_textfile(bench),
+    "many": lambda bench, sandbox: figure_many(bench),
+    "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
+    "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
+    "systemd": figures_systemd,
+    "pressure": figures_pressure,
+    "deb": lambda bench, sandbox: figure_deb(bench),
+    "state": _elsewhere("tests.bench_state", "figure_state"),
+    "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1149,7 +1172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs per command for the medians of figure 1 [15]")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="skip the systemd sandbox (restart row pending, watch without it)")
-    parser.add_argument("--only", action="append", choices=FIGURES,
+    parser.add_argument("--only", action="append", choices=list(FIGURES),
                         help="measure only these figures (repeatable) [all]")
     args = parser.parse_args(argv)
     chosen = args.only or list(FIGURES)
@@ -1158,32 +1181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="prober-bench-", dir="/var/tmp"))
     bench = Bench(workdir, child_env(workdir), max(3, args.reps))
     try:
-        if "healthy" in chosen:
-            figure_healthy(bench)
-        if "textfile" in chosen:
-            figure_textfile(bench)
-        if "many" in chosen:
-            figure_many(bench)
-        if "thousand" in chosen:
-            from tests.bench_thousand import figure_thousand
-
-            figure_thousand(bench)
-        if "watch" in chosen:
-            from tests.bench_watch import figure_watch_cost
-
-            figure_watch_cost(bench)
-        if "systemd" in chosen:
-            figures_systemd(bench, not args.no_sandbox)
-        if "pressure" in chosen:
-            figures_pressure(bench, not args.no_sandbox)
-
-
-        if "deb" in chosen:
-            figure_deb(bench)
-        if "state" in chosen:
-            from tests.bench_state import figure_state
-
-            figure_state(bench)
+        for name, figure in FIGURES.items():
+            if name in chosen:
+                figure(bench, not args.no_sandbox)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

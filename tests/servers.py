@@ -10,7 +10,8 @@ one that hangs or streams a gibibyte, and closes every socket.
 
 Behaviours: answer, health, hang, trickle, huge, redirect, redirect_loop, close_mid_response,
 disconnect, http10, chunked, flaky, slow. Also: Certs (a trustme CA, certificates for
-example.test/127.0.0.1/localhost, expired and self-signed ones), refused_port, full_backlog.
+example.test/127.0.0.1/localhost, expired and self-signed ones), refused_port, full_backlog,
+Listening (a port that stops listening and listens again).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "Certs",
     "Exchange",
     "Handler",
+    "Listening",
     "Request",
     "Server",
     "answer",
@@ -494,6 +496,49 @@ def full_backlog() -> Iterator[int]:
             with contextlib.suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
         yield port
+
+
+class Listening:
+    """A loopback port that takes connections (a `tcp` probe passes; nothing is ever read)
+    until `close`, and refuses them until `reopen` listens on the same port again. Use it as a
+    context manager."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._timers: list[threading.Timer] = []
+        self._lock = threading.Lock()
+        self.reopen()
+
+    def reopen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        with self._lock:
+            self.port, self._listener = listener.getsockname()[1], listener
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def refuse_for(self, seconds: float) -> None:
+        """Stop listening now, and listen again `seconds` later, from a thread."""
+        self.close()
+        timer = threading.Timer(seconds, self.reopen)
+        self._timers.append(timer)
+        timer.start()
+
+    def __enter__(self) -> Listening:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for timer in self._timers:
+            timer.cancel()
+            timer.join()
+        self.close()
 
 
 # --- certificates -------------------------------------------------------------------------

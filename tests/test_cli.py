@@ -364,7 +364,7 @@ def test_status_and_reset(prober: Prober) -> None:
     """status shows the remembered failures and history; reset forgets them."""
     port = refused_port()
     prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"',
-                         defaults="failure_threshold = 2"))
+                         defaults='failure_threshold = 2\nconfirm_interval = "0s"'))
     prober("check")
     prober("check")
     status = prober("status", "--json")
@@ -458,6 +458,7 @@ def test_validate_and_version(prober: Prober, web: Server) -> None:
     assert "timeout 1s" in run.out  # a key away from its default
     assert "held up to pressure_hold 5m" in run.out and "pressure_threshold 10%" in run.out
     assert "never held under memory pressure" in run.out
+    assert "(refused: probed again every 2s within the run, each repeat one run)" in run.out
     version = prober("--version")
     assert version.code == 0 and version.out.startswith("prober, version ")
 
@@ -478,7 +479,8 @@ def test_nagios_format(prober: Prober, web: Server) -> None:
     """--format nagios prints one status line with perfdata and keeps the exit codes."""
     port = refused_port()
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"',
-                         f"name = \"api\"\nurl = \"http://127.0.0.1:{port}/\""))
+                         f"name = \"api\"\nurl = \"http://127.0.0.1:{port}/\"",
+                         defaults='confirm_interval = "0s"'))
     run = prober("check", "--format", "nagios")
     assert run.code == 1
     (line,) = run.out.strip().splitlines()
@@ -496,7 +498,8 @@ def test_prometheus_textfile_parses(prober: Prober, web: Server) -> None:
 
     port = refused_port()
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"\nunit = "web"',
-                         f'name = "down"\nurl = "http://127.0.0.1:{port}/"'))
+                         f'name = "down"\nurl = "http://127.0.0.1:{port}/"',
+                         defaults='confirm_interval = "0s"'))
     metrics = prober.tmp / "prober.prom"
     assert prober("check", "--textfile", str(metrics)).code == 1
     families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}

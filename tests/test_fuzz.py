@@ -669,6 +669,7 @@ def test_any_config_file_loads_or_is_one_line_error(config_file: Path,
 SANDBOX_CONFIG = """\
 [defaults]
 timeout = "1s"
+confirm_interval = "0s"
 
 [[target]]
 name = "web"

@@ -60,7 +60,7 @@ AFTER_RUN: Values = {
                                                snapshots.CERT_NOT_AFTER},
     "prober_last_run_timestamp_seconds": {(): snapshots.NOW - 1.3 + 0.81},
     "prober_interval_seconds": {(): 30.0},
-    "prober_run_deadline_seconds": {(): 5.0 + 60.0 + 30.0},
+    "prober_run_deadline_seconds": {(): 5.0 + 2 * (2.0 + 5.0) + 60.0 + 30.0},
     "prober_run_status": {(): 2.0},
     "prober_memory_pressure_some_avg10": {(): 23.4},
     "prober_pressure_threshold_percent": {(): 10.0},

@@ -338,7 +338,7 @@ async def test_tcp(endpoint: Endpoint, ok: bool, failure: FailureClass | None,
     ("socket_state", "ok", "failure", "reason"),
     [
         pytest.param("listening", True, None, "status 200", id="ok"),
-        pytest.param("missing", False, FailureClass.CONNECT, "no such socket", id="missing"),
+        pytest.param("missing", False, FailureClass.REFUSED, "no such socket", id="missing"),
         pytest.param("stale", False, FailureClass.REFUSED, "connection refused", id="stale"),
     ],
 )

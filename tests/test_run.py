@@ -26,7 +26,7 @@ from prober.policy import Action
 from prober.results import FailureClass
 from prober.runs import RunReport, Status
 from prober.tracker import Event, Health, State
-from tests.servers import Server, answer, serve
+from tests.servers import Listening, Server, answer, hang, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -259,3 +259,93 @@ def test_a_missing_env_file_never_restarts_a_healthy_service(tmp_path: Path,
     env_file.write_text("REDISCLI_AUTH=x\n")
     state, report = _run(config, actuator, state, now=NOW + 3)
     assert report.targets[0].result.ok and state.get("redis").health is Health.HEALTHY
+
+
+def _tcp_config(port: int, **policy: Any) -> Config:
+    """The default policy (failure_threshold 3), startup grace and cooldown aside."""
+    return parse_config({
+        "defaults": {"timeout": "1s", "startup_grace": "0s", "cooldown": "0s",
+                     "verify_timeout": "0s", **policy},
+        "target": [{"name": "caddy", "tcp": f"127.0.0.1:{port}", "unit": "caddy"}],
+    })
+
+
+@pytest.mark.parametrize(("confirm_interval", "action", "events"),
+                         [("100ms", Action.RESTART, [Event.FAILING, Event.DOWN, Event.RESTART]),
+                          ("0s", Action.NONE, [Event.FAILING])],
+                         ids=["confirmed", "confirm_interval-0"])
+def test_a_target_nothing_listens_on_is_restarted_within_one_run(
+        confirm_interval: str, action: Action, events: list[Event]) -> None:
+    """A refused target is probed again within the run until it is down, and restarted in that
+    run; with confirm_interval 0 it takes failure_threshold runs, as before."""
+    with Listening() as listening:
+        listening.close()
+        config = _tcp_config(listening.port, confirm_interval=confirm_interval)
+        actuator = FakeActuator()
+        _, report = _run(config, actuator)
+    (item,) = report.targets
+    assert item.result.failure == "refused" and item.decision.action is action
+    assert [c.event for c in report.changes] == events
+    assert actuator.restarted == (["caddy.service"] if action is Action.RESTART else [])
+
+
+@pytest.mark.parametrize(
+    ("policy", "last_restart", "dry_run", "action"),
+    [
+        ({}, None, True, Action.WOULD_RESTART),
+        ({"startup_grace": "60s"}, None, False, Action.WAIT),  # the unit started 10 s ago
+        ({"cooldown": "60s"}, NOW - 5, False, Action.WAIT),
+        ({"max_restarts": 0}, None, False, Action.GIVEN_UP),
+    ],
+    ids=["dry-run", "startup-grace", "cooldown", "max-restarts"],
+)
+def test_a_confirmed_target_meets_the_policy_as_always(
+        policy: dict[str, Any], last_restart: float | None, dry_run: bool,
+        action: Action) -> None:
+    """Down by its confirmations, a target is decided on as one down after as many runs:
+    the dry run, the startup grace, the cooldown and the budget still stop its restart."""
+    from prober.tracker import TargetState
+
+    active = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 10,
+                       main_pid=42)
+    with Listening() as listening:
+        listening.close()
+        config = _tcp_config(listening.port, **{"confirm_interval": "10ms", **policy})
+        actuator = FakeActuator(facts={"caddy.service": active})
+        state = State().with_target("caddy", TargetState(last_restart_at=last_restart))
+        _, report = _run(config, actuator, state, dry_run=dry_run)
+    (item,) = report.targets
+    assert (item.health, item.decision.action) == (Health.DOWN, action)
+    assert actuator.restarted == []
+
+
+def test_a_target_that_refuses_for_a_second_is_never_restarted() -> None:
+    """A listener gone for a moment is probed again, passes, and the streak ends there: the
+    run ends healthy, nothing restarted (failure_threshold 3, confirm_interval 2s, defaults)."""
+    with Listening() as listening:
+        config = _tcp_config(listening.port)
+        actuator = FakeActuator()
+        listening.refuse_for(1.0)
+        state, report = _run(config, actuator)
+    (item,) = report.targets
+    assert item.result.ok and item.health is Health.HEALTHY
+    assert [c.event for c in report.changes] == [Event.FAILING, Event.RECOVERED]
+    assert actuator.restarted == [] and state.get("caddy").consecutive_failures == 0
+
+
+def test_a_frozen_target_still_takes_failure_threshold_runs() -> None:
+    """A timeout may mean a starving host: it is not confirmed within the run, and the unit is
+    restarted on the third run, as before."""
+    with serve(hang()) as frozen:
+        config = parse_config({
+            "defaults": {"timeout": "200ms", "startup_grace": "0s", "verify_timeout": "0s",
+                         "confirm_interval": "10ms"},
+            "target": [{"name": "caddy", "url": frozen.url("/"), "unit": "caddy"}],
+        })
+        actuator = FakeActuator()
+        state, actions = State(), []
+        for run in range(3):
+            state, report = _run(config, actuator, state, now=NOW + 30 * run)
+            actions.append(report.targets[0].decision.action)
+    assert actions == [Action.NONE, Action.NONE, Action.RESTART]
+    assert actuator.restarted == ["caddy.service"]

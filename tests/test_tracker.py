@@ -250,3 +250,93 @@ def test_top_memory_is_noted_on_down_and_restart_entries() -> None:
     state, changes = tracker.with_top_memory(folded.state, folded.changes, users)
     assert [(c.event, c.transition.top_memory) for c in changes] == [(Event.DOWN, users)]
     assert state.get("caddy").history[-1].top_memory == users
+
+
+# Failures that can only mean nothing listens any more (confirmed within the run), and those
+# that a slow deploy, a starving host or the network also give.
+MEANS_GONE = {
+    "refused": True,
+    "timeout": False, "slow": False, "tls": False, "dns": False, "connect": False,
+    "protocol": False, "status": False, "body": False, "too-large": False, "redirect": False,
+    "exit": False, "output": False, "exec": False, "error": False, "prober-fault": False,
+}
+
+
+@pytest.mark.parametrize("failure", list(FailureClass), ids=lambda f: f.value)
+def test_which_failures_mean_nothing_listens(failure: FailureClass) -> None:
+    """Only a refused connection is confirmed within a run; every class is in the table."""
+    assert failure.means_gone is MEANS_GONE[failure.value]
+
+
+_CLASSES = {"R": FailureClass.REFUSED, "T": FailureClass.TIMEOUT, "S": FailureClass.STATUS,
+            "C": FailureClass.CONNECT}
+
+
+def _mark(name: str, mark: str) -> ProbeResult:
+    if mark == "P":
+        return _result(name, True)
+    return ProbeResult(name, False, "x", _CLASSES[mark])
+
+
+@pytest.mark.parametrize(
+    ("settings", "runs", "left"),
+    [
+        ({}, "R", 2),
+        ({}, "RR", 1),
+        ({}, "RRR", 0),  # down already: the run acts
+        ({}, "TR", 1),  # a streak begun by a timeout counts too
+        ({}, "RT", 0),
+        ({}, "S", 0),
+        ({}, "C", 0),
+        ({}, "P", 0),
+        ({}, "RP", 0),
+        ({"failure_threshold": 5}, "R", 4),
+        ({"failure_threshold": 1}, "R", 0),
+        ({"confirm_interval": "0s"}, "R", 0),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_confirmations_left(settings: dict[str, Any], runs: str, left: int) -> None:
+    """A target nothing listens on is probed again until failure_threshold failures in a row."""
+    config = _config(**settings)
+    state = State()
+    for i, mark in enumerate(runs):
+        state = tracker.fold(config, state, [_mark("caddy", mark)], now=float(i)).state
+    got = tracker.confirmations_left(config.target("caddy"), state.get("caddy"),
+                                     _mark("caddy", runs[-1]), now=float(len(runs)))
+    assert got == left
+
+
+def test_a_paused_target_is_not_confirmed() -> None:
+    """An operator's pause counts toward nothing, so nothing is confirmed either."""
+    config = _config()
+    state = tracker.pause(State(), ["caddy"], until=100.0, reason="", now=0.0)
+    folded = tracker.fold(config, state, [_mark("caddy", "R")], now=1.0)
+    assert tracker.confirmations_left(config.target("caddy"), folded.state.get("caddy"),
+                                      _mark("caddy", "R"), now=1.0) == 0
+
+
+def test_each_confirmation_counts_as_one_more_run() -> None:
+    """Probes again within a run fold like runs: failing, then down at the threshold, each
+    change at its own time; the targets not probed again are not counted twice."""
+    config = _config()
+    results = [_mark("caddy", "R"), _mark("web", "P")]
+    folded = tracker.fold(config, State(), results, now=0.0)
+    for at in (2.0, 4.0):
+        folded = tracker.confirm(config, folded, [_mark("caddy", "R")], now=at)
+    caddy, web = folded.verdicts
+    assert (caddy.health, caddy.consecutive_failures, caddy.wants_restart) == (Health.DOWN, 3, True)
+    assert folded.state.get("web").consecutive_passes == 1 and web.health is Health.HEALTHY
+    assert [(c.event, c.transition.at) for c in folded.changes] == [
+        (Event.FAILING, 0.0), (Event.DOWN, 4.0)]
+
+
+def test_a_confirmed_target_is_still_blamed_on_a_failing_dependency() -> None:
+    """Blame is judged on every target's latest result, those not probed again included."""
+    config = _config()
+    folded = tracker.fold(config, State(), [_mark("caddy", "R"), _mark("web", "T")], now=0.0)
+    for at in (2.0, 4.0):
+        folded = tracker.confirm(config, folded, [_mark("caddy", "R")], now=at)
+    caddy, web = folded.verdicts
+    assert caddy.health is Health.DOWN and caddy.blamed_on == "web" and not caddy.wants_restart
+    assert web.consecutive_failures == 1

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 from typing import Any
 
 import pytest
 
+from prober.config import parse_config
 from tests.deploy import UNITS
 from tests.needs import need_program
+from tests.sandbox import REPO
 
 SERVICES = ("prober.service", "prober-watch.service")
 MAX_EXPOSURE = 2.0
@@ -93,3 +96,24 @@ def test_both_units_share_one_sandbox() -> None:
     """prober.service and prober-watch.service have the same sandboxing lines."""
     assert sandbox_lines("prober.service") == sandbox_lines("prober-watch.service")
     assert len(sandbox_lines("prober.service")) > 20
+
+
+_SYSTEMD_UNITS = {"s": 1, "min": 60, "h": 3600}
+_DEFAULT_CONFIG = {"target": [{"name": "caddy", "url": "http://127.0.0.1:1/", "unit": "caddy"}]}
+
+
+def timeout_start(service: str) -> float:
+    """The unit's TimeoutStartSec=, in seconds (the spellings the shipped units use)."""
+    (value,) = re.findall(r"^TimeoutStartSec=(\d+)(s|min|h)$",
+                          (UNITS / service).read_text(), re.MULTILINE)
+    return int(value[0]) * _SYSTEMD_UNITS[value[1]]
+
+
+@pytest.mark.parametrize("example", ["default", "caddy-only", "mastodon", "mastodon-nginx"])
+def test_the_timers_run_has_time_for_the_longest_run(example: str) -> None:
+    """prober.service's TimeoutStartSec= is longer than the run deadline of the default config
+    and of the shipped examples: their slowest probe, its confirmations, a restart and its
+    verification."""
+    data = _DEFAULT_CONFIG if example == "default" else \
+        tomllib.loads((REPO / "examples" / f"{example}.toml").read_text())
+    assert parse_config(data).run_deadline < timeout_start("prober.service")

@@ -27,7 +27,8 @@ from prober.runs import RunReport, Skipped
 from prober.state import StateStore
 from prober.tracker import Event
 from prober.watcher import Watcher
-from tests.servers import Server, answer, health, serve, serving
+from tests.servers import Listening, Server, answer, health, serve, serving
+from tests.test_run import FakeActuator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -490,3 +491,46 @@ def test_sighup_says_reloading_then_ready_on_the_notify_socket(tmp_path: Path,
         _, err = watcher.communicate(timeout=10)
         systemd.close()
     assert err.count("reload: keeping the previous config") == 1, err
+
+
+def _watch_tcp(tmp_path: Path, port: int, actuator: FakeActuator,
+               reports: list[RunReport | Skipped]) -> Watcher:
+    """A watcher of one tcp target with the default thresholds, cycles an hour apart."""
+    config = tmp_path / "prober.toml"
+    config.write_text('[defaults]\ntimeout = "1s"\nstartup_grace = "0s"\nverify_timeout = "0s"\n'
+                      f'[[target]]\nname = "caddy"\ntcp = "127.0.0.1:{port}"\nunit = "caddy"\n')
+    return Watcher(lambda: loader(config), StateStore(str(tmp_path / "state.json")),
+                   lambda: actuator, interval=3600,
+                   on_report=lambda result, _: reports.append(result))
+
+
+def _actions(reports: list[RunReport | Skipped]) -> list[str]:
+    return [item.decision.action.value for report in reports if isinstance(report, RunReport)
+            for item in report.targets]
+
+
+def test_watch_confirms_a_refused_target_at_confirm_interval(tmp_path: Path) -> None:
+    """While a target nothing listens on is failing, the next cycle comes confirm_interval
+    after the last, not interval: the third cycle restarts it, an hour's interval or not."""
+    reports: list[RunReport | Skipped] = []
+    actuator = FakeActuator()
+    with Listening() as listening:
+        listening.close()
+        watcher = _watch_tcp(tmp_path, listening.port, actuator, reports)
+        asyncio.run(asyncio.wait_for(watcher.run(3), timeout=30))
+    assert _actions(reports) == ["none", "none", "restart"]
+    assert actuator.restarted == ["caddy.service"]
+
+
+def test_watch_never_restarts_a_target_that_refuses_for_a_second(tmp_path: Path) -> None:
+    """A listener gone for a moment: the next cycle, confirm_interval later, finds it back."""
+    reports: list[RunReport | Skipped] = []
+    actuator = FakeActuator()
+    with Listening() as listening:
+        watcher = _watch_tcp(tmp_path, listening.port, actuator, reports)
+        listening.refuse_for(1.0)
+        asyncio.run(asyncio.wait_for(watcher.run(2), timeout=30))
+    assert [report.targets[0].result.ok for report in reports
+            if isinstance(report, RunReport)] == [False, True]
+    assert _actions(reports) == ["none", "none"] and actuator.restarted == []
+    assert watcher.state.get("caddy").health.value == "healthy"

@@ -692,7 +692,7 @@ def _failure_of(exc: Exception, spec: HttpProbe, progress: Progress) -> tuple[Fa
         if isinstance(cause, ConnectionRefusedError):
             return FailureClass.REFUSED, "connection refused"
         if isinstance(cause, FileNotFoundError) and spec.unix_socket:
-            return FailureClass.CONNECT, f"no such socket {spec.unix_socket}"
+            return FailureClass.REFUSED, f"no such socket {spec.unix_socket}"
     if isinstance(exc, httpx.ReadError | httpx.WriteError) and not connecting:
         return FailureClass.PROTOCOL, f"connection lost mid-response: {os_reason(causes[-1])}"
     if isinstance(exc, httpx.DecodingError):

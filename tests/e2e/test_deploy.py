@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from tests.deploy import UNITS, install
-from tests.e2e.common import answers, freeze, thaw, wait_for
+from tests.e2e.common import answers, freeze, refuses, thaw, wait_for
 from tests.e2e.conftest import booted_sandbox
 from tests.sandbox import Sandbox, Stack, start_stack
 from tests.servers import health, serve
@@ -102,6 +104,53 @@ def test_timer_and_shipped_service_restart_frozen_caddy(box: Sandbox, deployed: 
     assert textfile.stat().st_mode & 0o777 == 0o644  # node_exporter reads it despite UMask=
     if Path("/proc/pressure/memory").exists():  # PSI read under the unit
         assert "prober_memory_pressure_some_avg10" in textfile.read_text()
+
+
+TIMER_PERIOD = 30  # the shipped timer's OnUnitInactiveSec=
+STARTUP_GRACE = 60  # the default policy's
+
+
+def default_config_for(stack: Stack) -> str:
+    """caddy in front of the backend, every policy key at its default."""
+    return (f'[[target]]\nname = "caddy"\nurl = "{stack.caddy_url}/health"\n'
+            f'expect_body = "OK"\nunit = "{stack.caddy_unit}"\ndepends_on = ["backend"]\n\n'
+            f'[[target]]\nname = "backend"\nurl = "{stack.backend_url}/health"\n'
+            f'expect_body = "OK"\nunit = "{stack.backend_unit}"\n')
+
+
+def up_for(box: Sandbox, unit: str) -> float:
+    """Seconds since `unit` last became active (the sandbox shares the host's monotonic clock)."""
+    since = int(box.unit_property(unit, "ActiveEnterTimestampMonotonic")) / 1e6
+    return time.clock_gettime(time.CLOCK_MONOTONIC) - since
+
+
+def test_shipped_timer_restarts_caddy_that_stopped_listening_within_one_run(
+        box: Sandbox, deployed: Stack) -> None:
+    """The shipped timer and the default config: caddy stops listening (servers unloaded, the
+    unit still active), and the run that first finds it refused confirms it within seconds
+    and restarts caddy, within the timer's period + 10 s of the refusal, not the runs later
+    that failure_threshold alone would take."""
+    stack = deployed
+    installed = install(box, default_config_for(stack))
+    box.systemctl("start", "prober.timer")
+    wait_for(lambda: up_for(box, stack.caddy_unit) > STARTUP_GRACE, STARTUP_GRACE + 30,
+             "caddy up for longer than the default startup_grace")
+    caddy_before = box.main_pid(stack.caddy_unit)
+    httpx.post(f"{stack.admin_url}/load", json=stack.empty_config, timeout=5, trust_env=False)
+    assert refuses(f"{stack.caddy_url}/health")
+    assert box.unit_property(stack.caddy_unit, "ActiveState") == "active"
+    wait_for(lambda: box.main_pid(stack.caddy_unit) not in (0, caddy_before), TIMER_PERIOD + 10,
+             "caddy restarted by the shipped timer")
+    assert answers(f"{stack.caddy_url}/health")
+    wait_for(lambda: box.unit_property("prober.service", "ActiveState") != "activating", 60,
+             "the run to finish")
+    history = json.loads(installed.state.read_text())["targets"]["caddy"]["history"]
+    events = {entry["event"]: entry["at"] for entry in history}
+    assert list(events)[:3] == ["failing", "down", "restart"], history
+    assert events["down"] - events["failing"] < TIMER_PERIOD, "down in a later run"
+    log = installed.log.read_text()
+    assert [n for n in re.findall(r"target=caddy: probe failed \(refused\).*\[(\d) in a row\]",
+                                  log)] == ["1", "2", "3"], log
 
 
 def test_polkit_rule_allows_restart_of_listed_units_only(box: Sandbox, deployed: Stack) -> None:

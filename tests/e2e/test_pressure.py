@@ -47,8 +47,11 @@ from tests.sandbox import (
 pytestmark = pytest.mark.e2e
 
 THRESHOLD = 3
-TIMEOUT, RESTART_TIMEOUT, VERIFY_TIMEOUT = 1, 5, 3
-DEADLINE = TIMEOUT + RESTART_TIMEOUT + VERIFY_TIMEOUT  # the longest one run may take
+TIMEOUT, CONFIRM_INTERVAL, RESTART_TIMEOUT, VERIFY_TIMEOUT = 1, 1, 5, 3
+# The longest one run may take: a probe, the confirmations of a refused one, a restart, its
+# verification.
+DEADLINE = TIMEOUT + (THRESHOLD - 1) * (CONFIRM_INTERVAL + TIMEOUT) + RESTART_TIMEOUT + \
+    VERIFY_TIMEOUT
 WATCHDOG = DEADLINE + 1  # shorter than the shipped 3min by far, still above a run's deadline
 LIMIT_MIB = 300
 # A target made to starve gets more thrash workers than the default: the more of its tasks wait
@@ -84,6 +87,7 @@ interval = "1s"
 
 [defaults]
 timeout = "{TIMEOUT}s"
+confirm_interval = "{CONFIRM_INTERVAL}s"
 failure_threshold = {THRESHOLD}
 startup_grace = "0s"
 cooldown = "1s"

@@ -32,6 +32,8 @@ POLICY = {
     "verify_timeout": '"5s"',
     # PSI is host-wide and other jobs move it: these frozen services are never held.
     "pressure_threshold": "0",
+    # Each run counts once here; tests/e2e/test_deploy.py confirms a refusal within one run.
+    "confirm_interval": '"0s"',
 }
 
 

@@ -10,11 +10,14 @@ port can read what prober knows (no secret is ever in it; the README shows how t
 authentication in front with caddy or nginx).
 
 What a client cannot do to the watcher: send a request larger than `max_request` bytes (431 or
-413), hold a connection open longer than `timeout` (it is dropped, whatever it has sent), or
-open more than `max_connections` at once (further ones are closed at once). One request per
-connection, answered with `Connection: close`. Nothing raises into the caller's loop: a client's
-misbehaviour is logged once per connection at debug level; a response that cannot be rendered
-(a bug) is a 500, logged once as an error.
+413), take longer than `head_timeout` to send its request line and headers, hold a connection
+open longer than `timeout` (it is dropped, whatever it has sent), or shut others out by holding
+connections: at `max_connections`, a newcomer evicts the oldest connection still waiting for
+(the rest of) its request, so idle and trickling ones go first, and only when every connection
+is being answered is the newcomer closed at once. One request per connection, answered with
+`Connection: close`. Nothing raises into the caller's loop: a client's misbehaviour, leaving
+mid-request included, is logged once per connection at debug level; a response that cannot be
+rendered (a bug) is a 500, logged once as an error.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ __all__ = ["Response", "WebServer", "route", "serve"]
 log = logging.getLogger("prober")
 
 MAX_REQUEST = 16 * 1024  # bytes of request line + headers, and of a body
+HEAD_TIMEOUT = 2.0  # seconds a connection may take to send its request line and headers
 TIMEOUT = 10.0  # seconds a connection may take to send its request and read the answer
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 256
 _CHUNK = 4096
 _LINGER, _LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused request: at most
 
@@ -119,14 +123,18 @@ class _TooLarge(Exception):
 class WebServer:
     """The running server: its bound `port`, and `close()`."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], *, timeout: float, max_request: int,
-                 max_connections: int, hostname: str | None) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], *, head_timeout: float,
+                 timeout: float, max_request: int, max_connections: int,
+                 hostname: str | None) -> None:
         self._snapshot = snapshot
         self._hostname = hostname
+        self._head_timeout = head_timeout
         self._timeout = timeout
         self._max_request = max_request
         self._max_connections = max_connections
         self._connections: set[asyncio.Task[None]] = set()
+        # Those still waiting for (the rest of) their request, oldest first, with their peer.
+        self._waiting: dict[asyncio.Task[None], object] = {}
         self._rendering = asyncio.Semaphore(1)
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -151,34 +159,49 @@ class WebServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def _make_room(self) -> bool:
+        """Evict the oldest connection still waiting for its request, if one is; False when
+        every connection is being answered."""
+        if not self._waiting:
+            return False
+        task, peer = next(iter(self._waiting.items()))
+        del self._waiting[task]
+        log.debug("web: %s: evicted, waiting for its request when the connections were full",
+                  peer)
+        task.cancel()
+        return True
+
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
-        if len(self._connections) >= self._max_connections:
+        # An evicted connection counts until its task ends: each newcomer evicts one.
+        if len(self._connections) >= self._max_connections and not self._make_room():
             log.debug("web: %s: too many connections, closed", peer)
             writer.transport.abort()
             return
         self._connections.add(task)
+        self._waiting[task] = peer
         try:
             async with asyncio.timeout(self._timeout):
-                await self._exchange(reader, writer)
+                await self._exchange(task, reader, writer)
                 writer.close()  # after what is buffered has been sent
                 await writer.wait_closed()
         except TimeoutError:
             log.debug("web: %s: dropped after %gs", peer, self._timeout)
-        except (_Dropped, ConnectionError, h11.ProtocolError) as exc:
+        except (_Dropped, OSError, h11.ProtocolError) as exc:
             log.debug("web: %s: %s", peer, os_reason(exc))
         except asyncio.CancelledError:
-            pass  # close() is ending this connection; the loop keeps going
+            pass  # evicted, or close() is ending this connection; the loop keeps going
         except Exception:
             log.exception("web: %s: internal error", peer)
         finally:
             self._connections.discard(task)
+            self._waiting.pop(task, None)
             writer.transport.abort()  # at once, whatever is left: a no-op once closed
 
-    async def _exchange(self, reader: asyncio.StreamReader,
+    async def _exchange(self, task: asyncio.Task[None], reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_request)
         try:
@@ -189,6 +212,7 @@ class WebServer:
         except _TooLarge as exc:
             await self._refuse(conn, reader, writer, _text(exc.status, "request too large"))
             raise _Dropped("request too large") from None
+        self._waiting.pop(task, None)  # the whole request is in: no longer evicted for others
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         response = route(method, target)
@@ -210,28 +234,42 @@ class WebServer:
 
     async def _read_request(self, conn: h11.Connection,
                             reader: asyncio.StreamReader) -> h11.Request:
-        request: h11.Request | None = None
-        head = body = 0
+        try:
+            async with asyncio.timeout(self._head_timeout):
+                request = await self._read_head(conn, reader)
+        except TimeoutError:
+            raise _Dropped(f"no request head within {self._head_timeout:g}s") from None
+        await self._read_body(conn, reader)
+        return request
+
+    async def _read_head(self, conn: h11.Connection,
+                         reader: asyncio.StreamReader) -> h11.Request:
+        head = 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 data = await reader.read(_CHUNK)
-                if request is None:
-                    head += len(data)
-                    if head > self._max_request:  # h11 only counts an incomplete head
-                        raise _TooLarge(431)
+                head += len(data)
+                if head > self._max_request:  # h11 only counts an incomplete head
+                    raise _TooLarge(431)
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
-                request = event
+                return event
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _Dropped("closed before sending a request")
+
+    async def _read_body(self, conn: h11.Connection, reader: asyncio.StreamReader) -> None:
+        body = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(_CHUNK))
             elif isinstance(event, h11.Data):
                 body += len(event.data)
                 if body > self._max_request:
                     raise _TooLarge(413)
             elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request
-            elif isinstance(event, h11.ConnectionClosed):
-                raise _Dropped("closed before sending a request")
+                return
 
     async def _refuse(self, conn: h11.Connection, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, response: Response) -> None:
@@ -239,9 +277,10 @@ class WebServer:
         still sends for a moment: closing with unread data would reset the connection, and
         the client might lose the answer."""
         await self._send(conn, writer, response, head=False)
-        if writer.can_write_eof():
-            writer.write_eof()
-        with contextlib.suppress(TimeoutError, ConnectionError):
+        with contextlib.suppress(OSError):  # the client may be gone already
+            if writer.can_write_eof():
+                writer.write_eof()
+        with contextlib.suppress(OSError):  # TimeoutError included
             async with asyncio.timeout(_LINGER):
                 discarded = 0
                 while discarded < _LINGER_BYTES and (chunk := await reader.read(_CHUNK)):
@@ -262,18 +301,19 @@ class WebServer:
             data += conn.send(h11.Data(data=response.body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         writer.write(data)
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):  # the client may be gone: nothing more to tell it
             await writer.drain()
 
 
 async def serve(host: str, port: int, snapshot: Callable[[], Snapshot], *,
-                timeout: float = TIMEOUT, max_request: int = MAX_REQUEST,
-                max_connections: int = MAX_CONNECTIONS,
+                head_timeout: float = HEAD_TIMEOUT, timeout: float = TIMEOUT,
+                max_request: int = MAX_REQUEST, max_connections: int = MAX_CONNECTIONS,
                 hostname: str | None = None) -> WebServer:
     """Listen on `host`:`port` (0: any free port, see `.port`) in the running loop, answering
     from `snapshot()` at each request. The page names `hostname` (default: this host's name).
     ProberError if the address cannot be bound."""
-    server = WebServer(snapshot, timeout=timeout, max_request=max_request,
-                       max_connections=max_connections, hostname=hostname)
+    server = WebServer(snapshot, head_timeout=head_timeout, timeout=timeout,
+                       max_request=max_request, max_connections=max_connections,
+                       hostname=hostname)
     await server.start(host, port)
     return server

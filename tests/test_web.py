@@ -32,6 +32,7 @@ from prober.state import StateStore
 from prober.tracker import Event, Health, State, TargetState, Transition
 from prober.web import MAX_REQUEST, WebServer, serve
 from tests import snapshots
+from tests.flood import enough_files, flood
 from tests.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
 
 pytestmark = pytest.mark.timeout(60)
@@ -328,25 +329,118 @@ def test_a_stalled_client_is_dropped_while_others_are_served(
     assert [r.levelno for r in dropped] == [logging.DEBUG]
 
 
-def test_connections_over_the_cap_are_closed_at_once() -> None:
-    """With max_connections open (stalled), a further client is closed unanswered at once;
-    once the stalled ones are dropped, clients are served again."""
-    async def body(server: WebServer) -> tuple[bytes, bytes, Answer]:
-        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-        for _, writer in held:
-            writer.write(b"GET / HTTP/1.1\r\n")
-        await asyncio.sleep(0.2)  # let the server accept them
-        over = await raw_exchange(server.port, request("GET", "/"))
-        first_left = await read_all(held[0][0])  # dropped at the timeout
-        for reader, writer in held:
-            await read_all(reader)
-            writer.close()
-        return over, first_left, await get(server.port, "/")
+def test_a_newcomer_evicts_the_oldest_connection_still_waiting_for_its_request() -> None:
+    """At max_connections, each newcomer is served: the oldest connection still waiting for
+    its request, idle or trickling its head, is closed unanswered to make room, the younger
+    ones stay open."""
+    async def opened(server: WebServer, start: bytes) -> tuple[asyncio.StreamReader,
+                                                                 asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(start)
+        await asyncio.sleep(0.1)  # let the server accept it before the next one
+        return reader, writer
 
-    over, first_left, after = run(with_server(body, timeout=1.0, max_connections=2))
-    assert over == b""
-    assert first_left == b""
+    async def body(server: WebServer) -> list[object]:
+        idle = await opened(server, b"")
+        trickling = await opened(server, b"GET / HTTP/1.1\r\n")
+        seen: list[object] = [(await get(server.port, "/metrics")).status,
+                              await read_all(idle[0]), trickling[0].at_eof()]
+        younger = await opened(server, b"")
+        seen += [(await get(server.port, "/metrics")).status, await read_all(trickling[0]),
+                 younger[0].at_eof()]
+        for _, writer in (idle, trickling, younger):
+            writer.close()
+        return seen
+
+    seen = run(with_server(body, head_timeout=30.0, timeout=30.0, max_connections=2))
+    assert seen == [200, b"", False, 200, b"", False]
+
+
+def test_a_head_trickled_past_the_head_deadline_is_closed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A client that keeps sending its head a byte at a time is closed unanswered at the head
+    deadline, long before the whole request's, and that is one debug line."""
+    caplog.set_level(logging.DEBUG, logger="prober")
+
+    async def body(server: WebServer) -> tuple[bytes, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        left, sent = None, 0
+        while left is None:
+            try:
+                async with asyncio.timeout(0.05):
+                    left = await read_all(reader)
+            except TimeoutError:
+                writer.write(b"a")
+                sent += 1
+        writer.close()
+        return left, sent
+
+    left, sent = run(with_server(body, head_timeout=0.5, timeout=60.0))
+    assert left == b""
+    assert sent > 1  # it was still trickling when it was closed
+    closed = [r for r in caplog.records if "no request head within 0.5s" in r.getMessage()]
+    assert [r.levelno for r in closed] == [logging.DEBUG]
+
+
+LEAVING = [
+    request("POST", "/metrics", "Content-Length: 100\r\n"),
+    request("POST", "/metrics", "Content-Length: 100\r\n") + b"x" * 50,
+    b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+]
+LEAVING_IDS = ["head-then-close", "half-a-body", "half-a-head"]
+
+
+async def leave_mid_request(port: int, data: bytes) -> None:
+    """Send `data` and close the connection."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("data", LEAVING, ids=LEAVING_IDS)
+def test_a_client_that_leaves_mid_request_is_one_debug_line(
+        data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends part of a request and closes is one debug line per connection,
+    never a traceback, nothing logged above debug (by prober or asyncio); the next client is
+    served."""
+    caplog.set_level(logging.DEBUG)
+    clients = 5
+
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("web: ")]
+
+    async def body(server: WebServer) -> Answer:
+        for _ in range(clients):
+            await leave_mid_request(server.port, data)
+        while len(said()) < clients:
+            await asyncio.sleep(0.02)
+        return await get(server.port, "/metrics")
+
+    after = run(with_server(body))
     assert after.status == 200
+    assert [(r.levelno, r.exc_info) for r in said()] == [(logging.DEBUG, None)] * clients
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno > logging.DEBUG or r.exc_info] == []
+
+
+SLOWLORIS, IDLE, SCRAPES = 300, 2_000, 20
+
+
+def test_a_scraper_is_answered_while_slowloris_and_idle_connections_are_held_open() -> None:
+    """With 300 slowloris connections and 2,000 idle ones held open (each opened again when
+    dropped), every one of 20 scrapes of /metrics in a row gets its 200."""
+    enough_files(2 * (SLOWLORIS + IDLE))  # the server's ends are in this process too
+
+    async def body(server: WebServer) -> list[bytes]:
+        async with flood(server.port, slowloris=SLOWLORIS, idle=IDLE):
+            return [(await raw_exchange(server.port, request("GET", "/metrics")))[:12]
+                    for _ in range(SCRAPES)]
+
+    assert run(with_server(body), deadline=50) == [b"HTTP/1.1 200"] * SCRAPES
 
 
 def test_no_secret_in_any_response() -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,10 @@ from prober.tracker import Event, Health, State, TargetState, Transition
 from prober.web import MAX_REQUEST, WebServer, serve
 from tests import snapshots
 from tests.flood import enough_files, flood
+from tests.processes import stop_process
 from tests.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
+from tests.servers import health
+from tests.servers import serve as serve_target
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -441,6 +444,96 @@ def test_a_scraper_is_answered_while_slowloris_and_idle_connections_are_held_ope
                     for _ in range(SCRAPES)]
 
     assert run(with_server(body), deadline=50) == [b"HTTP/1.1 200"] * SCRAPES
+
+
+@contextlib.contextmanager
+def watching(tmp_path: Path, *options: str) -> Iterator[tuple[int, Path]]:
+    """The real `prober watch --listen 127.0.0.1:PORT` (every 200 ms, one healthy target),
+    until its page answers: its port and the file its stderr goes to, whole once it is
+    stopped (by PID) at the end."""
+    port = _free_port()
+    with serve_target(health()) as target:
+        config = tmp_path / "prober.toml"
+        config.write_text(f'[[target]]\nname = "web"\nurl = "{target.url("/health")}"\n')
+        os.chmod(config, 0o644)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PROBER_", "NOTIFY_", "WATCHDOG_"))}
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={tmp_path}/no-bus"
+        err = tmp_path / "watch.err"
+        with err.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prober", *options, "watch", "--config", str(config),
+                 "--state", str(tmp_path / "state.json"), "--interval", "200ms",
+                 "--listen", f"127.0.0.1:{port}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out, env=env)
+        try:
+            while b"prober_probe_success{" not in scrape(port):
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.1)
+            yield port, err
+        finally:
+            stop_process(proc)
+
+
+def scrape(port: int) -> bytes:
+    """GET /metrics as a scraper does, by hand; what came back (b"" if nothing did)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(request("GET", "/metrics"))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    return b""
+
+
+def test_the_watcher_logs_a_client_that_leaves_mid_request_at_debug_only(
+        tmp_path: Path) -> None:
+    """`prober -v watch --listen`, the real command: clients that send a request head and
+    close before its body are one debug line each in its log, no traceback, no warning or
+    error; /metrics is served after them."""
+    clients = 10
+    with watching(tmp_path, "-v") as (port, err):
+        for _ in range(clients):
+            with socket.create_connection(("127.0.0.1", port), 10) as sock:
+                sock.sendall(LEAVING[0])
+        while err.read_text().count("without sending complete message body") < clients:
+            time.sleep(0.05)
+        after = scrape(port)
+    logged = err.read_text()
+    assert after.startswith(b"HTTP/1.1 200 ")
+    assert "Traceback" not in logged
+    assert [line for line in logged.splitlines()
+            if line.startswith(("prober: error:", "prober: warning:"))] == []
+    assert logged.count("without sending complete message body") == clients
+
+
+def test_the_watcher_answers_every_scrape_while_slowloris_and_idle_connections_are_held(
+        tmp_path: Path) -> None:
+    """`prober watch --listen`, the real command, with 300 slowloris connections and 2,000
+    idle ones held open by another process: every one of 20 scrapes of /metrics in a row gets
+    its 200, and the watcher goes on running its probes meanwhile."""
+    with watching(tmp_path) as (port, err):
+        hostile = subprocess.Popen(
+            [sys.executable, "-m", "tests.flood", str(port), "--slowloris", str(SLOWLORIS),
+             "--idle", str(IDLE)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent)
+        try:
+            assert hostile.stdout is not None and hostile.stdout.readline() == b"open\n"
+            before = last_run(port)
+            answers = [scrape(port)[:12] for _ in range(SCRAPES)]
+            while last_run(port) <= before:
+                time.sleep(0.1)
+        finally:
+            stop_process(hostile)
+    assert answers == [b"HTTP/1.1 200"] * SCRAPES
+    assert "Traceback" not in err.read_text()
+
+
+def last_run(port: int) -> float:
+    """When the watcher's last run ended, from /metrics."""
+    found = re.search(rb"^prober_last_run_timestamp_seconds (\S+)$", scrape(port), re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
 
 
 def test_no_secret_in_any_response() -> None:

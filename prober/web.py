@@ -13,8 +13,12 @@ What a client cannot do to the watcher: send a request larger than `max_request`
 413), take longer than `head_timeout` to send its request line and headers, hold a connection
 open longer than `timeout` (it is dropped, whatever it has sent), or shut others out by holding
 connections: at `max_connections`, a newcomer evicts the oldest connection still waiting for
-(the rest of) its request, so idle and trickling ones go first, and only when every connection
-is being answered is the newcomer closed at once. One request per connection, answered with
+(the rest of) its request, idle or trickling. Only one that has settled (the loop has gone
+round since it came, so a request sent at once has been read) is evicted: a burst of newcomers
+cannot evict one of its own, and may take the server over the cap for that moment, up to twice
+it; beyond that, or when every connection is being answered, a newcomer is closed at once. Each
+connection's buffers (the kernel's and the stream's) hold about one request before it is read.
+One request per connection, answered with
 `Connection: close`. Nothing raises into the caller's loop: a client's misbehaviour, leaving
 mid-request included, is logged once per connection at debug level; a response that cannot be
 rendered (a bug) is a 500, logged once as an error.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +49,13 @@ HEAD_TIMEOUT = 2.0  # seconds a connection may take to send its request line and
 TIMEOUT = 10.0  # seconds a connection may take to send its request and read the answer
 MAX_CONNECTIONS = 256
 _CHUNK = 4096
+# Connections the kernel may hold for the server to accept: a flood of reconnecting clients
+# must not fill the queue, or a scraper's connection waits for the kernel's SYN retry.
+_BACKLOG = 1024
+# Loop iterations after a connection's arrival before it may be evicted: by then the request of
+# a client that sent it at once has been read, so a burst of arrivals cannot evict its own.
+_SETTLE_ROUNDS = 3
+_BURST = 2  # connections open at most, in max_connections, while newcomers settle
 _LINGER, _LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused request: at most
 
 _HEADERS = [
@@ -133,25 +145,35 @@ class WebServer:
         self._max_request = max_request
         self._max_connections = max_connections
         self._connections: set[asyncio.Task[None]] = set()
-        # Those still waiting for (the rest of) their request, oldest first, with their peer.
-        self._waiting: dict[asyncio.Task[None], object] = {}
+        # Those still waiting for (the rest of) their request, oldest first: peer, arrival round.
+        self._waiting: dict[asyncio.Task[None], tuple[object, int]] = {}
+        self._round = self._last_arrival = 0  # loop iterations, counted while connections arrive
+        self._turning: asyncio.Handle | None = None
+        self._evicted: set[asyncio.Task[None]] = set()  # cancelled, their task not yet ended
         self._rendering = asyncio.Semaphore(1)
         self._server: asyncio.Server | None = None
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         try:
-            self._server = await asyncio.start_server(self._connected, host, port)
+            self._server = await asyncio.start_server(self._connected, host, port,
+                                                      backlog=_BACKLOG, limit=self._max_request)
         except OSError as exc:
             raise ProberError(f"cannot listen on {host}:{port}: {os_reason(exc)}",
                               "choose another address with listen = \"HOST:PORT\" or "
                               "--listen") from None
+        # What a connection can make the server hold before it reads: the kernel's buffer
+        # (inherited from the listening socket) and the stream's, each about a request.
+        for sock in self._server.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._max_request)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
         """Stop listening and drop the connections still open."""
         if self._server is not None:
             self._server.close()
+        if self._turning is not None:
+            self._turning.cancel()
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -159,30 +181,49 @@ class WebServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _make_room(self) -> bool:
-        """Evict the oldest connection still waiting for its request, if one is; False when
-        every connection is being answered."""
-        if not self._waiting:
-            return False
-        task, peer = next(iter(self._waiting.items()))
-        del self._waiting[task]
-        log.debug("web: %s: evicted, waiting for its request when the connections were full",
-                  peer)
-        task.cancel()
-        return True
+    def _arrive(self) -> int:
+        """The round a connection arrives in; rounds go on while one has not settled."""
+        self._last_arrival = self._round
+        if self._turning is None:
+            self._turning = asyncio.get_running_loop().call_soon(self._turn)
+        return self._round
+
+    def _turn(self) -> None:
+        self._round += 1
+        self._turning = None
+        if self._round - self._last_arrival < _SETTLE_ROUNDS:
+            self._turning = asyncio.get_running_loop().call_soon(self._turn)
+
+    def _open(self) -> int:
+        return len(self._connections) - len(self._evicted)
+
+    def _make_room(self) -> None:
+        """Evict the oldest connections still waiting for their request, settled ones only,
+        until there is room for one more."""
+        while self._open() >= self._max_connections and self._waiting:
+            task, (peer, arrived) = next(iter(self._waiting.items()))
+            if self._round - arrived < _SETTLE_ROUNDS:
+                return
+            del self._waiting[task]
+            self._evicted.add(task)
+            log.debug("web: %s: evicted, waiting for its request when the connections were "
+                      "full", peer)
+            task.cancel()
 
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
-        # An evicted connection counts until its task ends: each newcomer evicts one.
-        if len(self._connections) >= self._max_connections and not self._make_room():
+        arrived = self._arrive()
+        self._make_room()
+        # Over the cap only while a burst of newcomers settles; refused beyond that.
+        if self._open() >= _BURST * self._max_connections:
             log.debug("web: %s: too many connections, closed", peer)
             writer.transport.abort()
             return
         self._connections.add(task)
-        self._waiting[task] = peer
+        self._waiting[task] = (peer, arrived)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._exchange(task, reader, writer)
@@ -198,6 +239,7 @@ class WebServer:
             log.exception("web: %s: internal error", peer)
         finally:
             self._connections.discard(task)
+            self._evicted.discard(task)
             self._waiting.pop(task, None)
             writer.transport.abort()  # at once, whatever is left: a no-op once closed
 

@@ -1137,7 +1137,8 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb")
+FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "page", "systemd", "pressure",
+           "deb")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1171,6 +1172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tests.bench_watch import figure_watch_cost
 
             figure_watch_cost(bench)
+        if "page" in chosen:
+            from tests.bench_page import figure_page
+
+            figure_page(bench)
         if "systemd" in chosen:
             figures_systemd(bench, not args.no_sandbox)
         if "pressure" in chosen:

@@ -359,6 +359,28 @@ def test_a_newcomer_evicts_the_oldest_connection_still_waiting_for_its_request()
     assert seen == [200, b"", False, 200, b"", False]
 
 
+def test_a_burst_of_newcomers_cannot_evict_a_request_among_them() -> None:
+    """Connections accepted all at once, a request first and three times max_connections idle
+    ones after it: the request is answered, not evicted by those that came with it."""
+    async def body(server: WebServer) -> bytes:
+        # Connected while the loop does not run: the server accepts them all in one go.
+        scraper = socket.create_connection(("127.0.0.1", server.port))
+        scraper.sendall(request("GET", "/metrics"))
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(12)]
+        scraper.setblocking(False)
+        loop = asyncio.get_running_loop()
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await loop.sock_recv(scraper, 65536):
+                chunks.append(chunk)
+        for sock in (scraper, *idle):
+            sock.close()
+        return b"".join(chunks)
+
+    answer = run(with_server(body, head_timeout=30.0, timeout=30.0, max_connections=4))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
 def test_a_head_trickled_past_the_head_deadline_is_closed(
         caplog: pytest.LogCaptureFixture) -> None:
     """A client that keeps sending its head a byte at a time is closed unanswered at the head

@@ -56,6 +56,7 @@ _BACKLOG = 1024
 # a client that sent it at once has been read, so a burst of arrivals cannot evict its own.
 _SETTLE_ROUNDS = 3
 _BURST = 2  # connections open at most, in max_connections, while newcomers settle
+_USUAL_SOFT_LIMIT = 1024  # systemd's default soft limit on open files for a service
 _LINGER, _LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused request: at most
 
 _HEADERS = [
@@ -155,6 +156,7 @@ class WebServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
+        _room_for(_BURST * self._max_connections)
         try:
             self._server = await asyncio.start_server(self._connected, host, port,
                                                       backlog=_BACKLOG, limit=self._max_request)
@@ -345,6 +347,23 @@ class WebServer:
         writer.write(data)
         with contextlib.suppress(OSError):  # the client may be gone: nothing more to tell it
             await writer.drain()
+
+
+def _room_for(connections: int) -> None:
+    """Raise the soft limit on open files (up to the hard one) to make room for `connections`
+    on top of what a service usually has: else a flood of clients could take the descriptors
+    a run's probes need, or make the server stop accepting for a while."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _USUAL_SOFT_LIMIT + connections
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("web: cannot raise the open-files limit to %d: %s", wanted, os_reason(exc))
 
 
 async def serve(host: str, port: int, snapshot: Callable[[], Snapshot], *,

@@ -469,10 +469,14 @@ def test_a_scraper_is_answered_while_slowloris_and_idle_connections_are_held_ope
 
 
 @contextlib.contextmanager
-def watching(tmp_path: Path, *options: str) -> Iterator[tuple[int, Path]]:
+def watching(tmp_path: Path, *options: str, files: int | None = None
+             ) -> Iterator[tuple[int, Path]]:
     """The real `prober watch --listen 127.0.0.1:PORT` (every 200 ms, one healthy target),
-    until its page answers: its port and the file its stderr goes to, whole once it is
-    stopped (by PID) at the end."""
+    started with a soft limit of `files` open files if given, until its page answers: its
+    port and the file its stderr goes to, whole once it is stopped (by PID) at the end."""
+    limited = [] if files is None else [require_program("/usr/bin/prlimit", "util-linux"),
+                                        f"--nofile={files}:"]
+
     port = _free_port()
     with serve_target(health()) as target:
         config = tmp_path / "prober.toml"
@@ -484,8 +488,8 @@ def watching(tmp_path: Path, *options: str) -> Iterator[tuple[int, Path]]:
         err = tmp_path / "watch.err"
         with err.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "prober", *options, "watch", "--config", str(config),
-                 "--state", str(tmp_path / "state.json"), "--interval", "200ms",
+                [*limited, sys.executable, "-m", "prober", *options, "watch", "--config",
+                 str(config), "--state", str(tmp_path / "state.json"), "--interval", "200ms",
                  "--listen", f"127.0.0.1:{port}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out, env=env)
         try:
@@ -529,12 +533,15 @@ def test_the_watcher_logs_a_client_that_leaves_mid_request_at_debug_only(
     assert logged.count("without sending complete message body") == clients
 
 
+@pytest.mark.parametrize("files", [None, 256], ids=["usual-limit", "low-open-files-limit"])
 def test_the_watcher_answers_every_scrape_while_slowloris_and_idle_connections_are_held(
-        tmp_path: Path) -> None:
+        tmp_path: Path, files: int | None) -> None:
     """`prober watch --listen`, the real command, with 300 slowloris connections and 2,000
     idle ones held open by another process: every one of 20 scrapes of /metrics in a row gets
-    its 200, and the watcher goes on running its probes meanwhile."""
-    with watching(tmp_path) as (port, err):
+    its 200, and the watcher goes on running its probes meanwhile. Started under a soft limit
+    of 256 open files (systemd's default is 1024), it raises its own: it never runs out of
+    descriptors, and nothing is logged above info."""
+    with watching(tmp_path, files=files) as (port, err):
         hostile = subprocess.Popen(
             [sys.executable, "-m", "tests.flood", str(port), "--slowloris", str(SLOWLORIS),
              "--idle", str(IDLE)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -547,8 +554,12 @@ def test_the_watcher_answers_every_scrape_while_slowloris_and_idle_connections_a
                 time.sleep(0.1)
         finally:
             stop_process(hostile)
+    logged = err.read_text()
     assert answers == [b"HTTP/1.1 200"] * SCRAPES
-    assert "Traceback" not in err.read_text()
+    assert "Traceback" not in logged
+    assert [line for line in logged.splitlines()
+            if not line.startswith("prober: ") or line.startswith(("prober: error:",
+                                                                   "prober: warning:"))] == []
 
 
 def last_run(port: int) -> float:

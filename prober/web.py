@@ -15,13 +15,13 @@ open longer than `timeout` (it is dropped, whatever it has sent), or shut others
 connections: at `max_connections`, a newcomer evicts the oldest connection still waiting for
 (the rest of) its request, idle or trickling. Only one that has settled (the loop has gone
 round since it came, so a request sent at once has been read) is evicted: a burst of newcomers
-cannot evict one of its own, and may take the server over the cap for that moment, up to twice
-it; beyond that, or when every connection is being answered, a newcomer is closed at once. Each
-connection's buffers (the kernel's and the stream's) hold about one request before it is read.
-One request per connection, answered with
-`Connection: close`. Nothing raises into the caller's loop: a client's misbehaviour, leaving
-mid-request included, is logged once per connection at debug level; a response that cannot be
-rendered (a bug) is a 500, logged once as an error.
+cannot evict one of its own, and may take the server over the cap for that moment, up to four
+times it; beyond that, or when every connection is being answered, a newcomer is closed at once.
+Each connection's buffers (the kernel's and the stream's) hold about one request before it is
+read, and the soft limit on open files is raised to make room for them all. One request per
+connection, answered with `Connection: close`. Nothing raises into the caller's loop: a
+client's misbehaviour, leaving mid-request included, is logged once per connection at debug
+level; a response that cannot be rendered (a bug) is a 500, logged once as an error.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _BACKLOG = 1024
 # Loop iterations after a connection's arrival before it may be evicted: by then the request of
 # a client that sent it at once has been read, so a burst of arrivals cannot evict its own.
 _SETTLE_ROUNDS = 3
-_BURST = 2  # connections open at most, in max_connections, while newcomers settle
+_BURST = 4  # connections open at most, in max_connections, while newcomers settle
 _USUAL_SOFT_LIMIT = 1024  # systemd's default soft limit on open files for a service
 _LINGER, _LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused request: at most
 

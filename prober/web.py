@@ -52,6 +52,8 @@ _CHUNK = 4096
 # Connections the kernel may hold for the server to accept: a flood of reconnecting clients
 # must not fill the queue, or a scraper's connection waits for the kernel's SYN retry.
 _BACKLOG = 1024
+# Loop iterations from accepting a connection to its first step: each may accept a backlog more.
+_ACCEPT_ROUNDS = 3
 # Loop iterations after a connection's arrival before it may be evicted: by then the request of
 # a client that sent it at once has been read, so a burst of arrivals cannot evict its own.
 _SETTLE_ROUNDS = 3
@@ -156,7 +158,8 @@ class WebServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        _room_for(_BURST * self._max_connections)
+        # The connections it holds, and those the kernel hands it before it has looked at them.
+        _room_for(_BURST * self._max_connections + _ACCEPT_ROUNDS * _BACKLOG)
         try:
             self._server = await asyncio.start_server(self._connected, host, port,
                                                       backlog=_BACKLOG, limit=self._max_request)

@@ -1156,6 +1156,7 @@ FIGURES: dict[str, Figure] = {
     "many": lambda bench, sandbox: figure_many(bench),
     "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
     "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
+    "page": _elsewhere("tests.bench_page", "figure_page"),
     "systemd": figures_systemd,
     "pressure": figures_pressure,
     "deb": lambda bench, sandbox: figure_deb(bench),

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +32,11 @@ from prober.state import StateStore
 from prober.tracker import Event, Health, State, TargetState, Transition
 from prober.web import MAX_REQUEST, WebServer, serve
 from tests import snapshots
+from tests.flood import enough_files, flood
+from tests.processes import stop_process
 from tests.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
+from tests.servers import health
+from tests.servers import serve as serve_target
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -328,25 +332,241 @@ def test_a_stalled_client_is_dropped_while_others_are_served(
     assert [r.levelno for r in dropped] == [logging.DEBUG]
 
 
-def test_connections_over_the_cap_are_closed_at_once() -> None:
-    """With max_connections open (stalled), a further client is closed unanswered at once;
-    once the stalled ones are dropped, clients are served again."""
-    async def body(server: WebServer) -> tuple[bytes, bytes, Answer]:
-        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-        for _, writer in held:
-            writer.write(b"GET / HTTP/1.1\r\n")
-        await asyncio.sleep(0.2)  # let the server accept them
-        over = await raw_exchange(server.port, request("GET", "/"))
-        first_left = await read_all(held[0][0])  # dropped at the timeout
-        for reader, writer in held:
-            await read_all(reader)
-            writer.close()
-        return over, first_left, await get(server.port, "/")
+def test_a_newcomer_evicts_the_oldest_connection_still_waiting_for_its_request() -> None:
+    """At max_connections, each newcomer is served: the oldest connection still waiting for
+    its request, idle or trickling its head, is closed unanswered to make room, the younger
+    ones stay open."""
+    async def opened(server: WebServer, start: bytes) -> tuple[asyncio.StreamReader,
+                                                                 asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(start)
+        await asyncio.sleep(0.1)  # let the server accept it before the next one
+        return reader, writer
 
-    over, first_left, after = run(with_server(body, timeout=1.0, max_connections=2))
-    assert over == b""
-    assert first_left == b""
+    async def body(server: WebServer) -> list[object]:
+        idle = await opened(server, b"")
+        trickling = await opened(server, b"GET / HTTP/1.1\r\n")
+        seen: list[object] = [(await get(server.port, "/metrics")).status,
+                              await read_all(idle[0]), trickling[0].at_eof()]
+        younger = await opened(server, b"")
+        seen += [(await get(server.port, "/metrics")).status, await read_all(trickling[0]),
+                 younger[0].at_eof()]
+        for _, writer in (idle, trickling, younger):
+            writer.close()
+        return seen
+
+    seen = run(with_server(body, head_timeout=30.0, timeout=30.0, max_connections=2))
+    assert seen == [200, b"", False, 200, b"", False]
+
+
+def test_a_burst_of_newcomers_cannot_evict_a_request_among_them() -> None:
+    """Connections accepted all at once, a request first and three times max_connections idle
+    ones after it: the request is answered, not evicted by those that came with it."""
+    async def body(server: WebServer) -> bytes:
+        # Connected while the loop does not run: the server accepts them all in one go.
+        scraper = socket.create_connection(("127.0.0.1", server.port))
+        scraper.sendall(request("GET", "/metrics"))
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(12)]
+        scraper.setblocking(False)
+        loop = asyncio.get_running_loop()
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await loop.sock_recv(scraper, 65536):
+                chunks.append(chunk)
+        for sock in (scraper, *idle):
+            sock.close()
+        return b"".join(chunks)
+
+    answer = run(with_server(body, head_timeout=30.0, timeout=30.0, max_connections=4))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_trickled_past_the_head_deadline_is_closed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A client that keeps sending its head a byte at a time is closed unanswered at the head
+    deadline, long before the whole request's, and that is one debug line."""
+    caplog.set_level(logging.DEBUG, logger="prober")
+
+    async def body(server: WebServer) -> tuple[bytes, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        left, sent = None, 0
+        while left is None:
+            try:
+                async with asyncio.timeout(0.05):
+                    left = await read_all(reader)
+            except TimeoutError:
+                writer.write(b"a")
+                sent += 1
+        writer.close()
+        return left, sent
+
+    left, sent = run(with_server(body, head_timeout=0.5, timeout=60.0))
+    assert left == b""
+    assert sent > 1  # it was still trickling when it was closed
+    closed = [r for r in caplog.records if "no request head within 0.5s" in r.getMessage()]
+    assert [r.levelno for r in closed] == [logging.DEBUG]
+
+
+LEAVING = [
+    request("POST", "/metrics", "Content-Length: 100\r\n"),
+    request("POST", "/metrics", "Content-Length: 100\r\n") + b"x" * 50,
+    b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+]
+LEAVING_IDS = ["head-then-close", "half-a-body", "half-a-head"]
+
+
+async def leave_mid_request(port: int, data: bytes) -> None:
+    """Send `data` and close the connection."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("data", LEAVING, ids=LEAVING_IDS)
+def test_a_client_that_leaves_mid_request_is_one_debug_line(
+        data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends part of a request and closes is one debug line per connection,
+    never a traceback, nothing logged above debug (by prober or asyncio); the next client is
+    served."""
+    caplog.set_level(logging.DEBUG)
+    clients = 5
+
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("web: ")]
+
+    async def body(server: WebServer) -> Answer:
+        for _ in range(clients):
+            await leave_mid_request(server.port, data)
+        while len(said()) < clients:
+            await asyncio.sleep(0.02)
+        return await get(server.port, "/metrics")
+
+    after = run(with_server(body))
     assert after.status == 200
+    assert [(r.levelno, r.exc_info) for r in said()] == [(logging.DEBUG, None)] * clients
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno > logging.DEBUG or r.exc_info] == []
+
+
+SLOWLORIS, IDLE, SCRAPES = 300, 2_000, 20
+
+
+def test_a_scraper_is_answered_while_slowloris_and_idle_connections_are_held_open() -> None:
+    """With 300 slowloris connections and 2,000 idle ones held open (each opened again when
+    dropped), every one of 20 scrapes of /metrics in a row gets its 200."""
+    enough_files(2 * (SLOWLORIS + IDLE))  # the server's ends are in this process too
+
+    async def body(server: WebServer) -> list[bytes]:
+        async with flood(server.port, slowloris=SLOWLORIS, idle=IDLE):
+            return [(await raw_exchange(server.port, request("GET", "/metrics")))[:12]
+                    for _ in range(SCRAPES)]
+
+    assert run(with_server(body), deadline=50) == [b"HTTP/1.1 200"] * SCRAPES
+
+
+@contextlib.contextmanager
+def watching(tmp_path: Path, *options: str, files: int | None = None
+             ) -> Iterator[tuple[int, Path]]:
+    """The real `prober watch --listen 127.0.0.1:PORT` (every 200 ms, one healthy target),
+    started with a soft limit of `files` open files if given, until its page answers: its
+    port and the file its stderr goes to, whole once it is stopped (by PID) at the end."""
+    limited = [] if files is None else [require_program("/usr/bin/prlimit", "util-linux"),
+                                        f"--nofile={files}:"]
+
+    port = _free_port()
+    with serve_target(health()) as target:
+        config = tmp_path / "prober.toml"
+        config.write_text(f'[[target]]\nname = "web"\nurl = "{target.url("/health")}"\n')
+        os.chmod(config, 0o644)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PROBER_", "NOTIFY_", "WATCHDOG_"))}
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = f"unix:path={tmp_path}/no-bus"
+        err = tmp_path / "watch.err"
+        with err.open("wb") as out:
+            proc = subprocess.Popen(
+                [*limited, sys.executable, "-m", "prober", *options, "watch", "--config",
+                 str(config), "--state", str(tmp_path / "state.json"), "--interval", "200ms",
+                 "--listen", f"127.0.0.1:{port}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out, env=env)
+        try:
+            while b"prober_probe_success{" not in scrape(port):
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.1)
+            yield port, err
+        finally:
+            stop_process(proc)
+
+
+def scrape(port: int) -> bytes:
+    """GET /metrics as a scraper does, by hand; what came back (b"" if nothing did)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(request("GET", "/metrics"))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    return b""
+
+
+def test_the_watcher_logs_a_client_that_leaves_mid_request_at_debug_only(
+        tmp_path: Path) -> None:
+    """`prober -v watch --listen`, the real command: clients that send a request head and
+    close before its body are one debug line each in its log, no traceback, no warning or
+    error; /metrics is served after them."""
+    clients = 10
+    with watching(tmp_path, "-v") as (port, err):
+        for _ in range(clients):
+            with socket.create_connection(("127.0.0.1", port), 10) as sock:
+                sock.sendall(LEAVING[0])
+        while err.read_text().count("without sending complete message body") < clients:
+            time.sleep(0.05)
+        after = scrape(port)
+    logged = err.read_text()
+    assert after.startswith(b"HTTP/1.1 200 ")
+    assert "Traceback" not in logged
+    assert [line for line in logged.splitlines()
+            if line.startswith(("prober: error:", "prober: warning:"))] == []
+    assert logged.count("without sending complete message body") == clients
+
+
+@pytest.mark.parametrize("files", [None, 256], ids=["usual-limit", "low-open-files-limit"])
+def test_the_watcher_answers_every_scrape_while_slowloris_and_idle_connections_are_held(
+        tmp_path: Path, files: int | None) -> None:
+    """`prober watch --listen`, the real command, with 300 slowloris connections and 2,000
+    idle ones held open by another process: every one of 20 scrapes of /metrics in a row gets
+    its 200, and the watcher goes on running its probes meanwhile. Started under a soft limit
+    of 256 open files (systemd's default is 1024), it raises its own: it never runs out of
+    descriptors, and nothing is logged above info."""
+    with watching(tmp_path, files=files) as (port, err):
+        hostile = subprocess.Popen(
+            [sys.executable, "-m", "tests.flood", str(port), "--slowloris", str(SLOWLORIS),
+             "--idle", str(IDLE)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent)
+        try:
+            assert hostile.stdout is not None and hostile.stdout.readline() == b"open\n"
+            before = last_run(port)
+            answers = [scrape(port)[:12] for _ in range(SCRAPES)]
+            while last_run(port) <= before:
+                time.sleep(0.1)
+        finally:
+            stop_process(hostile)
+    logged = err.read_text()
+    assert answers == [b"HTTP/1.1 200"] * SCRAPES
+    assert "Traceback" not in logged
+    assert [line for line in logged.splitlines()
+            if not line.startswith("prober: ") or line.startswith(("prober: error:",
+                                                                   "prober: warning:"))] == []
+
+
+def last_run(port: int) -> float:
+    """When the watcher's last run ended, from /metrics."""
+    found = re.search(rb"^prober_last_run_timestamp_seconds (\S+)$", scrape(port), re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
 
 
 def test_no_secret_in_any_response() -> None:

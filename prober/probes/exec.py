@@ -86,7 +86,8 @@ KEYS = (
     Key("expect_output", Shape.STRING, string, "substring its standard output must contain",
         option=Option("--expect-output", "TEXT")),
     Key("expect_output_regex", Shape.REGEX, regex,
-        "regular expression its standard output must match",
+        "regular expression (Python's `re`) its standard output must match; matched in a "
+        "child process killed at `timeout` (then `timeout`)",
         option=Option("--expect-output-regex", "REGEX")),
     Key("env", Shape.ENV, env,
         "table of variables added to its minimal environment (`PATH`, `LANG`); values never "

@@ -156,7 +156,7 @@ KEYS = (
         option=Option("--header", "'NAME: VALUE'", multiple=True, convert=_header_option)),
     Key("resolve", Shape.IP, ip_address,
         "connect to this IP but keep the URL's host for Host and TLS SNI/verification "
-        "(like `curl --resolve`)",
+        "(like `curl --resolve`), for every redirect to that same host too",
         option=Option("--resolve", "IP", "Connect to IP, keep the URL's host (curl-style).")),
     Key("tls_verify", Shape.BOOLEAN, boolean, "verify certificates", default="true",
         in_defaults=True,
@@ -165,8 +165,10 @@ KEYS = (
     Key("ca_file", Shape.PATH, absolute_path,
         "PEM file of CA certificates to trust for this target (instead of the system's)",
         in_defaults=True, option=Option("--ca-file", "PATH"), existing_file=True),
-    Key("follow_redirects", Shape.BOOLEAN, boolean, "follow redirects (a loop fails as "
-        "`redirect`)", default="false", in_defaults=True,
+    Key("follow_redirects", Shape.BOOLEAN, boolean, "follow redirects, at most 10 (more, or "
+        "a loop, fail as `redirect`), never reading their bodies, keeping no cookie; the URL's "
+        "user:password and `headers` go to the target's own host only", default="false",
+        in_defaults=True,
         option=Option("--follow-redirects", is_flag=True, convert=lambda on: True if on else None)),
     Key("expect_status", Shape.STATUSES, parse_statuses,
         'list of codes and classes: `[200, "3xx"]`', default='["2xx"]', in_defaults=True,
@@ -174,7 +176,9 @@ KEYS = (
                       convert=lambda values: list(values) or None)),
     Key("expect_body", Shape.STRING, string, "substring the body must contain",
         option=Option("--expect-body", "TEXT")),
-    Key("expect_body_regex", Shape.REGEX, regex, "regular expression the body must match",
+    Key("expect_body_regex", Shape.REGEX, regex, "regular expression (Python's `re`) the body "
+        "must match; matched in a child process, killed (failing as `timeout`) at the target's "
+        "`timeout`",
         option=Option("--expect-body-regex", "REGEX")),
     MAX_BODY,
     Key("tls_expiry_warning", Shape.DURATION, duration(),

@@ -1137,7 +1137,8 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb")
+FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb",
+           "hostile")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1179,6 +1180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if "deb" in chosen:
             figure_deb(bench)
+        if "hostile" in chosen:
+            from tests.bench_hostile import figure_hostile
+
+            figure_hostile(bench)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -174,6 +175,15 @@ HTTP_CASES = [
     pytest.param(Case(redirect_loop(), False, FailureClass.STATUS, 302,
                       "status 302, expected 2xx (a redirect; follow_redirects is off)"),
                  id="redirect-not-followed"),
+    pytest.param(Case(answer(302, b"", [("Location", "ftp://127.0.0.1/")]), False,
+                      FailureClass.REDIRECT, None, "a redirect to ftp:, not http or https",
+                      fields={"follow_redirects": True}), id="redirect-to-ftp"),
+    pytest.param(Case(answer(200, zlib.compress(b"all OK"), [("Content-Encoding", "deflate")]),
+                      True, status=200, fields={"expect_body": "all OK"}),
+                 id="deflated-anyway"),
+    pytest.param(Case(answer(200, b"not gzip", [("Content-Encoding", "gzip")]), False,
+                      FailureClass.PROTOCOL, 200, "body not decodable",
+                      fields={"expect_body": "OK"}), id="gzip-corrupt"),
     pytest.param(Case(close_mid_response(), False, FailureClass.PROTOCOL, 200,
                       "peer closed connection"), id="closed-mid-response"),
     pytest.param(Case(disconnect(), False, FailureClass.PROTOCOL, None, "disconnected"),

@@ -622,9 +622,12 @@ def _next_hop(spec: HttpProbe, hop: _Hop, location: str, progress: Progress) -> 
     except httpx.InvalidURL:
         raise _Failed(progress.finding("a redirect to an invalid URL",
                                        FailureClass.REDIRECT)) from None
-    if url.scheme not in ("http", "https") or not url.host:
-        scheme = clip(url.scheme, 16) or "hostless"
-        raise _Failed(progress.finding(f"a redirect to a {scheme} URL", FailureClass.REDIRECT))
+    if url.scheme not in ("http", "https"):
+        text = f"a redirect to {clip(url.scheme, 16)}:, not http or https"
+        raise _Failed(progress.finding(reason(text), FailureClass.REDIRECT))
+    if not url.host:
+        raise _Failed(progress.finding("a redirect to a URL without a host",
+                                       FailureClass.REDIRECT))
     return _hop(spec, url)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import weakref
 
 from prober.keys import Key, Option, Shape, integer
 from prober.results import Deadline
@@ -28,6 +29,14 @@ MAX_BODY = Key(
 )
 
 
+# Matches running at once, each a forked child: the units' TasksMax= counts them, beside the
+# threads and the exec probes' commands.
+_MATCHES_AT_ONCE = 8
+_FORK_RETRY = 0.05  # after a failed fork (EAGAIN at TasksMax=), before trying again
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+    weakref.WeakKeyDictionary()
+
+
 async def search(pattern: str, text: str, deadline: Deadline) -> bool | None:
     """Whether `pattern` matches somewhere in `text`, or None if that was not known by the
     deadline.
@@ -35,16 +44,30 @@ async def search(pattern: str, text: str, deadline: Deadline) -> bool | None:
     Python's `re` holds the GIL for a whole match, and a pathological pattern (`(A+)+B`) can
     take for ever: run on the event loop, or in a thread, it would stall every other probe.
     The match runs in a forked child instead, which tells its answer through a pipe and is
-    killed at the deadline.
+    killed at the deadline; at most _MATCHES_AT_ONCE at a time, the others waiting their turn
+    within their own deadline.
     """
     loop = asyncio.get_running_loop()
-    read, write = os.pipe()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(_MATCHES_AT_ONCE)
     try:
-        pid = os.fork()
-    except OSError:
-        os.close(read)
-        os.close(write)
-        raise
+        async with asyncio.timeout_at(deadline.at), slots:
+            return await _match_in_child(loop, pattern, text)
+    except TimeoutError:
+        return None
+
+
+async def _match_in_child(loop: asyncio.AbstractEventLoop, pattern: str, text: str) -> bool:
+    """Fork a child that matches; its answer, read from a pipe; killed and reaped however this
+    ends."""
+    read, write = os.pipe()
+    while True:
+        try:
+            pid = os.fork()
+            break
+        except OSError:
+            await _wait_or_close(_FORK_RETRY, read, write)
     if pid == 0:  # pragma: no cover (the child; it never returns)
         _match_and_exit(pattern, text, write)
     os.close(write)
@@ -56,16 +79,41 @@ async def search(pattern: str, text: str, deadline: Deadline) -> bool | None:
 
     loop.add_reader(read, readable)
     try:
-        async with asyncio.timeout_at(deadline.at):
-            return await answer == b"1"
-    except TimeoutError:
-        return None
+        return await answer == b"1"
     finally:
         loop.remove_reader(read)
         os.close(read)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # not yet reaped: the pid is still the child's
+        _reap_when_gone(loop, pid)
+
+
+def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    """Reap the child once it has exited, without waiting for it here: a killed child takes a
+    while to tear down its copy of prober, and a blocking waitpid would stall the loop."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # a kernel without pidfd_open: wait, then
         os.waitpid(pid, 0)
+        return
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    loop.add_reader(pidfd, reap)
+
+
+async def _wait_or_close(seconds: float, *fds: int) -> None:
+    """Sleep; if cancelled meanwhile, close `fds` first."""
+    try:
+        await asyncio.sleep(seconds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def _match_and_exit(pattern: str, text: str, write: int) -> None:  # pragma: no cover

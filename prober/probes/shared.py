@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import warnings
 import weakref
 
 from prober.keys import Key, Option, Shape, integer
@@ -64,7 +65,7 @@ async def _match_in_child(loop: asyncio.AbstractEventLoop, pattern: str, text: s
     read, write = os.pipe()
     while True:
         try:
-            pid = os.fork()
+            pid = _fork()
             break
         except OSError:
             await _wait_or_close(_FORK_RETRY, read, write)
@@ -104,6 +105,15 @@ def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int) -> None:
             os.waitpid(pid, 0)
 
     loop.add_reader(pidfd, reap)
+
+
+def _fork() -> int:
+    """os.fork(), without Python 3.12's warning that a child of a threaded process may
+    deadlock: this child only matches and writes to a pipe, and is killed at the deadline if
+    it ever hangs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 async def _wait_or_close(seconds: float, *fds: int) -> None:

@@ -87,7 +87,7 @@ KEYS = (
         option=Option("--expect-output", "TEXT")),
     Key("expect_output_regex", Shape.REGEX, regex,
         "regular expression (Python's `re`) its standard output must match; matched in a "
-        "child process killed at `timeout` (then `timeout`)",
+        "child process, killed (failing as `timeout`) at the target's `timeout`",
         option=Option("--expect-output-regex", "REGEX")),
     Key("env", Shape.ENV, env,
         "table of variables added to its minimal environment (`PATH`, `LANG`); values never "

@@ -1,6 +1,7 @@
-"""The HTTP probe kind: one request (over TCP, TLS or a Unix socket), judged on status and body.
+"""The HTTP probe kind: one request (over TCP, TLS or a Unix socket), and its redirects if it
+follows them, judged on status and body.
 
-httpx is imported when the first client is made, not with this module: the config, `validate`
+httpx is imported when the first transport is made, not with this module: the config, `validate`
 and `status` read the spec and keys below without paying for it. Reasons never hold header
 values or URLs (either may carry secrets).
 """

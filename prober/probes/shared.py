@@ -94,7 +94,7 @@ def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int) -> None:
     while to tear down its copy of prober, and a blocking waitpid would stall the loop."""
     try:
         pidfd = os.pidfd_open(pid)
-    except OSError:  # a kernel without pidfd_open: wait, then
+    except OSError:  # no pidfd (an old kernel, or a system-call filter): wait here
         os.waitpid(pid, 0)
         return
 

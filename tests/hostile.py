@@ -20,9 +20,10 @@ REDOS_REGEX = "(A+)+B"
 REDOS_BODY = b"A" * 4096
 
 # Run in a fresh interpreter: the peak RSS of its children is the measured command's alone.
+# It ends the command itself at its timeout: a hung one is killed, not left behind.
 _MEASURE = (
     "import resource, subprocess, sys\n"
-    "done = subprocess.run(sys.argv[1:])\n"
+    "done = subprocess.run(sys.argv[2:], timeout=float(sys.argv[1]))\n"
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(done.returncode)\n"
 )
@@ -86,8 +87,9 @@ def measured_prober(*args: str, env: dict[str, str] | None = None,
     """`python -m prober ARGS`, and its peak RSS."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
     environ.update(env or {})
-    done = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "prober",
-                           *args], capture_output=True, text=True, env=environ,
-                          timeout=timeout, check=False)
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(timeout), sys.executable, "-m",
+                           "prober", *args], capture_output=True, text=True, env=environ,
+                          timeout=timeout + 10, check=False)
     err, _, peak = done.stderr.rstrip("\n").rpartition("\n")
+    assert peak.isdigit(), done.stderr  # else the command outlived its timeout
     return Measured(done.returncode, done.stdout, err, int(peak))

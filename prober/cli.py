@@ -263,7 +263,8 @@ def _kind_arguments() -> str:
 
 
 @cli.command(help=f"Probe once, with no state and no restart: {_kind_arguments()}. Exit 0 if "
-                  "it passes, else 2.")
+                  "it passes, 1 if it passes with a warning (a certificate about to expire), "
+                  "else 2.")
 @click.argument("what", nargs=-1, required=True,
                 metavar=" | ".join(kind.argument.metavar for kind in probes.KINDS))
 @_json_option
@@ -288,10 +289,11 @@ def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
     config = parse_config({"target": [table]}, path="command line")
     target = config.targets[0]
     result = asyncio.run(probe_one(target))
+    notice = target.kind.notice(target.probe, result, time.time()) if result.ok else None
     endpoint = target.endpoint
-    click.echo(report.dumps(report.probe_json(result, endpoint)) if as_json
-               else report.probe_text(result, endpoint))
-    return 0 if result.ok else 2
+    click.echo(report.dumps(report.probe_json(result, endpoint, notice)) if as_json
+               else report.probe_text(result, endpoint, notice))
+    return 2 if not result.ok else 1 if notice else 0
 
 
 def _option_key(name: str) -> Key:

@@ -117,13 +117,17 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2)
 
 
-def probe_text(result: ProbeResult, endpoint: str) -> str:
+def probe_text(result: ProbeResult, endpoint: str, notice: str | None = None) -> str:
     verdict = "OK" if result.ok else f"FAIL ({result.failure})"
+    if result.ok and notice:
+        verdict = "WARNING"
     latency = "" if result.latency_ms is None else f" in {result.latency_ms:g} ms"
-    return f"{verdict}: {redact_url(endpoint)}: {result.reason}{latency}"
+    said = f"; {notice}" if notice else ""
+    return f"{verdict}: {redact_url(endpoint)}: {result.reason}{latency}{said}"
 
 
-def probe_json(result: ProbeResult, endpoint: str) -> dict[str, Any]:
+def probe_json(result: ProbeResult, endpoint: str, notice: str | None = None
+               ) -> dict[str, Any]:
     return {
         "endpoint": redact_url(endpoint),
         "ok": result.ok,
@@ -132,6 +136,7 @@ def probe_json(result: ProbeResult, endpoint: str) -> dict[str, Any]:
         "status_code": result.status_code,
         "latency_ms": result.latency_ms,
         "attempts": result.attempts,
+        "notice": notice,
     }
 
 

@@ -1157,6 +1157,7 @@ FIGURES: dict[str, Figure] = {
     "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
     "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
     "page": _elsewhere("tests.bench_page", "figure_page"),
+    "hostile": _elsewhere("tests.bench_hostile", "figure_hostile"),
     "systemd": figures_systemd,
     "pressure": figures_pressure,
     "deb": lambda bench, sandbox: figure_deb(bench),

@@ -152,7 +152,9 @@ def head(status: int, headers: Sequence[tuple[str, str]] = (), *, version: str =
 
 
 class Server:
-    """A threaded HTTP/1.x server on 127.0.0.1:0 (TLS with `tls`) or on the Unix socket `unix_path`.
+    """A threaded HTTP/1.x server on 127.0.0.1:0 (TLS with `tls`) or on the Unix socket `unix_path`
+    (or on `host`, "::1" or another loopback address, and `port`, for a test of which one a
+    client reached).
 
     With `handler=None` it accepts connections and then neither reads nor writes a byte, not
     even a TLS handshake. A client that does not speak HTTP gets a 400, as from nginx. With
@@ -167,6 +169,8 @@ class Server:
         *,
         tls: ssl.SSLContext | None = None,
         unix_path: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.handler = handler
         self.tls = tls
@@ -183,9 +187,10 @@ class Server:
             self._listener.bind(self.unix_path)
             self.host, self.port = "localhost", 0
         else:
-            self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._listener.bind(("127.0.0.1", 0))
-            self.host, self.port = self._listener.getsockname()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._listener = socket.socket(family, socket.SOCK_STREAM)
+            self._listener.bind((host, port))
+            self.host, self.port = self._listener.getsockname()[:2]
         self._listener.listen(128)
         self._acceptor = threading.Thread(target=self._accept_loop, name="server-accept")
         self._acceptor.start()
@@ -198,7 +203,8 @@ class Server:
         """The URL of `path` here; `host` replaces 127.0.0.1 (the port stays)."""
         if self.unix_path is not None:
             return f"http://{host or 'localhost'}{path}"
-        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+        host = host or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def close(self) -> None:
         """Stop every handler, join every thread, close every socket."""
@@ -289,9 +295,11 @@ def serve(
     *,
     tls: ssl.SSLContext | None = None,
     unix_path: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> Iterator[Server]:
     """A running `Server`, closed when the block ends."""
-    with Server(handler, tls=tls, unix_path=unix_path) as server:
+    with Server(handler, tls=tls, unix_path=unix_path, host=host, port=port) as server:
         yield server
 
 

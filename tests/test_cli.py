@@ -124,6 +124,31 @@ def test_certificate_about_to_expire_is_a_warning(prober: Prober, tmp_path: Path
     assert nagios.out.startswith("PROBER WARNING - site certificate of")
 
 
+@pytest.mark.parametrize(("valid_days", "window", "code"), [
+    (5, "14d", 1), (30, "14d", 0), (5, "0s", 0),
+], ids=["expiring", "far", "disabled"])
+def test_probe_warns_of_a_certificate_about_to_expire(prober: Prober, tmp_path: Path,
+                                                      valid_days: int, window: str,
+                                                      code: int) -> None:
+    """`prober probe --tls-expiry-warning` exits 1, as its help says, for a certificate
+    expiring within the window, and names it in text and JSON; outside the window, or with
+    the warning off, a passing probe is exit 0."""
+    certs = Certs(tmp_path)
+    context = certs.server_context(valid_for=datetime.timedelta(days=valid_days, hours=1))
+    with serve(health(), tls=context) as server:
+        args = ("probe", f"https://example.test:{server.port}/health", "--resolve",
+                "127.0.0.1", "--ca-file", str(certs.ca_file), "--tls-expiry-warning", window)
+        text = prober(*args)
+        as_json = prober(*args, "--json")
+    assert (text.code, as_json.code) == (code, code), text
+    notice = as_json.json()["notice"]
+    if code == 0:
+        assert notice is None and text.out.startswith("OK: ")
+        return
+    assert f"in {valid_days} days" in notice and "example.test" in notice
+    assert text.out.startswith("WARNING: ") and notice in text.out
+
+
 def test_threshold_walk_with_dry_run(prober: Prober) -> None:
     """Failing runs give 1 below the threshold, then 2 with would-restart, restarting nothing."""
     with serve(answer(500, b"broken")) as server:
@@ -428,7 +453,7 @@ def test_probe_runs_a_command_json(prober: Prober) -> None:
     assert run.code == 0, run
     assert run.json() | {"latency_ms": None} == {
         "endpoint": "/bin/sh -c 'exit 3'", "ok": True, "reason": "exit 3", "failure": None,
-        "status_code": None, "latency_ms": None, "attempts": 1}
+        "status_code": None, "latency_ms": None, "attempts": 1, "notice": None}
 
 
 @pytest.mark.parametrize(("args", "message"), [

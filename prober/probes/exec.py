@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from prober.keys import (
     string,
 )
 from prober.probes.base import Argument, NoContext, ProbeKind
-from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY
+from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY, search
 from prober.results import Deadline, FailureClass, Finding, prober_fault
 from prober.text import clip, os_reason, quote, reason, redact_url, size
 
@@ -132,7 +131,8 @@ KEYS = (
     Key("expect_output", Shape.STRING, string, "substring its standard output must contain",
         option=Option("--expect-output", "TEXT")),
     Key("expect_output_regex", Shape.REGEX, regex,
-        "regular expression its standard output must match",
+        "regular expression (Python's `re`) its standard output must match; matched in a "
+        "child process, killed (failing as `timeout`) at the target's `timeout`",
         option=Option("--expect-output-regex", "REGEX")),
     Key("env", Shape.ENV, env,
         "table of variables added to its minimal environment (`PATH`, `LANG`); values never "
@@ -194,7 +194,16 @@ async def probe(spec: ExecProbe, deadline: Deadline, context: NoContext) -> Find
                        FailureClass.TIMEOUT)
     finally:
         await _end(transport, command)
-    return judge(spec, transport.get_returncode() or 0, command)
+    code = transport.get_returncode() or 0
+    matched = True
+    if spec.expect_output_regex is not None and code == spec.expect_exit:
+        text = command.stdout.decode("utf-8", errors="replace")
+        found = await search(spec.expect_output_regex, text, deadline)
+        if found is None:
+            return Finding("expect_output_regex did not finish within "
+                           f"{format_duration(deadline.seconds)}", FailureClass.TIMEOUT)
+        matched = found
+    return judge(spec, code, command, matched)
 
 
 class _Command(asyncio.SubprocessProtocol):
@@ -241,8 +250,9 @@ async def _end(transport: asyncio.SubprocessTransport, command: _Command) -> Non
     transport.close()
 
 
-def judge(spec: ExecProbe, code: int, out: _Command) -> Finding:
-    """The verdict on an exited command: its exit code first, then its output."""
+def judge(spec: ExecProbe, code: int, out: _Command, matched: bool = True) -> Finding:
+    """The verdict on an exited command: its exit code first, then its output (`matched`:
+    whether expect_output_regex matched it, found off the event loop)."""
     if code < 0:
         return Finding(f"killed by {_signal_name(-code)}{_said(out)}", FailureClass.EXIT)
     if code != spec.expect_exit:
@@ -252,7 +262,7 @@ def judge(spec: ExecProbe, code: int, out: _Command) -> Finding:
     missing = []
     if spec.expect_output is not None and spec.expect_output not in text:
         missing.append(f"does not contain {quote(spec.expect_output)}")
-    if spec.expect_output_regex is not None and not re.search(spec.expect_output_regex, text):
+    if spec.expect_output_regex is not None and not matched:
         missing.append(f"does not match /{clip(spec.expect_output_regex)}/")
     if missing and out.over:
         limit = size(spec.max_body)

@@ -1,6 +1,7 @@
-"""The HTTP probe kind: one request (over TCP, TLS or a Unix socket), judged on status and body.
+"""The HTTP probe kind: one request (over TCP, TLS or a Unix socket), and its redirects if it
+follows them, judged on status and body.
 
-httpx is imported when the first client is made, not with this module: the config, `validate`
+httpx is imported when the first transport is made, not with this module: the config, `validate`
 and `status` read the spec and keys below without paying for it. Reasons never hold header
 values or URLs (either may carry secrets).
 """
@@ -8,15 +9,16 @@ values or URLs (either may carry secrets).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
-import functools
 import importlib.util
 import logging
 import re
 import socket
 import ssl
 import sys
+import zlib
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,7 +42,7 @@ from prober.keys import (
 )
 from prober.keys import headers as headers_value
 from prober.probes.base import Argument, Invalid, ProbeKind
-from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY
+from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY, search
 from prober.results import Certificate, Deadline, FailureClass, Finding, ProbeResult
 from prober.text import clip, lower_first, os_reason, quote, reason, redact_url, size
 
@@ -53,8 +55,9 @@ log = logging.getLogger("prober")
 MAX_REDIRECTS = 10
 _PER_SHARD = 32  # specs whose requests share one transport (one httpcore connection pool)
 _DEFAULT_HEADERS = {
+    "Accept": "*/*",
     "User-Agent": f"prober/{__version__}",
-    # An uncompressed body keeps max_body a bound on memory, not on compressed bytes.
+    # Asked, not relied on: a body compressed anyway is decoded only up to max_body.
     "Accept-Encoding": "identity",
     "Connection": "close",
 }
@@ -154,7 +157,7 @@ KEYS = (
         option=Option("--header", "'NAME: VALUE'", multiple=True, convert=_header_option)),
     Key("resolve", Shape.IP, ip_address,
         "connect to this IP but keep the URL's host for Host and TLS SNI/verification "
-        "(like `curl --resolve`)",
+        "(like `curl --resolve`), for every redirect to that same host too",
         option=Option("--resolve", "IP", "Connect to IP, keep the URL's host (curl-style).")),
     Key("tls_verify", Shape.BOOLEAN, boolean, "verify certificates", default="true",
         in_defaults=True,
@@ -163,8 +166,10 @@ KEYS = (
     Key("ca_file", Shape.PATH, absolute_path,
         "PEM file of CA certificates to trust for this target (instead of the system's)",
         in_defaults=True, option=Option("--ca-file", "PATH"), existing_file=True),
-    Key("follow_redirects", Shape.BOOLEAN, boolean, "follow redirects (a loop fails as "
-        "`redirect`)", default="false", in_defaults=True,
+    Key("follow_redirects", Shape.BOOLEAN, boolean, "follow redirects, at most 10 (more, or "
+        "a loop, fail as `redirect`), never reading their bodies, keeping no cookie; the URL's "
+        "user:password and `headers` go to the target's own host only", default="false",
+        in_defaults=True,
         option=Option("--follow-redirects", is_flag=True, convert=lambda on: True if on else None)),
     Key("expect_status", Shape.STATUSES, parse_statuses,
         'list of codes and classes: `[200, "3xx"]`', default='["2xx"]', in_defaults=True,
@@ -172,7 +177,9 @@ KEYS = (
                       convert=lambda values: list(values) or None)),
     Key("expect_body", Shape.STRING, string, "substring the body must contain",
         option=Option("--expect-body", "TEXT")),
-    Key("expect_body_regex", Shape.REGEX, regex, "regular expression the body must match",
+    Key("expect_body_regex", Shape.REGEX, regex, "regular expression (Python's `re`) the body "
+        "must match; matched in a child process, killed (failing as `timeout`) at the target's "
+        "`timeout`",
         option=Option("--expect-body-regex", "REGEX")),
     MAX_BODY,
     Key("tls_expiry_warning", Shape.DURATION, duration(),
@@ -223,6 +230,7 @@ class Phase(StrEnum):
     TLS = "tls"
     HEADERS = "headers"
     BODY = "body"
+    MATCH = "match"  # of expect_body_regex, once the body is in
 
 
 _TIMEOUT_REASONS = {
@@ -230,6 +238,7 @@ _TIMEOUT_REASONS = {
     Phase.TLS: "no TLS handshake within {}",
     Phase.HEADERS: "no response headers within {}",
     Phase.BODY: "body incomplete after {}",
+    Phase.MATCH: "expect_body_regex did not finish within {}",
 }
 # httpcore trace events ("connection.start_tls.started", ...) -> the phase they begin.
 _TRACE_PHASES = {
@@ -317,38 +326,43 @@ def _fail_sniffio_fast() -> None:
 
 @dataclass(frozen=True)
 class _Setup:
-    """What makes two specs need different clients."""
+    """What makes two specs need different transports."""
 
-    tls: bool  # whether the client may speak TLS at all
+    tls: bool  # whether the transport may speak TLS at all
     verify: bool
     ca_file: str | None
     unix_socket: str | None
-    redirects: bool  # follows them: keeps the cookies they set, for the next hop
 
     @classmethod
     def of(cls, spec: HttpProbe) -> _Setup:
         # A redirect may lead from http:// to https://, so following one may need TLS.
         tls = spec.follow_redirects or spec.url.lower().startswith("https:")
         verify = tls and spec.tls_verify
-        return cls(tls, verify, spec.ca_file if verify else None, spec.unix_socket,
-                   spec.follow_redirects)
+        return cls(tls, verify, spec.ca_file if verify else None, spec.unix_socket)
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One request of a probe: the URL it names (a redirect's Location is resolved against it),
+    the URL connected to (`resolve`'s IP in place of the host, while on the target's host), its
+    headers and its TLS server name."""
+
+    url: httpx.URL
+    connect: httpx.URL
+    headers: httpx.Headers  # never changed after this: httpx copies it into each request
+    sni_hostname: str | None
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What every request of one spec reuses: its client, its parsed URL and headers (the
-    client's merged with the spec's, as the client would), and, for a spec the client would
-    add nothing to, the transport to send straight to."""
+    """What every request of one spec reuses: its transport and its first hop."""
 
-    client: httpx.AsyncClient
-    url: httpx.URL
-    headers: httpx.Headers  # never changed after this: httpx copies it into each request
-    sni_hostname: str | None
-    direct: httpx.AsyncBaseTransport | None  # None: through the client
+    transport: httpx.AsyncBaseTransport
+    first: _Hop
 
 
 class ClientPool:
-    """The httpx clients of a run (or of the watcher's life): one per TLS/transport setup.
+    """The httpx transports of a run (or of the watcher's life): per TLS/transport setup.
 
     Certificates are loaded only for a setup that may speak TLS, once per pool:
     - default: the system trust store (`ssl.create_default_context()`, which honours
@@ -357,23 +371,22 @@ class ClientPool:
       pinned to an internal CA cannot be passed by a certificate from a public one;
     - `tls_verify = false`: no verification at all.
     Every probe still opens a fresh connection (no keep-alive: a kept-alive connection could
-    hide a server that no longer accepts), so a pool kept across runs holds no sockets. No
-    cookie is kept from one probe to the next (one that follows redirects keeps those set on
-    the way, as a browser would). Proxies and other environment settings are ignored: a
-    liveness probe goes straight there.
+    hide a server that no longer accepts), so a pool kept across runs holds no sockets.
+    Requests go straight to a transport, never through an httpx client: prober follows
+    redirects itself, hop by hop (see `_next_hop`), and keeps no cookie at all, not even from
+    one hop to the next. Proxies and other environment settings are ignored: a liveness probe
+    goes straight there.
 
-    What a spec's requests share (client, parsed URL, headers) is worked out once, in
-    `prepare`, for the specs of the run; the watcher prepares the same specs every cycle, and
-    that finds them ready.
+    What a spec's requests share (transport, first hop) is worked out once, in `prepare`, for
+    the specs of the run; the watcher prepares the same specs every cycle, and that finds them
+    ready.
 
-    A request the client would only pass on (no redirects to follow, no user:password in the
-    URL) goes straight to a transport, one per _PER_SHARD specs of a setup: httpcore's
-    connection pool looks through all its connections and waiting requests whenever one comes
-    or goes, so a thousand probes through one pool would cost a million such looks.
+    There is one transport per _PER_SHARD specs of a setup: httpcore's connection pool looks
+    through all its connections and waiting requests whenever one comes or goes, so a
+    thousand probes through one pool would cost a million such looks.
     """
 
     def __init__(self) -> None:
-        self._clients: dict[_Setup, httpx.AsyncClient] = {}
         self._shards: dict[_Setup, list[httpx.AsyncHTTPTransport]] = {}
         self._contexts: dict[_Setup, ssl.SSLContext] = {}
         self._specs: tuple[HttpProbe, ...] = ()  # those of the last prepare()
@@ -381,7 +394,7 @@ class ClientPool:
         self._warmed = False
 
     async def prepare(self, specs: Sequence[Any]) -> None:
-        """Create the clients `specs` need, and finish httpcore's lazy imports, right now.
+        """Create the transports `specs` need, and finish httpcore's lazy imports, right now.
 
         Both block the event loop (certificates; anyio, on a fresh process's first request);
         done inside the probes, they would count against the latency of every target probed
@@ -420,37 +433,8 @@ class ClientPool:
         """`index`: how many specs of the same setup come before it in the run."""
         import httpx
 
-        client = self.client_for(spec)
-        url = httpx.URL(spec.url)
-        headers = httpx.Headers(client.headers)
-        headers.update(list(spec.headers))
-        sni_hostname = None
-        if spec.resolve and not spec.unix_socket:
-            # Like curl --resolve: connect to the IP, but Host, SNI and verification use the name.
-            if "host" not in headers:
-                headers["Host"] = url.netloc.decode("ascii")
-            sni_hostname = url.raw_host.decode("ascii")
-            url = url.copy_with(host=spec.resolve)
-        # The client adds redirects and the Basic auth of a URL's user:password; without
-        # either, it would only pass the request on to its transport.
-        direct = None if spec.follow_redirects or url.userinfo else \
-            self._transport(_Setup.of(spec), index)
-        return _Prepared(client, url, headers, sni_hostname, direct)
-
-    def client_for(self, spec: HttpProbe) -> httpx.AsyncClient:
-        """The client for `spec`'s setup, created on first use."""
-        setup = _Setup.of(spec)
-        client = self._clients.get(setup)
-        if client is None:
-            import httpx
-
-            kind = httpx.AsyncClient if setup.redirects else _client_without_cookies()
-            client = kind(
-                transport=self._transport(setup, 0), timeout=httpx.Timeout(None),
-                trust_env=False, headers=_DEFAULT_HEADERS, max_redirects=MAX_REDIRECTS,
-            )
-            self._clients[setup] = client
-        return client
+        transport = self._transport(_Setup.of(spec), index)
+        return _Prepared(transport, _hop(spec, httpx.URL(spec.url)))
 
     def _transport(self, setup: _Setup, index: int) -> httpx.AsyncHTTPTransport:
         """The transport of the `index`th spec of `setup`'s, created on first use."""
@@ -468,7 +452,7 @@ class ClientPool:
         return shards[index]
 
     def _context(self, setup: _Setup) -> ssl.SSLContext:
-        key = _Setup(setup.tls, setup.verify, setup.ca_file, None, False)
+        key = _Setup(setup.tls, setup.verify, setup.ca_file, None)
         context = self._contexts.get(key)
         if context is None:
             context = _ssl_context(setup)
@@ -476,38 +460,36 @@ class ClientPool:
         return context
 
     async def aclose(self) -> None:
-        """Close every client and transport (and so every connection) of the pool."""
-        clients, self._clients = list(self._clients.values()), {}
-        shards, self._shards = [t for ts in self._shards.values() for t in ts[1:]], {}
+        """Close every transport (and so every connection) of the pool."""
+        shards, self._shards = [t for ts in self._shards.values() for t in ts], {}
         self._specs, self._prepared = (), {}
-        for client in clients:
-            await client.aclose()  # and its transport, a setup's shard 0
         for transport in shards:
             await transport.aclose()
 
 
-@functools.cache
-def _client_without_cookies() -> type[httpx.AsyncClient]:
-    """An httpx.AsyncClient that keeps no cookie: nothing from one probe leaks into the next,
-    and no response pays for parsing its cookies into a jar."""
+def _hop(spec: HttpProbe, url: httpx.URL) -> _Hop:
+    """The request of `spec` to `url`, the target's own URL or where a redirect led.
+
+    On the target's host it is pinned to `resolve` (like `curl --resolve`: connect to the IP,
+    but Host, SNI and verification use the name) and carries the credentials of the URL's
+    user:password and the spec's `headers`. On another host, or on the same one over plain
+    http after https, it carries neither and goes where the name resolves.
+    """
     import httpx
 
-    class NoCookies(httpx.Cookies):
-        def extract_cookies(self, response: httpx.Response) -> None:
-            return None
-
-    empty = NoCookies()
-
-    class Client(httpx.AsyncClient):
-        @property
-        def cookies(self) -> httpx.Cookies:
-            return empty
-
-        @cookies.setter
-        def cookies(self, cookies: Any) -> None:
-            return None
-
-    return Client
+    own = httpx.URL(spec.url)
+    headers = httpx.Headers(_DEFAULT_HEADERS)
+    same_host = url.host == own.host
+    if same_host and not (own.scheme == "https" and url.scheme == "http"):
+        headers.update(list(spec.headers))
+        if own.userinfo:
+            credentials = f"{own.username}:{own.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    if not (spec.resolve and same_host and not spec.unix_socket):
+        return _Hop(url, url, headers, None)
+    if "host" not in headers:
+        headers["Host"] = url.netloc.decode("ascii")
+    return _Hop(url, url.copy_with(host=spec.resolve), headers, url.raw_host.decode("ascii"))
 
 
 class _Failed(Exception):
@@ -546,7 +528,8 @@ def _ssl_context(setup: _Setup) -> ssl.SSLContext:
 
 
 async def probe(spec: HttpProbe, deadline: Deadline, clients: ClientPool) -> Finding:
-    """One request, bounded as a whole (connect, TLS, headers, body) by `deadline`.
+    """One request (and its redirects), bounded as a whole (connect, TLS, headers, body, the
+    match of `expect_body_regex`) by `deadline`.
 
     httpx's own read timeout restarts with every chunk, so a server trickling a byte a second
     would never trip it; the deadline bounds the sum.
@@ -555,31 +538,24 @@ async def probe(spec: HttpProbe, deadline: Deadline, clients: ClientPool) -> Fin
     timeout = asyncio.timeout_at(deadline.at)
     try:
         async with timeout:
-            return await _request(spec, clients, progress)
+            return await _request(spec, clients, progress, deadline)
     except _Failed as exc:
         return exc.finding
     except Exception as exc:
         if timeout.expired():
             await progress.close_orphan()
-            text = _TIMEOUT_REASONS[progress.phase].format(format_duration(deadline.seconds))
-            return progress.finding(text, FailureClass.TIMEOUT)
+            return progress.finding(_timeout_reason(progress.phase, deadline),
+                                    FailureClass.TIMEOUT)
         return _classify(exc, spec, progress)
 
 
-async def _request(spec: HttpProbe, clients: ClientPool, progress: Progress) -> Finding:
-    import httpx
+def _timeout_reason(phase: Phase, deadline: Deadline) -> str:
+    return _TIMEOUT_REASONS[phase].format(format_duration(deadline.seconds))
 
-    prepared = clients.prepared(spec)
-    extensions: dict[str, Any] = {"trace": progress.trace}
-    if prepared.sni_hostname is not None:
-        extensions["sni_hostname"] = prepared.sni_hostname
-    request = httpx.Request(spec.method.value, prepared.url, headers=prepared.headers,
-                            extensions=extensions)
-    if prepared.direct is not None:
-        response = await prepared.direct.handle_async_request(request)
-    else:
-        response = await prepared.client.send(request, stream=True,
-                                              follow_redirects=spec.follow_redirects)
+
+async def _request(spec: HttpProbe, clients: ClientPool, progress: Progress,
+                   deadline: Deadline) -> Finding:
+    response = await _follow(spec, clients, progress)
     try:
         progress.phase = Phase.BODY
         status = progress.status_code = response.status_code
@@ -588,34 +564,141 @@ async def _request(spec: HttpProbe, clients: ClientPool, progress: Progress) -> 
         if spec.method is Method.HEAD:
             return progress.finding(f"status {status}")
         wants_body = bool(spec.expect_body or spec.expect_body_regex)
-        body, over = await _read_body(response, spec.max_body, keep=wants_body)
+        try:
+            body, over = await _read_body(response, spec.max_body, keep=wants_body)
+        except zlib.error as exc:
+            return progress.finding(reason(f"body not decodable: {exc}"), FailureClass.PROTOCOL)
     finally:
         await response.aclose()
     if wants_body:
-        failure = _judge_body(spec, _decode(body, response.charset_encoding), over)
+        text = _decode(body, response.charset_encoding)
+        failure = await _judge_body(spec, text, over, progress, deadline)
         if failure is not None:
             return progress.finding(failure[1], failure[0])
     return progress.finding(f"status {status}")
 
 
-async def _read_body(response: httpx.Response, limit: int, *, keep: bool) -> tuple[bytes, bool]:
-    """Up to `limit` bytes of the body (only counted unless `keep`), and whether there was more.
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
-    Reading stops at the limit, so memory stays bounded whatever the server sends.
+
+async def _follow(spec: HttpProbe, clients: ClientPool, progress: Progress) -> httpx.Response:
+    """The response to the spec's request, after its redirects if it follows them.
+
+    prober follows them itself, hop by hop: a redirect's body is never read (only its head),
+    at most MAX_REDIRECTS are followed, and each hop is pinned, and carries the spec's
+    credentials and headers, as `_hop` decides.
     """
+    prepared = clients.prepared(spec)
+    hop = prepared.first
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await _send(prepared.transport, spec, hop, progress)
+        location = response.headers.get("Location")
+        if not (spec.follow_redirects and response.status_code in _REDIRECT_STATUSES
+                and location):
+            return response
+        await response.aclose()
+        hop = _next_hop(spec, hop, location, progress)
+    raise _Failed(progress.finding(f"more than {MAX_REDIRECTS} redirects",
+                                   FailureClass.REDIRECT))
+
+
+async def _send(transport: httpx.AsyncBaseTransport, spec: HttpProbe, hop: _Hop,
+                progress: Progress) -> httpx.Response:
+    import httpx
+
+    extensions: dict[str, Any] = {"trace": progress.trace}
+    if hop.sni_hostname is not None:
+        extensions["sni_hostname"] = hop.sni_hostname
+    request = httpx.Request(spec.method.value, hop.connect, headers=hop.headers,
+                            extensions=extensions)
+    return await transport.handle_async_request(request)
+
+
+def _next_hop(spec: HttpProbe, hop: _Hop, location: str, progress: Progress) -> _Hop:
+    """The hop a redirect from `hop` to `location` leads to."""
+    import httpx
+
+    try:
+        url = hop.url.join(location)
+    except httpx.InvalidURL:
+        raise _Failed(progress.finding("a redirect to an invalid URL",
+                                       FailureClass.REDIRECT)) from None
+    if url.scheme not in ("http", "https"):
+        text = f"a redirect to {clip(url.scheme, 16)}:, not http or https"
+        raise _Failed(progress.finding(reason(text), FailureClass.REDIRECT))
+    if not url.host:
+        raise _Failed(progress.finding("a redirect to a URL without a host",
+                                       FailureClass.REDIRECT))
+    return _hop(spec, url)
+
+
+async def _read_body(response: httpx.Response, limit: int, *, keep: bool) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of the body, decoded (only counted, not decoded, unless `keep`),
+    and whether there was more.
+
+    Reading stops once more than `limit` bytes came, as sent or once decoded: memory stays
+    bounded whatever the server sends, a gzip bomb included. A body compressed although
+    prober asked for none (a proxy that compresses anyway) is decoded as it streams in.
+    """
+    decoder = _Decoder.of(response.headers) if keep else None
     body = bytearray()
     seen = 0
     # An async generator, typed as an iterator: close it, as the loop may stop early.
-    stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+    stream = cast(AsyncGenerator[bytes, None], response.aiter_raw())
     async with contextlib.aclosing(stream) as chunks:
         async for chunk in chunks:
-            room = limit - seen
-            if keep:
-                body += chunk[:room]
             seen += len(chunk)
-            if seen > limit:
-                return bytes(body), True
+            if decoder is not None:
+                body += decoder.decode(chunk, limit + 1 - len(body))
+            if seen > limit or len(body) > limit:
+                return bytes(body[:limit]), True
     return bytes(body), False
+
+
+_CHUNK = 64 * 1024  # what one inner layer of a body's codings passes on to the next at most
+
+
+class _Decoder:
+    """A body's content codings (gzip, deflate, or several), undone as it streams in, never
+    making more than asked for: each layer's output is bounded, so no layer can blow up."""
+
+    def __init__(self, layers: int) -> None:
+        # zlib's automatic header detection: gzip, or zlib-wrapped deflate.
+        self._layers = [zlib.decompressobj(zlib.MAX_WBITS | 32) for _ in range(layers)]
+        self._pending = [b""] * layers  # each layer's input, not yet decompressed
+
+    @classmethod
+    def of(cls, headers: httpx.Headers) -> _Decoder:
+        """The decoder of the response's Content-Encoding; none for a coding it does not
+        know (the body is then judged as it came)."""
+        codings = [coding.strip().lower() for value in headers.get_list("Content-Encoding")
+                   for coding in value.split(",")]
+        codings = [coding for coding in codings if coding not in ("", "identity")]
+        if not all(coding in ("gzip", "x-gzip", "deflate") for coding in codings):
+            return cls(0)
+        return cls(len(codings))
+
+    def decode(self, data: bytes, wanted: int) -> bytes:
+        """Up to `wanted` more bytes of the decoded body, now that `data` came."""
+        if not self._layers:
+            return data[:wanted]
+        self._pending[0] += data
+        return self._pull(len(self._layers) - 1, wanted)
+
+    def _pull(self, index: int, wanted: int) -> bytes:
+        """Up to `wanted` bytes out of layer `index`, fed from the layer before it."""
+        layer = self._layers[index]
+        out = bytearray()
+        while len(out) < wanted and not layer.eof:
+            if not self._pending[index]:
+                if index == 0:
+                    break
+                self._pending[index] = self._pull(index - 1, _CHUNK)
+                if not self._pending[index]:
+                    break
+            out += layer.decompress(self._pending[index], wanted - len(out))
+            self._pending[index] = layer.unconsumed_tail
+        return bytes(out)
 
 
 def _decode(body: bytes, charset: str | None) -> str:
@@ -625,7 +708,8 @@ def _decode(body: bytes, charset: str | None) -> str:
         return body.decode("utf-8", errors="replace")
 
 
-def _judge_body(spec: HttpProbe, text: str, over: bool) -> tuple[FailureClass, str] | None:
+async def _judge_body(spec: HttpProbe, text: str, over: bool, progress: Progress,
+                      deadline: Deadline) -> tuple[FailureClass, str] | None:
     """The failure of a body expectation, if any.
 
     A body over max_body is judged on its first max_body bytes: it passes if the expectation
@@ -635,8 +719,13 @@ def _judge_body(spec: HttpProbe, text: str, over: bool) -> tuple[FailureClass, s
     missing = []
     if spec.expect_body and spec.expect_body not in text:
         missing.append(f"does not contain {quote(spec.expect_body)}")
-    if spec.expect_body_regex and not re.search(spec.expect_body_regex, text):
-        missing.append(f"does not match /{clip(spec.expect_body_regex)}/")
+    if spec.expect_body_regex:
+        progress.phase = Phase.MATCH
+        found = await search(spec.expect_body_regex, text, deadline)
+        if found is None:
+            return FailureClass.TIMEOUT, _timeout_reason(Phase.MATCH, deadline)
+        if not found:
+            missing.append(f"does not match /{clip(spec.expect_body_regex)}/")
     if not missing:
         return None
     if over:
@@ -668,8 +757,6 @@ def _classify(exc: Exception, spec: HttpProbe, progress: Progress) -> Finding:
 def _failure_of(exc: Exception, spec: HttpProbe, progress: Progress) -> tuple[FailureClass, str]:
     import httpx
 
-    if isinstance(exc, httpx.TooManyRedirects):
-        return FailureClass.REDIRECT, f"more than {MAX_REDIRECTS} redirects"
     if isinstance(exc, httpx.TimeoutException):  # not expected: httpx's timeouts are off
         return FailureClass.TIMEOUT, f"timed out ({type(exc).__name__})"
     causes = list(causes_of(exc))

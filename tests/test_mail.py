@@ -157,6 +157,23 @@ def test_starttls_and_a_password_file(tmp_path: Path) -> None:
     assert "notify" not in run.stderr and "s3cret" not in run.stderr + run.stdout
 
 
+def test_a_certificate_prober_cannot_verify_gets_no_mail(tmp_path: Path) -> None:
+    """A smarthost whose STARTTLS certificate is not from a trusted CA gets no mail (nor the
+    password): one error line saying why."""
+    certs = Certs(tmp_path)
+    password = tmp_path / "smtp-password"
+    password.write_text("s3cret\n")
+    with smtp_server(tls=certs.self_signed_context(), logins={"ops": "s3cret"}) as smtp, \
+            serve(answer(500, b"broken")) as target:
+        config = _config(f'smtp_host = "127.0.0.1:{smtp.port}"\nsmtp_user = "ops"\n'
+                         f'smtp_password_file = "{password}"\n', target.url("/"))
+        run = _check(tmp_path, config, env={"SSL_CERT_FILE": certs.ca_file})
+    assert run.returncode == 2, run.stderr
+    assert smtp.messages == [] and smtp.logins == []
+    assert "notify: mail failed: STARTTLS failed: " in run.stderr
+    assert "certificate verify failed" in run.stderr
+
+
 def test_a_password_is_never_sent_without_tls(tmp_path: Path) -> None:
     """A mail server that offers no STARTTLS is not given the password: no mail, one line."""
     password = tmp_path / "smtp-password"

@@ -35,7 +35,7 @@ _WORDS = {
     NotifyEvent.DOWN: "down",
     NotifyEvent.RESTART: "restarted",
     NotifyEvent.RESTART_FAILED: "restart failed",
-    NotifyEvent.GIVEN_UP: "given up on",
+    NotifyEvent.GIVEN_UP: "given up",
     NotifyEvent.RECOVERED: "recovered",
 }
 

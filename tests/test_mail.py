@@ -40,7 +40,7 @@ def _event(event: NotifyEvent, target: str = "caddy", reason: str = "connection 
                      id="down-then-restart-names-the-down"),
         pytest.param([_event(NotifyEvent.RECOVERED, target="db", reason="passed"),
                       _event(NotifyEvent.GIVEN_UP, reason="3 restarts did not help")],
-                     f"[prober] caddy given up on on {HOST}: 3 restarts did not help (+1 more)",
+                     f"[prober] caddy given up on {HOST}: 3 restarts did not help (+1 more)",
                      id="given-up-is-worst"),
         pytest.param([_event(NotifyEvent.RECOVERED, reason="")],
                      f"[prober] caddy recovered on {HOST}", id="no-reason"),

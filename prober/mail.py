@@ -72,11 +72,7 @@ def body(payloads: Sequence[Mapping[str, Any]], host: str) -> str:
         users = ", ".join(f"{u['name']} ({u['bytes'] // (1 << 20)} MiB)" for u in top)
         lines += ["", f"Memory pressure; the largest memory users: {users}."]
     lines += ["", "`prober status` on the host shows each target's history."]
-    return one_line_each("\n".join(lines)) + "\n"
-
-
-def one_line_each(text: str) -> str:
-    return "\n".join(one_line(line) for line in text.split("\n"))
+    return "\n".join(one_line(line) for line in lines) + "\n"
 
 
 def _count(events: int) -> str:
@@ -87,8 +83,8 @@ def _line(payload: Mapping[str, Any]) -> str:
     at = datetime.fromtimestamp(payload["at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     unit = f" ({payload['unit']})" if payload["unit"] else ""
     word = _WORDS[NotifyEvent(payload["event"])]
-    reason = f": {clip(payload['reason'], 300)}" if payload["reason"] else ""
-    return f"{at}  {payload['target']}{unit} {word}{reason}"
+    why = f": {clip(payload['reason'], 300)}" if payload["reason"] else ""
+    return f"{at}  {payload['target']}{unit} {word}{why}"
 
 
 def compose(payloads: Sequence[Mapping[str, Any]], envelope: Envelope,
@@ -116,7 +112,7 @@ class Server:
 
 
 class MailRefused(Exception):
-    """The mail server would not take the message, or prober would not give it the password."""
+    """prober would not hand the mail over: the password, without TLS."""
 
 
 async def send(server: Server, message: EmailMessage, envelope: Envelope,

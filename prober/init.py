@@ -74,14 +74,14 @@ _DEFAULT_PORTS = {"caddy": 443, "nginx": 443, "web": 3000, "streaming": 4000,
 
 def safe_units(units: Sequence[str]) -> list[str]:
     """The unit names prober could name in a config, in order, each once."""
-    out: list[str] = []
+    out: dict[str, None] = {}
     for name in units[:MAX_UNITS]:
         try:
-            if normalize_unit(name) == name and name not in out:
-                out.append(name)
+            if normalize_unit(name) == name:
+                out[name] = None
         except ValueError:
             continue
-    return out
+    return list(out)
 
 
 def guess(facts: HostFacts) -> tuple[Guess, ...]:

@@ -174,6 +174,20 @@ def test_a_certificate_prober_cannot_verify_gets_no_mail(tmp_path: Path) -> None
     assert "certificate verify failed" in run.stderr
 
 
+def test_the_local_mta_with_a_self_signed_certificate_gets_the_mail(tmp_path: Path) -> None:
+    """At `localhost` (the default smtp_host: the host's own MTA, e.g. postfix with its
+    snakeoil certificate) STARTTLS is used without checking the certificate: the mail arrives."""
+    certs = Certs(tmp_path)
+    with smtp_server(tls=certs.self_signed_context("localhost")) as smtp, \
+            serve(answer(500, b"broken")) as target:
+        config = _config(f'smtp_host = "localhost:{smtp.port}"\n', target.url("/"))
+        run = _check(tmp_path, config)
+    assert run.returncode == 2, run.stderr
+    assert [m["Subject"] for m in smtp.messages] == [
+        f"[prober] web down on {HOST}: status 500, expected 2xx"]
+    assert "notify" not in run.stderr, run.stderr
+
+
 def test_a_password_is_never_sent_without_tls(tmp_path: Path) -> None:
     """A mail server that offers no STARTTLS is not given the password: no mail, one line."""
     password = tmp_path / "smtp-password"

@@ -28,7 +28,7 @@ from prober.config import (
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
 from prober.state import StateStore, named_apart, size_limit, state_path
-from prober.text import did_you_mean, one_line
+from prober.text import did_you_mean, one_line, os_reason
 
 if TYPE_CHECKING:
     from prober.actuator import Actuator
@@ -517,6 +517,45 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
     units = ", ".join(polkit.restartable_units(config)) or "nothing (no target has a unit)"
     click.echo(f"{path}: written; {user_name} may restart {units}")
     return 0
+
+
+@cli.command()
+@click.option("--output", metavar="FILE",
+              help="Write the config to FILE, only if no file is there (never overwritten). "
+                   "At /etc/prober/prober.toml it is live at once: the timer's next run probes "
+                   "and restarts what it names, and the polkit path unit lets it.")
+def init(output: str | None) -> int:
+    """Print a first config, guessed from the running units and the ports they listen on."""
+    from prober import init as first
+    from prober.config import parse_toml
+    from prober.errors import InstallError
+
+    if output is not None and os.path.lexists(output):  # before reading the host; see write_new
+        raise _exists(output)
+    facts = first.read_facts()
+    guesses = first.guess(facts)
+    if not guesses:
+        raise UsageError("none of caddy, nginx, mastodon-web/streaming/sidekiq, postgresql or "
+                         "redis is running here", "copy one of examples/ and edit it")
+    text = first.render(facts, guesses)
+    parse_config(parse_toml(text, "prober init"), "prober init")  # a bug if it does not load
+    if output is None:
+        click.echo(text, nl=False)
+        return 0
+    try:
+        first.write_new(output, text)
+    except FileExistsError:
+        raise _exists(output) from None
+    except OSError as exc:
+        raise InstallError(f"{output}: cannot write: {os_reason(exc)}") from None
+    names = ", ".join(f"{g.name} ({g.unit})" for g in guesses)
+    click.echo(f"{output}: written with {names}; read its CHECK lines, then `prober validate`")
+    return 0
+
+
+def _exists(output: str) -> UsageError:
+    return UsageError(f"{output}: exists; prober init never overwrites a config",
+                      "remove it first, or give another --output")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

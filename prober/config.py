@@ -35,6 +35,10 @@ from prober.keys import (
     headers,
     host_port,
     integer,
+    login_name,
+    mail_address,
+    mail_addresses,
+    one_line_secret,
     percent,
     signal_name,
     table,
@@ -212,7 +216,7 @@ class NotifyEvent(StrEnum):
 
 @dataclass(frozen=True)
 class Notify:
-    """Where events go: a command (event JSON on stdin) and/or a webhook (POSTed JSON)."""
+    """Where events go: a command (event JSON on stdin), a webhook (POSTed JSON), mail."""
 
     command: tuple[str, ...] = ()
     webhook: str | None = None
@@ -220,6 +224,11 @@ class Notify:
     token_file: str | None = None  # an absolute path, or a name in $CREDENTIALS_DIRECTORY
     timeout: float = 5.0
     events: frozenset[NotifyEvent] = frozenset(NotifyEvent)
+    mail_to: tuple[str, ...] = ()
+    mail_from: str | None = None  # prober@ the host's name when unset
+    smtp_host: tuple[str, int] = ("localhost", 25)
+    smtp_user: str | None = None
+    smtp_password_file: str | None = None  # an absolute path, or a name in $CREDENTIALS_DIRECTORY
 
 
 NOTIFY_KEYS = (
@@ -234,7 +243,19 @@ NOTIFY_KEYS = (
         "all of a delivery's attempts end within this long", default="5s"),
     Key("events", Shape.CHOICES, choices(NotifyEvent), "which events to send",
         default="all", choices=tuple(NotifyEvent)),
+    Key("mail_to", Shape.ADDRESSES, mail_addresses,
+        "mail the run's events, in one message per run, to these addresses"),
+    Key("mail_from", Shape.ADDRESS, mail_address, "the mail's sender",
+        default="prober@HOST"),
+    Key("smtp_host", Shape.HOST_PORT, host_port,
+        'the mail server, as "host:port"; STARTTLS when it offers it', default="localhost:25"),
+    Key("smtp_user", Shape.STRING, login_name, "log in to the mail server as this user, with "
+        "`smtp_password_file`"),
+    Key("smtp_password_file", Shape.CREDENTIAL, credential,
+        "the mail server's password, sent only over TLS; an absolute path, or a name in "
+        "`$CREDENTIALS_DIRECTORY`", file_parse=one_line_secret),
 )
+_MAIL_ONLY = ("mail_from", "smtp_host", "smtp_user", "smtp_password_file")
 
 
 @dataclass(frozen=True)
@@ -501,10 +522,17 @@ def _parse_notify(data: Mapping[str, Any], path: str) -> Notify:
     allowed = by_name(NOTIFY_KEYS)
     _reject_unknown(data, allowed, where)
     values = {name: where.read(data, allowed[name]) for name in data}
-    if not values.get("command") and not values.get("webhook"):
-        raise where.error("command", 'set "command" or "webhook" (or both)')
+    if not values.get("command") and not values.get("webhook") and not values.get("mail_to"):
+        raise where.error("command", 'set "command", "webhook" or "mail_to" (or several)')
     if values.get("token_file") and not values.get("webhook"):
         raise where.error("token_file", 'only applies with "webhook"')
+    for name in _MAIL_ONLY:
+        if name in values and not values.get("mail_to"):
+            raise where.error(name, 'only applies with "mail_to"')
+    if ("smtp_user" in values) != ("smtp_password_file" in values):
+        given, missing = ("smtp_user", "smtp_password_file") if "smtp_user" in values \
+            else ("smtp_password_file", "smtp_user")
+        raise where.error(given, f'needs "{missing}" too')
     return Notify(**values)
 
 
@@ -567,8 +595,9 @@ def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
     named = [(f'target "{target.name}"', key, value) for target in config.targets
              for key in target.kind.keys
              if key.shape is Shape.CREDENTIAL and (value := getattr(target.probe, key.name, None))]
-    if config.notify is not None and config.notify.token_file:
-        named.append(("[notify]", by_name(NOTIFY_KEYS)["token_file"], config.notify.token_file))
+    if config.notify is not None:
+        named += [("[notify]", key, value) for key in NOTIFY_KEYS
+                  if key.shape is Shape.CREDENTIAL and (value := getattr(config.notify, key.name))]
     if not named:
         return []
     from prober.configfiles import NamedFile  # not loaded for a config that names no file

@@ -42,6 +42,8 @@ class Shape(StrEnum):
     CREDENTIAL = "credential"  # an absolute path or a name in $CREDENTIALS_DIRECTORY
     URL = "url"
     HOST_PORT = "host-port"
+    ADDRESS = "address"  # a mail address
+    ADDRESSES = "addresses"  # a list of mail addresses
     IP = "ip"
     REGEX = "regex"
     CHOICE = "choice"
@@ -357,6 +359,44 @@ def target_names(value: object) -> tuple[str, ...]:
     if not all(isinstance(d, str) for d in items):
         raise ValueError("expected a list of target names")
     return tuple(dict.fromkeys(items))
+
+
+# Deliberately narrower than RFC 5322: no display names, quoting, comments or line breaks,
+# nothing that could smuggle a second header or recipient into the message.
+_MAIL_ADDRESS = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+MAX_MAIL_RECIPIENTS = 20
+
+
+def mail_address(value: object) -> str:
+    text = typed(value, str, 'a mail address like "admin@example.org"')
+    if not _MAIL_ADDRESS.fullmatch(text) or len(text) > 254:
+        raise ValueError(f'"{text}" is not a mail address (expected e.g. "admin@example.org")')
+    return text
+
+
+def mail_addresses(value: object) -> tuple[str, ...]:
+    items = typed(value, list, 'a list of mail addresses like ["admin@example.org"]')
+    if not items:
+        raise ValueError("expected at least one mail address")
+    if len(items) > MAX_MAIL_RECIPIENTS:
+        raise ValueError(f"at most {MAX_MAIL_RECIPIENTS} addresses, got {len(items)}")
+    return tuple(dict.fromkeys(mail_address(item) for item in items))
+
+
+def login_name(value: object) -> str:
+    text = typed(value, str, "a user name")
+    if not text or len(text) > 256 or not text.isprintable():
+        raise ValueError("expected a user name on one line")
+    return text
+
+
+def one_line_secret(text: str) -> str:
+    """A secret file's text (a token, a password): one line, its surrounding blanks dropped."""
+    secret = text.strip()
+    if not secret or any(c in secret for c in "\r\n\0"):
+        raise ValueError("expected one line, the secret")
+    return secret
 
 
 # --- unit names -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Notifications: down, restart, restart failed, given up and recovered, to a command and/or a
-webhook.
+"""Notifications: down, restart, restart failed, given up and recovered, to a command, a
+webhook and/or mail (prober/mail.py: one message per run).
 
 Delivery happens after the run's restarts and never fails the run: a failed delivery is logged
 and forgotten. A webhook that fails is tried again with backoff (tenacity), every attempt
@@ -21,6 +21,7 @@ from typing import Any
 
 from prober.config import Config, Notify, NotifyEvent
 from prober.configfiles import FileFault, NamedFile
+from prober.keys import one_line_secret
 from prober.tracker import Change
 
 log = logging.getLogger("prober")
@@ -147,15 +148,45 @@ async def deliver(notify: Notify, payloads_: Sequence[dict[str, Any]],
             log.error("notify: webhook not sent, a prober fault: %s", exc)
         else:
             jobs.append(("webhook", _post(notify, wanted, token, deadline)))
+    if notify.mail_to:
+        try:
+            password = _smtp_password(notify, environ)
+        except FileFault as exc:  # never sent without its password: prober's problem
+            log.error("notify: mail not sent, a prober fault: %s", exc)
+        else:
+            jobs.append(("mail", _mail(notify, wanted, password, deadline)))
     results = await asyncio.gather(
         *(asyncio.wait_for(job, notify.timeout) for _, job in jobs), return_exceptions=True
     )
     for (kind, _), result in zip(jobs, results, strict=True):
         if isinstance(result, BaseException):
-            log.error("notify: %s failed: %s", kind, _failure(result))
+            log.error("notify: %s failed: %s", kind, _failure(kind, result))
 
 
-def _failure(exc: BaseException) -> str:
+def _smtp_password(notify: Notify, environ: Mapping[str, str]) -> str | None:
+    if notify.smtp_password_file is None:
+        return None
+    return NamedFile("smtp_password_file", notify.smtp_password_file).parsed(
+        environ, os.geteuid(), one_line_secret)
+
+
+async def _mail(notify: Notify, payloads_: Sequence[dict[str, Any]], password: str | None,
+                deadline: float) -> None:
+    """All of the run's events in one mail."""
+    from prober import mail
+
+    host = str(payloads_[0]["host"])
+    envelope = mail.Envelope(sender=notify.mail_from or f"prober@{host}",
+                             recipients=notify.mail_to, host=host)
+    server = mail.Server(*notify.smtp_host, user=notify.smtp_user, password=password)
+    await mail.send(server, mail.compose(payloads_, envelope, time.time()), envelope, deadline)
+
+
+def _failure(kind: str, exc: BaseException) -> str:
+    if kind == "mail":
+        from prober.mail import failure
+
+        return failure(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, _Rejected | _CommandFailed):

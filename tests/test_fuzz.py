@@ -126,6 +126,7 @@ ACCEPTS: dict[Shape, frozenset[str]] = {
     Shape.TABLES: frozenset({"list"}),
     Shape.ARGV: frozenset({"list"}),
     Shape.CHOICES: frozenset({"list"}),
+    Shape.ADDRESSES: frozenset({"list"}),
 }
 
 
@@ -328,6 +329,7 @@ def _choice(key: Key) -> st.SearchStrategy[str]:
     return st.sampled_from([*key.choices, *(c.upper() for c in key.choices)])
 
 
+_MAIL_ADDRESSES = st.sampled_from(["admin@example.org", "oncall+prober@mail.example.org", "a@b"])
 VALID_NAMES = st.sampled_from(["web", "caddy", "db", "api-1", "x.y", "cache", "w_2", "Z9"])
 _HEADER_NAMES = st.sampled_from(["X-Token", "Accept", "X_A", "Host"])
 _ENV_NAMES = st.sampled_from(["REDISCLI_AUTH", "PGCONNECT_TIMEOUT", "_X1"])
@@ -350,7 +352,8 @@ VALID_BY_SHAPE: dict[Shape, Callable[[Key], st.SearchStrategy[Any]]] = {
     Shape.CHOICES: lambda key: st.lists(_choice(key), max_size=len(key.choices)),
     Shape.STATUSES: lambda key: st.sampled_from([200, "2xx", "3XX", "404", [200, "3xx"]]),
     Shape.HEADERS: lambda key: st.dictionaries(_HEADER_NAMES, texts(8), max_size=2),
-    Shape.ENV: lambda key: st.dictionaries(_ENV_NAMES, texts(8), max_size=2),
+    Shape.ENV: lambda key: st.dictionaries(
+        _ENV_NAMES, texts(8).filter(lambda text: "\0" not in text), max_size=2),
     Shape.ARGV: lambda key: st.sampled_from([
         ["/usr/bin/redis-cli", "ping"], ["/usr/bin/pg_isready", "-h", "/run/postgresql"],
         ["/usr/local/lib/prober/sidekiq-alive"]]),
@@ -358,6 +361,8 @@ VALID_BY_SHAPE: dict[Shape, Callable[[Key], st.SearchStrategy[Any]]] = {
         ["caddy", "caddy.service", "mastodon-web.service", "app@1.service"]),
     Shape.NAME: lambda key: VALID_NAMES,
     Shape.SIGNAL: lambda key: st.sampled_from(["SIGABRT", "sigquit", "ABRT"]),
+    Shape.ADDRESS: lambda key: _MAIL_ADDRESSES,
+    Shape.ADDRESSES: lambda key: st.lists(_MAIL_ADDRESSES, min_size=1, max_size=3),
 }
 # Keys whose values are the document's own structure, drawn by valid_documents itself.
 STRUCTURAL = frozenset({Shape.NAMES, Shape.TABLE, Shape.TABLES})
@@ -415,10 +420,20 @@ def valid_targets(draw: st.DrawFn, name: str, earlier: Sequence[str], defaults: 
 
 @st.composite
 def valid_notify(draw: st.DrawFn) -> Doc:
-    """A [notify] table with a command or a webhook (token_file only with a webhook)."""
+    """A [notify] table with a command, a webhook or mail_to (token_file only with a webhook,
+    the mail keys only with mail_to, smtp_user and smtp_password_file together)."""
     keys = by_name(NOTIFY_KEYS)
     table = _some(draw, list(keys.values()))
-    if "webhook" not in table and (not table.get("command") or "token_file" in table):
+    mail_keys = {"mail_from", "smtp_host", "smtp_user", "smtp_password_file"}
+    if "mail_to" not in table and mail_keys & set(table):
+        table["mail_to"] = draw(valid_value(keys["mail_to"]))
+    for one, other in (("smtp_user", "smtp_password_file"), ("smtp_password_file", "smtp_user")):
+        if one in table and other not in table:
+            table[other] = draw(valid_value(keys[other]))
+    if "smtp_user" in table:  # a STRING, but one printable line
+        table["smtp_user"] = draw(st.sampled_from(["ops", "prober@example.org"]))
+    if ("webhook" not in table and "token_file" in table) or \
+            not {"command", "webhook", "mail_to"} & set(table):
         table["webhook"] = draw(valid_value(keys["webhook"]))
     return table
 

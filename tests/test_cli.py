@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.servers import Certs, Server, answer, hang, health, refused_port, serve
+from tests.test_config import BAD, SPECIAL_FILES, special_config
 
 
 @dataclass
@@ -358,6 +359,26 @@ def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], confi
     assert len(lines) == 1, run.err
     assert lines[0].startswith("prober: error: ") and message in lines[0]
     assert "Traceback" not in run.err
+
+
+BAD_CONFIG_FILES = [*SPECIAL_FILES, ("not-utf8", None), ("nul-byte", None)]
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+@pytest.mark.parametrize(("kind", "message"), BAD_CONFIG_FILES,
+                         ids=[kind for kind, _ in BAD_CONFIG_FILES])
+def test_config_file_too_deep_large_special_or_not_text_is_one_line(
+        prober: Prober, command: str, kind: str, message: str | None) -> None:
+    """validate and check refuse a config file nested 100,000 deep, over the cap, a FIFO, a
+    device, not UTF-8 or with a NUL byte: exit 3 and one exact line, never a hang or a trace."""
+    if message is None:  # a file of the bad-config corpus, its message on its first line
+        source = BAD / f"{kind}.toml"
+        message = source.read_bytes().splitlines()[0].decode().removeprefix("# expect: ")
+        prober.config.write_bytes(source.read_bytes())
+    else:
+        special_config(prober.tmp, kind)
+    run = prober(command)
+    assert (run.code, run.out, run.err) == (3, "", f"prober: error: {prober.config}: {message}\n")
 
 
 def test_status_and_reset(prober: Prober) -> None:

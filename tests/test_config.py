@@ -229,7 +229,7 @@ DEEP = 100_000
 HEALTHY = '[[target]]\nname = "web"\nurl = "http://127.0.0.1/health"\n'
 
 
-def _special(tmp_path: Path, kind: str) -> Path:
+def special_config(tmp_path: Path, kind: str) -> Path:
     """A config path that is no regular file of a sane size, made as the case says."""
     path = tmp_path / "prober.toml"
     nested = {
@@ -268,7 +268,7 @@ def test_file_too_deep_large_or_special_gives_one_line(tmp_path: Path, kind: str
                                                        message: str) -> None:
     """Nesting 100,000 deep, a file over the cap, a FIFO, a device or a directory: one exact
     line, read without blocking and without exhausting the stack or the memory."""
-    path = _special(tmp_path, kind)
+    path = special_config(tmp_path, kind)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert str(caught.value) == f"{path}: {message}"

@@ -1137,7 +1137,8 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb")
+FIGURES = ("healthy", "textfile", "many", "thousand", "watch", "systemd", "pressure", "deb",
+           "against")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1150,6 +1151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the systemd sandbox (restart row pending, watch without it)")
     parser.add_argument("--only", action="append", choices=FIGURES,
                         help="measure only these figures (repeatable) [all]")
+    parser.add_argument("--against", metavar="REV",
+                        help="also time the healthy check of git revision REV beside this one")
     args = parser.parse_args(argv)
     chosen = args.only or list(FIGURES)
     started = time.monotonic()
@@ -1179,6 +1182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if "deb" in chosen:
             figure_deb(bench)
+        if "against" in chosen and args.against:
+            from tests.bench_against import figure_against
+
+            figure_against(bench, args.against)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

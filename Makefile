@@ -13,7 +13,7 @@ DEBIAN_PACKAGES += nginx apache2-utils
 # `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
 DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian
 
-.PHONY: all deps venv test lint demo bench screenshot deb clean
+.PHONY: all deps venv test test-repeat lint demo bench screenshot deb clean
 
 
 all: test
@@ -35,8 +35,14 @@ $(PY): pyproject.toml
 
 venv: $(PY)
 
+# PYTEST_ARGS narrows a run, e.g. PYTEST_ARGS='-k test_docs'; CI runs it empty.
 test: deps venv
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole suite N times, each in a fresh clone of the committed HEAD, as CI runs it (.ci/run).
+N ?= 3
+test-repeat:
+	PYTEST_ARGS="$(PYTEST_ARGS)" .ci/repeat $(N)
 
 lint: venv
 	$(VENV)/bin/ruff check prober tests examples/sidekiq-alive

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prober import probes
 from prober.errors import ConfigError
+from prober.files import FileRefused, read_regular_file
 from prober.keys import (
     Key,
     Option,
@@ -539,19 +540,75 @@ def _parse_notify(data: Mapping[str, Any], path: str) -> Notify:
 # --- the file ---------------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 32
+
+# What the nesting check must see of a TOML file: strings (skipped whole, so that brackets and
+# dots in them do not count), comments (skipped), brackets, dots and line ends. A string left
+# open ends at its line's end (or the file's), so that no input makes the scan backtrack.
+_TOML_TOKENS = re.compile(
+    r'"""(?:[^\\]|\\.)*?(?:"""|\Z)|\'\'\'.*?(?:\'\'\'|\Z)'
+    r'|"(?:[^"\\\n]|\\.)*+"?|\'[^\'\n]*+\'?|#[^\n]*+|[][{}.\n]',
+    re.DOTALL,
+)
+
+
 def read_config_text(path: str) -> str:
+    """The config file's text: a regular file, capped in size, UTF-8 without NUL bytes."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data, _ = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such config file",
             "copy one of the examples/ to /etc/prober/prober.toml or pass --config",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except FileRefused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {os_reason(exc)}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        valid = data[:exc.start].decode("utf-8")
+        raise ConfigError(f"{path}: not valid UTF-8 (at {_position(valid, len(valid))})") from None
+    if (nul := text.find("\0")) >= 0:
+        raise ConfigError(f"{path}: contains a NUL byte (at {_position(text, nul)})")
+    return text
+
+
+def _position(text: str, offset: int) -> str:
+    """"line 3, column 6" of `offset` in `text`, as tomllib words it."""
+    line = text.count("\n", 0, offset) + 1
+    column = offset - text.rfind("\n", 0, offset)
+    return f"line {line}, column {column}"
+
+
+def check_nesting(text: str, path: str) -> None:
+    """ConfigError if arrays, inline tables or dotted keys nest deeper than MAX_NESTING.
+
+    tomllib recurses into nested values and builds a dotted key's prefixes one by one, so a
+    file of deep nesting would exhaust the stack or the memory before it could say what is wrong.
+    """
+    depth = dots = 0
+    for token in _TOML_TOKENS.finditer(text):
+        match token.group()[0]:
+            case "[" | "{":
+                depth += 1
+            case "]" | "}":
+                depth = max(depth - 1, 0)
+            case ".":
+                dots += 1
+            case "\n":
+                dots = 0
+            case _:
+                continue
+        if depth > MAX_NESTING or dots >= MAX_NESTING:
+            raise ConfigError(f"{path}: nested deeper than {MAX_NESTING} levels "
+                              f"(at {_position(text, token.start())})")
 
 
 def parse_toml(text: str, path: str) -> Mapping[str, Any]:
+    check_nesting(text, path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1137,32 +1137,40 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-Figure = Callable[[Bench, bool], None]  # (the bench, whether the systemd sandbox may be used)
+Figure = Callable[[Bench, argparse.Namespace], None]  # (the bench, the command line)
 
 
 def _elsewhere(module: str, function: str) -> Figure:
     """A figure measured by a module of its own, imported only when it is chosen."""
-    def measure(bench: Bench, sandbox: bool) -> None:
+    def measure(bench: Bench, args: argparse.Namespace) -> None:
         import importlib
 
         getattr(importlib.import_module(module), function)(bench)
     return measure
 
 
+def _against(bench: Bench, args: argparse.Namespace) -> None:
+    if args.against:
+        from tests.bench_against import figure_against
+
+        figure_against(bench, args.against)
+
+
 # Every figure, in the order they are measured: one line each.
 FIGURES: dict[str, Figure] = {
-    "healthy": lambda bench, sandbox: figure_healthy(bench),
-    "textfile": lambda bench, sandbox: figure_textfile(bench),
-    "many": lambda bench, sandbox: figure_many(bench),
+    "healthy": lambda bench, args: figure_healthy(bench),
+    "textfile": lambda bench, args: figure_textfile(bench),
+    "many": lambda bench, args: figure_many(bench),
     "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
     "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
     "page": _elsewhere("tests.bench_page", "figure_page"),
     "hostile": _elsewhere("tests.bench_hostile", "figure_hostile"),
-    "systemd": figures_systemd,
-    "pressure": figures_pressure,
-    "deb": lambda bench, sandbox: figure_deb(bench),
+    "systemd": lambda bench, args: figures_systemd(bench, not args.no_sandbox),
+    "pressure": lambda bench, args: figures_pressure(bench, not args.no_sandbox),
+    "deb": lambda bench, args: figure_deb(bench),
     "state": _elsewhere("tests.bench_state", "figure_state"),
     "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
+    "against": _against,  # only with --against REV
 }
 
 
@@ -1176,6 +1184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the systemd sandbox (restart row pending, watch without it)")
     parser.add_argument("--only", action="append", choices=list(FIGURES),
                         help="measure only these figures (repeatable) [all]")
+    parser.add_argument("--against", metavar="REV",
+                        help="also time the healthy check of git revision REV beside this one's")
     args = parser.parse_args(argv)
     chosen = args.only or list(FIGURES)
     started = time.monotonic()
@@ -1185,7 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name, figure in FIGURES.items():
             if name in chosen:
-                figure(bench, not args.no_sandbox)
+                figure(bench, args)
     except (BenchError, subprocess.SubprocessError, OSError) as exc:
         print(table(bench.rows), file=sys.stderr)
         print(f"bench: error: {exc}", file=sys.stderr)

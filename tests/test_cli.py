@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.common import wait_for
+from tests.processes import stop_process
 from tests.servers import Certs, Server, answer, hang, health, refused_port, serve
+from tests.test_config import BAD, SPECIAL_FILES, special_config
 
 
 @dataclass
@@ -47,14 +49,17 @@ class Prober:
     def write(self, text: str) -> None:
         self.config.write_text(text)
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
+    def environ(self, env: dict[str, str] | None = None) -> dict[str, str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("PROBER_")}
         environ.update({"PROBER_CONFIG": str(self.config), "PROBER_STATE": str(self.state),
                         # no system bus here: unit lookups fail fast instead of hanging
                         "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.tmp}/no-bus"})
         environ.update(env or {})
+        return environ
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Run:
         done = subprocess.run([sys.executable, "-m", "prober", *args], capture_output=True,
-                              text=True, env=environ, timeout=60, check=False)
+                              text=True, env=self.environ(env), timeout=60, check=False)
         return Run(done.returncode, done.stdout, done.stderr)
 
 
@@ -385,6 +390,26 @@ def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], confi
     assert "Traceback" not in run.err
 
 
+BAD_CONFIG_FILES = [*SPECIAL_FILES, ("not-utf8", None), ("nul-byte", None)]
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+@pytest.mark.parametrize(("kind", "message"), BAD_CONFIG_FILES,
+                         ids=[kind for kind, _ in BAD_CONFIG_FILES])
+def test_config_file_too_deep_large_special_or_not_text_is_one_line(
+        prober: Prober, command: str, kind: str, message: str | None) -> None:
+    """validate and check refuse a config file nested 100,000 deep, over the cap, a FIFO, a
+    device, not UTF-8 or with a NUL byte: exit 3 and one exact line, never a hang or a trace."""
+    if message is None:  # a file of the bad-config corpus, its message on its first line
+        source = BAD / f"{kind}.toml"
+        message = source.read_bytes().splitlines()[0].decode().removeprefix("# expect: ")
+        prober.config.write_bytes(source.read_bytes())
+    else:
+        special_config(prober.tmp, kind)
+    run = prober(command)
+    assert (run.code, run.out, run.err) == (3, "", f"prober: error: {prober.config}: {message}\n")
+
+
 def test_status_and_reset(prober: Prober) -> None:
     """status shows the remembered failures and history; reset forgets them."""
     port = refused_port()
@@ -650,26 +675,31 @@ def test_pause_waits_for_a_run_holding_the_lock(prober: Prober, web: Server) -> 
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
     assert prober("check").code == 0
     store = StateStore(str(prober.state))
-    held = threading.Event()
-
-    def hold() -> None:
-        with store.locked():
-            held.set()
-            time.sleep(1.5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
+    pausing = None
     try:
-        skipped = prober("check")
-        started = time.monotonic()
-        paused = prober("pause", "web")
-        waited = time.monotonic() - started
+        with store.locked():
+            skipped = prober("check")
+            pausing = subprocess.Popen([sys.executable, "-m", "prober", "pause", "web"],
+                                       env=prober.environ(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            wait_for(lambda: _has_open(pausing.pid, store.lock_path), 30,
+                     "pause opened the lock file")
+            assert pausing.poll() is None, "pause did not wait for the lock"
+        _, err = pausing.communicate(timeout=60)
     finally:
-        holder.join()
+        if pausing is not None:
+            stop_process(pausing)
     assert skipped.code == 0 and "another prober run holds" in skipped.out
-    assert paused.code == 0 and waited >= 1.0
+    assert pausing.returncode == 0, err
     assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has the file at `path` open."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        return any(os.path.realpath(fd) == os.path.realpath(path) for fd in fds.iterdir())
+    return False
 
 
 def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober, web: Server) -> None:

@@ -27,7 +27,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 def _bad_cases() -> list[Any]:
     cases = []
     for path in sorted(BAD.glob("*.toml")):
-        first = path.read_text().splitlines()[0]
+        first = path.read_bytes().splitlines()[0].decode()  # the line after may not be UTF-8
         assert first.startswith("# expect: "), path
         cases.append(pytest.param(path, first.removeprefix("# expect: "), id=path.stem))
     return cases
@@ -225,3 +225,52 @@ def test_group_writable_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="writable by group or others"):
         load_config(str(path))
     assert load_config(str(path), insecure=True).names == ("web",)
+
+
+DEEP = 100_000
+HEALTHY = '[[target]]\nname = "web"\nurl = "http://127.0.0.1/health"\n'
+
+
+def special_config(tmp_path: Path, kind: str) -> Path:
+    """A config path that is no regular file of a sane size, made as the case says."""
+    path = tmp_path / "prober.toml"
+    nested = {
+        "deep-array": f"{HEALTHY}depends_on = {'[' * DEEP}{']' * DEEP}\n",
+        "deep-inline-table": f"{HEALTHY}headers = {'{a = ' * DEEP}1{'}' * DEEP}\n",
+        "deep-dotted-key": f"{HEALTHY}headers{'.a' * DEEP} = 1\n",
+        "deep-table-header": f"[{'a.' * DEEP}a]\n",
+    }
+    if kind in nested:
+        path.write_text(nested[kind])
+    elif kind == "huge":
+        path.write_text(HEALTHY + "#" * (1 << 20) + "\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    return path
+
+
+SPECIAL_FILES = [
+    ("deep-array", "nested deeper than 32 levels (at line 4, column 46)"),
+    ("deep-inline-table", "nested deeper than 32 levels (at line 4, column 171)"),
+    ("deep-dotted-key", "nested deeper than 32 levels (at line 4, column 70)"),
+    ("deep-table-header", "nested deeper than 32 levels (at line 1, column 65)"),
+    ("huge", f"larger than 1048576 bytes ({len(HEALTHY) + (1 << 20) + 1} bytes)"),
+    ("fifo", "not a regular file (a FIFO)"),
+    ("device", "not a regular file (a character device)"),
+    ("directory", "not a regular file (a directory)"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), SPECIAL_FILES, ids=[k for k, _ in SPECIAL_FILES])
+def test_file_too_deep_large_or_special_gives_one_line(tmp_path: Path, kind: str,
+                                                       message: str) -> None:
+    """Nesting 100,000 deep, a file over the cap, a FIFO, a device or a directory: one exact
+    line, read without blocking and without exhausting the stack or the memory."""
+    path = special_config(tmp_path, kind)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == f"{path}: {message}"

@@ -626,11 +626,27 @@ def test_dependency_cycles_are_rejected(doc: Doc, data: st.DataObject) -> None:
 
 
 @st.composite
+def deep_nesting(draw: st.DrawFn) -> bytes:
+    """A key = value line nested around the loader's limit or far beyond it: arrays, inline
+    tables, a dotted key or a table header, mixed, closed or left open."""
+    depth = draw(st.one_of(st.integers(1, 40), st.integers(1_000, 100_000)))
+    closed = draw(st.booleans())
+    opener, closer = draw(st.sampled_from([("[", "]"), ("{a = ", "}"), ("[{a = [", "]}]")]))
+    value = opener * depth + "1" + (closer * depth if closed else "")
+    key = "x" + ".x" * draw(st.integers(0, depth))
+    return draw(st.sampled_from([f"{key} = {value}", f"[{key}]", f"y = {value}"])).encode()
+
+
+@st.composite
 def config_files(draw: st.DrawFn) -> tuple[bytes, Doc | None]:
     """The bytes of a config file, and the document they hold if they are TOML by design."""
-    kind = draw(st.sampled_from(["bytes", "text", "document", "valid", "cut"]))
+    kind = draw(st.sampled_from(["bytes", "text", "document", "valid", "cut", "deep"]))
     if kind == "bytes":
         return draw(st.binary(max_size=200)), None
+    if kind == "deep":  # a valid document with a deeply nested value or key spliced in
+        lines = toml_document(draw(valid_documents())).encode().splitlines(keepends=True)
+        where = draw(st.integers(0, len(lines)))
+        return b"".join([*lines[:where], draw(deep_nesting()), b"\n", *lines[where:]]), None
     if kind == "text":
         return draw(st.text(max_size=200)).encode("utf-8", "surrogatepass"), None
     doc = draw(valid_documents() if kind == "valid" else documents())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,3 +56,30 @@ def wait_for(predicate: Callable[[], object], within: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {within}s: {what}")
+
+
+def saved_state(path: Path, until: Callable[[dict[str, Any]], object], within: float,
+                what: str) -> dict[str, Any]:
+    """The state file at `path` once `until` holds for what it says; fail saying `what` did not
+    happen in time. Wait on this, what the run saved, never on a pid or a unit's state: those
+    change before the run that caused them has written its result."""
+    seen: list[dict[str, Any]] = []
+
+    def holds() -> object:
+        try:
+            state: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False  # not written yet; the writer replaces it whole, never in part
+        seen[:] = [state]
+        return until(state)
+
+    wait_for(holds, within, what)
+    return seen[0]
+
+
+def has_event(target: str, event: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a saved state has `event` ("restart", "down", ...) in `target`'s history."""
+    def check(state: dict[str, Any]) -> bool:
+        history = state.get("targets", {}).get(target, {}).get("history", [])
+        return any(entry.get("event") == event for entry in history)
+    return check

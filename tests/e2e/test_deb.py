@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import debpkg
-from tests.e2e.common import answers, freeze, wait_for
+from tests.e2e.common import answers, freeze, has_event, saved_state, wait_for
 from tests.e2e.conftest import _phase_failed, booted_sandbox
 from tests.sandbox import Sandbox, SandboxError, Stack, start_stack
 
@@ -260,21 +260,17 @@ def frozen_caddy_is_restarted(box: Sandbox, stack: Stack) -> list[dict[str, Any]
     caddy_before = box.main_pid(stack.caddy_unit)
     backend_before = box.main_pid(stack.backend_unit)
     freeze(box, stack.caddy_unit)
-    wait_for(lambda: box.main_pid(stack.caddy_unit) not in (0, caddy_before), 40,
-             "caddy restarted by the packaged timer")
+    saved = saved_state(inside(box, STATE), has_event("caddy", "restart"), 40,
+                        "caddy's restart saved by the packaged timer's run")
+    assert box.main_pid(stack.caddy_unit) not in (0, caddy_before)
     assert answers(f"{stack.caddy_url}/health")
     assert box.main_pid(stack.backend_unit) == backend_before
     assert f"target=caddy unit={stack.caddy_unit}: restarting" in log_of(box)
     assert box.unit_property("prober.service", "User") == "prober"
     assert box.unit_property("prober.service", "ExecStart").startswith("{ path=/usr/bin/prober")
-
-    def restarted() -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = state(box)["targets"]["caddy"]["history"]
-        return entries if any(e["event"] == "restart" for e in entries) else []
-
-    wait_for(restarted, 40, "the restart in the state (saved when its run ends)")
     assert box.unit_property("prober.service", "Result") == "success"
-    return restarted()
+    history: list[dict[str, Any]] = saved["targets"]["caddy"]["history"]
+    return history
 
 
 def upgrade_keeps_the_state_and_the_timer(box: Sandbox) -> None:
@@ -291,8 +287,8 @@ def upgrade_keeps_the_state_and_the_timer(box: Sandbox) -> None:
     apt_install(box, newer)
     assert sh(box, "prober --version").strip() == f"prober, version {debpkg.next_version()}"
     assert unit_state(box, "prober.timer") == "active"
-    wait_for(lambda: state(box)["updated_at"] > upgraded + 1, 20, "a run after the upgrade")
-    after = state(box)
+    after = saved_state(inside(box, STATE), lambda saved: saved["updated_at"] > upgraded + 1, 20,
+                        "a run after the upgrade")
     assert (after["version"], after["trial"]) == (2, False)
     for name in ("caddy", "streaming"):  # the others are not in the config: pruned
         kept = after["targets"][name]["history"]

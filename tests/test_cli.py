@@ -338,14 +338,16 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
          "tcp://HOST:PORT or a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
-        (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
+        (["probe", "http://x/", "--timeout", "forever"], "",
+         'prober: error: --timeout: "forever" is not a duration (e.g. "30"'),
+        (["probe", "http://x/", "--timeout", "0"], "", "error: --timeout: must be more than 0s"),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',
          'no target named "nope"'),
         (["watch", "--listen", "9813"], "", '--listen: "9813" is not host:port'),
         (["watch", "--listen", "127.0.0.1:0"], "", "has a port outside 1-65535"),
     ],
     ids=["missing", "wrong-type", "toml", "flag", "command", "if-stale", "scheme", "header",
-         "timeout", "reset-name", "listen", "listen-port"],
+         "timeout", "timeout-zero", "reset-name", "listen", "listen-port"],
 )
 def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], config: str | None,
                                           message: str) -> None:
@@ -435,7 +437,7 @@ def test_probe_runs_a_command_json(prober: Prober) -> None:
     (["--env", "NOSIGN", "--", "/bin/true"], '--env "NOSIGN": expected NAME=VALUE'),
     (["--env", "BAD NAME=x", "--", "/bin/true"],
      'env: "BAD NAME" is not an environment variable name'),
-    (["--expect-exit", "300", "--", "/bin/true"], "expect_exit: must be at most 255, got 300"),
+    (["--expect-exit", "300", "--", "/bin/true"], "--expect-exit: must be at most 255, got 300"),
     (["--", "bin/true"], '"bin/true": expected an http:// or https:// URL'),
 ], ids=["env-no-equals", "env-bad-name", "exit-range", "relative"])
 def test_probe_of_a_command_refuses_bad_input(prober: Prober, args: list[str],

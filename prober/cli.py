@@ -29,6 +29,7 @@ from prober.config import (
 )
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
+from prober.runs import remembered
 from prober.state import StateStore, named_apart, size_limit, state_path
 from prober.text import did_you_mean, one_line
 
@@ -292,7 +293,8 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 @_json_option
 @_shared
 def status(config_file: str | None, state_file: str | None, as_json: bool) -> int:
-    """Show what is remembered about each target: health, since when, restarts, history."""
+    """Show what is remembered about each target: health, since when, restarts, history; exit as
+    check does (0 healthy, 1 warning, 2 a target down), 3 if no run is recent enough to trust."""
     config = _load(config_file)
     store = _store(state_file)
     state = store.load(size_limit(config))
@@ -302,7 +304,10 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
         click.echo(report.dumps(report.status_json(config, state, now)))
     else:
         click.echo(report.status_text(config, state, now))
-    return 0
+    stale = report.stale_line(config, state, now)
+    if stale is not None:
+        click.echo(f"prober: unknown: {stale}", err=True)
+    return remembered(config, state, now).exit_code
 
 
 def _probe_command(function: Callable[..., int]) -> Callable[..., int]:

@@ -280,7 +280,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 2
+    assert json.loads(prober.state.read_text())["version"] == 3
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
@@ -370,14 +370,16 @@ def test_status_and_reset(prober: Prober) -> None:
     prober("check")
     prober("check")
     status = prober("status", "--json")
-    assert status.code == 0
+    assert status.code == 2
     web = status.json()["targets"][0]
     assert (web["health"], web["consecutive_failures"]) == ("down", 2)
     assert [h["event"] for h in web["history"]] == ["failing", "down"]
     text = prober("status").out
     assert "down" in text and "connection refused" in text
     assert prober("reset", "web").code == 0
-    web = prober("status", "--json").json()["targets"][0]
+    status = prober("status", "--json")
+    assert status.code == 3  # not judged since the reset
+    web = status.json()["targets"][0]
     assert (web["health"], web["consecutive_failures"]) == ("unknown", 0)
     assert web["history"][-1]["event"] == "reset"
 

@@ -304,9 +304,9 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
         click.echo(report.dumps(report.status_json(config, state, now)))
     else:
         click.echo(report.status_text(config, state, now))
-    stale = report.stale_line(config, state, now)
-    if stale is not None:
-        click.echo(f"prober: unknown: {stale}", err=True)
+    unknown = report.unknown_reason(config, state, now)
+    if unknown is not None:
+        click.echo(f"prober: error: {unknown}", err=True)
     return remembered(config, state, now).exit_code
 
 

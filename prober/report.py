@@ -203,15 +203,19 @@ def _history_json(entry: Transition) -> dict[str, Any]:
     return out
 
 
-def stale_line(config: Config, state: State, now: float) -> str | None:
-    """Why `prober status` cannot vouch for the state, in one line; None when it can."""
-    if not too_old(config, state.updated_at, now):
+def unknown_reason(config: Config, state: State, now: float) -> str | None:
+    """Why `prober status` is unknown (exit 3), in one line; None when it is not."""
+    if remembered(config, state, now) is not Status.UNKNOWN:
         return None
     if state.updated_at is None:
-        return "no run recorded yet: nothing to vouch for"
-    return (f"the last run was {_ago(state.updated_at, now)}, more than "
-            f"{format_duration(stale_after(config))}: too old to trust (is prober.timer or "
-            "prober-watch running?)")
+        return "no run recorded yet (hint: is prober.timer or prober-watch running?)"
+    if too_old(config, state.updated_at, now):
+        return (f"the last run was {_ago(state.updated_at, now)}, more than "
+                f"{format_duration(stale_after(config))}: too old to trust (hint: is "
+                "prober.timer or prober-watch running?)")
+    names = [t.name for t in config.targets
+             if remembered_status(state.get(t.name), now) is Status.UNKNOWN]
+    return f"not judged by a run since added or reset: {', '.join(names)}"
 
 
 def status_text(config: Config, state: State, now: float, history: int = 5) -> str:

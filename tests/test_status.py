@@ -145,8 +145,8 @@ def test_a_state_too_old_to_trust_is_unknown(prober: Prober, web: Server) -> Non
     one line saying how old; before any run, 3 too."""
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
     never = prober("status")
-    assert never.code == 3 and never.err == "prober: unknown: no run recorded yet: nothing to " \
-        "vouch for\n", never
+    assert never.code == 3 and never.err == "prober: error: no run recorded yet (hint: is " \
+        "prober.timer or prober-watch running?)\n", never
     assert prober("check").code == 0
     data = json.loads(prober.state.read_text())
     long_ago = time.time() - 3600
@@ -156,6 +156,20 @@ def test_a_state_too_old_to_trust_is_unknown(prober: Prober, web: Server) -> Non
     os.utime(beat, (long_ago, long_ago))
     status = prober("status")
     assert status.code == 3, status
-    assert status.err == ("prober: unknown: the last run was 1h ago, more than 5m: too old to "
-                          "trust (is prober.timer or prober-watch running?)\n")
+    assert status.err == ("prober: error: the last run was 1h ago, more than 5m: too old to "
+                          "trust (hint: is prober.timer or prober-watch running?)\n")
     assert prober("status", "--json").json()["too_old"] is True
+
+
+def test_a_target_added_since_the_last_run_is_unknown(prober: Prober, web: Server) -> None:
+    """A target the last run did not judge (added since) makes status unknown, named in one
+    error line; the next run judges it."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    assert prober("check").code == 0
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"',
+                         f'name = "api"\nurl = "{web.url("/health")}"'))
+    status = prober("status")
+    assert status.code == 3 and status.err == ("prober: error: not judged by a run since added "
+                                               "or reset: api\n"), status
+    assert prober("check").code == 0
+    assert prober("status").code == 0

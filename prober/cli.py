@@ -65,6 +65,7 @@ _SHARED_OPTIONS = (
                  help="Accept a config file writable by others than root or the running user."),
 )
 _PATH_OPTIONS = {"config_file": "--config", "state_file": "--state"}
+_SHARED_NAMES = ("verbose", "quiet", "debug", "insecure_config", *_PATH_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +99,21 @@ class Context:
 def _shared(command: Callable[..., int]) -> Callable[..., int]:
     """Give a subcommand the group's options, joined with the ones given before it; logging is
     set up here, once every option is known."""
-    names = inspect.signature(command).parameters
+    takes = inspect.signature(command).parameters
 
     @functools.wraps(command)
     def joined(**options: Any) -> int:
+        from prober.logs import setup_logging
+
         ctx = click.get_current_context()
-        after = Context(**{name: options.pop(name) if name not in names else options[name]
-                           for name in _SHARED_NAMES if name in options})
+        after = Context(**{name: options[name] for name in _SHARED_NAMES if name in options})
         before = ctx.find_object(Context) or Context()
         both = before.joined(after, ctx.info_name or "the command")
         ctx.obj = both
-        from prober.logs import setup_logging
-
         setup_logging(both.verbose - both.quiet + (1 if both.debug else 0))
-        for name in _PATH_OPTIONS:
-            if name in names:
-                options[name] = getattr(both, name)
-        return command(**options)
+        given = {name: value for name, value in options.items() if name not in _SHARED_NAMES}
+        paths = {name: getattr(both, name) for name in _PATH_OPTIONS if name in takes}
+        return command(**given, **paths)
 
     return _options(*_SHARED_OPTIONS)(joined)
 
@@ -125,9 +124,6 @@ def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
             function = option(function)
         return function
     return add
-
-
-_SHARED_NAMES = ("verbose", "quiet", "debug", "insecure_config", *_PATH_OPTIONS)
 
 
 def _load(config_file: str | None, user: bool = False, *, uses_files: bool = True) -> Config:

@@ -217,6 +217,7 @@ def test_root_run_leaves_files_the_directory_owner_can_use(tmp_path: Path) -> No
 
 
 V1_FILE = Path(__file__).parent / "testdata" / "state-v1.json"
+V2_FILE = Path(__file__).parent / "testdata" / "state-v2.json"
 
 
 @pytest.mark.parametrize(
@@ -276,6 +277,23 @@ def test_a_v1_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
     assert v3["targets"] == {name: {**entry, "last_notice": ""}
                              for name, entry in v1["targets"].items()}
     assert v3["updated_at"] == v1["updated_at"]
+    assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_a_v2_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
+        tmp_path: Path) -> None:
+    """tests/testdata/state-v2.json, written by the version 2 StateStore.save, loads; the next
+    save writes version 3 with every target's entry as it was, and no notice."""
+    v2 = json.loads(V2_FILE.read_text())
+    assert v2["version"] == 2
+    path = tmp_path / "state.json"
+    path.write_bytes(V2_FILE.read_bytes())
+    store = StateStore(str(path))
+    store.save(store.load())
+    v3 = json.loads(path.read_text())
+    assert (v3["version"], v3["trial"]) == (3, False)
+    assert v3["targets"] == {name: {**entry, "last_notice": ""}
+                             for name, entry in v2["targets"].items()}
     assert not (tmp_path / "state.json.corrupt").exists()
 
 

@@ -108,10 +108,11 @@ def _v1_to_v2(data: Document) -> Document:
 
 def _v2_to_v3(data: Document) -> Document:
     targets = data.get("targets")
-    if isinstance(targets, dict):  # else from_json says what is wrong with it
-        targets = {name: {**entry, "last_notice": ""} if isinstance(entry, dict) else entry
-                   for name, entry in targets.items()}
-    return {**data, "version": 3, "targets": targets}
+    if not isinstance(targets, dict):  # from_json says what is wrong with it
+        return {**data, "version": 3}
+    return {**data, "version": 3, "targets": {
+        name: {**entry, "last_notice": ""} if isinstance(entry, dict) else entry
+        for name, entry in targets.items()}}
 
 
 MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2, 2: _v2_to_v3}

@@ -233,10 +233,12 @@ V2_FILE = Path(__file__).parent / "testdata" / "state-v2.json"
         ({"version": 2, "targets": {"a": 7, "b": {}}},
          {"version": 3, "targets": {"a": 7, "b": {"last_notice": ""}}}),
         ({"version": 2, "targets": []}, {"version": 3, "targets": []}),
+        ({"version": 2}, {"version": 3}),
         ({"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False},
          {"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False}),
     ],
-    ids=["v1", "v2", "v2-a-damaged-entry", "v2-damaged-targets", "v3-as-it-is"],
+    ids=["v1", "v2", "v2-a-damaged-entry", "v2-damaged-targets", "v2-no-targets",
+         "v3-as-it-is"],
 )
 def test_migrate(document: dict[str, object], expected: dict[str, object]) -> None:
     """Each version is brought up to the current one, one step at a time, nothing lost."""

@@ -184,8 +184,8 @@ def _actuator_factory() -> Callable[[], Actuator]:
 def cli(ctx: click.Context, /, **options: Any) -> None:
     """HTTP liveness prober and auto-restarter for systemd hosts.
 
-    Every option of this list is taken after the subcommand too, with the same meaning; --config
-    and --state are ignored by the subcommands that read neither."""
+    These options but --version may come after the command too, with the same meaning:
+    --config and --state after the commands that read them (before the others, ignored)."""
     ctx.obj = Context(**options)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())

@@ -234,14 +234,15 @@ async def run_once(
         applied = _apply(target, state.get(target.name), decision, restarts, now)
         changes += applied.changes
         _log_decision(target, applied.decision)
-        state = state.with_target(target.name, applied.state)
+        notice = target.kind.notice(target.probe, verdict.result, now)
+        target_state = replace(applied.state, last_notice=notice or "")  # for `prober status`
+        state = state.with_target(target.name, target_state)
         restarted = restarts.get(target.unit or "") if decision.action is Action.RESTART \
             else None
         reports.append(TargetReport(
             target=target, result=verdict.result, health=applied.state.health,
-            decision=applied.decision, state=applied.state,
-            outcome=None if restarted is None else restarted.detail,
-            notice=target.kind.notice(target.probe, verdict.result, now),
+            decision=applied.decision, state=target_state,
+            outcome=None if restarted is None else restarted.detail, notice=notice,
         ))
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -27,6 +29,7 @@ from prober.config import (
 )
 from prober.errors import ProberError, StateError, UsageError
 from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
+from prober.runs import remembered
 from prober.state import StateStore, named_apart, size_limit, state_path
 from prober.text import did_you_mean, one_line, os_reason
 
@@ -39,6 +42,8 @@ log = logging.getLogger("prober")
 
 EXIT_UNKNOWN = 3
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _config_option = click.option(
     "--config", "config_file", metavar="PATH",
     help="Config file [env PROBER_CONFIG; default /etc/prober/prober.toml].",
@@ -50,12 +55,75 @@ _state_option = click.option(
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
+# Options taken before the subcommand and after it alike, with one meaning (see Context.joined).
+_SHARED_OPTIONS = (
+    click.option("-v", "--verbose", count=True, help="Debug log lines too."),
+    click.option("-q", "--quiet", count=True,
+                 help="Fewer log lines: -q warnings and errors, -qq errors only."),
+    click.option("--debug", is_flag=True, help="Show tracebacks of internal errors."),
+    click.option("--insecure-config", is_flag=True,
+                 help="Accept a config file writable by others than root or the running user."),
+)
+_PATH_OPTIONS = {"config_file": "--config", "state_file": "--state"}
+_SHARED_NAMES = ("verbose", "quiet", "debug", "insecure_config", *_PATH_OPTIONS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What the group's options tell the commands."""
+    """The options that may come before the subcommand or after it."""
 
+    verbose: int = 0
+    quiet: int = 0
+    debug: bool = False
     insecure_config: bool = False
+    config_file: str | None = None
+    state_file: str | None = None
+
+    def joined(self, after: Context, command: str) -> Context:
+        """Both positions' options as one: counts add up (`-q check -q` is -qq), flags hold if
+        set in either, and a path named in both must be the same path."""
+        for name, flag in _PATH_OPTIONS.items():
+            before, later = getattr(self, name), getattr(after, name)
+            if before is not None and later is not None and before != later:
+                raise UsageError(f"{flag} given twice: {before} before {command}, {later} "
+                                 "after it", f"give {flag} once")
+        return Context(
+            verbose=self.verbose + after.verbose, quiet=self.quiet + after.quiet,
+            debug=self.debug or after.debug,
+            insecure_config=self.insecure_config or after.insecure_config,
+            config_file=self.config_file if after.config_file is None else after.config_file,
+            state_file=self.state_file if after.state_file is None else after.state_file,
+        )
+
+
+def _shared(command: Callable[..., int]) -> Callable[..., int]:
+    """Give a subcommand the group's options, joined with the ones given before it; logging is
+    set up here, once every option is known."""
+    takes = inspect.signature(command).parameters
+
+    @functools.wraps(command)
+    def joined(**options: Any) -> int:
+        from prober.logs import setup_logging
+
+        ctx = click.get_current_context()
+        after = Context(**{name: options[name] for name in _SHARED_NAMES if name in options})
+        before = ctx.find_object(Context) or Context()
+        both = before.joined(after, ctx.info_name or "the command")
+        ctx.obj = both
+        setup_logging(both.verbose - both.quiet + (1 if both.debug else 0))
+        given = {name: value for name, value in options.items() if name not in _SHARED_NAMES}
+        paths = {name: getattr(both, name) for name in _PATH_OPTIONS if name in takes}
+        return command(**given, **paths)
+
+    return _options(*_SHARED_OPTIONS)(joined)
+
+
+def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
+    def add(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return add
 
 
 def _load(config_file: str | None, user: bool = False, *, uses_files: bool = True) -> Config:
@@ -111,20 +179,14 @@ def _actuator_factory() -> Callable[[], Actuator]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
              invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="prober")
-@click.option("-v", "--verbose", count=True, help="Debug log lines too.")
-@click.option("-q", "--quiet", count=True,
-              help="Fewer log lines: -q warnings and errors, -qq errors only.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-@click.option("--insecure-config", is_flag=True,
-              help="Accept a config file writable by others than root or the running user.")
+@_options(_config_option, _state_option, *_SHARED_OPTIONS)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
-        insecure_config: bool) -> None:
-    """HTTP liveness prober and auto-restarter for systemd hosts."""
-    from prober.logs import setup_logging
+def cli(ctx: click.Context, /, **options: Any) -> None:
+    """HTTP liveness prober and auto-restarter for systemd hosts.
 
-    setup_logging(verbose - quiet + (1 if debug else 0))
-    ctx.obj = Context(insecure_config=insecure_config)
+    These options but --version may come after the command too, with the same meaning:
+    --config and --state after the commands that read them (before the others, ignored)."""
+    ctx.obj = Context(**options)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
@@ -145,6 +207,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
 @click.option("--if-stale", metavar="DURATION",
               help="Do nothing if another run updated the state less than DURATION ago "
                    "(for the cron fallback).")
+@_shared
 def check(config_file: str | None, state_file: str | None, dry_run: bool, as_json: bool,
           output_format: str | None, textfile: str | None, targets: tuple[str, ...],
           user: bool, if_stale: str | None) -> int:
@@ -195,6 +258,7 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
 @click.option("--listen", metavar="HOST:PORT",
               help="Serve /metrics, /status.json and the status page there [default: the "
                    "config's `listen`; off].")
+@_shared
 def watch(config_file: str | None, state_file: str | None, interval: str | None,
           dry_run: bool, user: bool, listen: str | None) -> int:
     """Check in a loop, for running as a long-lived service (Type=notify, with a watchdog).
@@ -223,8 +287,10 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 @_config_option
 @_state_option
 @_json_option
+@_shared
 def status(config_file: str | None, state_file: str | None, as_json: bool) -> int:
-    """Show what is remembered about each target: health, since when, restarts, history."""
+    """Show what is remembered about each target: health, since when, restarts, history; exit as
+    check does (0 healthy, 1 warning, 2 a target down), 3 if no run is recent enough to trust."""
     config = _load(config_file)
     store = _store(state_file)
     state = store.load(size_limit(config))
@@ -234,7 +300,10 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
         click.echo(report.dumps(report.status_json(config, state, now)))
     else:
         click.echo(report.status_text(config, state, now))
-    return 0
+    unknown = report.unknown_reason(config, state, now)
+    if unknown is not None:
+        click.echo(f"prober: error: {unknown}", err=True)
+    return remembered(config, state, now).exit_code
 
 
 def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
@@ -269,6 +338,7 @@ def _kind_arguments() -> str:
                 metavar=" | ".join(kind.argument.metavar for kind in probes.KINDS))
 @_json_option
 @_probe_command
+@_shared
 def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
     import asyncio
 
@@ -301,17 +371,26 @@ def _option_key(name: str) -> Key:
 
 
 def _option_value(key: Key, given: Any) -> Any:
-    """The option's value as the key's TOML value."""
-    if key.option is None or key.option.convert is None:
+    """The option's value as the key's TOML value; a bad one is refused naming the flag."""
+    if key.option is None:
         return given
-    try:
-        return key.option.convert(given)
-    except ValueError as exc:
-        raise UsageError(f"{key.option.flag} {exc}") from None
+    value = given
+    if key.option.convert is not None:
+        try:
+            value = key.option.convert(given)
+        except ValueError as exc:
+            raise UsageError(f"{key.option.flag} {exc}") from None
+    if value is not None and value != ():
+        try:
+            key.read(value)
+        except ValueError as exc:
+            raise UsageError(f"{key.option.flag}: {exc}") from None
+    return value
 
 
 @cli.command()
 @_config_option
+@_shared
 def validate(config_file: str | None) -> int:
     """Check the config file and say what it will do."""
     config = _load(config_file)
@@ -417,6 +496,7 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
 @_state_option
 @click.argument("names", nargs=-1)
 @_wait_option
+@_shared
 def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...],
           wait: str) -> int:
     """Forget the failures, restarts and given-up flag of NAMES (all targets if none)."""
@@ -440,6 +520,7 @@ def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...
               help="How long the pause lasts; it ends by itself.")
 @click.option("--reason", metavar="TEXT", default="", help="Why, for `status` and the page.")
 @_wait_option
+@_shared
 def pause(config_file: str | None, state_file: str | None, names: tuple[str, ...],
           every: bool, duration: str, reason: str, wait: str) -> int:
     """Pause NAMES (or --all): still probed and reported, never restarted, until --for ends."""
@@ -466,6 +547,7 @@ def pause(config_file: str | None, state_file: str | None, names: tuple[str, ...
 @_state_option
 @click.argument("names", nargs=-1)
 @_wait_option
+@_shared
 def resume(config_file: str | None, state_file: str | None, names: tuple[str, ...],
            wait: str) -> int:
     """End the pause of NAMES (of every paused target if none)."""
@@ -493,6 +575,7 @@ def resume(config_file: str | None, state_file: str | None, names: tuple[str, ..
               help="Write the rule to PATH (as root) instead [default: "
                    "/etc/polkit-1/rules.d/50-prober.rules]; without a config, or with one that "
                    "does not load, remove it.")
+@_shared
 def polkit_rule(config_file: str | None, user_name: str, install_to: str | None) -> int:
     """Print the polkit rule letting the prober user restart the configured units only."""
     from prober import polkit
@@ -524,6 +607,7 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
               help="Write the config to FILE, only if no file is there (never overwritten). "
                    "At /etc/prober/prober.toml it is live at once: the timer's next run probes "
                    "and restarts what it names, and the polkit path unit lets it.")
+@_shared
 def init(output: str | None) -> int:
     """Print a first config, guessed from the running units and the ports they listen on."""
     from prober import init as first

@@ -101,9 +101,21 @@ def by_name(keys: tuple[Key, ...]) -> dict[str, Key]:
 
 # --- values -----------------------------------------------------------------------------------
 
-MAX_DURATION = 10 * 365 * 86400.0
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION = 10 * 31557600.0  # ten of systemd's years
+# systemd.time(7)'s time spans: its units, spelt as systemd spells them ("m" minutes, "M" months).
+_UNIT_SECONDS = {
+    **dict.fromkeys(("us", "usec", "\u00b5s"), 1e-6),
+    **dict.fromkeys(("ms", "msec"), 1e-3),
+    **dict.fromkeys(("", "s", "sec", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+    **dict.fromkeys(("w", "week", "weeks"), 7 * 86400.0),
+    **dict.fromkeys(("M", "month", "months"), 2629800.0),
+    **dict.fromkeys(("y", "year", "years"), 31557600.0),
+}
+_DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z\u00b5]*)")
+_DURATION_EXAMPLES = 'e.g. "30", "500ms", "30s", "5min", "1h 30min", "2w"'
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
           list: "a list", dict: "a table"}
 
@@ -123,27 +135,40 @@ def typed(value: object, kind: type[T], what: str) -> T:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"14d"` or a number of seconds."""
+    """Seconds from a number of seconds or a systemd time span: `"30"`, `"500ms"`, `"5min"`,
+    `"1h 30min"`, `"2min5s"`, `"2w"`."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like \"30s\", not a boolean")
+        raise ValueError(f"expected a duration ({_DURATION_EXAMPLES}), not a boolean")
     if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:
             raise ValueError("is too long a duration") from None
     elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        parts = _DURATION_PART.findall(text)
-        if not text or "".join(n + u for n, u in parts) != text:
-            raise ValueError(
-                f'"{value}" is not a duration (use e.g. "500ms", "30s", "5m", "1h", "14d")')
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+        seconds = _time_span(value)
     else:
-        raise ValueError(f"expected a duration like \"30s\", got {type(value).__name__}")
+        raise ValueError(f"expected a duration ({_DURATION_EXAMPLES}), got {describe(value)}")
     if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"{value!r} is not a valid duration")
     if seconds > MAX_DURATION:
         raise ValueError("is too long a duration (at most 10 years)")
+    return seconds
+
+
+def _time_span(text: str) -> float:
+    """A systemd time span's seconds: numbers each followed by a unit (none: seconds)."""
+    if len(text) > 100:
+        raise ValueError(f'"{text[:100]}..." is too long for a duration')
+    seconds, at = 0.0, 0
+    rest = text.rstrip()
+    while at < len(rest):
+        part = _DURATION_PART.match(rest, at)
+        if part is None or part.group(2) not in _UNIT_SECONDS:
+            break
+        seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+        at = part.end()
+    if not rest.strip() or at < len(rest):
+        raise ValueError(f'"{text}" is not a duration ({_DURATION_EXAMPLES})')
     return seconds
 
 

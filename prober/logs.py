@@ -66,14 +66,16 @@ class SafeStream:
     The first OSError (EPIPE, EIO, ...) or ValueError (closed) marks the stream lost and points
     its descriptor at /dev/null, so that the text still buffered drains there and later writes
     succeed. Every other attribute is the wrapped stream's, but `buffer`: writers that look for
-    it (click.echo) then write through this wrapper instead of around it.
+    it (click.echo) then write through this wrapper instead of around it, bytes included.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.lost = False
 
-    def write(self, text: str) -> int:
+    def write(self, text: str | bytes) -> int:
+        if isinstance(text, bytes):  # click.echo's bytes, given no buffer to write them to
+            text = text.decode(self._stream.encoding or "utf-8", "replace")
         try:
             return self._stream.write(text)
         except (OSError, ValueError):

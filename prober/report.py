@@ -12,7 +12,15 @@ from prober.keys import format_duration
 from prober.policy import Action, cooldown_for, restarts_within
 from prober.pressure import describe_users
 from prober.results import ProbeResult
-from prober.runs import RunReport, Status, TargetReport
+from prober.runs import (
+    RunReport,
+    Status,
+    TargetReport,
+    remembered,
+    remembered_status,
+    stale_after,
+    too_old,
+)
 from prober.text import redact_url
 from prober.tracker import State, TargetState, Transition, has_prober_fault, is_paused
 
@@ -168,7 +176,10 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "name": target.name,
             "unit": target.unit,
             "endpoint": redact_url(target.endpoint),
+            "status": remembered_status(t, now).value,
             "health": t.health.value,
+            "paused": is_paused(t, now),
+            "notice": t.last_notice or None,
             "since": t.since,
             "last_checked_at": t.last_checked_at,
             "last_ok": t.last_ok,
@@ -186,7 +197,8 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "prober_fault": has_prober_fault(t),
             "history": [_history_json(h) for h in t.history[-history:]],
         })
-    return {"updated_at": state.updated_at, "targets": out}
+    return {"status": remembered(config, state, now).value, "updated_at": state.updated_at,
+            "too_old": too_old(config, state.updated_at, now), "targets": out}
 
 
 def _history_json(entry: Transition) -> dict[str, Any]:
@@ -196,16 +208,32 @@ def _history_json(entry: Transition) -> dict[str, Any]:
     return out
 
 
+def unknown_reason(config: Config, state: State, now: float) -> str | None:
+    """Why `prober status` is unknown (exit 3), in one line; None when it is not."""
+    if remembered(config, state, now) is not Status.UNKNOWN:
+        return None
+    if state.updated_at is None:
+        return "no run recorded yet (hint: is prober.timer or prober-watch running?)"
+    if too_old(config, state.updated_at, now):
+        return (f"the last run was {_ago(state.updated_at, now)}, more than "
+                f"{format_duration(stale_after(config))}: too old to trust (hint: is "
+                "prober.timer or prober-watch running?)")
+    names = [t.name for t in config.targets
+             if remembered_status(state.get(t.name), now) is Status.UNKNOWN]
+    return f"not judged by a run since added or reset: {', '.join(names)}"
+
+
 def status_text(config: Config, state: State, now: float, history: int = 5) -> str:
     rows = [("TARGET", "HEALTH", "SINCE", "RESTARTS", "LAST RESULT")]
     for target in config.targets:
         t = state.get(target.name)
-        health = t.health.value + (" (given up)" if t.given_up else "") + \
-            (" (paused)" if is_paused(t, now) else "") + \
+        health = ("paused" if is_paused(t, now) else t.health.value) + \
+            (" (given up)" if t.given_up else "") + \
             (" (prober fault)" if has_prober_fault(t) else "")
         restarts = f"{restarts_within(t, target.policy.restart_window, now)}/" \
                    f"{target.policy.max_restarts}"
-        rows.append((target.name, health, _ago(t.since, now), restarts, t.last_reason or "-"))
+        last = "; ".join(filter(None, (t.last_reason, t.last_notice))) or "-"
+        rows.append((target.name, health, _ago(t.since, now), restarts, last))
     lines = [_table(rows)]
     if state.updated_at is not None:
         lines.append(f"last run: {when(state.updated_at)} ({_ago(state.updated_at, now)})")

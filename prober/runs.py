@@ -10,7 +10,7 @@ from prober.config import Config, Target
 from prober.policy import Action, Decision
 from prober.pressure import MemoryUser, Pressure
 from prober.results import ProbeResult
-from prober.tracker import Change, Health, State, TargetState
+from prober.tracker import Change, Health, State, TargetState, has_prober_fault, is_paused
 
 
 class Status(StrEnum):
@@ -59,6 +59,44 @@ class TargetReport:
         if self.health in (Health.FAILING, Health.RECOVERING) or self.notice:
             return Status.WARNING
         return Status.OK
+
+
+def remembered_status(state: TargetState, now: float) -> Status:
+    """A target's status as the last run left it, judged as `TargetReport.status` judges it:
+    what `prober status` exits with."""
+    if is_paused(state, now):
+        return Status.WARNING if state.last_ok is False else Status.OK
+    if has_prober_fault(state):
+        return Status.CRITICAL if state.health is Health.DOWN else Status.WARNING
+    if state.health is Health.DOWN or state.given_up:
+        return Status.CRITICAL
+    if state.health in (Health.FAILING, Health.RECOVERING) or state.last_notice:
+        return Status.WARNING
+    if state.health is Health.UNKNOWN:
+        return Status.UNKNOWN  # never judged, or reset since
+    return Status.OK
+
+
+STALE_AFTER_RUNS = 10
+STALE_AFTER_AT_LEAST = 300.0  # past the longest run the default policy makes (restart + verify)
+
+
+def stale_after(config: Config) -> float:
+    """How old the last run may be before what it left is too old to trust."""
+    return max(STALE_AFTER_RUNS * config.interval, STALE_AFTER_AT_LEAST)
+
+
+def too_old(config: Config, last_run_at: float | None, now: float) -> bool:
+    return last_run_at is None or now - last_run_at > stale_after(config)
+
+
+def remembered(config: Config, state: State, now: float) -> Status:
+    """`prober status`'s verdict: the worst target's (a target down before one never judged),
+    or unknown if no run is recent enough to trust (state.updated_at: the last run's time)."""
+    if too_old(config, state.updated_at, now):
+        return Status.UNKNOWN
+    statuses = [remembered_status(state.get(t.name), now) for t in config.targets]
+    return Status.CRITICAL if Status.CRITICAL in statuses else worst(statuses)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ old step. A file of a newer version than this prober's is moved aside, like a co
 
     v1  targets, updated_at
     v2  + trial (a dry run's own file, which a real run refuses), written_by (the version)
+    v3  + each target's last_notice (a warning that is no failure), for `prober status`
 
 A dry run writes only a trial file: one named with --state or PROBER_STATE, apart from the
 default path, that a dry run created (`may_write`).
@@ -46,7 +47,7 @@ from prober.tracker import HISTORY_LIMIT, Event, Health, State, TargetState, Tra
 
 log = logging.getLogger("prober")
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 DEFAULT_STATE_DIR = "/var/lib/prober"
 DEFAULT_SIZE_LIMIT = 256 << 20  # for a reader with no config at hand
 _LOCK_POLL = 0.05
@@ -105,7 +106,16 @@ def _v1_to_v2(data: Document) -> Document:
     return {**data, "version": 2, "trial": False, "written_by": ""}
 
 
-MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2}
+def _v2_to_v3(data: Document) -> Document:
+    targets = data.get("targets")
+    if not isinstance(targets, dict):  # from_json says what is wrong with it
+        return {**data, "version": 3}
+    return {**data, "version": 3, "targets": {
+        name: {**entry, "last_notice": ""} if isinstance(entry, dict) else entry
+        for name, entry in targets.items()}}
+
+
+MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(data: Document) -> Document:
@@ -286,6 +296,7 @@ _READERS: dict[str, Callable[[Any], Any]] = {
     "last_failure": _failure,
     "last_status_code": _optional_int,
     "last_latency_ms": _optional_latency,
+    "last_notice": _text,
     "down_since": _optional_time,
     "streak_starving": _flag,
     "held_at": _optional_time,

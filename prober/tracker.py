@@ -88,6 +88,7 @@ class TargetState:
     last_failure: str | None = None
     last_status_code: int | None = None
     last_latency_ms: float | None = None
+    last_notice: str = ""  # the last run's warning that is no failure (a certificate to renew)
     down_since: float | None = None  # when the current outage began (down, not yet recovered)
     streak_starving: bool = False  # every failure of the current streak was timeout or slow
     held_at: float | None = None  # when this outage's restart was first held under pressure

@@ -310,7 +310,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 2
+    assert json.loads(prober.state.read_text())["version"] == 3
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
@@ -368,14 +368,16 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
          "tcp://HOST:PORT or a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
-        (["probe", "http://x/", "--timeout", "forever"], "", '"forever" is not a duration'),
+        (["probe", "http://x/", "--timeout", "forever"], "",
+         'prober: error: --timeout: "forever" is not a duration (e.g. "30"'),
+        (["probe", "http://x/", "--timeout", "0"], "", "error: --timeout: must be more than 0s"),
         (["reset", "nope"], '[[target]]\nname = "web"\nurl = "http://127.0.0.1:1/"',
          'no target named "nope"'),
         (["watch", "--listen", "9813"], "", '--listen: "9813" is not host:port'),
         (["watch", "--listen", "127.0.0.1:0"], "", "has a port outside 1-65535"),
     ],
     ids=["missing", "wrong-type", "toml", "flag", "command", "if-stale", "scheme", "header",
-         "timeout", "reset-name", "listen", "listen-port"],
+         "timeout", "timeout-zero", "reset-name", "listen", "listen-port"],
 )
 def test_bad_input_is_one_line_and_exit_3(prober: Prober, args: list[str], config: str | None,
                                           message: str) -> None:
@@ -418,14 +420,16 @@ def test_status_and_reset(prober: Prober) -> None:
     prober("check")
     prober("check")
     status = prober("status", "--json")
-    assert status.code == 0
+    assert status.code == 2
     web = status.json()["targets"][0]
     assert (web["health"], web["consecutive_failures"]) == ("down", 2)
     assert [h["event"] for h in web["history"]] == ["failing", "down"]
     text = prober("status").out
     assert "down" in text and "connection refused" in text
     assert prober("reset", "web").code == 0
-    web = prober("status", "--json").json()["targets"][0]
+    status = prober("status", "--json")
+    assert status.code == 3  # not judged since the reset
+    web = status.json()["targets"][0]
     assert (web["health"], web["consecutive_failures"]) == ("unknown", 0)
     assert web["history"][-1]["event"] == "reset"
 
@@ -485,7 +489,7 @@ def test_probe_runs_a_command_json(prober: Prober) -> None:
     (["--env", "NOSIGN", "--", "/bin/true"], '--env "NOSIGN": expected NAME=VALUE'),
     (["--env", "BAD NAME=x", "--", "/bin/true"],
      'env: "BAD NAME" is not an environment variable name'),
-    (["--expect-exit", "300", "--", "/bin/true"], "expect_exit: must be at most 255, got 300"),
+    (["--expect-exit", "300", "--", "/bin/true"], "--expect-exit: must be at most 255, got 300"),
     (["--", "bin/true"], '"bin/true": expected an http:// or https:// URL'),
 ], ids=["env-no-equals", "env-bad-name", "exit-range", "relative"])
 def test_probe_of_a_command_refuses_bad_input(prober: Prober, args: list[str],

@@ -47,20 +47,37 @@ def test_bad_config_gives_one_exact_line(path: Path, expected: str,
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("1.5s", 1.5),
-     (10, 10), (2.5, 2.5), ("0s", 0), ("2d", 172800)],
+     (10, 10), (2.5, 2.5), ("0s", 0), ("2d", 172800),
+     # systemd.time(7)'s spans and a bare number of seconds, as systemd reads them
+     ("30", 30), (" 30 ", 30), ("2.5", 2.5), ("5sec", 5), ("5 sec", 5), ("1 second", 1),
+     ("2seconds", 2), ("2min", 120), ("1 minute", 60), ("3minutes", 180), ("1hr", 3600),
+     ("2 hours", 7200), ("1hour", 3600), ("1day", 86400), ("3 days", 259200),
+     ("1w", 604800), ("2weeks", 1209600), ("1week", 604800), ("1M", 2629800),
+     ("2months", 5259600), ("1y", 31557600), ("1 year", 31557600), ("250msec", 0.25),
+     ("1500us", 0.0015), ("1500usec", 0.0015), ("1h 30min", 5400), ("2min5s", 125),
+     ("1h 2m 3s", 3723), ("1d 1sec", 86401)],
     ids=str,
 )
 def test_durations(text: object, seconds: float) -> None:
-    """Durations accept unit suffixes and plain numbers of seconds."""
-    assert parse_duration(text) == seconds
+    """Durations are systemd's time spans or plain numbers of seconds, string or not."""
+    assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "5 sec", "-1s", "1x", True, [1], "s", -3],
+@pytest.mark.parametrize("text", ["", " ", "-1s", "1x", True, [1], "s", -3, "5 parsecs",
+                                  "1h-30m", "1,5s", "1.s", ".5s", "5mins", "MIN", "1mm",
+                                  "\u0663s", "11y", "1" * 101, None],
                          ids=repr)
 def test_bad_durations(text: object) -> None:
     """Anything that is not a duration is refused."""
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("seconds", [0, 0.001, 0.5, 1.5, 30, 90, 3600, 5400, 90000, 14 * 86400,
+                                     604800, 31557600])
+def test_format_duration_reads_back(seconds: float) -> None:
+    """What format_duration prints, parse_duration reads back (to its shown precision)."""
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=0.05)
 
 
 @pytest.mark.parametrize(

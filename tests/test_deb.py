@@ -7,7 +7,9 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from email.parser import Parser
@@ -105,6 +107,38 @@ def test_package_ships_command_units_cron_examples_and_man_page(deb: Path, root:
         assert (examples / example.name).read_text() == example.read_text()
     assert (root / "usr/share/man/man1/prober.1.gz").is_file()
     assert (root / "etc/prober").is_dir()
+
+
+COMPLETIONS = {"bash": "usr/share/bash-completion/completions/prober",
+               "zsh": "usr/share/zsh/vendor-completions/_prober",
+               "fish": "usr/share/fish/vendor_completions.d/prober.fish"}
+
+
+@pytest.mark.parametrize("shell", sorted(COMPLETIONS))
+def test_package_ships_completion_for_each_shell(root: Path, shell: str) -> None:
+    """Each shell's completion script is where Debian's shell looks, made by click at build
+    time: the same script the checkout's prober prints."""
+    shipped = root / COMPLETIONS[shell]
+    assert shipped.stat().st_mode & 0o777 == 0o644
+    done = subprocess.run([sys.executable, "-m", "prober"], capture_output=True, text=True,
+                          env={**os.environ, "_PROBER_COMPLETE": f"{shell}_source"},
+                          check=True, timeout=60)
+    assert shipped.read_text() == done.stdout and "_PROBER_COMPLETE" in done.stdout
+
+
+def test_packaged_bash_completion_completes(root: Path, tmp_path: Path) -> None:
+    """bash, with the packaged script sourced, completes `prober ch` to `check` (with this
+    checkout's prober on $PATH, as the package's would be)."""
+    launcher = tmp_path / "prober"
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m prober "$@"\n')
+    launcher.chmod(0o755)
+    script = root / COMPLETIONS["bash"]
+    done = subprocess.run(
+        ["bash", "-c", f". {shlex.quote(str(script))}; COMP_WORDS=(prober st); COMP_CWORD=1; "
+         '_prober_completion prober; printf "%s\\n" "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert done.returncode == 0 and done.stdout.split() == ["status"], done
 
 
 def test_package_ships_no_bytecode(root: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from prober.logs import SafeStream, safe, setup_logging
@@ -63,6 +64,16 @@ def test_safe_stream_hides_its_buffer() -> None:
     assert not hasattr(wrapped, "buffer")
     assert wrapped.encoding == "utf-8"
     assert safe(wrapped) is wrapped
+
+
+def test_click_echo_of_bytes_goes_through_the_wrapper() -> None:
+    """click.echo(bytes), as shell completion writes its script, finds no buffer and writes
+    the text through the wrapper, decoded."""
+    raw = io.BytesIO()
+    wrapped = safe(io.TextIOWrapper(raw, encoding="utf-8"))
+    click.echo("caf\u00e9 script".encode(), file=wrapped, nl=False)
+    wrapped.flush()
+    assert raw.getvalue() == "caf\u00e9 script".encode()
 
 
 def test_logging_to_a_dead_stderr_neither_raises_nor_reports(

@@ -217,25 +217,35 @@ def test_root_run_leaves_files_the_directory_owner_can_use(tmp_path: Path) -> No
 
 
 V1_FILE = Path(__file__).parent / "testdata" / "state-v1.json"
+V2_FILE = Path(__file__).parent / "testdata" / "state-v2.json"
 
 
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
         ({"version": 1, "targets": {"a": {}}, "updated_at": 5.0},
-         {"version": 2, "targets": {"a": {}}, "updated_at": 5.0, "trial": False,
-          "written_by": ""}),
-        ({"version": 2, "targets": {}, "trial": True, "written_by": "0.1.0"},
-         {"version": 2, "targets": {}, "trial": True, "written_by": "0.1.0"}),
+         {"version": 3, "targets": {"a": {"last_notice": ""}}, "updated_at": 5.0,
+          "trial": False, "written_by": ""}),
+        ({"version": 2, "targets": {"a": {"health": "down"}}, "trial": True,
+          "written_by": "0.1.0"},
+         {"version": 3, "targets": {"a": {"health": "down", "last_notice": ""}}, "trial": True,
+          "written_by": "0.1.0"}),
+        ({"version": 2, "targets": {"a": 7, "b": {}}},
+         {"version": 3, "targets": {"a": 7, "b": {"last_notice": ""}}}),
+        ({"version": 2, "targets": []}, {"version": 3, "targets": []}),
+        ({"version": 2}, {"version": 3}),
+        ({"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False},
+         {"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False}),
     ],
-    ids=["v1", "v2-as-it-is"],
+    ids=["v1", "v2", "v2-a-damaged-entry", "v2-damaged-targets", "v2-no-targets",
+         "v3-as-it-is"],
 )
 def test_migrate(document: dict[str, object], expected: dict[str, object]) -> None:
     """Each version is brought up to the current one, one step at a time, nothing lost."""
     assert migrate(document) == expected
 
 
-@pytest.mark.parametrize("version", [0, -1, 3, 99, "1", 1.0, None, True],
+@pytest.mark.parametrize("version", [0, -1, 4, 99, "1", 1.0, None, True],
                          ids=repr)
 def test_migrate_refuses_a_version_it_does_not_know(version: object) -> None:
     """A version that is none of ours, a newer one included, is not read."""
@@ -253,10 +263,10 @@ def test_every_target_field_has_a_reader() -> None:
     assert set(_READERS) == {f.name for f in dataclasses.fields(TargetState)}
 
 
-def test_a_v1_file_of_the_last_release_is_rewritten_as_v2_with_nothing_lost(
+def test_a_v1_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
         tmp_path: Path) -> None:
     """tests/testdata/state-v1.json, written by the version 1 StateStore.save, loads; the next
-    save writes version 2 with every target's entry as it was."""
+    save writes version 3 with every target's entry as it was, and no notice."""
     v1 = json.loads(V1_FILE.read_text())
     path = tmp_path / "state.json"
     path.write_bytes(V1_FILE.read_bytes())
@@ -264,9 +274,28 @@ def test_a_v1_file_of_the_last_release_is_rewritten_as_v2_with_nothing_lost(
     state = store.load()
     assert not state.trial and set(state.targets) == set(v1["targets"])
     store.save(state)
-    v2 = json.loads(path.read_text())
-    assert (v2["version"], v2["trial"], v2["written_by"]) == (2, False, prober.__version__)
-    assert v2["targets"] == v1["targets"] and v2["updated_at"] == v1["updated_at"]
+    v3 = json.loads(path.read_text())
+    assert (v3["version"], v3["trial"], v3["written_by"]) == (3, False, prober.__version__)
+    assert v3["targets"] == {name: {**entry, "last_notice": ""}
+                             for name, entry in v1["targets"].items()}
+    assert v3["updated_at"] == v1["updated_at"]
+    assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_a_v2_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
+        tmp_path: Path) -> None:
+    """tests/testdata/state-v2.json, written by the version 2 StateStore.save, loads; the next
+    save writes version 3 with every target's entry as it was, and no notice."""
+    v2 = json.loads(V2_FILE.read_text())
+    assert v2["version"] == 2
+    path = tmp_path / "state.json"
+    path.write_bytes(V2_FILE.read_bytes())
+    store = StateStore(str(path))
+    store.save(store.load())
+    v3 = json.loads(path.read_text())
+    assert (v3["version"], v3["trial"]) == (3, False)
+    assert v3["targets"] == {name: {**entry, "last_notice": ""}
+                             for name, entry in v2["targets"].items()}
     assert not (tmp_path / "state.json.corrupt").exists()
 
 

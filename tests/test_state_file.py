@@ -121,7 +121,7 @@ def test_a_symlink_to_a_regular_state_file_is_followed(tmp_path: Path, web: Serv
     shutil.copy(V1_FILE, real)
     (tmp_path / "state.json").symlink_to(real)
     run = prober(tmp_path, "status", "--json")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 3 and "too old to trust" in run.stderr, run.stderr  # hours ago
 
 
 # --- every field checked ------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_wrong_typed_fields_cost_only_their_own_targets(tmp_path: Path, web: Ser
     _config(tmp_path, web, *NAMES)
     pause = _damaged_state(tmp_path)
     status = prober(tmp_path, "status", "--json")
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # the last release's run, hours ago
     paused = {t["name"]: t["paused_until"] for t in status_targets(status)}
     assert paused["mastodon-web"] == pause
     for words in ('target "caddy": paused_until: not a time', 'target "sidekiq": since: ',
@@ -160,7 +160,7 @@ def test_wrong_typed_fields_cost_only_their_own_targets(tmp_path: Path, web: Ser
     assert check.returncode == 0, check.stderr
     assert "internal error" not in check.stderr
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["version"] == 2
+    assert saved["version"] == 3
     assert saved["targets"]["mastodon-web"]["paused_until"] == pause
     assert saved["targets"]["caddy"]["paused_until"] is None  # its entry began afresh
 
@@ -293,19 +293,20 @@ def test_a_trial_keeps_its_own_counts_and_a_real_run_refuses_them(tmp_path: Path
     assert trial.read_bytes() == kept
 
 
-# --- version 1 to version 2 ---------------------------------------------------------------
+# --- version 1 to version 3 ---------------------------------------------------------------
 
 
-def test_check_carries_a_v1_file_to_v2_with_nothing_lost(tmp_path: Path, web: Server) -> None:
-    """The last release's file: `status` reads it, the first `check` writes it as version 2,
-    each target's restart count and history (top_memory in it) kept."""
+def test_check_carries_a_v1_file_to_v3_with_nothing_lost(tmp_path: Path, web: Server) -> None:
+    """The last release's file: `status` reads it (its run too old to vouch for), the first
+    `check` writes it as version 3, each target's restart count and history (top_memory in it)
+    kept."""
     _config(tmp_path, web, *NAMES, extra="max_restarts = 9")
     shutil.copy(V1_FILE, tmp_path / "state.json")
     v1 = json.loads(V1_FILE.read_text())
-    assert prober(tmp_path, "status").returncode == 0
+    assert prober(tmp_path, "status").returncode == 3
     assert prober(tmp_path, "check").returncode == 0
     v2 = json.loads((tmp_path / "state.json").read_text())
-    assert (v2["version"], v2["trial"]) == (2, False)
+    assert (v2["version"], v2["trial"]) == (3, False)
     for name, old in v1["targets"].items():
         new = v2["targets"][name]
         assert new["restarts_total"] == old["restarts_total"]

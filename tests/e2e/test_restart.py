@@ -101,8 +101,8 @@ class Prober:
         return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
     def status(self) -> dict[str, Any]:
-        done = self.sandbox.run(self.command("status", "--state", str(self.state), "--json"),
-                                check=True)
+        done = self.sandbox.run(self.command("status", "--state", str(self.state), "--json"))
+        assert done.returncode in (0, 1, 2, 3), done.stderr  # it exits as check does
         return {t["name"]: t for t in json.loads(done.stdout)["targets"]}
 
 

@@ -1,15 +1,17 @@
 """`make bench`: the figures of the "Performance" issue, measured in one run on this machine.
 
-    python -m tests.bench [--json PATH] [--reps N] [--no-sandbox]
+    python -m tools.bench [--json PATH] [--reps N] [--no-sandbox]
 
 Prints one table (each figure beside its baseline and target, with a verdict: OK, MISSED, or
 "pending" and why), the machine, where a healthy check's import time goes, and notes; then the
 same as JSON, at the end of stdout or in PATH. Exits non-zero only when the benchmark itself
 could not run (a server, the prober or the sandbox misbehaved), never for a missed target.
 
-Everything is real: loopback servers from tests/servers.py running in this process, the prober
+Everything is real: loopback servers from tests/support/servers.py running in this process, the
+prober
 as a fresh process per run (this venv's `prober` console script, as an operator runs it), curl
-for the operator's loop, and the systemd sandbox of tests/sandbox.py for restarts. Work files
+for the operator's loop, and the systemd sandbox of tests/support/sandbox.py for restarts. Work
+files
 live in a fresh directory under /var/tmp (the sandbox's under .sandbox/), removed at the end.
 
 Timing: children are timed one by one with time.perf_counter (hyperfine when installed), the
@@ -47,8 +49,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.processes import stop_process
-from tests.servers import Server, hang, health, serve
+from tests.support.processes import stop_process
+from tests.support.servers import Server, hang, health, serve
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -64,8 +66,9 @@ RESTART_EXTRA_TARGET = 0.100
 WATCH_INTERVAL, WATCH_THRESHOLD, WATCH_TIMEOUT = 1.0, 2, 1.0
 WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
 # Loaded by a healthy check, these would be paid for on every run for nothing.
-HEAVY = ("dbus_next", "tenacity", "prober.systemd", "prober.notify", "prober.polkit",
-         "prober.sdnotify", "prometheus_client", "prober.metrics", "prober.web", "prober.page")
+HEAVY = ("dbus_next", "tenacity", "prober.actuators.systemd", "prober.outputs.notify",
+         "prober.actuators.polkit", "prober.shell.sdnotify", "prometheus_client",
+         "prober.outputs.metrics", "prober.outputs.web", "prober.outputs.page")
 
 BASELINE = [PY, "-c", "import httpx, click"]  # issue 7's baseline, retired: now info only
 # The floor of a healthy check (issue 14): the least a program can do that probes the same
@@ -109,20 +112,20 @@ with open(sys.argv[1], "w") as out:
 # Which modules a healthy check leaves loaded (from the inside: lazy importers included).
 MODULES_CHILD = """\
 import json, sys
-from prober.cli import run
+from prober.shell.cli import run
 code = run(sys.argv[1:])
 print("\\n" + json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 # Where the wall time of a check goes, seen from inside a fresh process that ends as
-# prober.cli.main() does (no teardown).
+# prober.shell.cli.main() does (no teardown).
 STAGES_CHILD = """\
 import time
 began, started = time.time(), time.perf_counter()
-import prober.cli, prober.check
+import prober.shell.cli, prober.shell.check
 imported = time.perf_counter()
 import contextlib, io, json, os, sys
 with contextlib.redirect_stdout(io.StringIO()):
-    code = prober.cli.run(sys.argv[1:])
+    code = prober.shell.cli.run(sys.argv[1:])
 print(json.dumps({"began": began, "imports": imported - started,
                   "run": time.perf_counter() - imported, "code": code, "ended": time.time()}),
       flush=True)
@@ -134,9 +137,9 @@ os._exit(0)
 # `systemctl restart`, and after each restart systemd's own record of the stop/start.
 RESTART_CHILD = """\
 import asyncio, json, subprocess, sys, time
-from prober.config import Bus, Target
+from prober.core.config import Bus, Target
 from prober.probes.http import HttpProbe
-from prober.systemd import SystemdActuator
+from prober.actuators.systemd import SystemdActuator
 unit, reps = sys.argv[1], int(sys.argv[2])
 target = Target(name="bench", probe=HttpProbe(url="http://127.0.0.1:9/"), unit=unit)
 def own_stop_start():
@@ -577,9 +580,9 @@ def figure_many(bench: Bench) -> None:
 def sandbox_missing() -> str:
     """Why the sandbox cannot be used here ("" if it can)."""
     try:
-        from tests.sandbox import missing_requirements
+        from tests.support.sandbox import missing_requirements
     except ImportError as exc:
-        return f"tests/sandbox.py cannot be imported: {exc}"
+        return f"tests/support/sandbox.py cannot be imported: {exc}"
     missing = missing_requirements()
     return "; ".join(missing)
 
@@ -690,7 +693,7 @@ def watch_once(bench: Bench, name: str, url: str, env: Mapping[str, str],
 
 
 def figure_watch_sandbox(bench: Bench, box: Any) -> None:
-    from tests.sandbox import STANDIN, free_ports
+    from tests.support.sandbox import STANDIN, free_ports
 
     port = free_ports(1)[0]
     fail_file = box.workdir / "web.fail"
@@ -759,7 +762,7 @@ def figures_systemd(bench: Bench, use_sandbox: bool) -> None:
                               f"pending: no systemd sandbox here ({reason})"))
         figure_watch_local(bench, reason)
         return
-    from tests.sandbox import Sandbox, SandboxError
+    from tests.support.sandbox import Sandbox, SandboxError
 
     workdir = REPO / ".sandbox" / f"bench-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
@@ -785,7 +788,7 @@ def figures_systemd(bench: Bench, use_sandbox: bool) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-# --- under memory pressure (tests/harness.py): each figure against its idle run ----------------
+# --- under memory pressure (tests/support/harness.py): each figure against its idle run --------
 
 
 PRESSURE_LIMIT_MIB = 300  # the whole sandbox, as tests/e2e/test_pressure.py has it
@@ -936,7 +939,7 @@ def _hold_figure(box: Any, stack: Any, installed: Any, harness: Any, config: str
     so that its own PSI climbs): when the restart came, and how long the hold lasted."""
     import json
 
-    from tests.harness import THRASHER
+    from tests.support.harness import THRASHER
 
     installed.config.write_text(config.replace(
         'startup_grace = "0s"', f'startup_grace = "0s"\npressure_hold = "{PRESSURE_HOLD_S}s"'))
@@ -965,16 +968,16 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
              "under pressure: timer (1 s), caddy refused -> restart request")
     reason = "--no-sandbox" if not use_sandbox else ""
     if not reason:
-        from tests.sandbox import missing_requirements
+        from tests.support.sandbox import missing_requirements
 
         reason = "; ".join(missing_requirements(memory=True))
     if reason:
         for name in names:
             bench.rows.append(Row(name, "-", "-", "-", f"pending: no memory sandbox ({reason})"))
         return
-    from tests.deploy import install
-    from tests.harness import THRASHER, MemoryPressure
-    from tests.sandbox import Sandbox, SandboxError, start_stack
+    from tests.support.deploy import install
+    from tests.support.harness import THRASHER, MemoryPressure
+    from tests.support.sandbox import Sandbox, SandboxError, start_stack
 
     workdir = REPO / ".sandbox" / f"bench-pressure-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
@@ -1047,7 +1050,7 @@ def figures_pressure(bench: Bench, use_sandbox: bool) -> None:
 def figure_deb(bench: Bench) -> None:
     """A healthy check from the package's /usr/lib/prober, run as its launcher runs it
     (python3 -IB: the hardened unit's /usr is read-only), without and with py3compile's .pyc."""
-    from tests import debpkg
+    from tests.support import debpkg
 
     figure = "packaged check, 2 targets: no .pyc (no postinst)"
     missing = debpkg.missing_tools() + ([] if shutil.which("py3compile") else ["py3compile"])
@@ -1068,7 +1071,7 @@ def figure_deb(bench: Bench) -> None:
 
         def launcher(lib: Path) -> list[str]:
             code = (f"import sys; sys.path.insert(0, {str(lib)!r}); "
-                    "from prober.cli import main; main()")
+                    "from prober.shell.cli import main; main()")
             return ["/usr/bin/python3", "-IB", "-c", code, *args]
 
         times = compare({"cold": launcher(cold), "warm": launcher(warm)}, bench.env, bench.reps)
@@ -1117,7 +1120,8 @@ def render(bench: Bench, info: Mapping[str, Any]) -> str:
     stage = bench.extra.get("stages")
     if stage:
         lines += ["", "healthy check, where the time goes (medians, fresh processes): start "
-                      f"{ms(stage['start'])}, import prober.cli+check {ms(stage['imports'])}, "
+                      f"{ms(stage['start'])}, import prober.shell.cli+check "
+                      f"{ms(stage['imports'])}, "
                       f"the run (config, loop, probes, state, report) {ms(stage['run'])}, "
                       f"exit {ms(stage['exit'])}"]
     imports = bench.extra.get("imports")
@@ -1154,20 +1158,20 @@ FIGURES: dict[str, Figure] = {
     "healthy": lambda bench, sandbox: figure_healthy(bench),
     "textfile": lambda bench, sandbox: figure_textfile(bench),
     "many": lambda bench, sandbox: figure_many(bench),
-    "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
-    "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
-    "page": _elsewhere("tests.bench_page", "figure_page"),
-    "hostile": _elsewhere("tests.bench_hostile", "figure_hostile"),
+    "thousand": _elsewhere("tools.bench_thousand", "figure_thousand"),
+    "watch": _elsewhere("tools.bench_watch", "figure_watch_cost"),
+    "page": _elsewhere("tools.bench_page", "figure_page"),
+    "hostile": _elsewhere("tools.bench_hostile", "figure_hostile"),
     "systemd": figures_systemd,
     "pressure": figures_pressure,
     "deb": lambda bench, sandbox: figure_deb(bench),
-    "state": _elsewhere("tests.bench_state", "figure_state"),
-    "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
+    "state": _elsewhere("tools.bench_state", "figure_state"),
+    "confirm": _elsewhere("tools.bench_confirm", "figure_confirm"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", metavar="PATH", help="write the JSON here, not to stdout")
     parser.add_argument("--reps", type=int, default=15,

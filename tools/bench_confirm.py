@@ -1,7 +1,8 @@
 """`make bench`, the confirmation figure: how long the shipped timer takes to restart a caddy that
 stopped listening, with `confirm_interval` at its default and off (the behaviour before it).
 
-In the systemd sandbox of tests/sandbox.py, the shipped units (tests/deploy.py) run `prober check`
+In the systemd sandbox of tests/support/sandbox.py, the shipped units (tests/support/deploy.py)
+run `prober check`
 on the shipped timer's period. Each repetition waits for a run to end, unloads caddy's servers
 over its admin API (`POST /load {}`: the unit stays active, its port refuses), and measures the
 seconds until systemd starts the restart prober asked for (caddy leaves `active`). Breaking caddy
@@ -50,9 +51,9 @@ SETTINGS = {"default": "2s", "off": "0s"}
 def figure_confirm(bench: Any) -> None:
     """The row: refused -> restart under the shipped timer, the default beside `0s`.
 
-    `bench` is tests.bench's Bench (typed loosely, as in tests/bench_watch.py).
+    `bench` is tools.bench's Bench (typed loosely, as in tools/bench_watch.py).
     """
-    from tests.bench import REPO, BenchError, Row, sandbox_missing
+    from tools.bench import REPO, BenchError, Row, sandbox_missing
 
     name = f"refused -> restart, shipped timer ({TIMER_PERIOD:g} s), confirm_interval 2s"
     target = f"<= {TIMER_PERIOD + TARGET_MARGIN:g} s"
@@ -60,7 +61,7 @@ def figure_confirm(bench: Any) -> None:
     if reason:
         bench.rows.append(Row(name, "-", "-", target, f"pending: no systemd sandbox ({reason})"))
         return
-    from tests.sandbox import Sandbox, SandboxError
+    from tests.support.sandbox import Sandbox, SandboxError
 
     workdir = REPO / ".sandbox" / f"bench-confirm-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
@@ -77,8 +78,8 @@ def figure_confirm(bench: Any) -> None:
 
 
 def _measure(box: Any) -> dict[str, list[float]]:
-    from tests.deploy import install
-    from tests.sandbox import start_stack
+    from tests.support.deploy import install
+    from tests.support.sandbox import start_stack
 
     stack = start_stack(box)
     box.write_unit("caddy.service.d/bench.conf", "[Unit]\nStartLimitIntervalSec=0\n",
@@ -118,7 +119,7 @@ def _refused_to_restart(box: Any, stack: Any, installed: Any) -> float:
 
 
 def _add_row(bench: Any, name: str, target: str, found: dict[str, list[float]]) -> None:
-    from tests.bench import Row, verdict
+    from tools.bench import Row, verdict
 
     confirmed, off = (statistics.median(found[s]) for s in SETTINGS)
     bench.rows.append(Row(
@@ -148,7 +149,7 @@ def _exited_at(box: Any, unit: str) -> float:
 
 
 def _wait(predicate: Callable[[], object], within: float, what: str) -> None:
-    from tests.bench import BenchError
+    from tools.bench import BenchError
 
     deadline = time.monotonic() + within
     while not predicate():

@@ -2,7 +2,7 @@
 each hostile body (a gzip bomb of one and of two layers, a redirect with a 96 MiB body, a
 regex that backtracks for ever), beside a healthy probe's peak measured in the same run.
 
-Every probe is a fresh process against a loopback server of its own (tests/hostile.py, in
+Every probe is a fresh process against a loopback server of its own (tests/support/hostile.py, in
 the bench process); after one warm-up run, which fills the bytecode cache, the runs of all the
 cases are interleaved, and each figure is the largest peak of its runs.
 """
@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from tests.hostile import (
+from tests.support.hostile import (
     REDOS_BODY,
     REDOS_REGEX,
     bomb,
     encoded,
     redirect_with_body,
 )
-from tests.servers import Handler, answer, health, serve
+from tests.support.servers import Handler, answer, health, serve
 
 REPS = 3
 SLACK_MIB = 8
@@ -41,9 +41,9 @@ CASES: dict[str, tuple[Handler, Sequence[str], Sequence[int]]] = {
 def figure_hostile(bench: Any) -> None:
     """One row per hostile body: the probe's peak RSS beside the healthy probe's.
 
-    `bench` is tests.bench's Bench (typed loosely, as in tests/bench_watch.py).
+    `bench` is tools.bench's Bench (typed loosely, as in tools/bench_watch.py).
     """
-    from tests.bench import MIB, PROBER, Row, measure, mib, verdict
+    from tools.bench import MIB, PROBER, Row, measure, mib, verdict
 
     peaks: dict[str, list[int]] = {name: [] for name in CASES}
     with ExitStack() as stack:

@@ -2,9 +2,10 @@
 --listen` while 300 slowloris connections and 2,000 idle ones are held open, beside the same
 scraper with no hostile client (the baseline, the same run, the same watcher just before).
 
-The watcher probes one loopback server of its own (tests/servers.py, in the bench process) that
+The watcher probes one loopback server of its own (tests/support/servers.py, in the bench process)
+that
 stamps each request as it arrives: the probe cadence is the time between two stamps. The hostile
-clients are tests/flood.py in a process of their own (each connection opened again after a
+clients are tests/support/flood.py in a process of their own (each connection opened again after a
 pause once the watcher drops it). The scraper, in the bench process, asks once every
 SCRAPE_PAUSE, a fresh connection each time, as Prometheus does; a scrape counts as answered if
 the whole 200 came back within ANSWER_WITHIN. RSS is the watcher's VmRSS, read after every
@@ -22,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.bench_watch import rss_kib
-from tests.processes import stop_process
-from tests.servers import Exchange, Server, health
+from tests.support.processes import stop_process
+from tests.support.servers import Exchange, Server, health
+from tools.bench_watch import rss_kib
 
 SLOWLORIS, IDLE = 300, 2_000
 INTERVAL = 0.5  # the watcher's, seconds
@@ -102,9 +103,9 @@ def figure_page(bench: Any) -> None:
     """The page's rows: the share of scrapes answered, the probe cadence and the watcher's RSS,
     each with the flood beside without it.
 
-    `bench` is tests.bench's Bench (typed loosely, as in tests/bench_watch.py).
+    `bench` is tools.bench's Bench (typed loosely, as in tools/bench_watch.py).
     """
-    from tests.bench import PROBER, PY, REPO, BenchError, write_config
+    from tools.bench import PROBER, PY, REPO, BenchError, write_config
 
     stamps: list[float] = []
     server = Server(stamping(stamps))
@@ -134,12 +135,12 @@ def figure_page(bench: Any) -> None:
             time.sleep(0.1)
         quiet = measure(port, watcher.pid, stamps, alive)
         hostile = subprocess.Popen(
-            [PY, "-m", "tests.flood", str(port), "--slowloris", str(SLOWLORIS),
+            [PY, "-m", "tests.support.flood", str(port), "--slowloris", str(SLOWLORIS),
              "--idle", str(IDLE)], env=bench.env, cwd=REPO, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE)
         assert hostile.stdout is not None
         if hostile.stdout.readline() != b"open\n":
-            raise BenchError(f"tests.flood did not open its connections ({hostile.wait()})")
+            raise BenchError(f"tests.support.flood did not open its connections ({hostile.wait()})")
         flooded = measure(port, watcher.pid, stamps, alive)
     finally:
         if hostile is not None:
@@ -150,7 +151,7 @@ def figure_page(bench: Any) -> None:
 
 
 def rows(bench: Any, quiet: Phase, flooded: Phase) -> None:
-    from tests.bench import Row, mib, verdict
+    from tools.bench import Row, mib, verdict
 
     under = f"{SLOWLORIS} slowloris + {IDLE:,} idle open"
     bench.rows.append(Row(
@@ -173,7 +174,8 @@ def rows(bench: Any, quiet: Phase, flooded: Phase) -> None:
         {"rss_kib": flooded.rss, "baseline_rss_kib": quiet.rss}))
     bench.notes.append(
         "Page: a real `prober watch --listen` probing one loopback server that stamps each "
-        "probe (the cadence); tests/flood.py in a process of its own holds the slowloris and "
+        "probe (the cadence); tests/support/flood.py in a process of its own holds the "
+        "slowloris and "
         "idle connections open, opening each again after a pause once dropped; the scraper "
         "asks for /metrics on a fresh connection every "
         f"{SCRAPE_PAUSE * 1000:g} ms, first with no flood, then with it.")

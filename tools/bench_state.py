@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prober.pressure import MemoryUser
-from prober.state import StateStore
-from prober.tracker import Event, Health, State, TargetState, Transition
+from prober.core.psi import MemoryUser
+from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.shell.state import StateStore
 
 HISTORY = 500
 SIZES = (2, 200)
@@ -59,7 +59,7 @@ def _timings(action: Callable[[], Any], floor: Callable[[], Any]
 
 
 def figure_state(bench: Any) -> None:
-    from tests.bench import Row, verdict
+    from tools.bench import Row, verdict
 
     for targets in SIZES:
         path: Path = bench.path(f"state-{targets}.json")

@@ -12,7 +12,8 @@ pairs), each transfer bounded by the same timeout. curl runs at most 300 transfe
 the 100 hanging URLs hold a third of its slots for 2 s: it is a baseline for the wall time of
 the whole, not for a run with no cap.
 
-The server is tests/mass_server.py: one asyncio loop in a child process, backlog 4096, so that
+The server is tests/support/mass_server.py: one asyncio loop in a child process, backlog 4096,
+so that
 neither its accept loop nor a full backlog is what is measured. Every run is timed from spawn
 to exit; peak RSS and CPU (user + system) come from /usr/bin/time -v.
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.mass_server import mass_server
+from tests.support.mass_server import mass_server
 
 TARGETS, HANGING, TIMEOUT = 1000, 100, 2.0
 ANSWER_PORTS, HANG_PORTS = 8, 2
@@ -75,7 +76,7 @@ class Run:
 def timed_run(argv: list[str], env: dict[str, str], workdir: Path,
               expect: tuple[int, ...] = (0,)) -> Run:
     """Wall time from spawn to exit, peak RSS and CPU seconds of one run."""
-    from tests.bench import TIME, BenchError
+    from tools.bench import TIME, BenchError
 
     if not os.access(TIME, os.X_OK):  # the Makefile's deps install it (Debian's `time`)
         raise BenchError(f"{TIME} is missing: it measures the peak RSS and CPU of a run")
@@ -121,7 +122,7 @@ def figure_thousand(bench: Any) -> None:
 
 def measure_thousand(bench: Any, urls: list[str]) -> dict[str, list[Run]]:
     """RUNS runs of the prober and of the floor, interleaved; 2 of the bare floor; 3 of curl."""
-    from tests.bench import PROBER, PY, BenchError, write_config
+    from tools.bench import PROBER, PY, BenchError, write_config
 
     env = dict(bench.env)
     workdir: Path = bench.workdir
@@ -176,7 +177,7 @@ def described(runs: list[Run]) -> str:
 
 
 def thousand_rows(bench: Any, runs: dict[str, list[Run]]) -> None:
-    from tests.bench import Row, mib, secs, verdict
+    from tools.bench import Row, mib, secs, verdict
 
     mine, floor, curl = runs["prober"], runs["floor"], runs["curl"]
     wall, floor_wall = (statistics.median(r.seconds for r in rs) for rs in (mine, floor))

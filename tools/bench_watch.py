@@ -8,7 +8,8 @@ None in sys.modules, which is what the prober does, and what an installed sniffi
 without sniffio, httpcore repeats that failed import, and its search of sys.path, several times
 a request. The verdict is against the second, the lower floor.
 
-Every process probes a loopback server of its own (tests/servers.py, in the bench process) that
+Every process probes a loopback server of its own (tests/support/servers.py, in the bench process)
+that
 counts the requests, so a cycle is one request the server saw. CPU is the process's own, read
 from /proc/PID/task/*/schedstat (nanoseconds on the CPU, every thread) at the start and the end
 of each window; all the processes of a comparison run at the same time, through the same
@@ -31,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.processes import stop_process
-from tests.servers import Server, health
+from tests.support.processes import stop_process
+from tests.support.servers import Server, health
 
 SHORT_INTERVAL = 0.05  # the cycle of the main comparison: many cycles in little time
 WINDOWS, WINDOW = 15, 4.0  # that comparison: medians over this many windows of this long
@@ -115,7 +116,7 @@ class Probed:
         return self.proc.pid
 
     def alive(self) -> None:
-        from tests.bench import BenchError
+        from tools.bench import BenchError
 
         assert self.proc is not None
         if self.proc.poll() is not None:
@@ -133,7 +134,7 @@ def running(probed: Sequence[Probed], env: Mapping[str, str], workdir: Path
             ) -> Iterator[None]:
     """Start them all and wait until each has done its warm-up cycles; at the end, stop them
     all (by PID) and close their servers."""
-    from tests.bench import BenchError
+    from tools.bench import BenchError
 
     try:
         for item in probed:
@@ -156,7 +157,7 @@ def running(probed: Sequence[Probed], env: Mapping[str, str], workdir: Path
 
 def measure_windows(probed: Sequence[Probed], windows: int, seconds: float) -> None:
     """CPU per cycle of each, over the same `windows` windows of `seconds`."""
-    from tests.bench import BenchError
+    from tools.bench import BenchError
 
     for _ in range(windows):
         start = [(cpu_seconds(p.pid), p.cycles) for p in probed]
@@ -204,7 +205,7 @@ class Makers:
     bench: Any
 
     def watcher(self, name: str, interval: float) -> Probed:
-        from tests.bench import PROBER, write_config
+        from tools.bench import PROBER, write_config
 
         server = Server(health())
         slug = name.replace(" ", "-")
@@ -213,7 +214,7 @@ class Makers:
                                        interval), server, warmup=warmup(interval))
 
     def floor(self, name: str, interval: float, *, strict: bool = True) -> Probed:
-        from tests.bench import PY
+        from tools.bench import PY
 
         server = Server(health())
         return Probed(name, floor_argv(PY, server.url("/health"), interval, strict=strict),
@@ -233,7 +234,7 @@ def window_ratios(mine: Probed, base: Probed) -> list[float]:
 def figure_watch_cost(bench: Any) -> None:
     """The watcher's rows: CPU per cycle at a short interval and at 1 s, RSS growth.
 
-    `bench` is tests.bench's Bench (typed loosely: `python -m tests.bench` runs that module
+    `bench` is tools.bench's Bench (typed loosely: `python -m tools.bench` runs that module
     as __main__, and the Bench it passes is of that copy).
     """
     make = Makers(bench)
@@ -252,7 +253,7 @@ def figure_watch_cost(bench: Any) -> None:
 
 def short_rows(bench: Any, make: Makers) -> None:
     """CPU per cycle at a short interval: the watcher between its two floors."""
-    from tests.bench import Row, verdict
+    from tools.bench import Row, verdict
 
     floor, watch, bare = (make.floor("floor", SHORT_INTERVAL),
                           make.watcher("watch", SHORT_INTERVAL),
@@ -279,7 +280,7 @@ def short_rows(bench: Any, make: Makers) -> None:
 
 def slow_row(bench: Any, make: Makers) -> None:
     """CPU per cycle at 1 s, beside monit's."""
-    from tests.bench import Row
+    from tools.bench import Row
 
     floor, watch = make.floor("floor 1 s", SLOW_INTERVAL), make.watcher("watch 1 s",
                                                                         SLOW_INTERVAL)
@@ -305,7 +306,7 @@ def slow_row(bench: Any, make: Makers) -> None:
 
 def rss_row(bench: Any, make: Makers) -> None:
     """The watcher's RSS after RSS_WARMUP cycles and RSS_CYCLES more, beside the floor's."""
-    from tests.bench import BenchError, Row, mib, verdict
+    from tools.bench import BenchError, Row, mib, verdict
 
     fast = [make.watcher("watch rss", RSS_INTERVAL), make.floor("floor rss", RSS_INTERVAL)]
     for item in fast:

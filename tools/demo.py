@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy import install
-from tests.e2e.conftest import new_workdir
-from tests.sandbox import Sandbox, Stack, missing_requirements, start_stack
+from tests.support.deploy import install
+from tests.support.e2e import new_workdir
+from tests.support.sandbox import Sandbox, Stack, missing_requirements, start_stack
 
 PERIOD = 5  # seconds between runs; the shipped timer says 30
 THRESHOLD = 3

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from prober.config import Config
-from prober.errors import InstallError
-from prober.files import remove_stale_temp_files, write_atomically
-from prober.text import os_reason
+from prober.core.config import Config
+from prober.core.errors import InstallError
+from prober.core.text import os_reason
+from prober.io.files import remove_stale_temp_files, write_atomically
 
 RULES_FILE = "/etc/polkit-1/rules.d/50-prober.rules"
 """Where `prober polkit-rule --install` writes the rule; polkitd rereads the folder by itself."""

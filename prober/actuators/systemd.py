@@ -26,11 +26,11 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 
-from prober.actuator import RestartResult, UnitFacts
-from prober.config import Bus, Target
-from prober.errors import SystemdError
-from prober.keys import format_duration
-from prober.text import os_reason, reason
+from prober.core.actuator import RestartResult, UnitFacts
+from prober.core.config import Bus, Target
+from prober.core.errors import SystemdError
+from prober.core.keys import format_duration
+from prober.core.text import os_reason, reason
 
 log = logging.getLogger("prober")
 

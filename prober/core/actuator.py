@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from prober.config import Bus, Target
+from prober.core.config import Bus, Target
 
 
 class ActiveState(StrEnum):

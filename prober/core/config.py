@@ -2,7 +2,7 @@
 
 `parse_config` is pure (a dict in, a Config or a ConfigError out); `load_config` reads the file.
 Every error names the file, the target and the key, in one line. The keys themselves are
-declared once, below and in each probe kind's module (see prober/keys.py).
+declared once, below and in each probe kind's module (see prober/core/keys.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prober import probes
-from prober.errors import ConfigError
-from prober.keys import (
+from prober.core.errors import ConfigError
+from prober.core.keys import (
     Key,
     Option,
     Shape,
@@ -43,11 +41,8 @@ from prober.keys import (
     unit,
     url,
 )
-from prober.probes.base import Invalid, ProbeKind, ProbeSpec
-from prober.text import did_you_mean, os_reason
-
-if TYPE_CHECKING:
-    from prober.configfiles import NamedFile
+from prober.core.kinds import Invalid, ProbeKind, ProbeSpec, registered
+from prober.core.text import did_you_mean
 
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
@@ -63,7 +58,7 @@ class Bus(StrEnum):
 
 
 @dataclass(frozen=True)
-class Policy:
+class RestartRules:
     """When a target counts as down, and what may be done about it. Durations in seconds."""
 
     timeout: float = 5.0
@@ -175,7 +170,7 @@ class Target:
     probe: ProbeSpec
     unit: str | None = None
     depends_on: tuple[str, ...] = ()
-    policy: Policy = field(default_factory=Policy)
+    policy: RestartRules = field(default_factory=RestartRules)
 
     @property
     def kind(self) -> ProbeKind[Any, Any]:
@@ -194,7 +189,7 @@ class Target:
 
 def kind_of(spec: object) -> ProbeKind[Any, Any]:
     """The registered kind whose spec `spec` is."""
-    for kind in probes.KINDS:
+    for kind in registered():
         if isinstance(spec, kind.spec):
             return kind
     raise TypeError(f"{type(spec).__name__} is not a registered probe kind")
@@ -245,7 +240,7 @@ class Config:
     textfile: str | None = None  # Prometheus textfile-collector output, written every run
     notify: Notify | None = None
     history: int = DEFAULT_HISTORY  # transitions kept per target in the state
-    default_policy: Policy = field(default_factory=Policy)  # [defaults], for host-wide figures
+    default_policy: RestartRules = field(default_factory=RestartRules)  # [defaults]
     listen: tuple[str, int] | None = None  # where `prober watch` serves /metrics and its page
 
     def target(self, name: str) -> Target:
@@ -297,7 +292,7 @@ class KeyTables:
 
 def key_tables() -> KeyTables:
     """The key tables of the kinds registered now (prober/probes/__init__.py)."""
-    return _key_tables(probes.KINDS)
+    return _key_tables(registered())
 
 
 @functools.cache
@@ -311,7 +306,7 @@ def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...]) -> KeyTables:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-class _Where:
+class Where:
     """Builds the 'where' part of error messages."""
 
     def __init__(self, path: str, scope: str) -> None:
@@ -331,13 +326,13 @@ class _Where:
             raise self.error(key.name, str(exc)) from None
 
 
-def _reject_unknown(data: Mapping[str, Any], allowed: Mapping[str, Key], where: _Where) -> None:
+def _reject_unknown(data: Mapping[str, Any], allowed: Mapping[str, Key], where: Where) -> None:
     for name in data:
         if name not in allowed:
             raise where.error(name, "unknown key", did_you_mean(name, allowed))
 
 
-def _parse_policy(data: Mapping[str, Any], base: Policy, where: _Where) -> Policy:
+def _parse_policy(data: Mapping[str, Any], base: RestartRules, where: Where) -> RestartRules:
     changes = {key.name: where.read(data, key) for key in POLICY_KEYS if key.name in data}
     policy = replace(base, **changes)
     if policy.max_cooldown < policy.cooldown:
@@ -351,7 +346,7 @@ def _parse_policy(data: Mapping[str, Any], base: Policy, where: _Where) -> Polic
     return policy
 
 
-def _check_target_policy(policy: Policy, where: _Where) -> None:
+def _check_target_policy(policy: RestartRules, where: Where) -> None:
     latency = policy.max_latency
     if latency is not None and latency >= policy.timeout:
         raise where.error(
@@ -362,18 +357,18 @@ def _check_target_policy(policy: Policy, where: _Where) -> None:
 
 @dataclass(frozen=True)
 class _Defaults:
-    policy: Policy
+    policy: RestartRules
     probe_values: Mapping[str, Any]  # probe keys set in [defaults], parsed
 
 
-def _kind_for(data: Mapping[str, Any], where: _Where) -> ProbeKind[Any, Any]:
-    registered = probes.KINDS
-    found = [(kind, key) for kind in registered for key in kind.selectors if key in data]
+def _kind_for(data: Mapping[str, Any], where: Where) -> ProbeKind[Any, Any]:
+    known = registered()
+    found = [(kind, key) for kind in known for key in kind.selectors if key in data]
     kinds = list(dict.fromkeys(kind for kind, _ in found))
     if not kinds:
-        selectors = [f'"{key}"' for kind in registered for key in kind.selectors]
+        selectors = [f'"{key}"' for kind in known for key in kind.selectors]
         listed = ", ".join(selectors[:-1]) + f" or {selectors[-1]}"
-        raise where.error(registered[0].selectors[0], f"missing (set {listed})")
+        raise where.error(known[0].selectors[0], f"missing (set {listed})")
     if len(kinds) > 1:
         first = next(key for kind, key in found if kind is kinds[0])
         second = next(key for kind, key in found if kind is kinds[1])
@@ -381,20 +376,20 @@ def _kind_for(data: Mapping[str, Any], where: _Where) -> ProbeKind[Any, Any]:
     return kinds[0]
 
 
-def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: _Where) -> Target:
+def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) -> Target:
     tables = key_tables()
     allowed = tables.target
     if "name" not in data:
         _reject_unknown(data, allowed, where)
         raise where.error("name", "missing (every target needs a unique name)")
     name = where.read(data, allowed["name"])
-    where = _Where(where.path, f'target "{name}"')
+    where = Where(where.path, f'target "{name}"')
     _reject_unknown(data, allowed, where)
     kind = _kind_for(data, where)
     own = by_name(kind.keys)
     for key in data:
         if key in tables.kinds and key not in own:
-            owners = " and ".join(f'"{k.name}"' for k in probes.KINDS if key in by_name(k.keys))
+            owners = " and ".join(f'"{k.name}"' for k in registered() if key in by_name(k.keys))
             raise where.error(key, f'only applies to {owners} targets, not "{kind.name}" ones')
     values = {k: v for k, v in defaults.probe_values.items() if k in own}
     values.update({key: where.read(data, own[key]) for key in data if key in own})
@@ -413,7 +408,7 @@ def _check_links(targets: tuple[Target, ...], path: str) -> None:
     by_target = {t.name: t for t in targets}
     counts = Counter(names)
     for target in targets:
-        where = _Where(path, f'target "{target.name}"')
+        where = Where(path, f'target "{target.name}"')
         if counts[target.name] > 1:
             raise where.error("name", f'"{target.name}" is used by more than one target')
         for dep in target.depends_on:
@@ -424,7 +419,7 @@ def _check_links(targets: tuple[Target, ...], path: str) -> None:
                                   did_you_mean(dep, names))
     cycle = find_cycle(by_target)
     if cycle:
-        raise _Where(path, f'target "{cycle[0]}"').error(
+        raise Where(path, f'target "{cycle[0]}"').error(
             "depends_on", "dependency cycle: " + " -> ".join(cycle)
         )
 
@@ -457,10 +452,10 @@ def find_cycle(by_name_: Mapping[str, Target]) -> list[str] | None:
 
 
 def _parse_defaults(data: Mapping[str, Any], path: str) -> _Defaults:
-    where = _Where(path, "[defaults]")
+    where = Where(path, "[defaults]")
     allowed = key_tables().defaults
     _reject_unknown(data, allowed, where)
-    policy = _parse_policy(data, Policy(), where)
+    policy = _parse_policy(data, RestartRules(), where)
     probe_values = {name: where.read(data, allowed[name]) for name in data
                     if name not in _POLICY_BY_NAME}
     return _Defaults(policy, probe_values)
@@ -468,7 +463,7 @@ def _parse_defaults(data: Mapping[str, Any], path: str) -> _Defaults:
 
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     """A validated Config from the parsed TOML document, or the first ConfigError found."""
-    top = _Where(path, "")
+    top = Where(path, "")
     top_keys = by_name(TOP_KEYS)
     _reject_unknown(data, top_keys, top)
     defaults_table = top.read(data, top_keys["defaults"]) if "defaults" in data else {}
@@ -480,7 +475,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         raise top.error("target", f"expected [[target]] tables, got {describe(raw_targets)}")
     targets = []
     for index, raw in enumerate(raw_targets, start=1):
-        scope = _Where(path, f"target #{index}")
+        scope = Where(path, f"target #{index}")
         if not isinstance(raw, dict):
             raise scope.error("target", f"expected a [[target]] table, got {describe(raw)}")
         targets.append(_parse_target(raw, defaults, scope))
@@ -497,7 +492,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
 
 
 def _parse_notify(data: Mapping[str, Any], path: str) -> Notify:
-    where = _Where(path, "[notify]")
+    where = Where(path, "[notify]")
     allowed = by_name(NOTIFY_KEYS)
     _reject_unknown(data, allowed, where)
     values = {name: where.read(data, allowed[name]) for name in data}
@@ -511,69 +506,11 @@ def _parse_notify(data: Mapping[str, Any], path: str) -> Notify:
 # --- the file ---------------------------------------------------------------------------------
 
 
-def read_config_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such config file",
-            "copy one of the examples/ to /etc/prober/prober.toml or pass --config",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {os_reason(exc)}") from None
-
-
 def parse_toml(text: str, path: str) -> Mapping[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-
-def load_config(path: str, *, insecure: bool = False,
-                environ: Mapping[str, str] | None = os.environ) -> Config:
-    """Read, parse and validate the config file at `path`.
-
-    Like sshd and sudo, refuses a file that someone other than root or the running user
-    could have written (it decides what gets restarted and which commands run), unless
-    `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
-    With `environ` (every command that reads the files the config names), a credential name
-    needs $CREDENTIALS_DIRECTORY in it; the files themselves are read when used (a missing one
-    is a prober fault then, see prober/configfiles.py).
-    """
-    text = read_config_text(path)
-    if not insecure:
-        check_ownership(path, os.stat(path), os.geteuid())
-    config = parse_config(parse_toml(text, path), path)
-    for target in config.targets:
-        for key, file in named_files(target):
-            if not os.path.isfile(file):
-                raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
-                                  "does not exist")
-    if environ is not None:
-        for scope, _, named in credential_files(config):
-            try:
-                named.where(environ)
-            except ValueError as exc:
-                raise _Where(path, scope).error(
-                    named.key, str(exc), "give an absolute path, or run prober under systemd "
-                    "with LoadCredential=") from None
-    return config
-
-
-def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
-    """(where, key, file) of each file the config names with a credential key, read when used:
-    an exec target's env_file, [notify] token_file."""
-    named = [(f'target "{target.name}"', key, value) for target in config.targets
-             for key in target.kind.keys
-             if key.shape is Shape.CREDENTIAL and (value := getattr(target.probe, key.name, None))]
-    if config.notify is not None and config.notify.token_file:
-        named.append(("[notify]", by_name(NOTIFY_KEYS)["token_file"], config.notify.token_file))
-    if not named:
-        return []
-    from prober.configfiles import NamedFile  # not loaded for a config that names no file
-
-    return [(where, key, NamedFile(key.name, value)) for where, key, value in named]
 
 
 def named_files(target: Target) -> list[tuple[str, str]]:

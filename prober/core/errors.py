@@ -12,7 +12,7 @@ Everything else reaching the CLI edge is a bug and shows a traceback only with -
 
 from __future__ import annotations
 
-from prober.text import one_line
+from prober.core.text import one_line
 
 
 class ProberError(Exception):

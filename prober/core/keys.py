@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from prober.text import redact_url
+from prober.core.text import redact_url
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -85,7 +85,7 @@ class Key:
     option: Option | None = None
     # A file that must exist when the config is loaded (parsing stays pure: load_config looks).
     existing_file: bool = False
-    # A CREDENTIAL key's file, read at run time (prober/configfiles.py): its text -> its value,
+    # A CREDENTIAL key's file, read at run time (prober/io/configfiles.py): its text -> its value,
     # or ValueError saying what is wrong with it. `prober validate` reads the file with it too.
     file_parse: Callable[[str], object] | None = None
 

@@ -10,17 +10,18 @@ Everything else prober needs to know about a kind is asked here too, never writt
 shared module: how `prober probe` spells it on the command line, and what a passing probe may
 still warn about. Files a key names that must exist when the config loads are marked on the key
 itself (`Key.existing_file`). A failure that is prober's own, not the target's (a file the
-kind's config names is unusable), is `prober.results.prober_fault(reason)`.
+kind's config names is unusable), is `prober.core.results.prober_fault(reason)`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from prober.keys import Key
-from prober.results import Deadline, Finding, ProbeResult
+from prober.core.keys import Key
+from prober.core.results import Deadline, Finding, ProbeResult
 
 
 class ProbeSpec(Protocol):
@@ -99,3 +100,12 @@ class ProbeKind(Generic[S, C]):
     # Why a target whose probe passed is still *warning* (a certificate about to expire), or
     # None. Pure: the spec, the result and `now` in.
     notice: Callable[[S, ProbeResult, float], str | None] = no_notice
+
+
+REGISTRY = "prober.probes"  # the package whose KINDS are the registered kinds
+
+
+def registered() -> tuple[ProbeKind[Any, Any], ...]:
+    """The registered kinds, looked up by the registry's name: the core imports no kind."""
+    kinds: tuple[ProbeKind[Any, Any], ...] = importlib.import_module(REGISTRY).KINDS
+    return kinds

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from prober.actuator import ActiveState, UnitFacts
-from prober.config import DEFAULT_PRESSURE_THRESHOLD, Target
-from prober.keys import format_duration
-from prober.pressure import Pressure, PressureReading
-from prober.results import ProbeResult
-from prober.tracker import Change, Event, Health, TargetState, Verdict, record, recorded_since
+from prober.core.actuator import ActiveState, UnitFacts
+from prober.core.config import DEFAULT_PRESSURE_THRESHOLD, Target
+from prober.core.keys import format_duration
+from prober.core.psi import Pressure, PressureReading
+from prober.core.results import ProbeResult
+from prober.core.tracker import Change, Event, Health, TargetState, Verdict, record, recorded_since
 
 
 class Action(StrEnum):

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prober.config import Config, Target
-from prober.policy import Action, Decision
-from prober.pressure import MemoryUser, Pressure
-from prober.results import ProbeResult
-from prober.tracker import Change, Health, State, TargetState
+from prober.core.config import Config, Target
+from prober.core.policy import Action, Decision
+from prober.core.psi import MemoryUser, Pressure
+from prober.core.results import ProbeResult
+from prober.core.tracker import Change, Health, State, TargetState
 
 
 class Status(StrEnum):

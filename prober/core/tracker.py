@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from prober.config import Config, Target
-from prober.pressure import MemoryUser
-from prober.results import FailureClass, ProbeResult
+from prober.core.config import Config, Target
+from prober.core.psi import MemoryUser
+from prober.core.results import FailureClass, ProbeResult
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 

@@ -9,7 +9,7 @@ environment of a command that may run as root (an admin's manual `prober check`)
 without blocking (a FIFO or a device never hangs a run) and read up to a size cap.
 
 Whatever is wrong is a `FileFault` naming the key and the file: a probe turns it into a prober
-fault (prober/results.py), never a failure of the target.
+fault (prober/core/results.py), never a failure of the target.
 """
 
 from __future__ import annotations
@@ -18,9 +18,21 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
-from prober.text import os_reason, size
+from prober.core.config import (
+    NOTIFY_KEYS,
+    Config,
+    Where,
+    check_ownership,
+    named_files,
+    parse_config,
+    parse_toml,
+)
+from prober.core.errors import ConfigError
+from prober.core.keys import Key, Shape, by_name
+from prober.core.text import os_reason, size
 
 MAX_NAMED_FILE = 64 * 1024
 
@@ -119,3 +131,59 @@ def _read_at_most(fd: int, count: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def read_config_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file",
+            "copy one of the examples/ to /etc/prober/prober.toml or pass --config",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {os_reason(exc)}") from None
+
+
+def load_config(path: str, *, insecure: bool = False,
+                environ: Mapping[str, str] | None = os.environ) -> Config:
+    """Read, parse and validate the config file at `path`.
+
+    Like sshd and sudo, refuses a file that someone other than root or the running user
+    could have written (it decides what gets restarted and which commands run), unless
+    `insecure`. Files a target names with a key marked `existing_file` (ca_file) must exist.
+    With `environ` (every command that reads the files the config names), a credential name
+    needs $CREDENTIALS_DIRECTORY in it; the files themselves are read when used (a missing one
+    is a prober fault then, see prober/io/configfiles.py).
+    """
+    text = read_config_text(path)
+    if not insecure:
+        check_ownership(path, os.stat(path), os.geteuid())
+    config = parse_config(parse_toml(text, path), path)
+    for target in config.targets:
+        for key, file in named_files(target):
+            if not os.path.isfile(file):
+                raise ConfigError(f'{path}: target "{target.name}": {key}: "{file}" '
+                                  "does not exist")
+    if environ is not None:
+        for scope, _, named in credential_files(config):
+            try:
+                named.where(environ)
+            except ValueError as exc:
+                raise Where(path, scope).error(
+                    named.key, str(exc), "give an absolute path, or run prober under systemd "
+                    "with LoadCredential=") from None
+    return config
+
+
+def credential_files(config: Config) -> list[tuple[str, Key, NamedFile]]:
+    """(where, key, file) of each file the config names with a credential key, read when used:
+    an exec target's env_file, [notify] token_file."""
+    named = [(f'target "{target.name}"', key, value) for target in config.targets
+             for key in target.kind.keys
+             if key.shape is Shape.CREDENTIAL and (value := getattr(target.probe, key.name, None))]
+    if config.notify is not None and config.notify.token_file:
+        named.append(("[notify]", by_name(NOTIFY_KEYS)["token_file"], config.notify.token_file))
+    if not named:
+        return []
+    return [(where, key, NamedFile(key.name, value)) for where, key, value in named]

@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prober.pressure import MemoryUser, PressureReading, Scope, read_psi_file
+from prober.core.psi import MemoryUser, PressureReading, Scope
+from prober.memory.pressure import read_psi_file
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC = "/proc"

@@ -25,13 +25,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from prober.config import Target
-from prober.errors import StateError
-from prober.files import write_atomically
-from prober.results import ProbeResult
-from prober.runs import Snapshot, pressure_threshold
-from prober.text import os_reason
-from prober.tracker import Health, TargetState, has_prober_fault, is_paused
+from prober.core.config import Target
+from prober.core.errors import StateError
+from prober.core.results import ProbeResult
+from prober.core.runs import Snapshot, pressure_threshold
+from prober.core.text import os_reason
+from prober.core.tracker import Health, TargetState, has_prober_fault, is_paused
+from prober.io.files import write_atomically
 
 __all__ = ["CONTENT_TYPE", "exposition", "families", "write_textfile"]
 

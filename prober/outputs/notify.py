@@ -19,9 +19,9 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from prober.config import Config, Notify, NotifyEvent
-from prober.configfiles import FileFault, NamedFile
-from prober.tracker import Change
+from prober.core.config import Config, Notify, NotifyEvent
+from prober.core.tracker import Change
+from prober.io.configfiles import FileFault, NamedFile
 
 log = logging.getLogger("prober")
 

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from prober.config import Target
-from prober.policy import Action, cooldown_for, restarts_within, starves
-from prober.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
-from prober.text import redact_url
-from prober.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
+from prober.core.config import Target
+from prober.core.policy import Action, cooldown_for, restarts_within, starves
+from prober.core.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
+from prober.core.text import redact_url
+from prober.core.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
 
 __all__ = ["WINDOW", "render"]
 

@@ -7,14 +7,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from prober.config import Config
-from prober.keys import format_duration
-from prober.policy import Action, cooldown_for, restarts_within
-from prober.pressure import describe_users
-from prober.results import ProbeResult
-from prober.runs import RunReport, Status, TargetReport
-from prober.text import redact_url
-from prober.tracker import State, TargetState, Transition, has_prober_fault, is_paused
+from prober.core.config import Config
+from prober.core.keys import format_duration
+from prober.core.policy import Action, cooldown_for, restarts_within
+from prober.core.psi import describe_users
+from prober.core.results import ProbeResult
+from prober.core.runs import RunReport, Status, TargetReport
+from prober.core.text import redact_url
+from prober.core.tracker import State, TargetState, Transition, has_prober_fault, is_paused
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

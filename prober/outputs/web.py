@@ -36,9 +36,9 @@ from http import HTTPStatus
 
 import h11
 
-from prober.errors import ProberError
-from prober.runs import Snapshot
-from prober.text import os_reason
+from prober.core.errors import ProberError
+from prober.core.runs import Snapshot
+from prober.core.text import os_reason
 
 __all__ = ["Response", "WebServer", "route", "serve"]
 
@@ -85,20 +85,20 @@ def _text(status: int, message: str, allow: str | None = None) -> Response:
 
 
 def _metrics(snapshot: Snapshot, hostname: str | None) -> Response:
-    from prober import metrics
+    from prober.outputs import metrics
 
     return Response(200, metrics.CONTENT_TYPE, metrics.exposition(snapshot))
 
 
 def _status_json(snapshot: Snapshot, hostname: str | None) -> Response:
-    from prober import report
+    from prober.outputs import report
 
     text = report.dumps(report.status_json(snapshot.config, snapshot.state, snapshot.now))
     return Response(200, "application/json", f"{text}\n".encode())
 
 
 def _page(snapshot: Snapshot, hostname: str | None) -> Response:
-    from prober import page
+    from prober.outputs import page
 
     return Response(200, "text/html; charset=utf-8",
                     page.render(snapshot, hostname=hostname).encode())

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from prober.config import Target
-from prober.keys import format_duration
-from prober.probes.base import Context, ProbeKind
-from prober.results import Deadline, FailureClass, Finding, ProbeResult
-from prober.text import os_reason, reason
+from prober.core.config import Target
+from prober.core.keys import format_duration
+from prober.core.kinds import Context, ProbeKind
+from prober.core.results import Deadline, FailureClass, Finding, ProbeResult
+from prober.core.text import os_reason, reason
 
 log = logging.getLogger("prober")
 

@@ -14,26 +14,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from prober import policy, tracker
-from prober.actuator import Actuator, UnitFacts
-from prober.config import Config, Target
-from prober.errors import ProberError, StateError
-from prober.keys import format_duration
-from prober.policy import Action, Applied, Decision, Outcome, RestartOutcome
-from prober.pressure import (
-    MemoryUser,
-    Pressure,
-    PressureReading,
-    describe_users,
-    read_host_pressure,
-)
-from prober.probing import Probing
-from prober.runs import RunReport, Skipped, TargetReport
-from prober.state import LockBusy, StateStore, size_limit
-from prober.tracker import Change, Event, State, TargetState, Verdict
+from prober.core import policy, tracker
+from prober.core.actuator import Actuator, UnitFacts
+from prober.core.config import Config, Target
+from prober.core.errors import ProberError, StateError
+from prober.core.keys import format_duration
+from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
+from prober.core.psi import describe_users
+from prober.core.runs import RunReport, Skipped, TargetReport
+from prober.core.tracker import Change, Event, State, TargetState, Verdict
+from prober.memory.picture import read_memory
+from prober.probes.probing import Probing
+from prober.shell.state import LockBusy, StateStore, size_limit
 
 log = logging.getLogger("prober")
-
 
 
 def select_targets(config: Config, names: Sequence[str]) -> tuple[Target, ...]:
@@ -214,7 +208,7 @@ async def run_once(
     if no_restart_reason:
         gathered.errors = {t.name: no_restart_reason for t in wanted}
         gathered.facts = {}
-    memory = _read_memory(targets, folded.verdicts, gathered.facts)
+    memory = read_memory(targets, folded.verdicts, gathered.facts)
     try:
         decisions = [
             policy.decide(target, verdict, state.get(target.name),
@@ -248,7 +242,7 @@ async def run_once(
         log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
                     "; ".join(memory.worth_saying), describe_users(memory.top))
     if config.notify is not None and not dry_run:
-        from prober.notify import deliver, payloads
+        from prober.outputs.notify import deliver, payloads
 
         await deliver(config.notify, payloads(changes, config, top_memory=[
             {"name": u.name, "bytes": u.bytes} for u in memory.top]))
@@ -256,58 +250,6 @@ async def run_once(
                        duration=clock() - started, pressure=memory.host_pressure,
                        changes=tuple(changes), top_memory=memory.top)
     return state, report
-
-
-@dataclass(frozen=True)
-class _MemoryPicture:
-    """What the run read of memory: the host's PSI, each failing target's own reading, and,
-    when some of them starve, who holds the most memory."""
-
-    host: PressureReading | None
-    readings: Mapping[str, PressureReading]
-    top: tuple[MemoryUser, ...] = ()
-    worth_saying: tuple[str, ...] = ()  # the readings that made the run look for a culprit
-
-    @property
-    def host_pressure(self) -> Pressure | None:
-        return None if self.host is None else self.host.pressure
-
-    @property
-    def culprit(self) -> str | None:
-        """The largest memory user, when the run looked for one."""
-        return self.top[0].name if self.top else None
-
-    def for_target(self, name: str) -> policy.Memory:
-        return policy.Memory(self.readings.get(name, self.host), self.culprit)
-
-
-def _read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
-                 facts: Mapping[str, UnitFacts]) -> _MemoryPicture:
-    """The host's PSI, always; a failing target's unit's own where systemd told its cgroup;
-    the largest memory users only when some failing target starves (worth the walk)."""
-    host = read_host_pressure()
-    readings: dict[str, PressureReading] = {}
-    if all(verdict.result.ok for verdict in verdicts):
-        return _MemoryPicture(host, readings)
-    from prober.cgroups import read_cgroup_mounts, read_unit_pressure, top_memory_users
-
-    mounts = read_cgroup_mounts()
-    for target, verdict in zip(targets, verdicts, strict=True):
-        if verdict.result.ok:
-            continue
-        unit_facts = facts.get(target.name)
-        own = read_unit_pressure(unit_facts.control_group, mounts) if unit_facts and \
-            unit_facts.control_group else None
-        reading = own or host
-        if reading is not None:
-            readings[target.name] = reading
-    by_name = {t.name: t for t in targets}
-    starving = [reading.describe() for name, reading in readings.items()
-                if policy.worth_saying(reading.pressure, by_name[name].policy.pressure_threshold)]
-    if not starving:
-        return _MemoryPicture(host, readings)
-    return _MemoryPicture(host, readings, top_memory_users(3, mounts),
-                          tuple(dict.fromkeys(starving)))
 
 
 def _log_results(verdicts: Sequence[Verdict]) -> None:

@@ -13,27 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prober import __version__, probes, report
-from prober.config import (
+from prober import __version__, probes
+from prober.core.config import (
     POLICY_KEYS,
     Bus,
     Config,
     Target,
     config_path,
-    credential_files,
     key_tables,
-    load_config,
     parse_config,
 )
-from prober.errors import ProberError, StateError, UsageError
-from prober.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
-from prober.state import StateStore, named_apart, size_limit, state_path
-from prober.text import did_you_mean, one_line
+from prober.core.errors import ProberError, StateError, UsageError
+from prober.core.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
+from prober.core.text import did_you_mean, one_line
+from prober.io.configfiles import credential_files, load_config
+from prober.outputs import report
+from prober.shell.state import StateStore, named_apart, size_limit, state_path
 
 if TYPE_CHECKING:
-    from prober.actuator import Actuator
-    from prober.configfiles import NamedFile
-    from prober.tracker import State
+    from prober.core.actuator import Actuator
+    from prober.core.tracker import State
+    from prober.io.configfiles import NamedFile
 
 log = logging.getLogger("prober")
 
@@ -101,7 +101,9 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
 
 def _actuator_factory() -> Callable[[], Actuator]:
     def make() -> Actuator:
-        from prober.systemd import SystemdActuator  # D-Bus only costs when a restart is near
+        from prober.actuators.systemd import (
+            SystemdActuator,  # D-Bus only costs when a restart is near
+        )
 
         return SystemdActuator()
 
@@ -121,7 +123,7 @@ def _actuator_factory() -> Callable[[], Actuator]:
 def cli(ctx: click.Context, verbose: int, quiet: int, debug: bool,
         insecure_config: bool) -> None:
     """HTTP liveness prober and auto-restarter for systemd hosts."""
-    from prober.logs import setup_logging
+    from prober.shell.logs import setup_logging
 
     setup_logging(verbose - quiet + (1 if debug else 0))
     ctx.obj = Context(insecure_config=insecure_config)
@@ -149,8 +151,8 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
           output_format: str | None, textfile: str | None, targets: tuple[str, ...],
           user: bool, if_stale: str | None) -> int:
     """Probe every target once, restart what is down, exit with a Nagios code."""
-    from prober.check import run_check
-    from prober.runs import Skipped
+    from prober.core.runs import Skipped
+    from prober.shell.check import run_check
 
     stale = _duration_option("--if-stale", if_stale)
     config = _load(config_file, user)
@@ -175,8 +177,8 @@ def check(config_file: str | None, state_file: str | None, dry_run: bool, as_jso
         click.echo(report.run_text(result))
     metrics_path = textfile or config.textfile
     if metrics_path:
-        from prober.metrics import write_textfile  # prometheus_client: only with a textfile
-        from prober.runs import Snapshot
+        from prober.core.runs import Snapshot
+        from prober.outputs.metrics import write_textfile  # prometheus_client: only with a textfile
 
         write_textfile(metrics_path, Snapshot.after_run(config, result, time.time()))
     if result.state_error is not None:
@@ -201,7 +203,7 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 
     SIGHUP (`systemctl reload`) re-reads the config; SIGTERM stops it, recording any restart
     already asked for."""
-    from prober.watcher import watch as watch_loop
+    from prober.shell.watcher import watch as watch_loop
 
     pause = _duration_option("--interval", interval)
     address = None
@@ -272,7 +274,7 @@ def _kind_arguments() -> str:
 def probe(what: tuple[str, ...], as_json: bool, **options: Any) -> int:
     import asyncio
 
-    from prober.probing import probe_one
+    from prober.probes.probing import probe_one
 
     table: dict[str, Any] = {"name": "probe"}
     for kind in probes.KINDS:
@@ -335,7 +337,7 @@ def _file_now(key: Key, file: NamedFile) -> str:
     differ: the shipped units run prober as `prober`)."""
     import pwd
 
-    from prober.configfiles import FileFault
+    from prober.io.configfiles import FileFault
 
     euid = os.geteuid()
     try:
@@ -368,10 +370,10 @@ def _settings(target: Target) -> str:
     """The target's keys whose value is not the built-in default, as `key value` pairs."""
     import dataclasses
 
-    from prober.config import Policy
+    from prober.core.config import RestartRules
 
     pairs = []
-    builtin = Policy()
+    builtin = RestartRules()
     for key in POLICY_KEYS:
         value = getattr(target.policy, key.name)
         if value != getattr(builtin, key.name):
@@ -395,14 +397,14 @@ _wait_option = click.option(
 def _update_state(config_file: str | None, state_file: str | None, wait: str,
                   change: Callable[[State, float], State]) -> None:
     """Apply `change` to the stored state under its lock, waiting a bounded time for a run."""
-    from prober.state import LockBusy
+    from prober.shell.state import LockBusy
 
     store = _store(state_file)
     config = _load(config_file)
     patience = _duration_option("--wait", wait) or 0.0
     try:
         with store.locked(wait=patience):
-            from prober import tracker
+            from prober.core import tracker
 
             state = tracker.prune(store.load(size_limit(config)), config.names)
             store.save(tracker.trim_history(change(state, time.time()), config.history))
@@ -420,7 +422,7 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
 def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...],
           wait: str) -> int:
     """Forget the failures, restarts and given-up flag of NAMES (all targets if none)."""
-    from prober import tracker
+    from prober.core import tracker
 
     config = _load(config_file)
     _check_names(config, names)
@@ -443,7 +445,7 @@ def reset(config_file: str | None, state_file: str | None, names: tuple[str, ...
 def pause(config_file: str | None, state_file: str | None, names: tuple[str, ...],
           every: bool, duration: str, reason: str, wait: str) -> int:
     """Pause NAMES (or --all): still probed and reported, never restarted, until --for ends."""
-    from prober import tracker
+    from prober.core import tracker
 
     config = _load(config_file)
     if bool(names) == every:
@@ -469,7 +471,7 @@ def pause(config_file: str | None, state_file: str | None, names: tuple[str, ...
 def resume(config_file: str | None, state_file: str | None, names: tuple[str, ...],
            wait: str) -> int:
     """End the pause of NAMES (of every paused target if none)."""
-    from prober import tracker
+    from prober.core import tracker
 
     config = _load(config_file)
     _check_names(config, names)
@@ -495,7 +497,7 @@ def resume(config_file: str | None, state_file: str | None, names: tuple[str, ..
                    "does not load, remove it.")
 def polkit_rule(config_file: str | None, user_name: str, install_to: str | None) -> int:
     """Print the polkit rule letting the prober user restart the configured units only."""
-    from prober import polkit
+    from prober.actuators import polkit
 
     if install_to is None:
         click.echo(polkit.polkit_rule(_load(config_file, uses_files=False), user_name),
@@ -545,7 +547,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    from prober.logs import guard_std_streams
+    from prober.shell.logs import guard_std_streams
 
     guard_std_streams()  # journald may vanish mid-run: output never changes what a run does
     code = run()

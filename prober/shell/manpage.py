@@ -1,4 +1,5 @@
-"""prober(1), written from the click commands' own help: `python3 -m prober.manpage > prober.1`.
+"""prober(1), written from the click commands' own help:
+`python3 -m prober.shell.manpage > prober.1`.
 
 The Debian package builds its man page with this, so the page documents exactly the commands
 and options of the code it ships. The date is $SOURCE_DATE_EPOCH's (reproducible builds), else
@@ -126,7 +127,7 @@ def build_date(environ: dict[str, str] | os._Environ[str]) -> datetime.date:
 
 
 def main() -> None:
-    from prober.cli import cli
+    from prober.shell.cli import cli
 
     sys.stdout.write(render(cli, build_date(os.environ)))
 

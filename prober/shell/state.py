@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from prober import __version__
-from prober.config import Config
-from prober.errors import StateError
-from prober.files import remove_stale_temp_files, write_atomically
-from prober.pressure import MemoryUser
-from prober.results import FailureClass
-from prober.text import one_line, os_reason
-from prober.tracker import HISTORY_LIMIT, Event, Health, State, TargetState, Transition
+from prober.core.config import Config
+from prober.core.errors import StateError
+from prober.core.psi import MemoryUser
+from prober.core.results import FailureClass
+from prober.core.text import one_line, os_reason
+from prober.core.tracker import HISTORY_LIMIT, Event, Health, State, TargetState, Transition
+from prober.io.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger("prober")
 

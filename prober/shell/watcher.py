@@ -30,22 +30,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from prober import policy, tracker
-from prober.actuator import Actuator
-from prober.check import cycle_collection_paused, run_once
-from prober.config import Config, Target
-from prober.errors import ProberError, StateError
-from prober.keys import format_duration
-from prober.policy import Action, Decision, Outcome, RestartOutcome
-from prober.probing import Probing
-from prober.report import run_summary
-from prober.runs import RunReport, Skipped, Snapshot, Status
-from prober.sdnotify import notify, notify_socket, watchdog_interval
-from prober.state import LockBusy, StateStore, size_limit
-from prober.tracker import State, TargetState
+from prober.core import policy, tracker
+from prober.core.actuator import Actuator
+from prober.core.config import Config, Target
+from prober.core.errors import ProberError, StateError
+from prober.core.keys import format_duration
+from prober.core.policy import Action, Decision, Outcome, RestartOutcome
+from prober.core.runs import RunReport, Skipped, Snapshot, Status
+from prober.core.tracker import State, TargetState
+from prober.outputs.report import run_summary
+from prober.probes.probing import Probing
+from prober.shell.check import cycle_collection_paused, run_once
+from prober.shell.sdnotify import notify, notify_socket, watchdog_interval
+from prober.shell.state import LockBusy, StateStore, size_limit
 
 if TYPE_CHECKING:
-    from prober.web import WebServer
+    from prober.outputs.web import WebServer
 
 log = logging.getLogger("prober")
 
@@ -316,7 +316,7 @@ class Watcher:
     def _write_textfile(self) -> None:
         if not self.config.textfile:
             return
-        from prober.metrics import write_textfile
+        from prober.outputs.metrics import write_textfile
 
         try:
             write_textfile(self.config.textfile, self.snapshot())
@@ -327,7 +327,7 @@ class Watcher:
         """Serve /metrics, /status.json and the page where `listen` says (if it says)."""
         if self.listen is None:
             return
-        from prober import web
+        from prober.outputs import web
 
         host, port = self.listen
         self._server = await web.serve(host, port, self.snapshot)

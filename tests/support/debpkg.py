@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prober import __version__
-from tests.sandbox import REPO
+from tests.support.sandbox import REPO
 
 BUILD_DEB = REPO / "debian" / "build-deb"
 OUT = REPO / "build" / "test-debs"

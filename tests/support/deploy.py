@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sandbox import REPO, Sandbox
+from tests.support.sandbox import REPO, Sandbox
 
 UNITS = REPO / "units"
 VENV_BIN = Path(sys.executable).parent

@@ -1,13 +1,81 @@
-"""Helpers shared by the end-to-end tests: traffic checks and unit freezing."""
+"""Helpers shared by the end-to-end tests: booting a sandbox, traffic checks, unit freezing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.sandbox import Sandbox
+from tests.support.sandbox import REPO, Sandbox, missing_requirements
+
+SANDBOX_ROOT = REPO / ".sandbox"
+"""Work directories of the sandboxes (gitignored); each test gets a fresh one, removed after."""
+
+phase_failed = pytest.StashKey[bool]()
+"""Set on a test's item when one of its phases failed (conftest's report hook)."""
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """What a sandbox looked like from the host, kept to check that nothing of it outlives it."""
+
+    pid: int
+    start_time: int
+    pid_ns: str
+
+
+_history: list[SandboxRecord] = []
+
+
+def sandbox_history() -> list[SandboxRecord]:
+    """Every sandbox booted through booted_sandbox() in this session, oldest first."""
+    return list(_history)
+
+
+def require_sandbox(*, memory: bool = False) -> None:
+    """Skip (or, with $CI set, fail) when this machine cannot boot a sandbox (with a memory
+    controller, for `memory`)."""
+    missing = missing_requirements(memory=memory)
+    if not missing:
+        return
+    message = "the systemd sandbox needs: " + "; ".join(missing)
+    if os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def new_workdir(name: str) -> Path:
+    """A fresh, empty folder under the repository's .sandbox/ (visible inside and outside)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:60]
+    path = SANDBOX_ROOT / f"{slug}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
+
+
+@contextlib.contextmanager
+def booted_sandbox(
+    workdir: Path, *, share: Sequence[Path] = (), users: Sequence[str] = (),
+    memory: bool = False,
+    overlay: bool = False,
+) -> Iterator[Sandbox]:
+    """Boot a Sandbox in `workdir`, yield it, and stop it (whatever happens in between)."""
+    require_sandbox(memory=memory)
+    box = Sandbox(workdir, share=share, users=users, memory=memory, overlay=overlay)
+    box.start()
+    _history.append(
+        SandboxRecord(box.pid, box.pid_start_time, os.readlink(f"/proc/{box.pid}/ns/pid")))
+    try:
+        yield box
+    finally:
+        box.stop()
 
 
 def answers(url: str, within: float = 10.0) -> bool:

@@ -3,7 +3,7 @@ which send the start of a request head and then one byte of it at a time, never 
 idle connections, which send nothing. Each one that the server drops is opened again after a
 pause (as slowloris tools re-open theirs on a cycle), so that as many stay open as asked.
 
-    python -m tests.flood PORT [--slowloris N] [--idle N]      (until SIGTERM)
+    python -m tests.support.flood PORT [--slowloris N] [--idle N]      (until SIGTERM)
 
 In a test's own loop: `async with flood(port, slowloris=300, idle=2_000) as opened: ...`.
 """
@@ -109,7 +109,7 @@ async def _main(port: int, slowloris: int, idle: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.flood", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.support.flood", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("port", type=int)
     parser.add_argument("--slowloris", type=int, default=300)

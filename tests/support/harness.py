@@ -1,5 +1,5 @@
 """Real memory pressure for end-to-end tests: a memory-limited group in a sealed systemd, and the
-hogs of the 2018 outage (tests/hogs.py) in it.
+hogs of the 2018 outage (tests/support/hogs.py) in it.
 
     with Sandbox(workdir, users=["prober"], memory=True) as box:
         stack = start_stack(box)                    # caddy + the stand-in, in system.slice
@@ -50,18 +50,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from prober.pressure import (
+from prober.core.psi import MemoryUser, PressureReading
+from prober.memory.cgroups import (
     CgroupMounts,
-    MemoryUser,
-    PressureReading,
     read_cgroup_mounts,
     read_unit_pressure,
     top_memory_users,
 )
-from tests.hogs import make_file
-from tests.sandbox import REPO, Sandbox, SandboxError
+from tests.support.hogs import make_file
+from tests.support.sandbox import REPO, Sandbox, SandboxError
 
-HOGS = REPO / "tests" / "hogs.py"
+HOGS = REPO / "tests" / "support" / "hogs.py"
 HOGS_SLICE = "system-hogs.slice"
 THRASHER = "thrasher.service"
 GROWER = "grower.service"
@@ -265,7 +264,7 @@ class MemoryPressure:
                            f"(last reading: {reading}); its log:\n{self.hog_log(unit)[-500:]}")
 
     def top_memory(self, count: int = 3) -> tuple[MemoryUser, ...]:
-        """The largest memory users inside, as prober.pressure ranks them."""
+        """The largest memory users inside, as prober.memory.pressure ranks them."""
         return top_memory_users(count, self.mounts(), proc="/nonexistent")
 
     def _memory_file(self, cgroup: str, v1: str, v2: str) -> Path:

@@ -1,8 +1,9 @@
 """The memory hogs of the 2018 outage, as programs for units of the test sandbox.
 
-    python tests/hogs.py make-file PATH --mib N
-    python tests/hogs.py thrash PATH [--workers N]
-    python tests/hogs.py grow [--rate MIB_PER_S] [--step MIB] [--oom-score-adj N] [--max MIB]
+    python tests/support/hogs.py make-file PATH --mib N
+    python tests/support/hogs.py thrash PATH [--workers N]
+    python tests/support/hogs.py grow [--rate MIB_PER_S] [--step MIB] [--oom-score-adj N]
+        [--max MIB]
                               [--parent]
 
 make-file writes N MiB of incompressible data (not sparse), syncs it and drops it from the page

@@ -1,4 +1,4 @@
-"""Hostile targets, shared by tests/test_hostile.py and `make bench` (tests/bench_hostile.py):
+"""Hostile targets, shared by tests/test_hostile.py and `make bench` (tools/bench_hostile.py):
 gzip bombs, a redirect with a huge body, a body that sends a regex into backtracking; and a
 one-shot `prober` run whose peak RSS is measured in a fresh process.
 """
@@ -11,7 +11,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 
-from tests.servers import Exchange, Handler, head
+from tests.support.servers import Exchange, Handler, head
 
 MIB = 1 << 20
 BOMB_SIZE = 128 * MIB  # what a bomb decodes to, a layer at a time

@@ -3,7 +3,7 @@
     with mass_server(answering=8, hanging=2) as (answer_ports, hang_ports):
         url = f"http://127.0.0.1:{answer_ports[0]}/health"
 
-tests/servers.py starts a thread per connection and listens with a backlog of 128: right for
+tests/support/servers.py starts a thread per connection and listens with a backlog of 128: right for
 one test's few requests, but at a thousand connections at once its accept loop and the full
 backlog (dropped SYNs, retried a second later) would be what is measured. This one is one
 asyncio loop in a child process (so it takes none of the measuring process's time, and none of
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from tests.processes import stop_process
+from tests.support.processes import stop_process
 
 BACKLOG = 4096
 _OK = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\n"
@@ -75,7 +75,7 @@ async def _serve(answering: int, hanging: int) -> None:
 @contextlib.contextmanager
 def mass_server(answering: int, hanging: int) -> Iterator[tuple[list[int], list[int]]]:
     """Ports that answer and ports that hang, served by a child process for the block."""
-    child = subprocess.Popen([sys.executable, "-m", "tests.mass_server", str(answering),
+    child = subprocess.Popen([sys.executable, "-m", "tests.support.mass_server", str(answering),
                               str(hanging)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import stop_process
-from tests.sandbox import free_ports
+from tests.support.processes import stop_process
+from tests.support.sandbox import free_ports
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"

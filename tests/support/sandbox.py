@@ -14,7 +14,7 @@ What keeps the host safe, in the order the setup script does it:
   with `memory=True`, a memory controller too, in the host's layout: on a hybrid host such as
   these machines, a tmpfs on /sys/fs/cgroup with each v1 hierarchy (memory among them) and
   cgroup2 on /sys/fs/cgroup/unified, each rooted at a child of this process's cgroup there, all
-  removed at stop (tests/harness.py makes memory pressure with it);
+  removed at stop (tests/support/harness.py makes memory pressure with it);
 - sysinit.target masked and every unit written through the harness with DefaultDependencies=no:
   systemd-tmpfiles, systemd-sysctl, journald and udev never start;
 - /dev/console is a pty read by a thread here, so systemd's messages land in `console.log`
@@ -86,7 +86,7 @@ __all__ = [
     "systemd_quote",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 """The checkout this file belongs to; shared with the sandbox by default."""
 
 TARGET = "prober-sandbox.target"
@@ -105,7 +105,7 @@ _POLKIT_RULES = "/etc/polkit-1/rules.d"
 _TOOLS = ("unshare", "nsenter", "setpriv", "mount", "findmnt", "bash", "systemctl", "busctl")
 _FIRST_UID = 61000
 CADDY = "/usr/bin/caddy"
-STANDIN = REPO / "tests" / "standin.py"
+STANDIN = REPO / "tests" / "support" / "standin.py"
 
 _BASE_UNITS = {
     TARGET: """\
@@ -370,7 +370,7 @@ class Sandbox:
         """How /sys/fs/cgroup looks inside: "unified" (cgroup2 only) or "hybrid" (memory=True on
         a host whose memory controller is on cgroup v1)."""
         self._v1_cgroups: list[Path] = []
-        self._v1_hierarchies: list[_Hierarchy] = []
+        self.v1_hierarchies: list[Hierarchy] = []
         self._psi_pin: Path | None = None
         self.boot_seconds = 0.0
         self.stop_seconds = 0.0
@@ -586,11 +586,11 @@ class Sandbox:
     def _cgroup_for_memory(self) -> Path:
         """The sandbox's cgroup2 directory, plus, on a v1 host, one in each v1 hierarchy."""
         if memory_layout() == "unified":
-            return _make_cgroup(_memory_cgroup2_parent())
+            return _make_cgroup(memory_cgroup2_parent())
         self.cgroup_layout = "hybrid"
-        self._v1_hierarchies = _v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
+        self.v1_hierarchies = v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
                                                Path("/proc/self/cgroup").read_text())
-        for hierarchy in self._v1_hierarchies:
+        for hierarchy in self.v1_hierarchies:
             cpuset = "cpuset" in hierarchy.options.split(",")
             self._v1_cgroups.append(_make_cgroup(hierarchy.cgroup, cpuset=cpuset))
         return _make_cgroup()
@@ -605,7 +605,7 @@ class Sandbox:
         lines = [f"mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup {top}",
                  f"mkdir {top}/unified",
                  f"mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 {top}/unified"]
-        for hierarchy in self._v1_hierarchies:
+        for hierarchy in self.v1_hierarchies:
             where = shlex.quote(f"{top}/{hierarchy.directory}")
             lines += [f"mkdir {where}",
                       f"mount -t cgroup -o nosuid,nodev,noexec,{hierarchy.options} cgroup {where}"]
@@ -955,19 +955,19 @@ def memory_layout() -> str:
     inside the same layout, each hierarchy rooted at a cgroup of the sandbox's own; the
     host's cgroups outside it are never written. SandboxError if there is none to use.
     """
-    from prober.pressure import read_cgroup_mounts
+    from prober.memory.cgroups import read_cgroup_mounts
 
     mounts = read_cgroup_mounts()
     if mounts.memory_v1 is not None:
         return "hybrid"
     if mounts.memory_on_unified:
-        _memory_cgroup2_parent()
+        memory_cgroup2_parent()
         return "unified"
     raise SandboxError("a memory cgroup controller (v1, or enabled on cgroup2) for "
                        "Sandbox(memory=True)")
 
 
-def _memory_cgroup2_parent() -> Path:
+def memory_cgroup2_parent() -> Path:
     """A cgroup2 directory whose children get the memory controller: this process's own, or
     else the root of the cgroup2 mount (a cgroup with processes cannot hand controllers down
     unless it is the root)."""
@@ -984,7 +984,7 @@ def _memory_cgroup2_parent() -> Path:
 
 
 @dataclass(frozen=True)
-class _Hierarchy:
+class Hierarchy:
     """A cgroup v1 hierarchy of the host, as the sandbox mounts it inside."""
 
     directory: str  # its folder under /sys/fs/cgroup: "memory", "cpu,cpuacct", "systemd"
@@ -992,7 +992,7 @@ class _Hierarchy:
     cgroup: Path  # this process's cgroup in it, as a host path
 
 
-def _v1_hierarchies(mountinfo: str, proc_cgroup: str) -> list[_Hierarchy]:
+def v1_hierarchies(mountinfo: str, proc_cgroup: str) -> list[Hierarchy]:
     """The v1 hierarchies mounted under /sys/fs/cgroup, with this process's cgroup in each.
 
     `mountinfo` is /proc/self/mountinfo and `proc_cgroup` /proc/self/cgroup (`4:memory:/x`).
@@ -1016,7 +1016,7 @@ def _v1_hierarchies(mountinfo: str, proc_cgroup: str) -> list[_Hierarchy]:
                 relative = os.path.relpath(path, root)
                 own = Path(point) if relative == "." else Path(point) / relative
                 named_only = all(c.startswith("name=") for c in wanted)
-                found.append(_Hierarchy(os.path.basename(point),
+                found.append(Hierarchy(os.path.basename(point),
                                         ("none," if named_only else "") + controllers, own))
                 break
     return found

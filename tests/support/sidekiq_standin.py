@@ -1,6 +1,6 @@
 """A Sidekiq stand-in: writes heartbeats into Redis the way Sidekiq does, with switches to fail.
 
-    python3 tests/sidekiq_standin.py --redis-url URL [--layout 7|6.5|6.0] [--namespace NS]
+    python3 tests/support/sidekiq_standin.py --redis-url URL [--layout 7|6.5|6.0] [--namespace NS]
         [--hostname NAME] [--tag TAG] [--concurrency N] [--queues default,push]
         [--beat-every SECONDS] [--busy N | --all-busy-since EPOCH] [--quiet]
         [--once [--beat-age SECONDS]]
@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIDEKIQ_ALIVE = REPO / "examples" / "sidekiq-alive"
 LAYOUTS = ("7", "6.5", "6.0")
 TTL = 60  # Sidekiq's EXPIRE on the process and work hashes

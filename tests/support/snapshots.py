@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from prober.config import Config, parse_config
-from prober.policy import Action, Decision
-from prober.pressure import Pressure
-from prober.results import Certificate, FailureClass, ProbeResult
-from prober.runs import RunReport, Snapshot, TargetReport
-from prober.tracker import Event, Health, State, TargetState, Transition
+from prober.core.config import Config, parse_config
+from prober.core.policy import Action, Decision
+from prober.core.psi import Pressure
+from prober.core.results import Certificate, FailureClass, ProbeResult
+from prober.core.runs import RunReport, Snapshot, TargetReport
+from prober.core.tracker import Event, Health, State, TargetState, Transition
 
 NOW = 1_764_389_520.0  # 2025-11-29 04:12:00 UTC
 HOUR = 3600.0

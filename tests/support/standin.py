@@ -1,6 +1,7 @@
 """A Mastodon stand-in: the health endpoints a prober watches, and a switch to make them fail.
 
-    python tests/standin.py --port N [--host 127.0.0.1] [--fail-file PATH] [--slow-file PATH]
+    python tests/support/standin.py --port N [--host 127.0.0.1] [--fail-file PATH]
+        [--slow-file PATH]
 
 GET/HEAD /health and /api/v1/streaming/health answer 200 "OK", / a small HTML page, anything else
 404. While the --fail-file exists, every request answers 500 "failing". While the --slow-file

@@ -1,7 +1,7 @@
 """The status page in a real browser: headless Chromium (Debian's `chromium`) loading it from
 prober's own web server on loopback.
 
-    python -m tests.statuspage [PATH]     # the README's screenshot: docs/status-page.png
+    python -m tools.screenshot [PATH]     # the README's screenshot: docs/status-page.png
 
 Screenshots use Chromium's command line (`--screenshot`). The DOM is read over the DevTools
 protocol (`--remote-debugging-pipe`): Chromium's `--dump-dom` itself runs a script, so with
@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from prober.runs import Snapshot
-from prober.web import WebServer, serve
-from tests.programs import CHROMIUM
+from prober.core.runs import Snapshot
+from prober.outputs.web import WebServer, serve
+from tests.support.programs import CHROMIUM
 
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "status-page.png"
 WINDOW = (1100, 1600)
 DEMO_HOST = "mastodon.example.org"
 PROFILE_PREFIX = "prober-chromium-"
@@ -314,20 +313,3 @@ class Dom(HTMLParser):
                 self.titles[self._target].append(data)
             else:
                 self.card_text[self._target] += data
-
-
-def main(argv: Sequence[str]) -> int:
-    from tests.snapshots import snapshot
-
-    missing = chromium_missing()
-    if missing:
-        print(f"screenshot: {missing}", file=sys.stderr)
-        return 2
-    path = Path(argv[0]) if argv else SCREENSHOT
-    asyncio.run(screenshot(snapshot(), path))
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -45,18 +45,19 @@ test-repeat:
 	PYTEST_ARGS="$(PYTEST_ARGS)" .ci/repeat $(N)
 
 lint: venv
-	$(VENV)/bin/ruff check prober tests examples/sidekiq-alive
+	$(VENV)/bin/ruff check prober tests tools examples/sidekiq-alive
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: deps venv
-	$(PY) -m tests.demo
+	$(PY) -m tools.demo
 
 bench: deps venv
-	$(PY) -m tests.bench
+	$(PY) -m tools.bench
 
 # The README's picture of the status page, as headless Chromium draws it.
 screenshot: deps venv
-	$(PY) -m tests.statuspage docs/status-page.png
+	$(PY) -m tools.screenshot docs/status-page.png
 
 # prober_VERSION_all.deb in this folder (debian/build-deb says how; tests/test_deb.py checks it).
 deb:

@@ -1,3 +1,3 @@
-from prober.cli import main
+from prober.shell.cli import main
 
 main()

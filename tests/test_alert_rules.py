@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.needs import need_program
-from tests.sandbox import REPO
-from tests.servers import Server, health, serve
+from tests.support.needs import need_program
+from tests.support.sandbox import REPO
+from tests.support.servers import Server, health, serve
 
 RULES_DIR = REPO / "examples" / "prometheus"
 RULES = RULES_DIR / "prober.rules.yml"

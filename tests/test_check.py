@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from prober.check import cycle_collection_paused, run_check
-from prober.config import parse_config
-from prober.runs import RunReport
-from prober.state import StateStore
-from tests.servers import Exchange, serve
+from prober.core.config import parse_config
+from prober.core.runs import RunReport
+from prober.shell.check import cycle_collection_paused, run_check
+from prober.shell.state import StateStore
+from tests.support.servers import Exchange, serve
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.common import wait_for
-from tests.processes import stop_process
-from tests.servers import Certs, Server, answer, hang, health, refused_port, serve
+from tests.support.e2e import wait_for
+from tests.support.processes import stop_process
+from tests.support.servers import Certs, Server, answer, hang, health, refused_port, serve
 from tests.test_config import BAD, SPECIAL_FILES, special_config
 
 
@@ -227,7 +227,7 @@ def _lock_held_elsewhere(state: Path) -> Iterator[None]:
     state.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from prober.state import StateStore\n"
+         "import sys; from prober.shell.state import StateStore\n"
          "with StateStore(sys.argv[1]).locked():\n"
          "    print('held', flush=True); sys.stdin.readline()", str(state)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -674,7 +674,7 @@ def test_pause_needs_names_or_all(prober: Prober, web: Server) -> None:
 
 def test_pause_waits_for_a_run_holding_the_lock(prober: Prober, web: Server) -> None:
     """pause waits for the state lock a run holds, where a concurrent check skips."""
-    from prober.state import StateStore
+    from prober.shell.state import StateStore
 
     prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
     assert prober("check").code == 0
@@ -711,7 +711,7 @@ def test_watch_stops_on_sigterm_mid_run_and_exits_0(prober: Prober, web: Server)
     leaves the state file whole: valid, with every target an earlier run wrote."""
     import signal
 
-    from prober.state import from_json
+    from prober.shell.state import from_json
 
     with serve(health()) as turns_hung:
         prober.write(f'[defaults]\ntimeout = "30s"\n[[target]]\nname = "web"\n'

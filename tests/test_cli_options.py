@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from prober.cli import Context, cli
-from prober.errors import UsageError
-from tests.servers import refused_port
+from prober.core.errors import UsageError
+from prober.shell.cli import Context, cli
+from tests.support.servers import refused_port
 from tests.test_cli import Prober
 
 REPO = Path(__file__).parent.parent

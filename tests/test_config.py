@@ -8,15 +8,10 @@ from typing import Any
 
 import pytest
 
-from prober.config import (
-    Bus,
-    Policy,
-    check_ownership,
-    load_config,
-    parse_config,
-)
-from prober.errors import ConfigError
-from prober.keys import format_duration, normalize_unit, parse_duration, parse_host_port
+from prober.core.config import Bus, RestartRules, check_ownership, parse_config
+from prober.core.errors import ConfigError
+from prober.core.keys import format_duration, normalize_unit, parse_duration, parse_host_port
+from prober.io.configfiles import load_config
 from prober.probes.http import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
 
@@ -101,7 +96,7 @@ def test_defaults_apply_and_targets_override() -> None:
         ],
     })
     a, b = config.targets
-    assert a.policy == Policy(timeout=2.0, failure_threshold=5, bus=Bus.USER)
+    assert a.policy == RestartRules(timeout=2.0, failure_threshold=5, bus=Bus.USER)
     assert isinstance(a.probe, HttpProbe) and isinstance(b.probe, HttpProbe)
     assert not a.probe.tls_verify
     assert b.policy.timeout == 1.0 and b.policy.failure_threshold == 5

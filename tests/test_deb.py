@@ -23,9 +23,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from prober import __version__
-from prober.cli import cli
-from tests import debpkg
-from tests.sandbox import REPO
+from prober.shell.cli import cli
+from tests.support import debpkg
+from tests.support.sandbox import REPO
 
 DEBIAN = REPO / "debian"
 # The licence names of the wheels' metadata, as debian/copyright spells them.

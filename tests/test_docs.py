@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from prober.cli import cli
-from prober.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
-from prober.keys import Key
+from prober.core.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
+from prober.core.keys import Key
+from prober.core.tracker import Event
 from prober.probes import KINDS
-from prober.tracker import Event
+from prober.shell.cli import cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _ROW = re.compile(r"^\| `([a-z_]+)` \| ([^|]*) \| ([^|]*) \|$")

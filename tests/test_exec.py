@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from prober.config import Policy, Target, parse_config
+from prober.core.config import RestartRules, Target, parse_config
+from prober.core.results import FailureClass, ProbeResult
 from prober.probes.exec import ExecProbe
-from prober.probing import probe_one
-from prober.results import FailureClass, ProbeResult
+from prober.probes.probing import probe_one
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,7 +25,7 @@ SH = "/bin/sh"
 
 
 def exec_target(*command: str, timeout: float = TIMEOUT, **fields: Any) -> Target:
-    policy = Policy(timeout=timeout)
+    policy = RestartRules(timeout=timeout)
     if "max_latency" in fields:
         policy = replace(policy, max_latency=fields.pop("max_latency"))
     return Target(name="cmd", probe=ExecProbe(command=command, **fields), policy=policy)
@@ -100,7 +100,7 @@ def test_env_file_secrets_reach_the_command_and_nothing_else(
         capsys: pytest.CaptureFixture[str]) -> None:
     """env_file lines (an absolute path or a systemd credential name) and env values reach the
     command; no value shows in a reason, an endpoint or `prober validate`."""
-    from prober.cli import run as cli
+    from prober.shell.cli import run as cli
 
     secrets = tmp_path / "redis.env"
     secrets.write_text("# Redis\nREDISCLI_AUTH='s3cret'\n\nOTHER=x\n")

@@ -27,25 +27,25 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-import prober.watcher
-from prober.cli import cli as prober_cli
-from prober.cli import run
-from prober.config import (
+import prober.shell.watcher
+from prober.core.config import (
     NOTIFY_KEYS,
     POLICY_KEYS,
     TARGET_KEYS,
     TOP_KEYS,
     Config,
-    Policy,
+    RestartRules,
     key_tables,
-    load_config,
     parse_config,
 )
-from prober.errors import ConfigError
-from prober.keys import Key, Shape, by_name, parse_duration
+from prober.core.errors import ConfigError
+from prober.core.keys import Key, Shape, by_name, parse_duration
+from prober.core.text import one_line
+from prober.io.configfiles import load_config
 from prober.probes import KINDS as PROBE_KINDS
-from prober.text import one_line
-from tests.servers import refused_port
+from prober.shell.cli import cli as prober_cli
+from prober.shell.cli import run
+from tests.support.servers import refused_port
 
 Doc = dict[str, Any]
 
@@ -381,7 +381,7 @@ def _some(draw: st.DrawFn, keys: Sequence[Key]) -> Doc:
 def _effective(name: str, table: Doc, defaults: Doc) -> Any:
     """A policy key's value for `table` over `defaults`, parsed; the built-in default else."""
     raw = table.get(name, defaults.get(name))
-    return getattr(Policy(), name) if raw is None else KEYS[name].read(raw)
+    return getattr(RestartRules(), name) if raw is None else KEYS[name].read(raw)
 
 
 def _keep_rules(table: Doc, defaults: Doc, *, target: bool) -> None:
@@ -744,7 +744,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(prober.watcher, "watch", functools.partial(prober.watcher.watch, runs=1))
+    monkeypatch.setattr(prober.shell.watcher, "watch",
+                        functools.partial(prober.shell.watcher.watch, runs=1))
     logger = logging.getLogger("prober")  # run() points it at capsys's stderr: put it back
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield Sandbox(tmp_path, port)

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prober import metrics, page, report
-from prober.config import parse_config
-from prober.errors import StateError
-from prober.pressure import MemoryUser
-from prober.runs import Snapshot
-from prober.state import STATE_VERSION, StateStore, dumps, from_json
-from prober.tracker import Event, Health, State, TargetState, Transition
+from prober.core.config import parse_config
+from prober.core.errors import StateError
+from prober.core.psi import MemoryUser
+from prober.core.runs import Snapshot
+from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.outputs import metrics, page, report
+from prober.shell.state import STATE_VERSION, StateStore, dumps, from_json
 from tests.test_fuzz import fuzz
 
 NOW = 1_800_000_000.0
@@ -141,7 +141,7 @@ def test_any_bytes_load_as_a_state_or_are_moved_aside(tmp_path_factory: pytest.T
 def test_a_huge_count_of_unhelpful_restarts_gives_the_longest_cooldown() -> None:
     """A count the loader accepts (below 2**53) in the cooldown's power of two: the longest
     cooldown at once, not a power of two too large to compute."""
-    from prober.policy import cooldown_for
+    from prober.core.policy import cooldown_for
 
     target = CONFIG.target("good")
     huge = TargetState(unhelpful_restarts=2**53 - 1)

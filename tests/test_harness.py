@@ -14,13 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hogs import make_file
-from tests.processes import stop_process
-from tests.sandbox import _Hierarchy, _v1_hierarchies
-from tests.standin import slow_seconds
+from tests.support.hogs import make_file
+from tests.support.processes import stop_process
+from tests.support.sandbox import Hierarchy, v1_hierarchies
+from tests.support.standin import slow_seconds
 
 DATA = Path(__file__).parent / "testdata" / "cgroups"
 REPO = Path(__file__).resolve().parent.parent
+SUPPORT = REPO / "tests" / "support"
 OWN_CGROUPS = """\
 9:name=systemd:/
 8:pids:/
@@ -32,19 +33,19 @@ OWN_CGROUPS = """\
 
 def test_v1_hierarchies_of_a_hybrid_host() -> None:
     """Each v1 hierarchy of the host, with this process's cgroup in it and how to mount it."""
-    found = _v1_hierarchies((DATA / "mountinfo-hybrid-host").read_text(), OWN_CGROUPS)
+    found = v1_hierarchies((DATA / "mountinfo-hybrid-host").read_text(), OWN_CGROUPS)
     assert found == [
-        _Hierarchy("systemd", "none,name=systemd", Path("/sys/fs/cgroup/systemd")),
-        _Hierarchy("pids", "pids", Path("/sys/fs/cgroup/pids")),
-        _Hierarchy("memory", "memory", Path("/sys/fs/cgroup/memory/process_api/4f04")),
-        _Hierarchy("cpu", "cpu", Path("/sys/fs/cgroup/cpu")),
+        Hierarchy("systemd", "none,name=systemd", Path("/sys/fs/cgroup/systemd")),
+        Hierarchy("pids", "pids", Path("/sys/fs/cgroup/pids")),
+        Hierarchy("memory", "memory", Path("/sys/fs/cgroup/memory/process_api/4f04")),
+        Hierarchy("cpu", "cpu", Path("/sys/fs/cgroup/cpu")),
     ]
 
 
 def test_v1_hierarchies_comounted() -> None:
     """Co-mounted controllers (cpu,cpuacct) are one hierarchy, mounted under its own name."""
     own = "3:cpu,cpuacct:/user.slice\n2:memory:/user.slice\n1:name=systemd:/user.slice/s.scope\n"
-    found = _v1_hierarchies((DATA / "mountinfo-legacy").read_text(), own)
+    found = v1_hierarchies((DATA / "mountinfo-legacy").read_text(), own)
     assert [(h.directory, h.options, str(h.cgroup)) for h in found] == [
         ("cpu,cpuacct", "cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct/user.slice"),
         ("memory", "memory", "/sys/fs/cgroup/memory/user.slice"),
@@ -55,7 +56,7 @@ def test_v1_hierarchies_comounted() -> None:
 def test_no_v1_hierarchies_on_a_unified_host() -> None:
     """A v2-only host has none: the memory sandbox then stays on cgroup2."""
     text = (DATA / "mountinfo-debian12-unified").read_text()
-    assert _v1_hierarchies(text, "0::/user.slice/user-0.slice/session-1.scope\n") == []
+    assert v1_hierarchies(text, "0::/user.slice/user-0.slice/session-1.scope\n") == []
 
 
 @pytest.mark.parametrize(("content", "seconds"), [
@@ -71,7 +72,7 @@ def test_slow_seconds(tmp_path: Path, content: str | None, seconds: float) -> No
 def test_standin_answers_slowly_while_the_slow_file_exists(tmp_path: Path) -> None:
     """A real stand-in: fast, then slow by the file's seconds while it exists, then fast again."""
     slow = tmp_path / "slow"
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "standin.py"), "--port", "0",
+    proc = subprocess.Popen([sys.executable, str(SUPPORT / "standin.py"), "--port", "0",
                              "--slow-file", str(slow)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
@@ -94,7 +95,7 @@ def test_standin_answers_slowly_while_the_slow_file_exists(tmp_path: Path) -> No
 
 def test_grower_grows_at_its_rate_and_holds(tmp_path: Path) -> None:
     """The grower allocates resident anonymous memory step by step, then holds it."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hogs.py"), "grow",
+    proc = subprocess.Popen([sys.executable, str(SUPPORT / "hogs.py"), "grow",
                              "--rate", "64", "--step", "4", "--max", "16"],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -116,7 +117,7 @@ def test_grower_grows_at_its_rate_and_holds(tmp_path: Path) -> None:
 def test_grower_parent_says_how_its_child_ended(tmp_path: Path) -> None:
     """With --parent the grower runs in a child; when the child is killed, the parent says so
     and stays (its unit, and the unit's cgroup, outlive the kill)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hogs.py"), "grow",
+    proc = subprocess.Popen([sys.executable, str(SUPPORT / "hogs.py"), "grow",
                              "--parent", "--rate", "64", "--max", "4"],
                             stdout=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -154,7 +155,7 @@ def test_thrasher_reads_its_file_in_passes(tmp_path: Path) -> None:
     make_file(data, 4)
     assert data.stat().st_size == 4 * 1024 * 1024
     assert data.stat().st_blocks * 512 >= 4 * 1024 * 1024  # written, not sparse
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hogs.py"), "thrash",
+    proc = subprocess.Popen([sys.executable, str(SUPPORT / "hogs.py"), "thrash",
                              str(data), "--workers", "2"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

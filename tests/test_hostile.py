@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import (
+from tests.support.hostile import (
     REDOS_BODY,
     REDOS_REGEX,
     bomb,
@@ -18,7 +18,7 @@ from tests.hostile import (
     measured_prober,
     redirect_with_body,
 )
-from tests.servers import Exchange, Server, answer, health, serve
+from tests.support.servers import Exchange, Server, answer, health, serve
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from prober.config import Config, parse_config
-from prober.init import HostFacts, Listener, guess, parse_proc_net_line, render
+from prober.core.config import Config, parse_config
+from prober.shell.init import HostFacts, Listener, guess, parse_proc_net_line, render
 
 MASTODON = HostFacts(
     hostname="social.example.org",

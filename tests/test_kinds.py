@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 import prober.probes
-from prober.cli import run
-from prober.config import load_config
-from prober.errors import ConfigError
-from prober.keys import Key, Option, Shape, absolute_path, duration, format_duration
-from prober.probes.base import Argument, NoContext, ProbeKind
-from prober.results import Deadline, FailureClass, Finding
-from prober.text import os_reason
+from prober.core.errors import ConfigError
+from prober.core.keys import Key, Option, Shape, absolute_path, duration, format_duration
+from prober.core.kinds import Argument, NoContext, ProbeKind
+from prober.core.results import Deadline, FailureClass, Finding
+from prober.core.text import os_reason
+from prober.io.configfiles import load_config
+from prober.shell.cli import run
 
 # --- the toy kind: what a prober/probes/heartbeat.py would hold ------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import GIB, hang, health, huge, serve, trickle
+from tests.support.servers import GIB, hang, health, huge, serve, trickle
 
 TIMEOUT = 2.0  # every target's timeout; without retries, also the deadline of a whole run
 SLACK = 2.5  # what a process may add to it: interpreter start, config, state file, report
@@ -157,7 +157,7 @@ def test_more_targets_than_the_open_files_limit_all_get_their_socket(tmp_path: P
     raises its own limit: every target is probed and passes, none fails for want of a socket."""
     import resource
 
-    from tests.mass_server import mass_server
+    from tests.support.mass_server import mass_server
 
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.servers import refused_port
+from tests.support.servers import refused_port
 
 
 def _check(tmp_path: Path, journal: bool, *flags: str) -> list[str]:

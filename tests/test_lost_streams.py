@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 import pytest
 
-from prober.logs import SafeStream, safe, setup_logging
-from tests.servers import refused_port
+from prober.shell.logs import SafeStream, safe, setup_logging
+from tests.support.servers import refused_port
 
 
 @contextlib.contextmanager

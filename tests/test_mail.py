@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from prober.config import Notify, NotifyEvent
-from prober.mail import Envelope, body, compose, subject
-from prober.notify import deliver, event_payload
-from tests.servers import Certs, answer, refused_port, serve
-from tests.smtp_server import silent_server, smtp_server
+from prober.core.config import Notify, NotifyEvent
+from prober.outputs.mail import Envelope, body, compose, subject
+from prober.outputs.notify import deliver, event_payload
+from tests.support.servers import Certs, answer, refused_port, serve
+from tests.support.smtp_server import silent_server, smtp_server
 
 HOST = socket.gethostname()
 AT = 1_765_000_000.0

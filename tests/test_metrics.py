@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from prober import metrics
-from prober.runs import Snapshot
-from tests import snapshots
-from tests.programs import PROMTOOL, require_program
-from tests.servers import Server, health, serve
+from prober.core.runs import Snapshot
+from prober.outputs import metrics
+from tests.support import snapshots
+from tests.support.programs import PROMTOOL, require_program
+from tests.support.servers import Server, health, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,16 +198,17 @@ def test_unwritable_textfile_is_one_line_exit_3(tmp_path: Path, web: Server) -> 
 
 MODULES = """\
 import json, sys
-from prober.cli import run
+from prober.shell.cli import run
 code = run(sys.argv[1:])
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
-OUTPUTS = ("prometheus_client", "prober.metrics", "prober.web", "prober.page")
+OUTPUTS = ("prometheus_client", "prober.outputs.metrics", "prober.outputs.web",
+           "prober.outputs.page")
 
 
 @pytest.mark.parametrize(("textfile", "loaded"), [(False, set()),
                                                   (True, {"prometheus_client",
-                                                          "prober.metrics"})],
+                                                          "prober.outputs.metrics"})],
                          ids=["no-textfile", "textfile"])
 def test_prometheus_client_loads_only_with_a_textfile(tmp_path: Path, web: Server,
                                                       textfile: bool, loaded: set[str]) -> None:

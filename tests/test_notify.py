@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from prober.config import Notify, NotifyEvent, parse_config
-from prober.errors import ConfigError
-from prober.notify import deliver, event_payload
-from tests.servers import Server, answer, flaky, serve, serving
+from prober.core.config import Notify, NotifyEvent, parse_config
+from prober.core.errors import ConfigError
+from prober.outputs.notify import deliver, event_payload
+from tests.support.servers import Server, answer, flaky, serve, serving
 
 
 class Receiver(ThreadingHTTPServer):

@@ -1,5 +1,5 @@
 """The status page in a real browser: headless Chromium loads it from prober's web server on
-loopback, and the tests read the DOM it built (see tests/statuspage.py)."""
+loopback, and the tests read the DOM it built (see tests/support/statuspage.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from prober import page
-from prober.runs import Snapshot
-from prober.tracker import Event, Transition
-from tests import snapshots
-from tests.programs import CHROMIUM, require_program
-from tests.statuspage import (
+from prober.core.runs import Snapshot
+from prober.core.tracker import Event, Transition
+from prober.outputs import page
+from tests.support import snapshots
+from tests.support.programs import CHROMIUM, require_program
+from tests.support.statuspage import (
     PROFILE_PREFIX,
     Dom,
     dump_dom,

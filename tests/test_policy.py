@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from prober import policy
-from prober.actuator import UnitFacts
-from prober.config import Target, parse_config
-from prober.policy import Action, Outcome
-from prober.pressure import Pressure, PressureReading, Scope
-from prober.results import FailureClass, ProbeResult
-from prober.tracker import Event, Health, TargetState, Verdict
+from prober.core import policy
+from prober.core.actuator import UnitFacts
+from prober.core.config import Target, parse_config
+from prober.core.policy import Action, Outcome
+from prober.core.psi import Pressure, PressureReading, Scope
+from prober.core.results import FailureClass, ProbeResult
+from prober.core.tracker import Event, Health, TargetState, Verdict
 
 NOW = 1_000_000.0
 

@@ -20,31 +20,25 @@ from pathlib import Path
 
 import pytest
 
-from prober.pressure import (
+from prober.core.psi import MemoryUser, Pressure, PressureReading, Scope, parse_psi
+from prober.memory.cgroups import (
     MAX_CGROUPS,
-    PSI_MEMORY,
     CgroupMounts,
     Layout,
-    MemoryUser,
-    Pressure,
-    PressureReading,
-    Scope,
     anon_bytes,
     is_unit_cgroup,
     largest,
     parse_mountinfo,
-    parse_psi,
     process_memory_users,
     read_cgroup_mounts,
-    read_host_pressure,
-    read_memory_pressure,
     read_unit_pressure,
     statm_anon_bytes,
     top_memory_users,
     unit_memory_users,
     valid_control_group,
 )
-from tests.servers import health, serve
+from prober.memory.pressure import PSI_MEMORY, read_host_pressure, read_memory_pressure
+from tests.support.servers import health, serve
 
 SAMPLE = ("some avg10=12.50 avg60=3.25 avg300=0.80 total=123456\n"
           "full avg10=4.00 avg60=1.00 avg300=0.10 total=65432\n")
@@ -146,11 +140,11 @@ def test_the_culprit_is_named_wherever_the_run_is_told(tmp_path: Path, some: flo
 
 
 def test_a_healthy_run_leaves_the_cgroup_readers_unloaded(tmp_path: Path) -> None:
-    """A healthy check imports prober.pressure only: the cgroup readers load on first use."""
-    child = ("import json, sys\nfrom prober.cli import run\ncode = run(sys.argv[1:])\n"
-             "loaded = 'prober.cgroups' in sys.modules\n"
-             "from prober.pressure import top_memory_users\n"
-             "print(json.dumps([code, loaded, 'prober.cgroups' in sys.modules]))\n")
+    """A healthy check imports prober.memory.pressure only: the cgroup readers load on first use."""
+    child = ("import json, sys\nfrom prober.shell.cli import run\ncode = run(sys.argv[1:])\n"
+             "loaded = 'prober.memory.cgroups' in sys.modules\n"
+             "from prober.memory.cgroups import top_memory_users\n"
+             "print(json.dumps([code, loaded, 'prober.memory.cgroups' in sys.modules]))\n")
     with serve(health()) as server:
         config = tmp_path / "prober.toml"
         config.write_text(f'[[target]]\nname = "web"\nurl = "{server.url("/health")}"\n')
@@ -477,7 +471,7 @@ def real_unit(tmp_path: Path) -> Iterator[RealUnit]:
     """`prober-test.slice/holder.service` in the memory hierarchy and in cgroup2, holding
     ANON_MIB of anonymous memory and CACHE_MIB of page cache; everything removed after."""
     host = _require_root_cgroups()
-    from tests.sandbox import _memory_cgroup2_parent
+    from tests.support.sandbox import memory_cgroup2_parent
 
     name = f"prober-test-{os.getpid()}-{next(_ids)}"
     roots: list[Path] = []
@@ -487,7 +481,7 @@ def real_unit(tmp_path: Path) -> Iterator[RealUnit]:
         memory_root = _own_dir(host.memory_v1, "memory") / name
         roots.append(memory_root)
     else:
-        memory_root = _memory_cgroup2_parent() / name
+        memory_root = memory_cgroup2_parent() / name
         roots = [memory_root]  # one hierarchy holds both
         unified_root = memory_root
     leaf = Path("prober-test.slice") / "holder.service"

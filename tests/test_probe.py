@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from prober.config import Policy, Target
+from prober.core.config import RestartRules, Target
+from prober.core.results import FailureClass, ProbeResult
 from prober.probes.http import HttpProbe, Method, StatusRange
+from prober.probes.probing import Probing, probe_all, probe_one, probe_sync
 from prober.probes.tcp import TcpProbe
-from prober.probing import Probing, probe_all, probe_one, probe_sync
-from prober.results import FailureClass, ProbeResult
-from tests.servers import (
+from tests.support.servers import (
     Certs,
     Exchange,
     Handler,
@@ -77,7 +77,7 @@ def certs(tmp_path: Path) -> Certs:
 
 def http_target(url: str, **fields: Any) -> Target:
     """An HTTP target with a short timeout unless `policy` says otherwise."""
-    policy = fields.pop("policy", Policy(timeout=TIMEOUT))
+    policy = fields.pop("policy", RestartRules(timeout=TIMEOUT))
     if "max_latency" in fields:
         policy = replace(policy, max_latency=fields.pop("max_latency"))
     return Target(name=fields.pop("name", "web"), probe=HttpProbe(url=url, **fields),
@@ -85,7 +85,7 @@ def http_target(url: str, **fields: Any) -> Target:
 
 
 def tcp_target(host: str, port: int) -> Target:
-    return Target(name="db", probe=TcpProbe(host, port), policy=Policy(timeout=TIMEOUT))
+    return Target(name="db", probe=TcpProbe(host, port), policy=RestartRules(timeout=TIMEOUT))
 
 
 async def timed_probe(target: Target) -> tuple[ProbeResult, float]:
@@ -449,7 +449,7 @@ async def test_reason_never_shows_url_password() -> None:
 )
 async def test_retries(failures: int, ok: bool, status: int) -> None:
     """retries=2 makes up to three attempts, stops at the first pass and counts them."""
-    policy = Policy(timeout=TIMEOUT, retries=2, retry_delay=0.05)
+    policy = RestartRules(timeout=TIMEOUT, retries=2, retry_delay=0.05)
     with serve(flaky(failures)) as server:
         target = http_target(server.url("/health"), policy=policy)
         result, elapsed = await timed_probe(target)
@@ -462,11 +462,11 @@ def test_no_tenacity_without_retries() -> None:
     """A run without retries does not pay for importing tenacity."""
     code = (
         "import sys\n"
-        "from prober.config import Policy, Target\n"
+        "from prober.core.config import RestartRules, Target\n"
         "from prober.probes.http import HttpProbe\n"
-        "from prober.probing import probe_sync\n"
+        "from prober.probes.probing import probe_sync\n"
         f"t = Target(name='a', probe=HttpProbe(url='http://127.0.0.1:{refused_port()}/'),"
-        " policy=Policy(timeout=1.0))\n"
+        " policy=RestartRules(timeout=1.0))\n"
         "(r,) = probe_sync([t])\n"
         "assert r.failure == 'refused', r\n"
         "assert 'tenacity' not in sys.modules\n"

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-import prober.config
-from prober.config import Policy, Target
-from prober.probes.base import Argument, ProbeKind
-from prober.probing import Probing
-from prober.results import Deadline, FailureClass, Finding
+import prober.core.config
+from prober.core.config import RestartRules, Target
+from prober.core.kinds import Argument, ProbeKind
+from prober.core.results import Deadline, FailureClass, Finding
+from prober.probes.probing import Probing
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ def fake_kind(seen: Seen) -> ProbeKind[FakeSpec, Seen]:
 def seen(monkeypatch: pytest.MonkeyPatch) -> Seen:
     found = Seen()
     kind = fake_kind(found)
-    monkeypatch.setattr(prober.config, "kind_of", lambda spec: kind)
+    monkeypatch.setattr(prober.core.config, "kind_of", lambda spec: kind)
     return found
 
 
 def target(name: str, failures: int = 0, timeout: float = 2.0) -> Target:
     return Target(name=name, probe=FakeSpec(name, failures),
-                  policy=Policy(timeout=timeout, retries=1, retry_delay=0.01))
+                  policy=RestartRules(timeout=timeout, retries=1, retry_delay=0.01))
 
 
 def test_first_attempts_of_a_run_share_its_start(seen: Seen) -> None:

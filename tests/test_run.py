@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from prober import tracker
-from prober.actuator import RestartResult, UnitFacts
-from prober.check import run_once
-from prober.config import Bus, Config, Target, parse_config
-from prober.errors import SystemdError
-from prober.policy import Action
-from prober.results import FailureClass
-from prober.runs import RunReport, Status
-from prober.tracker import Event, Health, State
-from tests.servers import Listening, Server, answer, hang, serve
+from prober.core import tracker
+from prober.core.actuator import RestartResult, UnitFacts
+from prober.core.config import Bus, Config, Target, parse_config
+from prober.core.errors import SystemdError
+from prober.core.policy import Action
+from prober.core.results import FailureClass
+from prober.core.runs import RunReport, Status
+from prober.core.tracker import Event, Health, State
+from prober.shell.check import run_once
+from tests.support.servers import Listening, Server, answer, hang, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -304,7 +304,7 @@ def test_a_confirmed_target_meets_the_policy_as_always(
         action: Action) -> None:
     """Down by its confirmations, a target is decided on as one down after as many runs:
     the dry run, the startup grace, the cooldown and the budget still stop its restart."""
-    from prober.tracker import TargetState
+    from prober.core.tracker import TargetState
 
     active = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 10,
                        main_pid=42)

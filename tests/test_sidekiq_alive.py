@@ -2,7 +2,7 @@
 
 The command runs as prober's exec probe will run it: the executable itself (its shebang), with
 only PATH and LANG (plus REDISCLI_AUTH where a test says so). The Sidekiq side is
-tests/sidekiq_standin.py, which writes Sidekiq's own layouts (6.0, 6.5, 7).
+tests/support/sidekiq_standin.py, which writes Sidekiq's own layouts (6.0, 6.5, 7).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.processes import stop_process
-from tests.redis_server import RedisServer, redis_server
-from tests.servers import refused_port
-from tests.sidekiq_standin import SIDEKIQ_ALIVE, load_sidekiq_alive
+from tests.support.processes import stop_process
+from tests.support.redis_server import RedisServer, redis_server
+from tests.support.servers import refused_port
+from tests.support.sidekiq_standin import SIDEKIQ_ALIVE, load_sidekiq_alive
 
 SA = load_sidekiq_alive()
-STANDIN = Path(__file__).parent / "sidekiq_standin.py"
+STANDIN = Path(__file__).parent / "support" / "sidekiq_standin.py"
 NOW = 1_700_000_000.0
 HOST = socket.gethostname()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 import prober
-from prober.config import parse_config, parse_toml
-from prober.errors import StateError
-from prober.pressure import MemoryUser
-from prober.state import (
+from prober.core.config import parse_config, parse_toml
+from prober.core.errors import StateError
+from prober.core.psi import MemoryUser
+from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.shell.state import (
     _READERS,
     MIGRATIONS,
     STATE_VERSION,
@@ -30,7 +31,6 @@ from prober.state import (
     state_path,
     to_json,
 )
-from prober.tracker import Event, Health, State, TargetState, Transition
 
 
 def _sample() -> State:
@@ -154,7 +154,7 @@ def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     store = StateStore(str(tmp_path / "state.json"))
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from prober.state import StateStore\n"
+         "import sys, time; from prober.shell.state import StateStore\n"
          "with StateStore(sys.argv[1]).locked():\n"
          "    print('held', flush=True); sys.stdin.readline()",
          str(store.path)],
@@ -180,7 +180,7 @@ def test_write_is_atomic_under_sigkill(tmp_path: Path) -> None:
     StateStore(str(path)).save(State(updated_at=0.0))
     big = {f"t{i}": TargetState(last_reason="x" * 200) for i in range(300)}
     script = (
-        "import sys; from prober.state import StateStore; from prober.tracker import *\n"
+        "import sys; from prober.shell.state import StateStore; from prober.core.tracker import *\n"
         "store = StateStore(sys.argv[1])\n"
         f"targets = {{f't{{i}}': TargetState(last_reason='x' * 200) for i in range({len(big)})}}\n"
         "n = 0\n"

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import stop_process
-from tests.servers import Server, answer, health, serve
+from tests.support.processes import stop_process
+from tests.support.servers import Server, answer, health, serve
 from tests.test_notify import receiving
 
 pytestmark = pytest.mark.timeout(120)

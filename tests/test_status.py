@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from prober.config import parse_config
-from prober.runs import Status, remembered, remembered_status, stale_after
-from prober.tracker import Health, State, TargetState
-from tests.servers import Certs, Server, health, refused_port, serve
+from prober.core.config import parse_config
+from prober.core.runs import Status, remembered, remembered_status, stale_after
+from prober.core.tracker import Health, State, TargetState
+from tests.support.servers import Certs, Server, health, refused_port, serve
 from tests.test_cli import Prober, _config
 
 NOW = 1_800_000_000.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prober.config import Bus
-from prober.errors import SystemdError
-from prober.systemd import SystemdActuator, _parse_show, facts_from_properties
-from tests.processes import stop_process
+from prober.actuators.systemd import SystemdActuator, _parse_show, facts_from_properties
+from prober.core.config import Bus
+from prober.core.errors import SystemdError
+from tests.support.processes import stop_process
 
 
 def test_facts_from_dbus_properties() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from prober import tracker
-from prober.config import Config, parse_config
-from prober.results import FailureClass, ProbeResult
-from prober.tracker import Event, Health, State
+from prober.core import tracker
+from prober.core.config import Config, parse_config
+from prober.core.results import FailureClass, ProbeResult
+from prober.core.tracker import Event, Health, State
 
 
 def _config(**defaults: Any) -> Config:
@@ -242,7 +242,7 @@ def test_which_failures_may_mean_starving(failure: FailureClass) -> None:
 
 def test_top_memory_is_noted_on_down_and_restart_entries() -> None:
     """This run's down entry carries the largest memory users; other entries do not."""
-    from prober.pressure import MemoryUser
+    from prober.core.psi import MemoryUser
 
     config = _config(failure_threshold=1)
     folded = tracker.fold(config, State(), [_result("caddy", False)], now=5.0)

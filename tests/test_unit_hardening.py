@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from prober.config import parse_config
-from tests.deploy import UNITS
-from tests.needs import need_program
-from tests.sandbox import REPO
+from prober.core.config import parse_config
+from tests.support.deploy import UNITS
+from tests.support.needs import need_program
+from tests.support.sandbox import REPO
 
 SERVICES = ("prober.service", "prober-watch.service")
 MAX_EXPOSURE = 2.0

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from prober import tracker
-from prober.actuator import RestartResult, UnitFacts
-from prober.config import Bus, Config, Target, load_config
-from prober.errors import ConfigError
-from prober.runs import RunReport, Skipped
-from prober.state import StateStore
-from prober.tracker import Event
-from prober.watcher import Watcher
-from tests.servers import Listening, Server, answer, health, serve, serving
+from prober.core import tracker
+from prober.core.actuator import RestartResult, UnitFacts
+from prober.core.config import Bus, Config, Target
+from prober.core.errors import ConfigError
+from prober.core.runs import RunReport, Skipped
+from prober.core.tracker import Event
+from prober.io.configfiles import load_config
+from prober.shell.state import StateStore
+from prober.shell.watcher import Watcher
+from tests.support.servers import Listening, Server, answer, health, serve, serving
 from tests.test_run import FakeActuator
 
 pytestmark = pytest.mark.timeout(60)

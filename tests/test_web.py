@@ -1,4 +1,5 @@
-"""The read-only web server, for real: prober.web on 127.0.0.1:0 in the test's own event loop,
+"""The read-only web server, for real: prober.outputs.web on 127.0.0.1:0 in the test's own event
+loop,
 spoken to over real sockets by httpx and by hand-written bytes (for what clients get wrong)."""
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from prober import metrics, page, report
-from prober.config import load_config
-from prober.errors import ProberError
-from prober.runs import Snapshot
-from prober.state import StateStore
-from prober.tracker import Event, Health, State, TargetState, Transition
-from prober.web import MAX_REQUEST, WebServer, serve
-from tests import snapshots
-from tests.flood import enough_files, flood
-from tests.processes import stop_process
-from tests.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
-from tests.servers import health
-from tests.servers import serve as serve_target
+from prober.core.errors import ProberError
+from prober.core.runs import Snapshot
+from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.io.configfiles import load_config
+from prober.outputs import metrics, page, report
+from prober.outputs.web import MAX_REQUEST, WebServer, serve
+from prober.shell.state import StateStore
+from tests.support import snapshots
+from tests.support.flood import enough_files, flood
+from tests.support.processes import stop_process
+from tests.support.programs import CADDY, HTPASSWD, NGINX, PROMETHEUS, PROMTOOL, require_program
+from tests.support.servers import health
+from tests.support.servers import serve as serve_target
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -544,7 +545,7 @@ def test_the_watcher_answers_every_scrape_while_slowloris_and_idle_connections_a
     descriptors, and nothing is logged above info."""
     with watching(tmp_path, files=files) as (port, err):
         hostile = subprocess.Popen(
-            [sys.executable, "-m", "tests.flood", str(port), "--slowloris", str(SLOWLORIS),
+            [sys.executable, "-m", "tests.support.flood", str(port), "--slowloris", str(SLOWLORIS),
              "--idle", str(IDLE)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent)
         try:

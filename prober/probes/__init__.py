@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from prober.probes.base import ProbeKind
+from prober.core.kinds import ProbeKind
 
 _MODULES = (
     "http",

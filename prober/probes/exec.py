@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prober.keys import (
+from prober.core.keys import (
     Key,
     Option,
     Shape,
@@ -31,10 +31,10 @@ from prober.keys import (
     regex,
     string,
 )
-from prober.probes.base import Argument, NoContext, ProbeKind
+from prober.core.kinds import Argument, NoContext, ProbeKind
+from prober.core.results import Deadline, FailureClass, Finding, prober_fault
+from prober.core.text import clip, os_reason, quote, reason, redact_url, size
 from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY, search
-from prober.results import Deadline, FailureClass, Finding, prober_fault
-from prober.text import clip, os_reason, quote, reason, redact_url, size
 
 BASE_ENVIRONMENT = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -162,7 +162,7 @@ def environment(spec: ExecProbe, environ: Mapping[str, str], euid: int) -> dict[
     Environment= and EnvironmentFile=). FileFault if the env_file cannot be used."""
     out = {**BASE_ENVIRONMENT, **dict(spec.env)}
     if spec.env_file is not None:
-        from prober.configfiles import NamedFile
+        from prober.io.configfiles import NamedFile
 
         out.update(NamedFile("env_file", spec.env_file).parsed(environ, euid, parse_env_file))
     return out
@@ -170,7 +170,7 @@ def environment(spec: ExecProbe, environ: Mapping[str, str], euid: int) -> dict[
 
 async def probe(spec: ExecProbe, deadline: Deadline, context: NoContext) -> Finding:
     """Run the command once, within the deadline, and judge what it did."""
-    from prober.configfiles import FileFault
+    from prober.io.configfiles import FileFault
 
     loop = asyncio.get_running_loop()
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from prober import __version__
-from prober.keys import (
+from prober.core.keys import (
     Key,
     Option,
     Shape,
@@ -40,11 +40,11 @@ from prober.keys import (
     string,
     url,
 )
-from prober.keys import headers as headers_value
-from prober.probes.base import Argument, Invalid, ProbeKind
+from prober.core.keys import headers as headers_value
+from prober.core.kinds import Argument, Invalid, ProbeKind
+from prober.core.results import Certificate, Deadline, FailureClass, Finding, ProbeResult
+from prober.core.text import clip, lower_first, os_reason, quote, reason, redact_url, size
 from prober.probes.shared import DEFAULT_MAX_BODY, MAX_BODY, search
-from prober.results import Certificate, Deadline, FailureClass, Finding, ProbeResult
-from prober.text import clip, lower_first, os_reason, quote, reason, redact_url, size
 
 if TYPE_CHECKING:
     import httpcore

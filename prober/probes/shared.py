@@ -11,8 +11,8 @@ import signal
 import warnings
 import weakref
 
-from prober.keys import Key, Option, Shape, integer
-from prober.results import Deadline
+from prober.core.keys import Key, Option, Shape, integer
+from prober.core.results import Deadline
 
 DEFAULT_MAX_BODY = 64 * 1024
 # A body, its text and a regex's work on it all live in prober, whose units cap it at

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prober.keys import Key, Shape, format_duration, host_port
-from prober.probes.base import Argument, NoContext, ProbeKind
-from prober.results import Deadline, FailureClass, Finding
-from prober.text import os_reason, reason
+from prober.core.keys import Key, Shape, format_duration, host_port
+from prober.core.kinds import Argument, NoContext, ProbeKind
+from prober.core.results import Deadline, FailureClass, Finding
+from prober.core.text import os_reason, reason
 
 _CLOSE_BOUND = 0.2
 

@@ -18,10 +18,17 @@ from typing import Any
 
 import pytest
 
-from tests import debpkg
-from tests.e2e.common import answers, freeze, has_event, saved_state, wait_for
-from tests.e2e.conftest import _phase_failed, booted_sandbox
-from tests.sandbox import Sandbox, SandboxError, Stack, start_stack
+from tests.support import debpkg
+from tests.support.e2e import (
+    answers,
+    booted_sandbox,
+    freeze,
+    has_event,
+    phase_failed,
+    saved_state,
+    wait_for,
+)
+from tests.support.sandbox import Sandbox, SandboxError, Stack, start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -49,7 +56,7 @@ def box(request: pytest.FixtureRequest, sandbox_workdir: Path) -> Iterator[Sandb
     with booted_sandbox(sandbox_workdir, overlay=True) as sandbox:
         prepare(sandbox)
         yield sandbox
-        if request.node.stash.get(_phase_failed, False):
+        if request.node.stash.get(phase_failed, False):
             sys.stdout.write(f"--- prober.log ---\n{log_of(sandbox)}\n--- console ---\n"
                              f"{sandbox.console_tail(60)}\n")
     assert host_fingerprint() == host, "the host's dpkg database or files changed"

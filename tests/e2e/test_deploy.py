@@ -14,11 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy import UNITS, install
-from tests.e2e.common import answers, freeze, has_event, refuses, saved_state, thaw, wait_for
-from tests.e2e.conftest import booted_sandbox
-from tests.sandbox import Sandbox, Stack, start_stack
-from tests.servers import health, serve
+from tests.support.deploy import UNITS, install
+from tests.support.e2e import (
+    answers,
+    booted_sandbox,
+    freeze,
+    has_event,
+    refuses,
+    saved_state,
+    thaw,
+    wait_for,
+)
+from tests.support.sandbox import Sandbox, Stack, start_stack
+from tests.support.servers import health, serve
 
 pytestmark = pytest.mark.e2e
 

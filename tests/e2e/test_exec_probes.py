@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.deploy import Installed, install
-from tests.e2e.common import wait_for
-from tests.e2e.conftest import booted_sandbox
-from tests.redis_server import RedisServer, redis_server
-from tests.sandbox import REPO, Sandbox, free_ports
+from tests.support.deploy import Installed, install
+from tests.support.e2e import booted_sandbox, wait_for
+from tests.support.redis_server import RedisServer, redis_server
+from tests.support.sandbox import REPO, Sandbox, free_ports
 
 pytestmark = pytest.mark.e2e
 
 SIDEKIQ_ALIVE = REPO / "examples" / "sidekiq-alive"
-STANDIN = REPO / "tests" / "sidekiq_standin.py"
+STANDIN = REPO / "tests" / "support" / "sidekiq_standin.py"
 SIDEKIQ = "sidekiq.service"
 
 

@@ -2,7 +2,7 @@
 run exec probes, read memory pressure, write a readable textfile) and what it stops.
 
 Each case runs its command as the ExecStart= of a verbatim copy of the shipped unit, with the
-drop-in tests/deploy.py adds for the sandbox, and compares with the same command run as the
+drop-in tests/support/deploy.py adds for the sandbox, and compares with the same command run as the
 same user outside the unit: a difference is the doing of a hardening line.
 """
 
@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.deploy import UNITS, install
-from tests.e2e.conftest import booted_sandbox
-from tests.needs import need, need_program
-from tests.sandbox import REPO, Sandbox, free_ports, systemd_quote
+from tests.support.deploy import UNITS, install
+from tests.support.e2e import booted_sandbox
+from tests.support.needs import need, need_program
+from tests.support.sandbox import REPO, Sandbox, free_ports, systemd_quote
 
 pytestmark = pytest.mark.e2e
 
 SERVICES = ("prober.service", "prober-watch.service")
-UNIT_VIEW = REPO / "tests" / "unit_view.py"
+UNIT_VIEW = REPO / "tests" / "support" / "unit_view.py"
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def run_as_shipped(box: Sandbox, service: str, argv: Sequence[str], *,
     """Run `argv` under a verbatim copy of the shipped `service`; return its stdout.
 
     Only what makes a command a oneshot changes (Type=, Restart=, WatchdogSec=, ExecStart=); every
-    sandboxing line is the shipped one, plus the sandbox's own drop-in from tests/deploy.py.
+    sandboxing line is the shipped one, plus the sandbox's own drop-in from tests/support/deploy.py.
     `override`: an operator's drop-in, where `systemctl edit` would write it.
     """
     copy = service.replace(".service", "-as-shipped.service")
@@ -88,7 +88,8 @@ StandardOutput=truncate:{out}
 
 def view(box: Sandbox, request: dict[str, Any], service: str | None,
          override: str | None = None) -> dict[str, Any]:
-    """tests/unit_view.py's report, under a copy of `service`, or outside any unit as `prober`."""
+    """tests/support/unit_view.py's report, under a copy of `service`, or outside any unit as
+    `prober`."""
     argv = [sys.executable, str(UNIT_VIEW), json.dumps(request)]
     if service is None:
         done = box.run(argv, user="prober", check=True, timeout=60)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import CADDY, STANDIN, Sandbox, free_ports
+from tests.support.sandbox import CADDY, STANDIN, Sandbox, free_ports
 
 pytestmark = pytest.mark.e2e
 

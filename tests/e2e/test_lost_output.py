@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy import install
-from tests.e2e.common import answers, refuses, wait_for
-from tests.e2e.conftest import booted_sandbox
-from tests.sandbox import Sandbox, Stack, start_stack
+from tests.support.deploy import install
+from tests.support.e2e import answers, booted_sandbox, refuses, wait_for
+from tests.support.sandbox import Sandbox, Stack, start_stack
 
 pytestmark = pytest.mark.e2e
 

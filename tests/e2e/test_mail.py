@@ -6,10 +6,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.common import refuses
 from tests.e2e.test_restart import Prober
-from tests.sandbox import Sandbox, Stack
-from tests.smtp_server import smtp_server
+from tests.support.e2e import refuses
+from tests.support.sandbox import Sandbox, Stack
+from tests.support.smtp_server import smtp_server
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,5 @@
-"""Under real memory pressure, in a sealed systemd with a memory controller (tests/harness.py):
+"""Under real memory pressure, in a sealed systemd with a memory controller
+(tests/support/harness.py):
 prober keeps restarting what broke, is never the process the kernel kills, ends its runs within
 their deadline, and its watchdog does not fire while runs are slow. Its readers of pressure and
 memory users work for real, under the shipped units' hardening.
@@ -26,22 +27,29 @@ from typing import Any
 import httpx
 import pytest
 
-from prober.pressure import Layout
-from tests.deploy import UNITS, Installed, install
-from tests.e2e.common import answers, freeze, has_event, refuses, saved_state, wait_for
-from tests.e2e.conftest import booted_sandbox
-from tests.harness import GROWER, THRASHER, MemoryPressure, kernel_log_readable
-from tests.sandbox import (
+from prober.memory.cgroups import Layout
+from tests.support.deploy import UNITS, Installed, install
+from tests.support.e2e import (
+    answers,
+    booted_sandbox,
+    freeze,
+    has_event,
+    refuses,
+    saved_state,
+    wait_for,
+)
+from tests.support.harness import GROWER, THRASHER, MemoryPressure, kernel_log_readable
+from tests.support.sandbox import (
     UNIT_DIR,
     Sandbox,
     SandboxError,
     Stack,
     _cgroup2_dir,
-    _memory_cgroup2_parent,
-    _v1_hierarchies,
+    memory_cgroup2_parent,
     memory_layout,
     start_stack,
     systemd_quote,
+    v1_hierarchies,
 )
 
 pytestmark = pytest.mark.e2e
@@ -188,10 +196,10 @@ def test_memory_sandbox_enforces_limits_in_the_hosts_layout(box: Sandbox) -> Non
 
 def _own_sandbox_cgroups() -> list[Path]:
     """The cgroups this process's sandboxes have now, in every hierarchy they join."""
-    parents = [_cgroup2_dir(), *(h.cgroup for h in _v1_hierarchies(
+    parents = [_cgroup2_dir(), *(h.cgroup for h in v1_hierarchies(
         Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text()))]
     with contextlib.suppress(SandboxError):
-        parents.append(_memory_cgroup2_parent())
+        parents.append(memory_cgroup2_parent())
     return [p for parent in parents for p in parent.glob(f"prober-sandbox-{os.getpid()}-*")]
 
 
@@ -204,7 +212,7 @@ def test_memory_sandbox_leaves_no_cgroup_behind(sandbox_workdir: Path) -> None:
             harness.grow(rate_mib=64, max_mib=16)
             wait_for(lambda: "holding" in harness.hog_log(GROWER), 20, "the grower holding")
             assert any((c / "system.slice").is_dir() for c in created)
-    expected = 1 + (len(_v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
+    expected = 1 + (len(v1_hierarchies(Path("/proc/self/mountinfo").read_text(),
                                         Path("/proc/self/cgroup").read_text()))
                     if sandbox.cgroup_layout == "hybrid" else 0)
     assert len(created) == expected, created
@@ -241,7 +249,7 @@ def test_pinned_psi_is_what_prober_reads(box: Sandbox, stack: Stack) -> None:
 
 def test_readers_work_under_the_shipped_hardening(box: Sandbox, stack: Stack,
                                                   harness: MemoryPressure) -> None:
-    """prober.pressure's readers, run as `prober` with the shipped prober.service's settings,
+    """prober.memory.pressure's readers, run as `prober` with the shipped prober.service's settings,
     read the thrasher's own PSI, rank the grower first by anonymous memory (the thrasher's page
     cache is larger), and find the grower's process in the /proc fallback."""
     install(box, config(stack))
@@ -254,7 +262,8 @@ def test_readers_work_under_the_shipped_hardening(box: Sandbox, stack: Stack,
     box.run(["chown", "prober", str(out)], check=True)
     script = (
         "import json, sys\n"
-        "from prober.pressure import *\n"
+        "from prober.memory.cgroups import *\n"
+        "from prober.memory.pressure import read_host_pressure\n"
         "mounts = read_cgroup_mounts()\n"
         "unit = read_unit_pressure(sys.argv[1])\n"
         "host = read_host_pressure()\n"

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.common import answers, freeze, refuses, thaw
-from tests.sandbox import Sandbox, Stack
+from tests.support.e2e import answers, freeze, refuses, thaw
+from tests.support.sandbox import Sandbox, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
+from tests.support.e2e import (
     SANDBOX_ROOT,
     booted_sandbox,
     new_workdir,
     require_sandbox,
     sandbox_history,
 )
-from tests.sandbox import (
+from tests.support.sandbox import (
     REPO,
     STANDIN,
     Sandbox,
@@ -281,7 +281,7 @@ def test_failed_start_leaves_nothing(sandbox_workdir: Path) -> None:
 _CRASHER = """\
 import sys, time
 from pathlib import Path
-from tests.sandbox import Sandbox
+from tests.support.sandbox import Sandbox
 box = Sandbox(Path(sys.argv[1]))
 box.start()
 print(box.pid, flush=True)

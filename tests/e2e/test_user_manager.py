@@ -26,9 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.common import answers
-from tests.e2e.conftest import _phase_failed, booted_sandbox
-from tests.sandbox import STANDIN, Sandbox, SandboxError, free_ports, systemd_quote
+from tests.support.e2e import answers, booted_sandbox, phase_failed
+from tests.support.sandbox import STANDIN, Sandbox, SandboxError, free_ports, systemd_quote
 
 pytestmark = pytest.mark.e2e
 
@@ -236,7 +235,7 @@ def user_manager(request: pytest.FixtureRequest, sandbox_workdir: Path) -> Itera
             yield manager
         finally:
             manager.systemctl("kill", "--signal=SIGCONT", WEB, check=False)
-    if request.node.stash.get(_phase_failed, False):
+    if request.node.stash.get(phase_failed, False):
         sys.stdout.write(f"--- sandbox console ({box.console_log}) ---\n{box.console_tail(80)}\n")
 
 

@@ -1,0 +1,532 @@
+"""The status page: one server-rendered HTML document from a `Snapshot`.
+
+No JavaScript and no external assets (the CSS is inline, the timelines are inline SVG), so that
+it reads the same in any browser, with scripts off, behind any proxy. Everything printed is
+escaped, and nothing secret is: endpoints come from `Target.endpoint` (passwords as ***),
+header and environment values are never read here. Targets are shown worst first; each has its
+health and since when, its last result, its restarts, its pause or why it was given up, and a
+timeline of the last 24 hours drawn from its history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+
+from prober.core.config import Target
+from prober.core.policy import Action, cooldown_for, restarts_within, starves
+from prober.core.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
+from prober.core.text import redact_url
+from prober.core.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
+
+__all__ = ["WINDOW", "render"]
+
+WINDOW = 24 * 3600.0  # the timelines' span, ending now
+_REFRESH_BOUNDS = (5, 60)  # seconds between reloads: the interval, within these
+
+# The timeline's drawing, in SVG user units.
+_WIDTH, _LEFT, _RIGHT = 960.0, 8.0, 8.0
+_TRACK_Y, _TRACK_H, _PAUSE_Y, _PAUSE_H = 14.0, 12.0, 4.0, 6.0
+_HEIGHT = 44.0
+_BUCKET = 4.0  # marks of one kind closer than this are drawn as one
+
+
+# --- words and times ---------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    return escape(str(text), quote=True)
+
+
+def _clock(at: float, now: float) -> str:
+    """`04:12 UTC` within the day around `now`, else with the date."""
+    moment = dt.datetime.fromtimestamp(at, dt.UTC)
+    if abs(now - at) < 20 * 3600:
+        return moment.strftime("%H:%M:%S UTC") if abs(now - at) < 600 else \
+            moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _span(seconds: float) -> str:
+    """A rough duration for people: `8 s`, `41 min`, `3 h 5 min`, `2 d 4 h`."""
+    whole = max(0, round(seconds))
+    if whole < 90:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _relative(at: float, now: float) -> str:
+    return f"in {_span(at - now)}" if at > now else f"{_span(now - at)} ago"
+
+
+def _when(at: float, now: float) -> str:
+    return f"{_clock(at, now)} ({_relative(at, now)})"
+
+
+# --- one target --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Card:
+    """One target as the page shows it."""
+
+    target: Target
+    state: TargetState
+    item: TargetReport | None  # the last run's, when the report has this target
+    status: Status
+    badge: str
+    paused: bool
+    rank: int  # worst first
+
+
+def _state_status(target: Target, state: TargetState, paused: bool) -> Status:
+    """A target's status from the state alone (before the first run of this process)."""
+    if paused:
+        return Status.OK if state.last_ok is not False else Status.WARNING
+    if state.given_up or state.health is Health.DOWN:
+        return Status.CRITICAL
+    if has_prober_fault(state):
+        return Status.WARNING
+    if state.health in (Health.FAILING, Health.RECOVERING):
+        return Status.WARNING
+    return Status.UNKNOWN if state.health is Health.UNKNOWN else Status.OK
+
+
+def _badge(target: Target, state: TargetState, status: Status, paused: bool) -> str:
+    if paused:
+        return "paused"
+    if has_prober_fault(state):
+        return "prober fault"
+    if state.given_up:
+        return "given up"
+    if state.health is Health.DOWN:
+        return "down"
+    if state.health is Health.FAILING:
+        return f"failing {state.consecutive_failures}/{target.policy.failure_threshold}"
+    if state.health is Health.RECOVERING:
+        return "recovering"
+    if state.health is Health.UNKNOWN:
+        return "not probed yet"
+    return "ok" if status is Status.OK else status.value
+
+
+_RANK = {Status.CRITICAL: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.OK: 4}
+
+
+def _cards(snapshot: Snapshot) -> list[_Card]:
+    items = {} if snapshot.report is None else \
+        {item.target.name: item for item in snapshot.report.targets}
+    cards = []
+    for target in snapshot.config.targets:
+        state = snapshot.state.get(target.name)
+        item = items.get(target.name)
+        paused = is_paused(state, snapshot.now)
+        status = item.status if item is not None else _state_status(target, state, paused)
+        rank = 3 if paused and status is not Status.CRITICAL else _RANK[status]
+        cards.append(_Card(target, state, item, status, _badge(target, state, status, paused),
+                           paused, rank))
+    return sorted(cards, key=lambda card: card.rank)  # stable: config order within a rank
+
+
+def _health_line(card: _Card, now: float) -> str:
+    state = card.state
+    if state.health is Health.UNKNOWN:
+        return "not probed yet"
+    since = "" if state.since is None else f" since {_when(state.since, now)}"
+    text = f"{state.health.value}{since}"
+    if state.down_since is not None and state.health is not Health.DOWN:
+        text += f"; down since {_when(state.down_since, now)}"
+    if card.paused and state.last_ok is False:
+        text += "; failures while paused do not count"
+    return text
+
+
+def _result_line(card: _Card, now: float) -> str:
+    state = card.state
+    if state.last_checked_at is None:
+        return "no result yet"
+    verdict = "passed" if state.last_ok else "failed"
+    failure = f" ({state.last_failure})" if state.last_failure and not state.last_ok else ""
+    latency = "" if state.last_latency_ms is None else f" in {state.last_latency_ms:g} ms"
+    return (f"{verdict}{failure}{latency}, {_relative(state.last_checked_at, now)}: "
+            f"{state.last_reason or '-'}")
+
+
+def _action_line(card: _Card) -> str | None:
+    item = card.item
+    if item is None or item.decision.action in (Action.NONE, Action.PAUSED) or (
+            item.decision.action is Action.GIVEN_UP and card.state.given_up):
+        return None
+    text = f"{item.decision.action.value}: {item.decision.reason}"
+    return f"{text}; {item.outcome}" if item.outcome else text
+
+
+def _restart_line(card: _Card, now: float) -> str:
+    target, state = card.target, card.state
+    if target.unit is None:
+        return "monitored only: no unit to restart"
+    window = target.policy.restart_window
+    recent = restarts_within(state, window, now)
+    text = (f"{recent} of {target.policy.max_restarts} in the last {_span(window)}, "
+            f"{state.restarts_total} in all")
+    if state.last_restart_at is not None:
+        text += f"; last {_when(state.last_restart_at, now)}"
+        allowed = state.last_restart_at + cooldown_for(target, state)
+        if allowed > now and state.health.is_failing:
+            text += f"; next allowed {_when(allowed, now)}"
+    return text
+
+
+def _facts(card: _Card, now: float) -> list[tuple[str, str, str]]:
+    """(label, text, css class) lines of a target's card."""
+    lines = [("health", _health_line(card, now), ""),
+             ("last result", _result_line(card, now), "")]
+    action = _action_line(card)
+    if action:
+        lines.append(("this run", action, "flag-critical" if card.status is Status.CRITICAL
+                      else ""))
+    if card.paused:
+        until = card.state.paused_until
+        assert until is not None
+        why = card.state.paused_reason or "no reason given"
+        lines.append(("paused", f"until {_when(until, now)}: {why}", "flag-paused"))
+    if card.state.given_up:
+        lines.append(("given up", card.state.given_up_reason or "restarts did not help",
+                      "flag-critical"))
+    if card.item is not None and card.item.notice:
+        lines.append(("notice", card.item.notice, "flag-warning"))
+    lines.append(("restarts", _restart_line(card, now), ""))
+    return lines
+
+
+def _card_html(card: _Card, now: float) -> str:
+    target = card.target
+    unit = _e(target.unit) if target.unit else "monitor only"
+    facts = "".join(
+        f'<div class="fact {css}"><dt>{_e(label)}</dt><dd>{_e(text)}</dd></div>'
+        for label, text, css in _facts(card, now))
+    return (
+        f'<section class="target s-{card.status.value}{" paused" if card.paused else ""}" '
+        f'id="target-{_e(target.name)}" data-target="{_e(target.name)}" '
+        f'data-status="{card.status.value}" data-health="{card.state.health.value}" '
+        f'data-paused="{str(card.paused).lower()}" '
+        f'data-given-up="{str(card.state.given_up).lower()}">'
+        f'<h2><span class="badge">{_e(card.badge)}</span> '
+        f'<span class="name">{_e(target.name)}</span> '
+        f'<span class="unit">{unit}</span></h2>'
+        f'<p class="endpoint">{_e(target.kind.name)} '
+        f"<code>{_e(redact_url(target.endpoint))}</code></p>"
+        f"<dl>{facts}</dl>"
+        f"{timeline_svg(target.name, card.state, now)}"
+        "</section>"
+    )
+
+
+# --- the timeline ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Band:
+    kind: str  # failing, down, paused
+    start: float
+    end: float
+    reason: str  # of the transition that opened it
+    count: int = 1  # periods drawn as this one
+
+    def title(self, now: float) -> str:
+        periods = f" ({self.count} periods)" if self.count > 1 else ""
+        return (f"{self.kind} from {_clock(self.start, now)} for {_span(self.end - self.start)}"
+                f"{periods}: {self.reason}")
+
+
+_TROUBLE_ENDS = (Event.RECOVERED, Event.RESET)
+_MARKED = (Event.FAILING, Event.DOWN, Event.HELD, Event.RESTART, Event.RESTART_FAILED,
+           Event.GIVEN_UP, Event.RECOVERED, Event.PAUSED, Event.RESUMED, Event.RESET)
+
+
+def _bands(history: Sequence[Transition], state: TargetState, now: float) -> list[_Band]:
+    """Failing, down and paused periods from a history (a period still open ends now)."""
+    bands: list[_Band] = []
+    trouble: Transition | None = None  # the failing/down transition that opened a period
+    pause: Transition | None = None
+
+    def close_trouble(end: float) -> None:
+        assert trouble is not None
+        bands.append(_Band(trouble.event.value, trouble.at, end, trouble.reason))
+
+    for entry in history:
+        if entry.event in (Event.FAILING, Event.DOWN):
+            if trouble is not None:
+                close_trouble(entry.at)
+            trouble = entry
+        elif entry.event in _TROUBLE_ENDS and trouble is not None:
+            close_trouble(entry.at)
+            trouble = None
+        if entry.event is Event.PAUSED:
+            pause = entry
+        elif entry.event in (Event.RESUMED, Event.RESET) and pause is not None:
+            bands.append(_Band("paused", pause.at, entry.at, pause.reason))
+            pause = None
+    if trouble is not None:  # still failing, or passing again and not yet recovered
+        passing_since = state.since if state.since is not None else trouble.at
+        close_trouble(now if state.health.is_failing else max(passing_since, trouble.at))
+    if pause is not None:
+        until = state.paused_until if state.paused_until is not None else pause.at
+        bands.append(_Band("paused", pause.at, min(until, now), pause.reason))
+    return bands
+
+
+def _x(at: float, start: float) -> float:
+    share = min(max((at - start) / WINDOW, 0.0), 1.0)
+    return round(_LEFT + share * (_WIDTH - _LEFT - _RIGHT), 1)
+
+
+def _mark_shape(event: Event, x: float) -> str:
+    mid, top, bottom = _TRACK_Y + _TRACK_H / 2, _TRACK_Y - 2, _TRACK_Y + _TRACK_H + 2
+    if event is Event.RESTART:
+        return f'<path d="M{x - 5} {top - 4}h10l-5 8z" class="m-restart"/>' \
+               f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" class="m-restart"/>'
+    if event is Event.RESTART_FAILED:
+        return (f'<path d="M{x - 4} {mid - 4}l8 8M{x + 4} {mid - 4}l-8 8" '
+                'class="m-restart-failed"/>')
+    if event is Event.HELD:
+        return f'<path d="M{x} {mid - 6}l5 6l-5 6l-5 -6z" class="m-held"/>'
+    if event is Event.RECOVERED:
+        return f'<circle cx="{x}" cy="{mid}" r="4" class="m-recovered"/>'
+    if event is Event.GIVEN_UP:
+        return f'<rect x="{x - 4}" y="{mid - 4}" width="8" height="8" class="m-given-up"/>'
+    css = {Event.DOWN: "m-down", Event.FAILING: "m-failing"}.get(event, "m-other")
+    return f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" class="{css}"/>'
+
+
+def timeline_svg(name: str, state: TargetState, now: float) -> str:
+    """The last 24 hours of one target as inline SVG: failing/down and paused periods as bands,
+    each event of the history as a mark with a <title> (time, event, reason)."""
+    start = now - WINDOW
+    parts = [f'<svg class="timeline" viewBox="0 0 {_WIDTH:g} {_HEIGHT:g}" role="img" '
+             f'aria-label="{_e(name)}: the last 24 hours" xmlns="http://www.w3.org/2000/svg">',
+             f'<rect x="{_LEFT:g}" y="{_TRACK_Y:g}" width="{_WIDTH - _LEFT - _RIGHT:g}" '
+             f'height="{_TRACK_H:g}" class="track"/>']
+    for hours in (6, 12, 18):
+        x = _x(start + hours * 3600, start)
+        parts.append(f'<line x1="{x}" y1="{_PAUSE_Y:g}" x2="{x}" y2="{_TRACK_Y + _TRACK_H:g}" '
+                     'class="grid"/>')
+        parts.append(f'<text x="{x}" y="{_HEIGHT - 3:g}" class="tick">'
+                     f"&#8722;{24 - hours}h</text>")
+    parts.append(f'<text x="{_LEFT:g}" y="{_HEIGHT - 3:g}" class="tick start">&#8722;24h</text>')
+    parts.append(f'<text x="{_WIDTH - _RIGHT:g}" y="{_HEIGHT - 3:g}" class="tick end">now</text>')
+    for band in _merged(_bands(state.history, state, now), start, now):
+        x1, x2 = _x(band.start, start), _x(band.end, start)
+        y, height = (_PAUSE_Y, _PAUSE_H) if band.kind == "paused" else (_TRACK_Y, _TRACK_H)
+        parts.append(f'<rect x="{x1}" y="{y:g}" width="{max(x2 - x1, 1.5):g}" '
+                     f'height="{height:g}" class="band b-{band.kind}" data-band="{band.kind}">'
+                     f"<title>{_e(band.title(now))}</title></rect>")
+    for group in _grouped(state.history, start, now):
+        first, last = group[0], group[-1]
+        when = _clock(first.at, now) if len(group) == 1 else \
+            f"{_clock(first.at, now)} to {_clock(last.at, now)}, {len(group)} times"
+        title = f"{when} {first.event.value}: {last.reason}"
+        parts.append(f'<g class="mark" data-event="{first.event.value}" '
+                     f'data-count="{len(group)}"><title>{_e(title)}</title>'
+                     f"{_mark_shape(first.event, _x(last.at, start))}</g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _bucket(at: float, start: float) -> int:
+    return int(_x(at, start) // _BUCKET)
+
+
+def _grouped(history: Sequence[Transition], start: float, now: float
+             ) -> list[list[Transition]]:
+    """The window's events to mark, those of one kind close together (a flapping target's)
+    as one group, so that a timeline stays readable and its size bounded."""
+    groups: dict[tuple[Event, int], list[Transition]] = {}
+    for entry in history:
+        if entry.event in _MARKED and start <= entry.at <= now:
+            groups.setdefault((entry.event, _bucket(entry.at, start)), []).append(entry)
+    return sorted(groups.values(), key=lambda group: group[0].at)
+
+
+def _merged(bands: Iterable[_Band], start: float, now: float) -> list[_Band]:
+    """The window's bands, those of one kind that nearly touch drawn as one."""
+    out: list[_Band] = []
+    for band in sorted((b for b in bands if b.end >= start and b.start <= now),
+                       key=lambda b: (b.kind, b.start)):
+        last = out[-1] if out else None
+        if last is not None and last.kind == band.kind and \
+                _x(band.start, start) - _x(last.end, start) < _BUCKET:
+            out[-1] = _Band(last.kind, last.start, max(last.end, band.end), band.reason,
+                            last.count + band.count)
+        else:
+            out.append(band)
+    return sorted(out, key=lambda b: b.start)
+
+
+def _legend() -> str:
+    swatches = [
+        ('<rect x="1" y="3" width="16" height="10" class="band b-failing"/>', "failing"),
+        ('<rect x="1" y="3" width="16" height="10" class="band b-down"/>', "down"),
+        ('<rect x="1" y="5" width="16" height="6" class="band b-paused"/>', "paused"),
+        ('<path d="M4 1h10l-5 8z" class="m-restart"/>', "restart"),
+        ('<path d="M5 4l8 8M13 4l-8 8" class="m-restart-failed"/>', "restart failed"),
+        ('<path d="M9 2l5 6l-5 6l-5 -6z" class="m-held"/>', "restart held (memory pressure)"),
+        ('<circle cx="9" cy="8" r="4" class="m-recovered"/>', "recovered"),
+        ('<rect x="5" y="4" width="8" height="8" class="m-given-up"/>', "given up"),
+    ]
+    items = "".join(f'<li><svg viewBox="0 0 18 16" width="18" height="16" aria-hidden="true">'
+                    f"{shape}</svg> {_e(label)}</li>" for shape, label in swatches)
+    return f'<ul class="legend">{items}</ul>'
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def _last_run(snapshot: Snapshot) -> tuple[str, bool]:
+    """The line about the last run, and whether runs have stopped coming."""
+    report, now, config = snapshot.report, snapshot.now, snapshot.config
+    ended = report.ended_at if report is not None else snapshot.state.updated_at
+    if ended is None:
+        return "no run recorded yet", False
+    stale = now - ended > 3 * config.interval + config.run_deadline
+    text = f"last run {_when(ended, now)}"
+    if report is None:
+        text += ", before this watcher started; its first run is due"
+    else:
+        text += f", took {report.duration:.2f} s"
+        if report.dry_run:
+            text += " (dry run: nothing was restarted)"
+    if stale:
+        text = f"STALE: no run for {_span(now - ended)}; " + text
+    return text, stale
+
+
+def _pressure_line(snapshot: Snapshot) -> tuple[str, bool]:
+    """The memory pressure line, and whether it is at or over the threshold."""
+    report = snapshot.report
+    threshold = pressure_threshold(snapshot.config)
+    if report is None:
+        return "memory pressure: read by the first run", False
+    if report.pressure is None:
+        return "memory pressure: not available (this kernel has no PSI)", False
+    pressure = report.pressure
+    high = starves(pressure, threshold)
+    limit = f"threshold {threshold:g}%" if threshold else "no threshold"
+    return (f"memory pressure now: some {pressure.some_avg10:.1f}%, full "
+            f"{pressure.full_avg10:.1f}% of the last 10 s ({limit})"), high
+
+
+def _counts(cards: Iterable[_Card]) -> str:
+    counts: dict[str, int] = {}
+    for card in cards:
+        key = "paused" if card.paused else card.badge if card.badge in (
+            "down", "given up", "prober fault") else card.status.value
+        counts[key] = counts.get(key, 0) + 1
+    order = ["down", "given up", "prober fault", "critical", "unknown", "warning", "paused",
+             "ok"]
+    return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+
+
+def _overall(report: RunReport | None, cards: Sequence[_Card]) -> Status:
+    if report is not None:
+        return report.status
+    return worst([card.status for card in cards]) if cards else Status.UNKNOWN
+
+
+def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:
+    """The whole status page for `snapshot`, as one HTML document."""
+    host = socket.gethostname() if hostname is None else hostname
+    now = snapshot.now
+    cards = _cards(snapshot)
+    status = _overall(snapshot.report, cards)
+    last_run, stale = _last_run(snapshot)
+    pressure, high = _pressure_line(snapshot)
+    refresh = min(max(round(snapshot.config.interval), _REFRESH_BOUNDS[0]), _REFRESH_BOUNDS[1])
+    state_error = "" if snapshot.report is None or snapshot.report.state_error is None else \
+        f'<p class="flag-critical" id="state-error">{_e(snapshot.report.state_error)}</p>'
+    headline = status.value.upper()
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="{refresh}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="color-scheme" content="light dark">'
+        f"<title>{_e(headline)} - prober on {_e(host)}</title>"
+        f"<style>{_CSS}</style></head>"
+        f'<body><header class="s-{status.value}" id="overall" data-status="{status.value}">'
+        f'<h1><span class="badge">{_e(headline)}</span> prober on {_e(host)}</h1>'
+        f'<p id="counts">{_e(_counts(cards))} of {len(cards)} targets</p>'
+        f'<p id="last-run" class="{"flag-critical" if stale else ""}">{_e(last_run)}</p>'
+        f'<p id="pressure" class="{"flag-warning" if high else ""}">{_e(pressure)}</p>'
+        f"{state_error}</header><main>"
+        + "".join(_card_html(card, now) for card in cards)
+        + f"</main><footer>{_legend()}<p>Times in UTC; rendered {_e(_clock(now, now))}; "
+        f"reloads every {refresh} s. Also: <a href=\"status.json\">status.json</a>, "
+        '<a href="metrics">metrics</a>.</p></footer></body></html>\n'
+    )
+
+
+_CSS = """
+:root{--bg:#f6f7f9;--fg:#1c1f24;--muted:#5b6470;--card:#fff;--line:#d9dde3;
+--crit:#c62828;--warn:#b26a00;--ok:#2e7d32;--pause:#3558a8;--unknown:#6b7280;
+--track:#e7eaee;--fail-band:#f0b429;--down-band:#d64545;--pause-band:#8aa4e0}
+@media (prefers-color-scheme:dark){:root{--bg:#121417;--fg:#e6e8eb;--muted:#9aa3ad;
+--card:#1b1e23;--line:#2c3139;--track:#2a2f36;--crit:#ef5350;--warn:#f0a020;
+--ok:#66bb6a;--pause:#7f9cf5;--unknown:#9aa3ad}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
+main,footer{max-width:1000px;margin:0 auto;padding:0 16px}
+header{max-width:968px;margin:12px auto 0;padding:12px 16px;background:var(--card);
+border:1px solid var(--line);border-left:8px solid var(--unknown);border-radius:6px}
+header h1{margin:0 0 4px;font-size:22px}
+header p{margin:2px 0}
+.badge{display:inline-block;padding:1px 8px;border-radius:4px;color:#fff;font-weight:700;
+text-transform:uppercase;font-size:.8em;letter-spacing:.03em;vertical-align:2px;
+background:var(--unknown)}
+.s-critical>h1 .badge,.s-critical>h2 .badge{background:var(--crit)}
+.s-warning>h1 .badge,.s-warning>h2 .badge{background:var(--warn)}
+.s-ok>h1 .badge,.s-ok>h2 .badge{background:var(--ok)}
+.target.paused>h2 .badge{background:var(--pause)}
+.target{background:var(--card);border:1px solid var(--line);border-left:8px solid
+var(--unknown);border-radius:6px;padding:10px 14px;margin:12px 0}
+.target h2{margin:0;font-size:18px}
+.s-critical{border-left-color:var(--crit)} .s-warning{border-left-color:var(--warn)}
+.s-ok{border-left-color:var(--ok)} .s-unknown{border-left-color:var(--unknown)}
+.target.paused{border-left-color:var(--pause)}
+.target .unit,.endpoint{color:var(--muted);font-weight:400;font-size:14px}
+.endpoint{margin:2px 0 6px}
+.endpoint code{word-break:break-all}
+dl{margin:0;display:grid;grid-template-columns:1fr;gap:1px}
+.fact{display:grid;grid-template-columns:7.5em 1fr;gap:8px}
+dt{color:var(--muted)} dd{margin:0;overflow-wrap:anywhere}
+.flag-critical{color:var(--crit);font-weight:600}
+.flag-warning{color:var(--warn);font-weight:600}
+.flag-paused{color:var(--pause);font-weight:600}
+.timeline{display:block;width:100%;height:auto;margin-top:8px}
+.track{fill:var(--track)} .grid{stroke:var(--line);stroke-width:1}
+.tick{fill:var(--muted);font-size:10px;text-anchor:middle}
+.tick.start{text-anchor:start} .tick.end{text-anchor:end}
+.b-failing{fill:var(--fail-band)} .b-down{fill:var(--down-band)}
+.b-paused{fill:var(--pause-band)}
+.m-restart{fill:var(--pause);stroke:var(--pause);stroke-width:2}
+.m-restart-failed{stroke:var(--crit);stroke-width:3;fill:none}
+.m-held{fill:#8e44ad} .m-recovered{fill:var(--ok)} .m-given-up{fill:var(--fg)}
+.m-down{stroke:var(--crit);stroke-width:2} .m-failing{stroke:var(--warn);stroke-width:2}
+.m-other{stroke:var(--muted);stroke-width:2}
+.legend{list-style:none;padding:0;margin:0;display:flex;flex-wrap:wrap;gap:4px 16px;
+color:var(--muted);font-size:13px}
+.legend svg{vertical-align:-3px}
+footer p{color:var(--muted);font-size:13px}
+a{color:inherit}
+"""

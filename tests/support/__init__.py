@@ -1,0 +1,1 @@
+"""Support for the tests and tools: loopback servers, the systemd sandbox, hogs, stand-ins."""

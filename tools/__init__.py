@@ -1,0 +1,1 @@
+"""Tools beside the tests: make bench, make demo, make screenshot."""

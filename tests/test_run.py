@@ -338,8 +338,10 @@ def test_a_frozen_target_still_takes_failure_threshold_runs() -> None:
     restarted on the third run, as before."""
     with serve(hang()) as frozen:
         config = parse_config({
+            # pressure_threshold 0: a timeout on a host whose PSI happens to be high (another
+            # test's thrasher just ended) would be held, which is not what this test is about
             "defaults": {"timeout": "200ms", "startup_grace": "0s", "verify_timeout": "0s",
-                         "confirm_interval": "10ms"},
+                         "confirm_interval": "10ms", "pressure_threshold": 0},
             "target": [{"name": "caddy", "url": frozen.url("/"), "unit": "caddy"}],
         })
         actuator = FakeActuator()

@@ -10,7 +10,8 @@ import pytest
 
 from prober.core.config import parse_config
 from prober.core.runs import RunReport
-from prober.shell.check import cycle_collection_paused, run_check
+from prober.shell.check import run_check
+from prober.shell.locked import cycle_collection_paused
 from prober.shell.state import StateStore
 from tests.support.servers import Exchange, serve
 

@@ -12,7 +12,7 @@ from prober.core.config import Bus, RestartRules, check_ownership, parse_config
 from prober.core.errors import ConfigError
 from prober.core.keys import format_duration, normalize_unit, parse_duration, parse_host_port
 from prober.io.configfiles import load_config
-from prober.probes.http import HttpProbe, Method, StatusRange
+from prober.probes.http_spec import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
 
 BAD = Path(__file__).parent / "testdata" / "bad-configs"

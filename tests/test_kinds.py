@@ -14,16 +14,26 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import prober.probes
+from prober.core.config import checked_registry, key_tables
 from prober.core.errors import ConfigError
-from prober.core.keys import Key, Option, Shape, absolute_path, duration, format_duration
-from prober.core.kinds import Argument, NoContext, ProbeKind
+from prober.core.keys import (
+    Key,
+    Option,
+    Shape,
+    absolute_path,
+    duration,
+    format_duration,
+    integer,
+    string,
+)
+from prober.core.kinds import Argument, KeyClash, NoContext, ProbeKind
 from prober.core.results import Deadline, FailureClass, Finding
 from prober.core.text import os_reason
 from prober.io.configfiles import load_config
@@ -197,3 +207,40 @@ def test_probe_takes_its_argument(beats: tuple[Path, Path],
     assert run(["probe", "beat:/x"]) == 3
     assert capsys.readouterr().err.rstrip().endswith(
         "a command (its absolute path and arguments, after `--`) or heartbeat:PATH")
+
+
+def with_keys(name: str, *keys: Key) -> ProbeKind[HeartbeatProbe, NoContext]:
+    """A toy kind like heartbeat, named `name`, declaring `keys` besides its own."""
+    return replace(HEARTBEAT, name=name, keys=(*KEYS, *keys))
+
+
+MAX_AGE_AGAIN = Key("max_age", Shape.INTEGER, integer(0), "a different key of the same name")
+OWN_TIMEOUT = Key("timeout", Shape.DURATION, duration(), "shadows the policy's timeout")
+OWN_UNIT = Key("unit", Shape.STRING, string, "shadows every target's unit")
+
+
+@pytest.mark.parametrize(("kinds", "message"), [
+    ((HEARTBEAT, with_keys("pulse", MAX_AGE_AGAIN)),
+     'the key "max_age" is declared by the "heartbeat" kind and by the "pulse" kind'),
+    ((with_keys("pulse", OWN_TIMEOUT),),
+     'the key "timeout" is declared by the policy and by the "pulse" kind'),
+    ((with_keys("pulse", OWN_UNIT),),
+     'the key "unit" is declared by every target and by the "pulse" kind'),
+], ids=["two-kinds", "a-policy-key", "a-target-key"])
+def test_a_key_declared_twice_is_refused_when_the_registry_is_built(
+        kinds: tuple[ProbeKind[Any, Any], ...], message: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key another owner declares too would silently override it: the registry is refused,
+    the error naming both owners, whether built at import or looked up after a change."""
+    with pytest.raises(KeyClash) as refused:
+        checked_registry(kinds)
+    assert str(refused.value) == message
+    monkeypatch.setattr(prober.probes, "KINDS", (*prober.probes.KINDS, *kinds))
+    with pytest.raises(KeyClash, match=message):
+        key_tables()
+
+
+def test_one_key_may_serve_several_kinds() -> None:
+    """The same `Key` declared by two kinds is one key (max_body serves http and exec)."""
+    kinds = (HEARTBEAT, with_keys("pulse"))
+    assert checked_registry(kinds) == kinds

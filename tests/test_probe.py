@@ -24,7 +24,7 @@ import pytest
 
 from prober.core.config import RestartRules, Target
 from prober.core.results import FailureClass, ProbeResult
-from prober.probes.http import HttpProbe, Method, StatusRange
+from prober.probes.http_spec import HttpProbe, Method, StatusRange
 from prober.probes.probing import Probing, probe_all, probe_one, probe_sync
 from prober.probes.tcp import TcpProbe
 from tests.support.servers import (

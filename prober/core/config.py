@@ -46,7 +46,7 @@ from prober.core.keys import (
     unit,
     url,
 )
-from prober.core.kinds import Invalid, ProbeKind, ProbeSpec, registered
+from prober.core.kinds import Invalid, KeyClash, ProbeKind, ProbeSpec, registered
 from prober.core.text import did_you_mean
 
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
@@ -317,9 +317,31 @@ def key_tables() -> KeyTables:
     return _key_tables(registered())
 
 
+def checked_registry(kinds: tuple[ProbeKind[Any, Any], ...]) -> tuple[ProbeKind[Any, Any], ...]:
+    """`kinds`, once no key of theirs clashes with another owner's (KeyClash otherwise)."""
+    _key_tables(kinds)
+    return kinds
+
+
+def _kinds_keys(kinds: tuple[ProbeKind[Any, Any], ...]) -> dict[str, Key]:
+    """Every kind's keys by name. One `Key` may serve several kinds; a second key of a name
+    that a kind, the policy or every target already declares would silently override it."""
+    owners = {key.name: ("every target", key) for key in TARGET_KEYS}
+    owners.update({key.name: ("the policy", key) for key in POLICY_KEYS})
+    of_kinds: dict[str, Key] = {}
+    for kind in kinds:
+        for key in kind.keys:
+            owner, declared = owners.setdefault(key.name, (f'the "{kind.name}" kind', key))
+            if declared is not key:
+                raise KeyClash(f'the key "{key.name}" is declared by {owner} and by the '
+                               f'"{kind.name}" kind')
+            of_kinds[key.name] = key
+    return of_kinds
+
+
 @functools.cache
 def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...]) -> KeyTables:
-    of_kinds = {key.name: key for kind in kinds for key in kind.keys}
+    of_kinds = _kinds_keys(kinds)
     defaults = {**_POLICY_BY_NAME,
                 **{name: key for name, key in of_kinds.items() if key.in_defaults}}
     return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **_POLICY_BY_NAME, **of_kinds})

@@ -51,6 +51,10 @@ class Invalid(ValueError):
         self.key = key
 
 
+class KeyClash(TypeError):
+    """A registry whose kinds declare a key that another owner declares too: names both."""
+
+
 class NoContext:
     """The context of a kind that shares nothing between probes."""
 

@@ -12,7 +12,8 @@ from typing import Any
 from prober.core.keys import Key, Shape, format_duration, host_port
 from prober.core.kinds import Argument, NoContext, ProbeKind
 from prober.core.results import Deadline, FailureClass, Finding
-from prober.core.text import os_reason, reason
+from prober.core.text import reason
+from prober.probes.failures import failure_of
 
 _CLOSE_BOUND = 0.2
 
@@ -80,20 +81,8 @@ async def _connect(spec: TcpProbe) -> Finding:
 
 
 def _classify(exc: Exception, spec: TcpProbe) -> Finding:
-    errors = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
-    for error in errors:
-        if isinstance(error, socket.gaierror):
-            return Finding(reason(f"cannot resolve {spec.host}: {os_reason(error)}"),
-                           FailureClass.DNS)
-    for error in errors:
-        if isinstance(error, ConnectionRefusedError):
-            return Finding("connection refused", FailureClass.REFUSED)
-    for error in errors:
-        if isinstance(error, ConnectionResetError):
-            return Finding("connection reset", FailureClass.REFUSED)
-        if isinstance(error, OSError) and error.errno is not None:
-            return Finding(reason(f"cannot connect: {os_reason(error)}"), FailureClass.CONNECT)
-    return Finding(reason(f"{type(exc).__name__}: {exc}"), FailureClass.ERROR)
+    failure, text = failure_of(exc, host=spec.host)
+    return Finding(reason(text), failure)
 
 
 KIND: ProbeKind[TcpProbe, NoContext] = ProbeKind(

@@ -7,17 +7,15 @@ lock, the state file and the actuator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prober.core import policy, tracker
 from prober.core.actuator import Actuator, UnitFacts
 from prober.core.config import Config, Target
-from prober.core.errors import ProberError, StateError
+from prober.core.errors import ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
@@ -25,7 +23,8 @@ from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
 from prober.memory.picture import read_memory
 from prober.probes.probing import Probing
-from prober.shell.state import LockBusy, StateStore, size_limit
+from prober.shell.locked import Held, locked_run
+from prober.shell.state import StateStore
 
 log = logging.getLogger("prober")
 
@@ -293,22 +292,6 @@ def is_fresh(last_run_at: float | None, max_age: float, now: float) -> bool:
     return last_run_at is not None and 0 <= now - last_run_at < max_age
 
 
-@contextlib.contextmanager
-def cycle_collection_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a run; it catches up after.
-
-    A run's objects live only as long as the run. Collecting while it goes on took 90-120 ms of
-    a 200-target run here (of 0.5-0.7 s), and each pause stalls probes whose latency is measured.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def run_check(
     config: Config,
     store: StateStore,
@@ -319,55 +302,25 @@ def run_check(
     if_stale: float | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RunReport | Skipped:
-    """Lock, load, run once, save; or say why the run was skipped. A dry run saves only to a
-    trial's own file (`StateStore.writes_back`), and never notifies.
+    """Lock, load, run once, save (prober/shell/locked.py); or say why the run was skipped. A
+    dry run never notifies. `if_stale` skips the run when another updated the state that
+    recently."""
 
-    An unusable state file (read-only or full disk, a path that cannot be created) does not stop
-    the probes: they run and are reported, but nothing is restarted, since restart budgets and
-    the lock against concurrent runs live in that state. The report carries the error.
-    """
-    with cycle_collection_paused():
-        return _run_check_locked(config, store, actuator_factory, dry_run=dry_run, only=only,
-                                 if_stale=if_stale, clock=clock)
+    async def locked(held: Held) -> RunReport | Skipped:
+        loaded = held.load()
+        state = tracker.prune(loaded.state, config.names)
+        if if_stale is not None and is_fresh(store.last_run_at(state), if_stale, clock()):
+            return Skipped(f"the state was updated less than {format_duration(if_stale)} "
+                           "ago: the timer is running, nothing to do")
+        new_state, report = await run_once(config, state, clock, actuator_factory,
+                                           dry_run=dry_run, only=only)
+        return held.save(report, tracker.trim_history(new_state, config.history),
+                         writes=loaded.writes)
 
+    async def stateless(no_restart_reason: str) -> RunReport:
+        _, report = await run_once(config, State(), clock, None, dry_run=dry_run, only=only,
+                                   no_restart_reason=no_restart_reason)
+        return report
 
-def _run_check_locked(
-    config: Config,
-    store: StateStore,
-    actuator_factory: Callable[[], Actuator] | None,
-    *,
-    dry_run: bool,
-    only: Sequence[str],
-    if_stale: float | None,
-    clock: Callable[[], float],
-) -> RunReport | Skipped:
-    try:
-        with store.locked():
-            found = store.signature() is not None
-            stored = store.load(size_limit(config), move_aside=not dry_run)
-            writes = store.writes_back(stored, dry_run=dry_run, found=found)
-            state = tracker.prune(stored, config.names)
-            if if_stale is not None and is_fresh(store.last_run_at(state), if_stale, clock()):
-                return Skipped(f"the state was updated less than {format_duration(if_stale)} "
-                               "ago: the timer is running, nothing to do")
-            new_state, report = asyncio.run(
-                run_once(config, state, clock, actuator_factory, dry_run=dry_run, only=only)
-            )
-            if not writes:
-                return report
-            try:
-                store.save(replace(tracker.trim_history(new_state, config.history),
-                                   trial=dry_run))
-                store.touch_heartbeat()
-            except StateError as exc:
-                return replace(report, state_error=f"{exc}; this run's results are not "
-                               "remembered")
-            return report
-    except LockBusy:
-        return Skipped(f"another prober run holds {store.lock_path}; leaving this run to it")
-    except StateError as exc:
-        _, report = asyncio.run(run_once(
-            config, State(), clock, None, dry_run=dry_run, only=only,
-            no_restart_reason=f"no restarts while the state is unusable ({exc.message})",
-        ))
-        return replace(report, state_error=f"{exc}; the probes ran, nothing was restarted")
+    return asyncio.run(locked_run(store, config, dry_run=dry_run, run=locked,
+                                  stateless=stateless))

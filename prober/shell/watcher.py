@@ -40,9 +40,10 @@ from prober.core.runs import RunReport, Skipped, Snapshot, Status
 from prober.core.tracker import State, TargetState
 from prober.outputs.report import run_summary
 from prober.probes.probing import Probing
-from prober.shell.check import cycle_collection_paused, run_once
+from prober.shell.check import run_once
+from prober.shell.locked import Held, locked_run
 from prober.shell.sdnotify import notify, notify_socket, watchdog_interval
-from prober.shell.state import LockBusy, StateStore, size_limit
+from prober.shell.state import StateStore
 
 if TYPE_CHECKING:
     from prober.outputs.web import WebServer
@@ -223,26 +224,19 @@ class Watcher:
     # --- one cycle ---------------------------------------------------------------------------
 
     async def _cycle(self) -> RunReport | Skipped:
-        with cycle_collection_paused():
-            try:
-                with self._store.locked():
-                    return await self._locked_cycle()
-            except LockBusy:
-                return Skipped(f"another prober run holds {self._store.lock_path}; leaving "
-                               "this cycle to it")
-            except StateError as exc:
-                return await self._stateless_cycle(exc)
+        return await locked_run(self._store, self.config, dry_run=self._dry_run,
+                                run=self._locked_cycle, stateless=self._stateless_cycle)
 
-    async def _locked_cycle(self) -> RunReport:
+    async def _locked_cycle(self, held: Held) -> RunReport:
         config = self.config
         signature = self._store.signature()
         known = self._known
         if known is None or signature != known.signature:
             # First cycle, or another process wrote the file: read it, as it now is.
-            stored = self._store.load(size_limit(config), move_aside=not self._dry_run)
-            self._writes = self._store.writes_back(stored, dry_run=self._dry_run,
-                                                   found=signature is not None)
-            state, before = tracker.prune(stored, config.names), tracker.essential(stored)
+            loaded = held.load()
+            self._writes = loaded.writes
+            state = tracker.prune(loaded.state, config.names)
+            before = tracker.essential(loaded.state)
         else:
             state, before = known.state, known.essential  # pruned at start and on reload
         asked: list[tuple[Target, float]] = []
@@ -256,15 +250,10 @@ class Watcher:
             raise
         new_state = tracker.trim_history(new_state, config.history)
         after = tracker.essential(new_state)
-        try:
-            if self._writes and (signature is None or after != before):
-                self._store.save(replace(new_state, trial=self._dry_run))
-                signature = self._store.signature()
-            if self._writes:
-                self._store.touch_heartbeat()
-        except StateError as exc:
-            report = replace(report, state_error=f"{exc}; this run's results are not "
-                             "remembered")
+        report = held.save(report, new_state, writes=self._writes,
+                           changed=signature is None or after != before)
+        if self._writes and report.state_error is None:
+            signature = self._store.signature()
         self._known = _Known(new_state, signature, after)
         return report
 
@@ -283,12 +272,11 @@ class Watcher:
         except StateError as exc:
             log.error("%s", exc)
 
-    async def _stateless_cycle(self, error: StateError) -> RunReport:
+    async def _stateless_cycle(self, no_restart_reason: str) -> RunReport:
         _, report = await run_once(
             self.config, State(), self._clock, None, dry_run=self._dry_run,
-            probing=self._probing, confirm=False,
-            no_restart_reason=f"no restarts while the state is unusable ({error.message})")
-        return replace(report, state_error=f"{error}; the probes ran, nothing was restarted")
+            probing=self._probing, confirm=False, no_restart_reason=no_restart_reason)
+        return report
 
     # --- telling ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Every table of the config (top level, `[defaults]`, `[[target]]`, `[notify]`) and every probe
 kind lists its keys as `Key`s. Unknown-key errors and their "did you mean", `prober validate`,
-`prober probe`'s options, the README's tables (checked by a test) and the fuzzer's schema are all
-derived from these declarations, so no key list is written twice.
+`prober probe`'s options, the key tables of docs/configuration.md (checked by a test),
+prober.toml(5) and the fuzzer's schema are all derived from these declarations, so no key list
+is written twice.
 
 A key's `parse` turns the TOML value into the Python value or raises ValueError with a message
 that reads after "<file>: <where>: <key>: ".
@@ -79,8 +80,8 @@ class Key:
     name: str
     shape: Shape
     parse: Parse
-    help: str  # one line, the README table's "meaning"
-    default: str = ""  # as the README shows it; "" when there is none
+    help: str  # one line, the docs table's "meaning"
+    default: str = ""  # as the docs show it; "" when there is none
     in_defaults: bool = False  # may also be set in [defaults]
     choices: tuple[str, ...] = ()  # for CHOICE / CHOICES
     minimum: float | None = None  # for INTEGER / DURATION / PERCENT

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import signal
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -98,6 +99,21 @@ class Key:
 
 def by_name(keys: tuple[Key, ...]) -> dict[str, Key]:
     return {key.name: key for key in keys}
+
+
+def as_typed_after_a_flag(default: str) -> str:
+    """A default as the key table writes it (TOML where it is a list, a table or a quoted
+    string), as a user types it after the key's flag: `["2xx"]` -> `2xx`, `"x"` -> `x`; "" for
+    an empty list or table, which a flag has nothing to say about."""
+    try:
+        value = tomllib.loads(f"value = {default}")["value"]
+    except tomllib.TOMLDecodeError:
+        return default
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={item}" for name, item in value.items())
+    return value if isinstance(value, str) else default
 
 
 # --- values -----------------------------------------------------------------------------------

@@ -137,7 +137,9 @@ KEYS = (
     Key("env", Shape.ENV, env,
         "table of variables added to its minimal environment (`PATH`, `LANG`); values never "
         "appear in output", default="{}",
-        option=Option("--env", "NAME=VALUE", multiple=True, convert=_env_option)),
+        option=Option("--env", "NAME=VALUE", "a variable added to its minimal environment "
+                      "(PATH, LANG), the flag again for more; values never appear in output",
+                      multiple=True, convert=_env_option)),
     Key("env_file", Shape.CREDENTIAL, credential,
         "`NAME=VALUE` lines added to its environment, for secrets (`REDISCLI_AUTH`, "
         "`PGPASSWORD`) kept out of the config: an absolute path, or a name in "

@@ -173,3 +173,48 @@ def test_the_link_check_finds_a_broken_link(tmp_path: Path) -> None:
 def test_the_readme_stays_short() -> None:
     """The README is what an admin reads first: the rest is in docs/."""
     assert len(README.read_bytes()) <= 15 * 1024
+
+
+FAILURE_MODES = REPO / "docs" / "failure-modes.md"
+_TEST_NAMED = re.compile(r"`(tests/[\w/]+\.py)(?:::(\w+))?`|`(test_\w+)`")
+
+
+def defined_tests() -> dict[str, set[str]]:
+    """Each test function of tests/, by name: the files that define it."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for name in re.findall(r"^(?:async )?def (test_\w+)\(", path.read_text(), re.MULTILINE):
+            found.setdefault(name, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def missing_proofs(table: str, tests: dict[str, set[str]]) -> list[str]:
+    """The tests the "proved by" cells of `table` name that do not exist: a file, a
+    `file::test` or a bare test name (defined in some file of tests/)."""
+    missing = []
+    for line in table.splitlines():
+        if not line.startswith("| "):
+            continue
+        proved_by = line.rstrip(" |").rsplit(" | ", 1)[-1]
+        for path, name, bare in _TEST_NAMED.findall(proved_by):
+            if bare and bare not in tests:
+                missing.append(bare)
+            elif path and not (REPO / path).is_file():
+                missing.append(path)
+            elif name and path not in tests.get(name, set()):
+                missing.append(f"{path}::{name}")
+    return missing
+
+
+def test_every_test_the_failure_modes_table_names_exists() -> None:
+    """Each fault's "proved by" names tests that are there: a renamed test takes its row
+    along."""
+    assert missing_proofs(FAILURE_MODES.read_text(), defined_tests()) == []
+
+
+def test_the_proof_check_finds_a_test_that_is_not_there() -> None:
+    tests = {"test_a": {"tests/test_docs.py"}}
+    table = ("| f | d | `tests/test_docs.py::test_a`, `test_a` |\n"
+             "| g | d | `tests/test_docs.py::test_b`, `test_c`, `tests/test_gone.py` |\n")
+    assert missing_proofs(table, tests) == ["tests/test_docs.py::test_b", "test_c",
+                                            "tests/test_gone.py"]

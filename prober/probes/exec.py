@@ -5,7 +5,7 @@ Never a shell: `command` is an argv whose first item is an absolute path. The co
 prober's own user, with stdin on /dev/null, in a minimal environment (PATH, LANG) plus `env` and
 `env_file`, in a process group of its own. At the deadline the whole group gets SIGKILL: a
 health check holds no state worth a graceful stop, and the run's deadline must not grow. A
-grandchild that calls setsid() leaves the group and escapes that; the README says so.
+grandchild that calls setsid() leaves the group and escapes that; docs/configuration.md says so.
 """
 
 from __future__ import annotations

@@ -170,6 +170,17 @@ def test_the_link_check_finds_a_broken_link(tmp_path: Path) -> None:
     assert broken_links(page) == ["gone.md", "other.md#nowhere"]
 
 
+def test_the_readme_opens_with_the_two_commands_then_goes_in_its_order() -> None:
+    """`make demo` and `make test` first, then what prober does, install, a first config, the
+    everyday commands, and where everything else is."""
+    text = README.read_text()
+    assert text.split("\n\n", 2)[2].startswith("    make demo ")
+    assert "\n    make test " in text.split("\n## ", 1)[0]
+    assert re.findall(r"^## (.*)$", text, re.MULTILINE) == [
+        "Install (Debian 12 or later, as root)", "A first config", "Everyday commands",
+        "Where everything else is"]
+
+
 def test_the_readme_stays_short() -> None:
     """The README is what an admin reads first: the rest is in docs/."""
     assert len(README.read_bytes()) <= 15 * 1024

@@ -1,4 +1,4 @@
-# prober: the commands the README promises. Run as root on Debian 12.
+# prober: the commands the README and docs/ promise. Run as root on Debian 12.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ DEBIAN_PACKAGES := systemd caddy dbus-daemon polkitd python3-venv util-linux cur
 DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
 # The /metrics tests run promtool and a Prometheus server; the status page's, a browser.
 DEBIAN_PACKAGES += chromium
-# The README's password-protected proxies for the page: caddy (above), nginx and htpasswd
+# docs/operating.md's password-protected proxies for the page: caddy (above), nginx and htpasswd
 DEBIAN_PACKAGES += nginx apache2-utils
 
 # `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
@@ -55,7 +55,7 @@ demo: deps venv
 bench: deps venv
 	$(PY) -m tools.bench
 
-# The README's picture of the status page, as headless Chromium draws it.
+# The picture in docs/operating.md of the status page, as headless Chromium draws it.
 screenshot: deps venv
 	$(PY) -m tools.screenshot docs/status-page.png
 

@@ -445,6 +445,16 @@ def test_probe_command(web: Server, prober: Prober) -> None:
     assert not prober.state.exists()
 
 
+def test_probe_help_shows_values_as_typed_on_the_command_line(prober: Prober) -> None:
+    """`prober probe --help` gives defaults and examples as a user types them after the flag,
+    not as TOML: no `{}` for an empty table, no quoted list."""
+    done = prober("probe", "--help")
+    assert done.code == 0
+    text = " ".join(done.out.split())
+    assert "[default: 2xx]" in text and "(200, 3xx)" in text
+    assert "{}" not in text and '["' not in text and "[default: [" not in text
+
+
 @pytest.mark.parametrize(("args", "code", "out"), [
     (["--expect-output", "PONG", "--", "/bin/echo", "PONG"], 0, "OK: /bin/echo PONG: exit 0"),
     (["--expect-output", "PONG", "--", "/bin/echo", "PANG"], 2,

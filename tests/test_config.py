@@ -10,7 +10,13 @@ import pytest
 
 from prober.core.config import Bus, RestartRules, check_ownership, parse_config
 from prober.core.errors import ConfigError
-from prober.core.keys import format_duration, normalize_unit, parse_duration, parse_host_port
+from prober.core.keys import (
+    as_typed_after_a_flag,
+    format_duration,
+    normalize_unit,
+    parse_duration,
+    parse_host_port,
+)
 from prober.io.configfiles import load_config
 from prober.probes.http_spec import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
@@ -83,6 +89,18 @@ def test_format_duration_reads_back(seconds: float) -> None:
 def test_format_duration(seconds: float, text: str) -> None:
     """Durations are shown in their shortest readable form."""
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(("default", "typed"), [
+    ('["2xx"]', "2xx"), ('[200, "3xx"]', "200, 3xx"), ("[]", ""), ("{}", ""),
+    ('{ A = "b" }', "A=b"), ('"x y"', "x y"), ("5s", "5s"), ("1h 30min", "1h 30min"),
+    ("0", "0"), ("65536", "65536"), ("true", "true"), ("GET", "GET"),
+    ("prober@HOST", "prober@HOST"), ("localhost:25", "localhost:25"), ("", ""),
+])
+def test_a_default_as_typed_after_its_flag(default: str, typed: str) -> None:
+    """The key table's defaults, TOML where they are lists, tables or quoted strings, as a user
+    types them on the command line; nothing for an empty list or table."""
+    assert as_typed_after_a_flag(default) == typed
 
 
 def test_defaults_apply_and_targets_override() -> None:

@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from prober import __version__
+from prober.core.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS, key_tables
 from prober.shell.cli import cli
 from tests.support import debpkg
 from tests.support.sandbox import REPO
@@ -85,8 +86,8 @@ def test_lintian_reports_no_error_and_no_warning(deb: Path, root: Path) -> None:
 
 
 def test_package_ships_command_units_cron_examples_and_man_page(deb: Path, root: Path) -> None:
-    """/usr/bin/prober, the units (pointing at it), the cron file as a conffile, the examples
-    and prober(1); its version is prober/__init__.py's."""
+    """/usr/bin/prober, the units (pointing at it), the cron file as a conffile, the examples,
+    the docs, prober(1) and prober.toml(5); its version is prober/__init__.py's."""
     assert debpkg.field(deb, "Version") == __version__
     assert debpkg.field(deb, "Architecture") == "all"
     launcher = root / "usr/bin/prober"
@@ -106,6 +107,10 @@ def test_package_ships_command_units_cron_examples_and_man_page(deb: Path, root:
     for example in (REPO / "examples").glob("*.toml"):
         assert (examples / example.name).read_text() == example.read_text()
     assert (root / "usr/share/man/man1/prober.1.gz").is_file()
+    assert (root / "usr/share/man/man5/prober.toml.5.gz").is_file()
+    docs = root / "usr/share/doc/prober/docs"
+    for doc in (REPO / "docs").glob("*.md"):
+        assert (docs / doc.name).is_file() or (docs / f"{doc.name}.gz").is_file(), doc.name
     assert (root / "etc/prober").is_dir()
 
 
@@ -246,6 +251,22 @@ def test_man_page_documents_every_command_and_option_of_this_checkout(root: Path
     missing = sorted(w for w in _cli_words() if not re.search(rf"(?<![\w-]){re.escape(w)}\b",
                                                              text))
     assert missing == []
+    done = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True,
+                          text=True, check=False, timeout=60, env={"MANWIDTH": "80",
+                                                                   "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_config_man_page_documents_every_key_and_man_reads_it(root: Path) -> None:
+    """The packaged prober.toml(5) names every key of the checkout's key table, and man reads
+    it without a warning."""
+    page = root / "usr/share/man/man5/prober.toml.5.gz"
+    roff = gzip.decompress(page.read_bytes()).decode()
+    text = re.sub(r"\\f[BIRP]", "", roff).replace("\\-", "-")
+    keys = {key.name for key in (*TOP_KEYS, *NOTIFY_KEYS, *TARGET_KEYS, *POLICY_KEYS)}
+    keys |= set(key_tables().kinds)
+    assert sorted(k for k in keys if not re.search(rf"^{re.escape(k)}\b", text, re.M)) == []
+    assert "\n.SH EXAMPLE\n" in roff
     done = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True,
                           text=True, check=False, timeout=60, env={"MANWIDTH": "80",
                                                                    "PATH": "/usr/bin:/bin"})

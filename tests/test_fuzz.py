@@ -308,7 +308,7 @@ def documents(draw: st.DrawFn) -> Doc:
 #
 # Built from the key table like the documents above: a valid value per Shape, bounded by the
 # key's declared `minimum` and `choices`, so a new key or kind needs no edit here. What the
-# table cannot say are the rules between keys (README "Configuration"); `_keep_rules` keeps them.
+# table cannot say are the rules between keys (docs/configuration.md); `_keep_rules` keeps them.
 
 _DURATIONS = ("0s", "500ms", "2s", "30s", "5m", "1h", "1h30m", "2d", 90, 2.5)
 
@@ -440,7 +440,7 @@ def valid_notify(draw: st.DrawFn) -> Doc:
 
 @st.composite
 def valid_documents(draw: st.DrawFn) -> Doc:
-    """Documents prober must accept: every rule of the README kept."""
+    """Documents prober must accept: every rule of docs/configuration.md kept."""
     names = draw(st.lists(VALID_NAMES, min_size=1, max_size=5, unique=True))
     defaults_keys = [k for k in key_tables().defaults.values() if k.shape not in STRUCTURAL]
     defaults = _some(draw, defaults_keys) if draw(st.booleans()) else {}

@@ -158,8 +158,8 @@ def test_a_stale_page_says_so(browser: str) -> None:
 
 
 def test_screenshot_comes_from_the_real_page(browser: str, tmp_path: Path) -> None:
-    """The README's screenshot is Chromium's drawing of the served page: a PNG of the window's
-    size, and no Chromium process is left behind."""
+    """docs/operating.md's screenshot is Chromium's drawing of the served page: a PNG of the
+    window's size, and no Chromium process is left behind."""
     path = tmp_path / "page.png"
     run(screenshot(snapshots.snapshot(), path, window=(800, 600)))
     data = path.read_bytes()

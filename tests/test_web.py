@@ -641,16 +641,16 @@ def test_an_address_in_use_is_one_prober_error() -> None:
             run(serve("127.0.0.1", port, snapshots.snapshot))
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-README_HASH = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
-README_HTPASSWD = "/etc/nginx/prober.htpasswd"
+OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"
+DOCS_HASH = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG"
+DOCS_HTPASSWD = "/etc/nginx/prober.htpasswd"
 USER = "ops"
 
 
-def readme_block(language: str) -> str:
-    """The README's first fenced block of `language`."""
-    block = re.search(rf"```{language}\n(.*?)```", README.read_text(), re.DOTALL)
-    assert block is not None, f"the README has no ```{language} block"
+def docs_block(language: str) -> str:
+    """docs/operating.md's first fenced block of `language`."""
+    block = re.search(rf"```{language}\n(.*?)```", OPERATING.read_text(), re.DOTALL)
+    assert block is not None, f"docs/operating.md has no ```{language} block"
     return block.group(1)
 
 
@@ -697,9 +697,10 @@ def check_password_asked(answers: dict[str, tuple[int, str]]) -> None:
     assert "targets" in json.loads(answers["status.json"][1])
 
 
-def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
-    """The README's Caddyfile, run by Debian's caddy in front of the server, refuses a client
-    without the password (401) and passes one with it to the page and what it links to."""
+def test_the_docs_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
+    """The Caddyfile of docs/operating.md, run by Debian's caddy in front of the server, refuses
+    a client without the password (401) and passes one with it to the page and what it links
+    to."""
     caddy = require_program(CADDY, "caddy")
     password = uuid.uuid4().hex  # a fresh one for each run
     hashed = subprocess.run([caddy, "hash-password", "--plaintext", password],
@@ -710,9 +711,9 @@ def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
 
     async def body(server: WebServer) -> dict[str, tuple[int, str]]:
         caddyfile = tmp_path / "Caddyfile"
-        caddyfile.write_text("{\n\tadmin off\n}\n" + readme_block("caddyfile")
+        caddyfile.write_text("{\n\tadmin off\n}\n" + docs_block("caddyfile")
                              .replace("status.mastodon.example.org", f"http://127.0.0.1:{port}")
-                             .replace(README_HASH, hashed)
+                             .replace(DOCS_HASH, hashed)
                              .replace("127.0.0.1:9813", f"127.0.0.1:{server.port}"))
         return await ask_through_proxy(
             [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"], env,
@@ -721,10 +722,10 @@ def test_the_readme_caddy_example_asks_for_the_password(tmp_path: Path) -> None:
     check_password_asked(run(with_server(body), deadline=50))
 
 
-def test_the_readme_nginx_example_asks_for_the_password(tmp_path: Path) -> None:
-    """The README's nginx location, in a server block of Debian's nginx, with the password file
-    `htpasswd` makes: 401 without the password, and with it the page at the sub-path, whose
-    relative links reach /metrics and /status.json through the same location."""
+def test_the_docs_nginx_example_asks_for_the_password(tmp_path: Path) -> None:
+    """The nginx location of docs/operating.md, in a server block of Debian's nginx, with the
+    password file `htpasswd` makes: 401 without the password, and with it the page at the
+    sub-path, whose relative links reach /metrics and /status.json through the same location."""
     nginx = require_program(NGINX, "nginx")
     htpasswd = require_program(HTPASSWD, "apache2-utils")
     password = uuid.uuid4().hex
@@ -734,7 +735,7 @@ def test_the_readme_nginx_example_asks_for_the_password(tmp_path: Path) -> None:
     port = _free_port()
 
     async def body(server: WebServer) -> dict[str, tuple[int, str]]:
-        location = (readme_block("nginx").replace(README_HTPASSWD, str(users))
+        location = (docs_block("nginx").replace(DOCS_HTPASSWD, str(users))
                     .replace("127.0.0.1:9813", f"127.0.0.1:{server.port}"))
         conf = tmp_path / "nginx.conf"
         conf.write_text(

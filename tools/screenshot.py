@@ -1,4 +1,5 @@
-"""The README's picture of the status page, as headless Chromium draws it (`make screenshot`).
+"""docs/operating.md's picture of the status page, as headless Chromium draws it
+(`make screenshot`).
 
     python -m tools.screenshot [PATH]     # default: docs/status-page.png
 """

@@ -2,8 +2,9 @@
 
 Every table of the config (top level, `[defaults]`, `[[target]]`, `[notify]`) and every probe
 kind lists its keys as `Key`s. Unknown-key errors and their "did you mean", `prober validate`,
-`prober probe`'s options, the README's tables (checked by a test) and the fuzzer's schema are all
-derived from these declarations, so no key list is written twice.
+`prober probe`'s options, the key tables of docs/configuration.md (checked by a test),
+prober.toml(5) and the fuzzer's schema are all derived from these declarations, so no key list
+is written twice.
 
 A key's `parse` turns the TOML value into the Python value or raises ValueError with a message
 that reads after "<file>: <where>: <key>: ".
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import signal
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -79,8 +81,8 @@ class Key:
     name: str
     shape: Shape
     parse: Parse
-    help: str  # one line, the README table's "meaning"
-    default: str = ""  # as the README shows it; "" when there is none
+    help: str  # one line, the docs table's "meaning"
+    default: str = ""  # as the docs show it; "" when there is none
     in_defaults: bool = False  # may also be set in [defaults]
     choices: tuple[str, ...] = ()  # for CHOICE / CHOICES
     minimum: float | None = None  # for INTEGER / DURATION / PERCENT
@@ -97,6 +99,21 @@ class Key:
 
 def by_name(keys: tuple[Key, ...]) -> dict[str, Key]:
     return {key.name: key for key in keys}
+
+
+def as_typed_after_a_flag(default: str) -> str:
+    """A default as the key table writes it (TOML where it is a list, a table or a quoted
+    string), as a user types it after the key's flag: `["2xx"]` -> `2xx`, `"x"` -> `x`; "" for
+    an empty list or table, which a flag has nothing to say about."""
+    try:
+        value = tomllib.loads(f"value = {default}")["value"]
+    except tomllib.TOMLDecodeError:
+        return default
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={item}" for name, item in value.items())
+    return value if isinstance(value, str) else default
 
 
 # --- values -----------------------------------------------------------------------------------

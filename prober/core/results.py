@@ -10,7 +10,7 @@ class FailureClass(StrEnum):
     """Why a probe failed; the values are what logs, JSON and metrics show.
 
     One vocabulary for every kind, kept here and not brought by each kind: the values are a
-    contract with users (alert rules and dashboards match them, the README's failure-modes
+    contract with users (alert rules and dashboards match them, docs/failure-modes.md's
     table lists them), and the run and the policy read them (`means_gone`, `means_starving`).
     A new kind maps its failures onto these; a new class changes that contract, so it is made
     here on purpose.

@@ -5,7 +5,7 @@ Never a shell: `command` is an argv whose first item is an absolute path. The co
 prober's own user, with stdin on /dev/null, in a minimal environment (PATH, LANG) plus `env` and
 `env_file`, in a process group of its own. At the deadline the whole group gets SIGKILL: a
 health check holds no state worth a graceful stop, and the run's deadline must not grow. A
-grandchild that calls setsid() leaves the group and escapes that; the README says so.
+grandchild that calls setsid() leaves the group and escapes that; docs/configuration.md says so.
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ KEYS = (
     Key("env", Shape.ENV, env,
         "table of variables added to its minimal environment (`PATH`, `LANG`); values never "
         "appear in output", default="{}",
-        option=Option("--env", "NAME=VALUE", multiple=True, convert=_env_option)),
+        option=Option("--env", "NAME=VALUE", "a variable added to its minimal environment "
+                      "(PATH, LANG), the flag again for more; values never appear in output",
+                      multiple=True, convert=_env_option)),
     Key("env_file", Shape.CREDENTIAL, credential,
         "`NAME=VALUE` lines added to its environment, for secrets (`REDISCLI_AUTH`, "
         "`PGPASSWORD`) kept out of the config: an absolute path, or a name in "

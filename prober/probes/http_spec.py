@@ -123,7 +123,9 @@ KEYS = (
     Key("headers", Shape.HEADERS, headers_value,
         "table of extra request headers; values never appear in output", default="{}",
         in_defaults=True,
-        option=Option("--header", "'NAME: VALUE'", multiple=True, convert=_header_option)),
+        option=Option("--header", "'NAME: VALUE'", "an extra request header, the flag again "
+                      "for more; values never appear in output", multiple=True,
+                      convert=_header_option)),
     Key("resolve", Shape.IP, ip_address,
         "connect to this IP but keep the URL's host for Host and TLS SNI/verification "
         "(like `curl --resolve`), for every redirect to that same host too",
@@ -142,7 +144,8 @@ KEYS = (
         option=Option("--follow-redirects", is_flag=True, convert=lambda on: True if on else None)),
     Key("expect_status", Shape.STATUSES, parse_statuses,
         'list of codes and classes: `[200, "3xx"]`', default='["2xx"]', in_defaults=True,
-        option=Option("--expect-status", "CODE|NXX", multiple=True,
+        option=Option("--expect-status", "CODE|NXX", "a code or class the status must be "
+                      "(200, 3xx); the flag again for more", multiple=True,
                       convert=lambda values: list(values) or None)),
     Key("expect_body", Shape.STRING, string, "substring the body must contain",
         option=Option("--expect-body", "TEXT")),

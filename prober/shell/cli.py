@@ -26,7 +26,15 @@ from prober.core.config import (
     parse_config,
 )
 from prober.core.errors import ProberError, StateError, UsageError
-from prober.core.keys import Key, Shape, describe_value, format_duration, host_port, parse_duration
+from prober.core.keys import (
+    Key,
+    Shape,
+    as_typed_after_a_flag,
+    describe_value,
+    format_duration,
+    host_port,
+    parse_duration,
+)
 from prober.core.runs import remembered
 from prober.core.text import did_you_mean, one_line, os_reason
 from prober.io.configfiles import credential_files, load_config
@@ -316,7 +324,8 @@ def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
         if option is None or key.name in seen:
             continue
         seen.add(key.name)
-        default = f" [default: {key.default}]" if key.default and not option.is_flag else ""
+        typed = as_typed_after_a_flag(key.default)
+        default = f" [default: {typed}]" if typed and not option.is_flag else ""
         kind = {Shape.INTEGER: int, Shape.PERCENT: float}.get(key.shape, str)
         function = click.option(
             option.flag, key.name, metavar=option.metavar or None, multiple=option.multiple,

@@ -171,7 +171,8 @@ pressure_hold = "5m"       # to pass, up to this long (see examples/mastodon.tom
 """
 
 _NOTIFY = """
-# Where events go (README, "[notify] keys"): mail to the local MTA, a webhook, a command.
+# Where events go (docs/configuration.md, "[notify] keys"): mail to the local MTA, a webhook, a
+# command.
 # [notify]
 # mail_to = ["admin@example.org"]
 """

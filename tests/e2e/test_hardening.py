@@ -201,7 +201,7 @@ timeout = "2s"
 
 
 def test_an_operator_drop_in_closes_the_network(box: Sandbox) -> None:
-    """The README's "Closing the network" drop-in works: with IPAddressDeny=any and
+    """docs/operating.md's "Closing the network" drop-in works: with IPAddressDeny=any and
     IPAddressAllow=localhost, loopback still connects, while a non-loopback address is dropped
     (a connect times out) and a datagram to it is not permitted."""
     elsewhere = outward_address()

@@ -1,7 +1,7 @@
 """The status page in a real browser: headless Chromium (Debian's `chromium`) loading it from
 prober's own web server on loopback.
 
-    python -m tools.screenshot [PATH]     # the README's screenshot: docs/status-page.png
+    python -m tools.screenshot [PATH]     # docs/operating.md's screenshot: docs/status-page.png
 
 Screenshots use Chromium's command line (`--screenshot`). The DOM is read over the DevTools
 protocol (`--remote-debugging-pipe`): Chromium's `--dump-dom` itself runs a script, so with

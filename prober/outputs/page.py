@@ -10,7 +10,6 @@ timeline of the last 24 hours drawn from its history.
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from html import escape
 from prober.core.config import Target
 from prober.core.policy import Action, cooldown_for, restarts_within, starves
 from prober.core.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
-from prober.core.text import redact_url
+from prober.core.text import redact_url, utc
 from prober.core.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
 
 __all__ = ["WINDOW", "render"]
@@ -43,11 +42,9 @@ def _e(text: object) -> str:
 
 def _clock(at: float, now: float) -> str:
     """`04:12 UTC` within the day around `now`, else with the date."""
-    moment = dt.datetime.fromtimestamp(at, dt.UTC)
     if abs(now - at) < 20 * 3600:
-        return moment.strftime("%H:%M:%S UTC") if abs(now - at) < 600 else \
-            moment.strftime("%H:%M UTC")
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+        return utc(at, "%H:%M:%S UTC") if abs(now - at) < 600 else utc(at, "%H:%M UTC")
+    return utc(at, "%Y-%m-%d %H:%M UTC")
 
 
 def _span(seconds: float) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,8 +20,8 @@ from prober.core.runs import (
     stale_after,
     too_old,
 )
-from prober.core.text import redact_url
-from prober.core.tracker import State, TargetState, Transition, has_prober_fault, is_paused
+from prober.core.text import redact_url, utc
+from prober.core.tracker import State, TargetState, has_prober_fault, is_paused, transition_json
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -154,7 +153,7 @@ def probe_json(result: ProbeResult, endpoint: str, notice: str | None = None
 def when(at: float | None) -> str:
     if at is None:
         return "-"
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc(at)
 
 
 def _ago(at: float | None, now: float) -> str:
@@ -195,17 +194,10 @@ def status_json(config: Config, state: State, now: float, history: int = 10) -> 
             "paused_until": t.paused_until if is_paused(t, now) else None,
             "paused_reason": (t.paused_reason or None) if is_paused(t, now) else None,
             "prober_fault": has_prober_fault(t),
-            "history": [_history_json(h) for h in t.history[-history:]],
+            "history": [transition_json(h) for h in t.history[-history:]],
         })
     return {"status": remembered(config, state, now).value, "updated_at": state.updated_at,
             "too_old": too_old(config, state.updated_at, now), "targets": out}
-
-
-def _history_json(entry: Transition) -> dict[str, Any]:
-    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
-    if entry.top_memory:
-        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
-    return out
 
 
 def unknown_reason(config: Config, state: State, now: float) -> str | None:

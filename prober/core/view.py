@@ -82,7 +82,7 @@ def target_view(target: Target, state: TargetState, item: TargetReport | None,
                 now: float) -> TargetView:
     pause = Pause(state.paused_until, state.paused_reason or None) \
         if state.paused_until is not None and is_paused(state, now) else None
-    notice = (item.notice if item is not None else None) or state.last_notice or None
+    notice = item.notice if item is not None else state.last_notice or None
     return TargetView(
         target=target, state=state, item=item,
         status=item.status if item is not None else remembered_status(state, now),
@@ -94,7 +94,7 @@ def target_view(target: Target, state: TargetState, item: TargetReport | None,
         pause=pause,
         held=_held(item, state),
         culprit=_culprit(state),
-        prober_fault=has_prober_fault(state),
+        prober_fault=item.result.prober_fault if item is not None else has_prober_fault(state),
         given_up_reason=(state.given_up_reason or "restarts did not help")
         if state.given_up else None,
         notice=notice,

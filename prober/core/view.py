@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from prober.core.config import Target
 from prober.core.policy import Action, cooldown_for, restarts_within
 from prober.core.psi import MemoryUser
-from prober.core.runs import Snapshot, Status, TargetReport, remembered_status
+from prober.core.runs import RunReport, Snapshot, Status, TargetReport, remembered_status
 from prober.core.tracker import Event, Health, TargetState, has_prober_fault, is_paused
 
 
@@ -76,6 +76,12 @@ def views(snapshot: Snapshot) -> tuple[TargetView, ...]:
     return tuple(target_view(target, snapshot.state.get(target.name), items.get(target.name),
                              snapshot.now)
                  for target in snapshot.config.targets)
+
+
+def run_views(report: RunReport) -> tuple[TargetView, ...]:
+    """Each target of a run, as the run left it."""
+    return tuple(target_view(item.target, item.state, item, report.ended_at)
+                 for item in report.targets)
 
 
 def target_view(target: Target, state: TargetState, item: TargetReport | None,

@@ -23,7 +23,7 @@ from prober.core.runs import (
 )
 from prober.core.text import redact_url, utc
 from prober.core.tracker import State, transition_json
-from prober.core.view import TargetView, views
+from prober.core.view import TargetView, run_views, views
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -87,7 +87,8 @@ def run_json(report: RunReport) -> dict[str, Any]:
         "status": report.status.value,
         "dry_run": report.dry_run,
         "duration_ms": round(report.duration * 1000, 1),
-        "targets": [_target_json(item) for item in report.targets],
+        "targets": [_target_json(item, view)
+                    for item, view in zip(report.targets, run_views(report), strict=True)],
         "memory_pressure": None if report.pressure is None else {
             "some_avg10": report.pressure.some_avg10, "some_avg60": report.pressure.some_avg60,
             "full_avg10": report.pressure.full_avg10, "full_avg60": report.pressure.full_avg60,
@@ -96,7 +97,7 @@ def run_json(report: RunReport) -> dict[str, Any]:
     }
 
 
-def _target_json(item: TargetReport) -> dict[str, Any]:
+def _target_json(item: TargetReport, view: TargetView) -> dict[str, Any]:
     result = item.result
     return {
         "name": item.target.name,
@@ -111,14 +112,14 @@ def _target_json(item: TargetReport) -> dict[str, Any]:
         "action": item.decision.action.value,
         "action_reason": item.decision.reason,
         "outcome": item.outcome,
-        "status": item.status.value,
+        "status": view.status.value,
         "endpoint": redact_url(item.target.endpoint),
         "kind": item.target.kind.name,
         "cert_not_after": None if result.certificate is None else
         result.certificate.not_after,
-        "notice": item.notice,
-        "paused_until": item.state.paused_until,
-        "paused_reason": item.state.paused_reason or None,
+        "notice": view.notice,
+        "paused_until": None if view.pause is None else view.pause.until,
+        "paused_reason": None if view.pause is None else view.pause.reason,
     }
 
 

@@ -164,13 +164,8 @@ def _ago(at: float | None, now: float) -> str:
 
 
 def status_json(config: Config, state: State, now: float, history: int = 10) -> dict[str, Any]:
-    """`prober status --json`: what the last run left."""
-    return snapshot_json(Snapshot(config, state, None, now), history)
-
-
-def snapshot_json(snapshot: Snapshot, history: int = 10) -> dict[str, Any]:
-    """`/status.json`: each target's view, and the verdict of what was remembered."""
-    config, state, now = snapshot.config, snapshot.state, snapshot.now
+    """`prober status --json`, and `/status.json`: what the last run left, as remembered."""
+    snapshot = Snapshot(config, state, None, now)
     return {"status": remembered(config, state, now).value, "updated_at": state.updated_at,
             "too_old": too_old(config, state.updated_at, now),
             "targets": [_view_json(view, history) for view in views(snapshot)]}

@@ -93,7 +93,7 @@ def _metrics(snapshot: Snapshot, hostname: str | None) -> Response:
 def _status_json(snapshot: Snapshot, hostname: str | None) -> Response:
     from prober.outputs import report
 
-    text = report.dumps(report.snapshot_json(snapshot))
+    text = report.dumps(report.status_json(snapshot.config, snapshot.state, snapshot.now))
     return Response(200, "application/json", f"{text}\n".encode())
 
 

@@ -159,3 +159,18 @@ def test_page_and_status_json_agree_on_the_next_restart_allowed(health: Health,
     assert (shown.group(1) if shown else None) == \
         (None if allowed is None else utc(allowed, "%H:%M:%S"))
     assert (allowed is None) == (seconds_ago >= 300)
+
+
+def test_page_and_status_json_agree_on_each_status_before_the_first_run() -> None:
+    """Before the watcher's first run (the page judging from the state alone), each card's
+    status is the one /status.json gives: a remembered notice warns on both."""
+    snapshot = snapshots.snapshot(with_report=False)
+    expiring = replace(snapshot.state.get("caddy"), last_notice="certificate expires in 3 days")
+    given_up_fault = replace(snapshot.state.get("sidekiq"), health=Health.FAILING,
+                             last_failure=FailureClass.PROBER_FAULT.value)
+    states = {**snapshot.state.targets, "caddy": expiring, "sidekiq": given_up_fault}
+    snapshot = replace(snapshot, state=replace(snapshot.state, targets=states))
+    served = json.loads(_served(snapshot, "/status.json"))["targets"]
+    cards = dict(re.findall(r'data-target="([^"]+)" data-status="(\w+)"',
+                            _served(snapshot, "/")))
+    assert cards == {target["name"]: target["status"] for target in served}

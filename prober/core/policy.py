@@ -7,7 +7,6 @@ action back onto the state is here too, so every rule about restarts lives in on
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -17,6 +16,7 @@ from prober.core.config import DEFAULT_PRESSURE_THRESHOLD, Target
 from prober.core.keys import format_duration
 from prober.core.psi import Pressure, PressureReading
 from prober.core.results import ProbeResult
+from prober.core.text import utc
 from prober.core.tracker import Change, Event, Health, TargetState, Verdict, record, recorded_since
 
 
@@ -183,9 +183,8 @@ def one_restart_under_pressure(targets: Sequence[Target], decisions: Sequence[De
 
 
 def _paused_reason(state: TargetState, verdict: Verdict) -> str:
-    until = dt.datetime.fromtimestamp(state.paused_until or 0.0, dt.UTC)
     why = f" ({state.paused_reason})" if state.paused_reason else ""
-    return (f"paused until {until:%Y-%m-%d %H:%M:%S} UTC{why}: probed, never restarted; "
+    return (f"paused until {utc(state.paused_until or 0.0)}{why}: probed, never restarted; "
             f"{verdict.result.reason}")
 
 

@@ -1,15 +1,18 @@
-"""Wording shared by every module: one-line messages, OS errors, "did you mean", redaction.
+"""Wording shared by every module: one-line messages, OS errors, "did you mean", redaction,
+UTC times.
 
 One helper per job, so that every message prober prints reads the same way.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 from collections.abc import Iterable
 
 REASON_MAX = 200
+UTC_SECONDS = "%Y-%m-%d %H:%M:%S UTC"
 _USERINFO = re.compile(r"(//)[^/@\s]*@")
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 
@@ -67,3 +70,8 @@ def size(count: int) -> str:
         if count >= bytes_ and count % bytes_ == 0:
             return f"{count // bytes_}{unit}"
     return f"{count} bytes"
+
+
+def utc(at: float, layout: str = UTC_SECONDS) -> str:
+    """A Unix time as UTC in `layout` (a strftime format): every time prober prints."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime(layout)

@@ -12,14 +12,15 @@ notifications consume those, and never compare timestamps to work out what happe
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 from prober.core.config import Config, Target
 from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass, ProbeResult
+from prober.core.text import utc
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 
@@ -348,7 +349,7 @@ def pause(state: State, names: Iterable[str], until: float, reason: str, now: fl
     after the pause, not before it.
     """
     targets = {**state.targets}
-    note = f"paused until {_when(until)}" + (f": {reason}" if reason else "")
+    note = f"paused until {utc(until)}" + (f": {reason}" if reason else "")
     for name in names:
         paused = replace(targets.get(name, TargetState()), paused_until=until,
                          paused_reason=reason, consecutive_failures=0, consecutive_passes=0,
@@ -374,8 +375,12 @@ def _resumed(state: TargetState, now: float, reason: str) -> TargetState:
                   reason)
 
 
-def _when(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def transition_json(entry: Transition) -> dict[str, Any]:
+    """One history entry as the state file stores it and `status --json` shows it."""
+    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
+    if entry.top_memory:
+        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
+    return out
 
 
 def with_top_memory(state: State, changes: Iterable[Change],

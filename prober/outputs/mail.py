@@ -23,7 +23,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from prober.core.config import NotifyEvent
-from prober.core.text import clip, one_line, os_reason, reason
+from prober.core.text import clip, one_line, os_reason, reason, utc
 
 SUBJECT_REASON_MAX = 80
 LOCAL_MTA = "localhost"
@@ -81,7 +81,7 @@ def _count(events: int) -> str:
 
 
 def _line(payload: Mapping[str, Any]) -> str:
-    at = datetime.fromtimestamp(payload["at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    at = utc(payload["at"])
     unit = f" ({payload['unit']})" if payload["unit"] else ""
     word = _WORDS[NotifyEvent(payload["event"])]
     why = f": {clip(payload['reason'], 300)}" if payload["reason"] else ""

@@ -25,12 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from prober.core.config import Target
 from prober.core.errors import StateError
 from prober.core.results import ProbeResult
 from prober.core.runs import Snapshot, pressure_threshold
 from prober.core.text import os_reason
-from prober.core.tracker import Health, TargetState, has_prober_fault, is_paused
+from prober.core.tracker import Health, TargetState
+from prober.core.view import TargetView, views
 from prober.io.files import write_atomically
 
 __all__ = ["CONTENT_TYPE", "exposition", "families", "write_textfile"]
@@ -78,21 +78,24 @@ HELP = {
 class _Row:
     """One target as the per-target series see it."""
 
-    target: Target
-    state: TargetState
-    result: ProbeResult | None  # this run's, when the snapshot's report has the target
+    view: TargetView
+
+    @property
+    def state(self) -> TargetState:
+        return self.view.state
+
+    @property
+    def result(self) -> ProbeResult | None:
+        """This run's, when the snapshot's report has the target."""
+        return None if self.view.item is None else self.view.item.result
 
     @property
     def labels(self) -> list[str]:
-        return [self.target.name, self.target.unit or ""]
+        return [self.view.target.name, self.view.target.unit or ""]
 
     @property
     def success(self) -> bool | None:
         return self.state.last_ok if self.result is None else self.result.ok
-
-    @property
-    def prober_fault(self) -> bool:
-        return has_prober_fault(self.state) if self.result is None else self.result.prober_fault
 
     @property
     def duration(self) -> float | None:
@@ -103,11 +106,8 @@ class _Row:
 
 
 def _rows(snapshot: Snapshot) -> list[_Row]:
-    results = {} if snapshot.report is None else \
-        {item.target.name: item.result for item in snapshot.report.targets}
-    return [_Row(target, snapshot.state.get(target.name), results.get(target.name))
-            for target in snapshot.config.targets
-            if target.name in snapshot.state.targets or target.name in results]
+    return [_Row(view) for view in views(snapshot)
+            if view.item is not None or view.target.name in snapshot.state.targets]
 
 
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
@@ -136,9 +136,9 @@ def _target_families(snapshot: Snapshot) -> Iterator[Metric]:
         failures.add_metric(labels, state.consecutive_failures)
         down.add_metric(labels, 1 if state.health is Health.DOWN else 0)
         restarts.add_metric(labels, state.restarts_total)
-        given_up.add_metric(labels, 1 if state.given_up else 0)
-        paused.add_metric(labels, 1 if is_paused(state, snapshot.now) else 0)
-        fault.add_metric(labels, 1 if row.prober_fault else 0)
+        given_up.add_metric(labels, 1 if row.view.given_up else 0)
+        paused.add_metric(labels, 1 if row.view.paused else 0)
+        fault.add_metric(labels, 1 if row.view.prober_fault else 0)
         if row.result is not None and row.result.certificate is not None:
             certificate.add_metric(labels, row.result.certificate.not_after)
     yield from (success, duration, failures, down, restarts, given_up, paused, fault)

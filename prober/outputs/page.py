@@ -10,17 +10,16 @@ timeline of the last 24 hours drawn from its history.
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from prober.core.config import Target
-from prober.core.policy import Action, cooldown_for, restarts_within, starves
-from prober.core.runs import RunReport, Snapshot, Status, TargetReport, pressure_threshold, worst
-from prober.core.text import redact_url
-from prober.core.tracker import Event, Health, TargetState, Transition, has_prober_fault, is_paused
+from prober.core.policy import starves
+from prober.core.runs import RunReport, Snapshot, Status, pressure_threshold, worst
+from prober.core.text import redact_url, utc
+from prober.core.tracker import Event, Health, TargetState, Transition
+from prober.core.view import TargetView, views
 
 __all__ = ["WINDOW", "render"]
 
@@ -43,11 +42,9 @@ def _e(text: object) -> str:
 
 def _clock(at: float, now: float) -> str:
     """`04:12 UTC` within the day around `now`, else with the date."""
-    moment = dt.datetime.fromtimestamp(at, dt.UTC)
     if abs(now - at) < 20 * 3600:
-        return moment.strftime("%H:%M:%S UTC") if abs(now - at) < 600 else \
-            moment.strftime("%H:%M UTC")
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+        return utc(at, "%H:%M:%S UTC") if abs(now - at) < 600 else utc(at, "%H:%M UTC")
+    return utc(at, "%Y-%m-%d %H:%M UTC")
 
 
 def _span(seconds: float) -> str:
@@ -78,156 +75,118 @@ def _when(at: float, now: float) -> str:
 
 @dataclass(frozen=True)
 class _Card:
-    """One target as the page shows it."""
+    """One target as the page shows it: its view, its badge, its place (worst first)."""
 
-    target: Target
-    state: TargetState
-    item: TargetReport | None  # the last run's, when the report has this target
-    status: Status
+    view: TargetView
     badge: str
-    paused: bool
-    rank: int  # worst first
+    rank: int
 
 
-def _state_status(target: Target, state: TargetState, paused: bool) -> Status:
-    """A target's status from the state alone (before the first run of this process)."""
-    if paused:
-        return Status.OK if state.last_ok is not False else Status.WARNING
-    if state.given_up or state.health is Health.DOWN:
-        return Status.CRITICAL
-    if has_prober_fault(state):
-        return Status.WARNING
-    if state.health in (Health.FAILING, Health.RECOVERING):
-        return Status.WARNING
-    return Status.UNKNOWN if state.health is Health.UNKNOWN else Status.OK
-
-
-def _badge(target: Target, state: TargetState, status: Status, paused: bool) -> str:
-    if paused:
+def _badge(view: TargetView) -> str:
+    state = view.state
+    if view.paused:
         return "paused"
-    if has_prober_fault(state):
+    if view.prober_fault:
         return "prober fault"
-    if state.given_up:
+    if view.given_up:
         return "given up"
     if state.health is Health.DOWN:
         return "down"
     if state.health is Health.FAILING:
-        return f"failing {state.consecutive_failures}/{target.policy.failure_threshold}"
+        return f"failing {state.consecutive_failures}/{view.target.policy.failure_threshold}"
     if state.health is Health.RECOVERING:
         return "recovering"
     if state.health is Health.UNKNOWN:
         return "not probed yet"
-    return "ok" if status is Status.OK else status.value
+    return "ok" if view.status is Status.OK else view.status.value
 
 
 _RANK = {Status.CRITICAL: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.OK: 4}
 
 
 def _cards(snapshot: Snapshot) -> list[_Card]:
-    items = {} if snapshot.report is None else \
-        {item.target.name: item for item in snapshot.report.targets}
-    cards = []
-    for target in snapshot.config.targets:
-        state = snapshot.state.get(target.name)
-        item = items.get(target.name)
-        paused = is_paused(state, snapshot.now)
-        status = item.status if item is not None else _state_status(target, state, paused)
-        rank = 3 if paused and status is not Status.CRITICAL else _RANK[status]
-        cards.append(_Card(target, state, item, status, _badge(target, state, status, paused),
-                           paused, rank))
+    cards = [_Card(view, _badge(view),
+                   3 if view.paused and view.status is not Status.CRITICAL else
+                   _RANK[view.status])
+             for view in views(snapshot)]
     return sorted(cards, key=lambda card: card.rank)  # stable: config order within a rank
 
 
-def _health_line(card: _Card, now: float) -> str:
-    state = card.state
+def _health_line(view: TargetView, now: float) -> str:
+    state = view.state
     if state.health is Health.UNKNOWN:
         return "not probed yet"
     since = "" if state.since is None else f" since {_when(state.since, now)}"
     text = f"{state.health.value}{since}"
     if state.down_since is not None and state.health is not Health.DOWN:
         text += f"; down since {_when(state.down_since, now)}"
-    if card.paused and state.last_ok is False:
+    if view.paused and state.last_ok is False:
         text += "; failures while paused do not count"
     return text
 
 
-def _result_line(card: _Card, now: float) -> str:
-    state = card.state
+def _result_line(view: TargetView, now: float) -> str:
+    state = view.state
     if state.last_checked_at is None:
         return "no result yet"
     verdict = "passed" if state.last_ok else "failed"
     failure = f" ({state.last_failure})" if state.last_failure and not state.last_ok else ""
     latency = "" if state.last_latency_ms is None else f" in {state.last_latency_ms:g} ms"
     return (f"{verdict}{failure}{latency}, {_relative(state.last_checked_at, now)}: "
-            f"{state.last_reason or '-'}")
+            f"{view.cause or '-'}")
 
 
-def _action_line(card: _Card) -> str | None:
-    item = card.item
-    if item is None or item.decision.action in (Action.NONE, Action.PAUSED) or (
-            item.decision.action is Action.GIVEN_UP and card.state.given_up):
-        return None
-    text = f"{item.decision.action.value}: {item.decision.reason}"
-    return f"{text}; {item.outcome}" if item.outcome else text
-
-
-def _restart_line(card: _Card, now: float) -> str:
-    target, state = card.target, card.state
+def _restart_line(view: TargetView, now: float) -> str:
+    target, state, budget = view.target, view.state, view.budget
     if target.unit is None:
         return "monitored only: no unit to restart"
-    window = target.policy.restart_window
-    recent = restarts_within(state, window, now)
-    text = (f"{recent} of {target.policy.max_restarts} in the last {_span(window)}, "
+    text = (f"{budget.used} of {budget.allowed} in the last {_span(budget.window)}, "
             f"{state.restarts_total} in all")
     if state.last_restart_at is not None:
         text += f"; last {_when(state.last_restart_at, now)}"
-        allowed = state.last_restart_at + cooldown_for(target, state)
-        if allowed > now and state.health.is_failing:
-            text += f"; next allowed {_when(allowed, now)}"
+    if view.next_restart_at is not None:
+        text += f"; next allowed {_when(view.next_restart_at, now)}"
     return text
 
 
-def _facts(card: _Card, now: float) -> list[tuple[str, str, str]]:
+def _facts(view: TargetView, now: float) -> list[tuple[str, str, str]]:
     """(label, text, css class) lines of a target's card."""
-    lines = [("health", _health_line(card, now), ""),
-             ("last result", _result_line(card, now), "")]
-    action = _action_line(card)
-    if action:
-        lines.append(("this run", action, "flag-critical" if card.status is Status.CRITICAL
+    lines = [("health", _health_line(view, now), ""),
+             ("last result", _result_line(view, now), "")]
+    if view.did:
+        lines.append(("this run", view.did, "flag-critical" if view.status is Status.CRITICAL
                       else ""))
-    if card.paused:
-        until = card.state.paused_until
-        assert until is not None
-        why = card.state.paused_reason or "no reason given"
-        lines.append(("paused", f"until {_when(until, now)}: {why}", "flag-paused"))
-    if card.state.given_up:
-        lines.append(("given up", card.state.given_up_reason or "restarts did not help",
-                      "flag-critical"))
-    if card.item is not None and card.item.notice:
-        lines.append(("notice", card.item.notice, "flag-warning"))
-    lines.append(("restarts", _restart_line(card, now), ""))
+    if view.pause is not None:
+        why = view.pause.reason or "no reason given"
+        lines.append(("paused", f"until {_when(view.pause.until, now)}: {why}", "flag-paused"))
+    if view.given_up_reason is not None:
+        lines.append(("given up", view.given_up_reason, "flag-critical"))
+    if view.notice:
+        lines.append(("notice", view.notice, "flag-warning"))
+    lines.append(("restarts", _restart_line(view, now), ""))
     return lines
 
 
 def _card_html(card: _Card, now: float) -> str:
-    target = card.target
+    view = card.view
+    target = view.target
     unit = _e(target.unit) if target.unit else "monitor only"
     facts = "".join(
         f'<div class="fact {css}"><dt>{_e(label)}</dt><dd>{_e(text)}</dd></div>'
-        for label, text, css in _facts(card, now))
+        for label, text, css in _facts(view, now))
     return (
-        f'<section class="target s-{card.status.value}{" paused" if card.paused else ""}" '
+        f'<section class="target s-{view.status.value}{" paused" if view.paused else ""}" '
         f'id="target-{_e(target.name)}" data-target="{_e(target.name)}" '
-        f'data-status="{card.status.value}" data-health="{card.state.health.value}" '
-        f'data-paused="{str(card.paused).lower()}" '
-        f'data-given-up="{str(card.state.given_up).lower()}">'
+        f'data-status="{view.status.value}" data-health="{view.health.value}" '
+        f'data-paused="{str(view.paused).lower()}" '
+        f'data-given-up="{str(view.given_up).lower()}">'
         f'<h2><span class="badge">{_e(card.badge)}</span> '
         f'<span class="name">{_e(target.name)}</span> '
         f'<span class="unit">{unit}</span></h2>'
         f'<p class="endpoint">{_e(target.kind.name)} '
         f"<code>{_e(redact_url(target.endpoint))}</code></p>"
         f"<dl>{facts}</dl>"
-        f"{timeline_svg(target.name, card.state, now)}"
+        f"{timeline_svg(target.name, view.state, now)}"
         "</section>"
     )
 
@@ -429,8 +388,8 @@ def _pressure_line(snapshot: Snapshot) -> tuple[str, bool]:
 def _counts(cards: Iterable[_Card]) -> str:
     counts: dict[str, int] = {}
     for card in cards:
-        key = "paused" if card.paused else card.badge if card.badge in (
-            "down", "given up", "prober fault") else card.status.value
+        key = "paused" if card.view.paused else card.badge if card.badge in (
+            "down", "given up", "prober fault") else card.view.status.value
         counts[key] = counts.get(key, 0) + 1
     order = ["down", "given up", "prober fault", "critical", "unknown", "warning", "paused",
              "ok"]
@@ -440,7 +399,7 @@ def _counts(cards: Iterable[_Card]) -> str:
 def _overall(report: RunReport | None, cards: Sequence[_Card]) -> Status:
     if report is not None:
         return report.status
-    return worst([card.status for card in cards]) if cards else Status.UNKNOWN
+    return worst([card.view.status for card in cards]) if cards else Status.UNKNOWN
 
 
 def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:

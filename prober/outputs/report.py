@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from prober.core.config import Config
 from prober.core.keys import format_duration
-from prober.core.policy import Action, cooldown_for, restarts_within
+from prober.core.policy import Action
 from prober.core.psi import describe_users
 from prober.core.results import ProbeResult
 from prober.core.runs import (
     RunReport,
+    Snapshot,
     Status,
     TargetReport,
     remembered,
@@ -21,8 +21,9 @@ from prober.core.runs import (
     stale_after,
     too_old,
 )
-from prober.core.text import redact_url
-from prober.core.tracker import State, TargetState, Transition, has_prober_fault, is_paused
+from prober.core.text import redact_url, utc
+from prober.core.tracker import State, transition_json
+from prober.core.view import TargetView, run_views, views
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -86,7 +87,8 @@ def run_json(report: RunReport) -> dict[str, Any]:
         "status": report.status.value,
         "dry_run": report.dry_run,
         "duration_ms": round(report.duration * 1000, 1),
-        "targets": [_target_json(item) for item in report.targets],
+        "targets": [_target_json(item, view)
+                    for item, view in zip(report.targets, run_views(report), strict=True)],
         "memory_pressure": None if report.pressure is None else {
             "some_avg10": report.pressure.some_avg10, "some_avg60": report.pressure.some_avg60,
             "full_avg10": report.pressure.full_avg10, "full_avg60": report.pressure.full_avg60,
@@ -95,7 +97,7 @@ def run_json(report: RunReport) -> dict[str, Any]:
     }
 
 
-def _target_json(item: TargetReport) -> dict[str, Any]:
+def _target_json(item: TargetReport, view: TargetView) -> dict[str, Any]:
     result = item.result
     return {
         "name": item.target.name,
@@ -110,14 +112,14 @@ def _target_json(item: TargetReport) -> dict[str, Any]:
         "action": item.decision.action.value,
         "action_reason": item.decision.reason,
         "outcome": item.outcome,
-        "status": item.status.value,
+        "status": view.status.value,
         "endpoint": redact_url(item.target.endpoint),
         "kind": item.target.kind.name,
         "cert_not_after": None if result.certificate is None else
         result.certificate.not_after,
-        "notice": item.notice,
-        "paused_until": item.state.paused_until,
-        "paused_reason": item.state.paused_reason or None,
+        "notice": view.notice,
+        "paused_until": None if view.pause is None else view.pause.until,
+        "paused_reason": None if view.pause is None else view.pause.reason,
     }
 
 
@@ -154,58 +156,48 @@ def probe_json(result: ProbeResult, endpoint: str, notice: str | None = None
 def when(at: float | None) -> str:
     if at is None:
         return "-"
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc(at)
 
 
 def _ago(at: float | None, now: float) -> str:
     return "-" if at is None else f"{format_duration(max(0.0, round(now - at)))} ago"
 
 
-def _next_restart(config: Config, name: str, state: TargetState) -> float | None:
-    if state.last_restart_at is None:
-        return None
-    return state.last_restart_at + cooldown_for(config.target(name), state)
-
-
 def status_json(config: Config, state: State, now: float, history: int = 10) -> dict[str, Any]:
-    out = []
-    for target in config.targets:
-        t = state.get(target.name)
-        next_at = _next_restart(config, target.name, t)
-        out.append({
-            "name": target.name,
-            "unit": target.unit,
-            "endpoint": redact_url(target.endpoint),
-            "status": remembered_status(t, now).value,
-            "health": t.health.value,
-            "paused": is_paused(t, now),
-            "notice": t.last_notice or None,
-            "since": t.since,
-            "last_checked_at": t.last_checked_at,
-            "last_ok": t.last_ok,
-            "last_reason": t.last_reason,
-            "consecutive_failures": t.consecutive_failures,
-            "consecutive_passes": t.consecutive_passes,
-            "restarts_in_window": restarts_within(t, target.policy.restart_window, now),
-            "restarts_total": t.restarts_total,
-            "last_restart_at": t.last_restart_at,
-            "next_restart_allowed_at": next_at if next_at and next_at > now else None,
-            "given_up": t.given_up,
-            "given_up_reason": t.given_up_reason or None,
-            "paused_until": t.paused_until if is_paused(t, now) else None,
-            "paused_reason": (t.paused_reason or None) if is_paused(t, now) else None,
-            "prober_fault": has_prober_fault(t),
-            "history": [_history_json(h) for h in t.history[-history:]],
-        })
+    """`prober status --json`, and `/status.json`: what the last run left, as remembered."""
+    snapshot = Snapshot(config, state, None, now)
     return {"status": remembered(config, state, now).value, "updated_at": state.updated_at,
-            "too_old": too_old(config, state.updated_at, now), "targets": out}
+            "too_old": too_old(config, state.updated_at, now),
+            "targets": [_view_json(view, history) for view in views(snapshot)]}
 
 
-def _history_json(entry: Transition) -> dict[str, Any]:
-    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
-    if entry.top_memory:
-        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
-    return out
+def _view_json(view: TargetView, history: int) -> dict[str, Any]:
+    target, t = view.target, view.state
+    return {
+        "name": target.name,
+        "unit": target.unit,
+        "endpoint": redact_url(target.endpoint),
+        "status": view.status.value,
+        "health": t.health.value,
+        "paused": view.paused,
+        "notice": view.notice,
+        "since": view.since,
+        "last_checked_at": t.last_checked_at,
+        "last_ok": t.last_ok,
+        "last_reason": t.last_reason,
+        "consecutive_failures": t.consecutive_failures,
+        "consecutive_passes": t.consecutive_passes,
+        "restarts_in_window": view.budget.used,
+        "restarts_total": t.restarts_total,
+        "last_restart_at": t.last_restart_at,
+        "next_restart_allowed_at": view.next_restart_at,
+        "given_up": view.given_up,
+        "given_up_reason": view.given_up_reason if t.given_up_reason else None,
+        "paused_until": None if view.pause is None else view.pause.until,
+        "paused_reason": None if view.pause is None else view.pause.reason,
+        "prober_fault": view.prober_fault,
+        "history": [transition_json(h) for h in t.history[-history:]],
+    }
 
 
 def unknown_reason(config: Config, state: State, now: float) -> str | None:
@@ -224,43 +216,47 @@ def unknown_reason(config: Config, state: State, now: float) -> str | None:
 
 
 def status_text(config: Config, state: State, now: float, history: int = 5) -> str:
+    shown = views(Snapshot(config, state, None, now))
     rows = [("TARGET", "HEALTH", "SINCE", "RESTARTS", "LAST RESULT")]
-    for target in config.targets:
-        t = state.get(target.name)
-        health = ("paused" if is_paused(t, now) else t.health.value) + \
-            (" (given up)" if t.given_up else "") + \
-            (" (prober fault)" if has_prober_fault(t) else "")
-        restarts = f"{restarts_within(t, target.policy.restart_window, now)}/" \
-                   f"{target.policy.max_restarts}"
-        last = "; ".join(filter(None, (t.last_reason, t.last_notice))) or "-"
-        rows.append((target.name, health, _ago(t.since, now), restarts, last))
+    for view in shown:
+        health = ("paused" if view.paused else view.health.value) + \
+            (" (given up)" if view.given_up else "") + \
+            (" (prober fault)" if view.prober_fault else "")
+        restarts = f"{view.budget.used}/{view.budget.allowed}"
+        last = "; ".join(filter(None, (view.cause, view.notice))) or "-"
+        rows.append((view.target.name, health, _ago(view.since, now), restarts, last))
     lines = [_table(rows)]
     if state.updated_at is not None:
         lines.append(f"last run: {when(state.updated_at)} ({_ago(state.updated_at, now)})")
     else:
         lines.append("no run recorded yet")
-    for target in config.targets:
-        t = state.get(target.name)
-        next_at = _next_restart(config, target.name, t)
-        extra = []
-        if target.unit:
-            extra.append(f"unit {target.unit}")
-        if next_at and next_at > now:
-            extra.append(f"next restart allowed at {when(next_at)}")
-        if t.given_up:
-            extra.append(t.given_up_reason)
-        if is_paused(t, now):
-            why = f": {t.paused_reason}" if t.paused_reason else ""
-            extra.append(f"paused until {when(t.paused_until)}{why}")
-        if not t.history and not extra:
-            continue
-        lines.append(f"\n{target.name}: " + "; ".join(extra) if extra else f"\n{target.name}:")
-        for h in t.history[-history:]:
-            lines.append(f"  {when(h.at)}  {h.event.value:<14} {h.reason}")
-            if h.top_memory:
-                lines.append(f"  {'':<23}  {'':<14} largest memory users then: "
-                             f"{describe_users(h.top_memory)}")
+    for view in shown:
+        lines.extend(_status_details(view, history))
     return "\n".join(lines)
+
+
+def _status_details(view: TargetView, history: int) -> list[str]:
+    extra = []
+    if view.target.unit:
+        extra.append(f"unit {view.target.unit}")
+    if view.next_restart_at is not None:
+        extra.append(f"next restart allowed at {when(view.next_restart_at)}")
+    if view.given_up_reason is not None:
+        extra.append(view.given_up_reason)
+    if view.pause is not None:
+        why = f": {view.pause.reason}" if view.pause.reason else ""
+        extra.append(f"paused until {when(view.pause.until)}{why}")
+    entries = view.state.history[-history:]
+    if not view.state.history and not extra:
+        return []
+    name = view.target.name
+    lines = [f"\n{name}: " + "; ".join(extra) if extra else f"\n{name}:"]
+    for h in entries:
+        lines.append(f"  {when(h.at)}  {h.event.value:<14} {h.reason}")
+        if h.top_memory:
+            lines.append(f"  {'':<23}  {'':<14} largest memory users then: "
+                         f"{describe_users(h.top_memory)}")
+    return lines
 
 
 # --- Nagios / Icinga --------------------------------------------------------------------------

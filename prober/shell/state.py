@@ -42,7 +42,15 @@ from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass
 from prober.core.text import one_line, os_reason
-from prober.core.tracker import HISTORY_LIMIT, Event, Health, State, TargetState, Transition
+from prober.core.tracker import (
+    HISTORY_LIMIT,
+    Event,
+    Health,
+    State,
+    TargetState,
+    Transition,
+    transition_json,
+)
 from prober.io.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger("prober")
@@ -147,16 +155,9 @@ def _target_to_json(state: TargetState) -> dict[str, Any]:
     # Not dataclasses.asdict: it deep-copies the history only for it to be rebuilt below.
     out = {name: getattr(state, name) for name in _TARGET_FIELDS}
     out["health"] = state.health.value
-    out["history"] = [_transition_to_json(t) for t in state.history]
+    out["history"] = [transition_json(t) for t in state.history]
     out["restarts"] = list(state.restarts)
     out["failure_times"] = list(state.failure_times)
-    return out
-
-
-def _transition_to_json(entry: Transition) -> dict[str, Any]:
-    out: dict[str, Any] = {"at": entry.at, "event": entry.event.value, "reason": entry.reason}
-    if entry.top_memory:
-        out["top_memory"] = [{"name": u.name, "bytes": u.bytes} for u in entry.top_memory]
     return out
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from prober.actuators.systemd import normalize_unit
 from prober.core.config import Bus, RestartRules, check_ownership, parse_config
 from prober.core.errors import ConfigError
-from prober.core.keys import format_duration, normalize_unit, parse_duration, parse_host_port
+from prober.core.keys import format_duration, parse_duration, parse_host_port
 from prober.io.configfiles import load_config
 from prober.probes.http import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe

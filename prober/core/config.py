@@ -8,6 +8,7 @@ declared once, below and in each probe kind's module (see prober/core/keys.py).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import tomllib
@@ -43,7 +44,6 @@ from prober.core.keys import (
     table,
     target_name,
     target_names,
-    unit,
     url,
 )
 from prober.core.kinds import Invalid, ProbeKind, ProbeSpec, registered
@@ -155,13 +155,11 @@ POLICY_KEYS = (
 )
 _POLICY_BY_NAME = by_name(POLICY_KEYS)
 
-# The keys every target takes, whatever its kind (policy keys aside).
+# The keys every target takes, whatever its kind (policy keys aside; what restarts it is
+# named by an actuator's own keys, `unit` for systemd).
 TARGET_KEYS = (
     Key("name", Shape.NAME, target_name, "unique; letters, digits, `-`, `_`, `.`",
         default="required"),
-    Key("unit", Shape.UNIT, unit,
-        "systemd service to restart (`caddy` means `caddy.service`); without it the target is "
-        "monitored only"),
     Key("depends_on", Shape.NAMES, target_names,
         "targets this one relies on (a proxy depends on its backends)", default="[]"),
 )
@@ -169,11 +167,12 @@ TARGET_KEYS = (
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to probe, how, and, optionally, the unit that serves it."""
+    """One thing to probe, how, and, optionally, the unit (or container...) that serves it."""
 
     name: str
     probe: ProbeSpec
-    unit: str | None = None
+    unit: str | None = None  # what restarts it, by its actuator's name for it (None: monitored)
+    actuator: str = ""  # the registered actuator that restarts `unit` ("": the first one)
     depends_on: tuple[str, ...] = ()
     policy: RestartRules = field(default_factory=RestartRules)
 
@@ -303,6 +302,28 @@ TOP_KEYS = (
 )
 
 
+ACTUATORS = "prober.actuators"  # the package whose ACTUATORS are the registered actuators
+
+
+@dataclass(frozen=True)
+class Restarter:
+    """What the config needs of a registered actuator: its name, and its keys, the first of
+    them its selector (see prober/core/actuator.py)."""
+
+    name: str
+    keys: tuple[Key, ...]
+
+    @property
+    def selector(self) -> str:
+        return self.keys[0].name
+
+
+def registered_actuators() -> tuple[Restarter, ...]:
+    """The registered actuators' keys, looked up by the registry's name."""
+    actuators: tuple[Any, ...] = importlib.import_module(ACTUATORS).ACTUATORS
+    return tuple(Restarter(actuator.name, actuator.keys) for actuator in actuators)
+
+
 @dataclass(frozen=True)
 class KeyTables:
     """The keys of the tables whose keys depend on the registered probe kinds."""
@@ -310,19 +331,24 @@ class KeyTables:
     kinds: Mapping[str, Key]  # every probe kind's keys by name (a shared key declared once)
     defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, probe keys marked for it
     target: Mapping[str, Key]  # what a [[target]] table takes, whatever its kind
+    actuators: Mapping[str, Key]  # every actuator's keys by name
 
 
 def key_tables() -> KeyTables:
-    """The key tables of the kinds registered now (prober/probes/__init__.py)."""
-    return _key_tables(registered())
+    """The key tables of the kinds and actuators registered now (prober/probes/__init__.py,
+    prober/actuators/__init__.py)."""
+    return _key_tables(registered(), registered_actuators())
 
 
 @functools.cache
-def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...]) -> KeyTables:
+def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...],
+                actuators: tuple[Restarter, ...]) -> KeyTables:
     of_kinds = {key.name: key for kind in kinds for key in kind.keys}
+    of_actuators = {key.name: key for actuator in actuators for key in actuator.keys}
     defaults = {**_POLICY_BY_NAME,
                 **{name: key for name, key in of_kinds.items() if key.in_defaults}}
-    return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **_POLICY_BY_NAME, **of_kinds})
+    return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **of_actuators,
+                                          **_POLICY_BY_NAME, **of_kinds}, of_actuators)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -422,7 +448,24 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) ->
     policy = _parse_policy(data, defaults.policy, where)
     _check_target_policy(policy, where)
     links = {key.name: where.read(data, key) for key in TARGET_KEYS[1:] if key.name in data}
-    return Target(name=name, probe=spec, policy=policy, **links)
+    return Target(name=name, probe=spec, policy=policy, **links, **_restarter(data, where))
+
+
+def _restarter(data: Mapping[str, Any], where: Where) -> Mapping[str, Any]:
+    """The `unit` and `actuator` of a target: the actuator whose selector it sets, if any."""
+    actuators = registered_actuators()
+    chosen = [actuator for actuator in actuators if actuator.selector in data]
+    if len(chosen) > 1:
+        raise where.error(chosen[1].selector, f'set either "{chosen[0].selector}" or '
+                                              f'"{chosen[1].selector}", not both')
+    actuator = chosen[0] if chosen else None
+    for other in actuators:
+        for key in other.keys[1:]:
+            if key.name in data and other is not actuator:
+                raise where.error(key.name, f'only applies to targets with "{other.selector}"')
+    if actuator is None:
+        return {}
+    return {"unit": where.read(data, actuator.keys[0]), "actuator": actuator.name}
 
 
 def _check_links(targets: tuple[Target, ...], path: str) -> None:

@@ -168,14 +168,9 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
 
 
 def _actuator_factory() -> Callable[[], Actuator]:
-    def make() -> Actuator:
-        from prober.actuators.systemd import (
-            SystemdActuator,  # D-Bus only costs when a restart is near
-        )
+    from prober.core.actuator import PerTarget
 
-        return SystemdActuator()
-
-    return make
+    return PerTarget
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},

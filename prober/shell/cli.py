@@ -393,7 +393,8 @@ def validate(config_file: str | None) -> int:
     config = _load(config_file)
     click.echo(f"{config.path}: OK, {len(config.targets)} target(s)")
     for target in config.targets:
-        unit = f"restarts {target.unit}" if target.unit else "no unit: monitor only"
+        unit = f"restarts {target.unit}{_through(target)}" if target.unit else \
+            "no unit: monitor only"
         deps = f", depends on {', '.join(target.depends_on)}" if target.depends_on else ""
         click.echo(f"  {target.name}: {target.kind.name} {target.endpoint} ({unit}{deps})")
         settings = _settings(target)
@@ -404,6 +405,14 @@ def validate(config_file: str | None) -> int:
     for where, key, file in credential_files(config):
         click.echo(f"  {where}: {_file_now(key, file)}")
     return 0
+
+
+def _through(target: Target) -> str:
+    """The actuator that restarts a target, where it is not the first one (systemd)."""
+    from prober.core.actuator import actuator_of, registered
+
+    actuator = actuator_of(target)
+    return "" if actuator is registered()[0] else f" through {actuator.name}"
 
 
 def _file_now(key: Key, file: NamedFile) -> str:

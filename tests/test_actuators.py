@@ -125,11 +125,13 @@ def check(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_loads_from_toml(tmp_path: Path, broken: Server) -> None:
-    """Its selector names what it restarts; systemd's targets are unchanged beside it."""
-    config = load_config(str(write_config(tmp_path, config_of(broken))))
-    web, caddy = config.targets
-    assert (web.unit, web.actuator) == ("toy-web", "toy")
+    """Its selector names what it restarts; systemd's targets are unchanged beside it, and
+    systemd's keys in [defaults] reach only them."""
+    text = config_of(broken).replace("[defaults]\n", '[defaults]\nbus = "user"\n')
+    web, caddy = load_config(str(write_config(tmp_path, text))).targets
+    assert (web.unit, web.actuator, web.actuation) == ("toy-web", "toy", ())
     assert (caddy.unit, caddy.actuator) == ("caddy.service", "systemd")
+    assert caddy.actuation == (("bus", "user"),)
 
 
 def test_validate_shows_it(tmp_path: Path, broken: Server,
@@ -144,10 +146,12 @@ def test_validate_shows_it(tmp_path: Path, broken: Server,
 @pytest.mark.parametrize(("extra", "message"), [
     ('unit = "web"', 'set either "unit" or "toy", not both'),
     ('toyy = "x"', 'toyy: unknown key (hint: did you mean "toy"?)'),
-], ids=["two-actuators", "did-you-mean"])
+    ('bus = "user"', 'bus: only applies to targets with "unit"'),
+], ids=["two-actuators", "did-you-mean", "another-actuators-key"])
 def test_its_keys_are_checked(tmp_path: Path, broken: Server, extra: str,
                               message: str) -> None:
-    """A target has one actuator; a misspelt key of its gets "did you mean"."""
+    """A target has one actuator; a misspelt key of its gets "did you mean"; systemd's `bus`
+    is systemd's alone."""
     path = write_config(tmp_path, config_of(broken, extra))
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from prober.actuators.systemd import (
+    Bus,
     SystemdActuator,
     UnitFacts,
     _parse_show,
     facts_from_properties,
 )
 from prober.core.actuator import Running, StartLimit
-from prober.core.config import Bus
 from prober.core.errors import SystemdError
 from tests.support.processes import stop_process
 

@@ -22,15 +22,15 @@ import signal as signals
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from prober.actuators import polkit
 from prober.core.actuator import ActuatorKind, Facts, RestartResult, Running, StartLimit
-from prober.core.config import Bus, Config, Target
+from prober.core.config import Config, Target
 from prober.core.errors import SystemdError
-from prober.core.keys import Key, Shape, format_duration, typed
+from prober.core.keys import Key, Shape, choice, format_duration, typed
 from prober.core.text import os_reason, reason
 
 if TYPE_CHECKING:
@@ -60,6 +60,26 @@ _NO_SYSTEMD_ON_BUS = {
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
 }
+
+
+class Bus(StrEnum):
+    """Which systemd manager owns a target's unit."""
+
+    SYSTEM = "system"
+    USER = "user"
+
+
+def bus_of(target: Target) -> Bus:
+    bus: Bus = dict(target.actuation).get("bus", Bus.SYSTEM)
+    return bus
+
+
+def on_user_manager(target: Target) -> Target:
+    """A systemd target as `check --user` runs it: its unit asked of the user's manager."""
+    if target.actuator != ACTUATOR.name:
+        return target
+    return replace(target, actuation=(*((k, v) for k, v in target.actuation if k != "bus"),
+                                      ("bus", Bus.USER)))
 
 
 class ActiveState(StrEnum):
@@ -438,7 +458,7 @@ class SystemdActuator:
 
     async def facts(self, target: Target) -> Facts:
         assert target.unit is not None
-        return (await self.unit_facts(target.unit, target.policy.bus)).neutral()
+        return (await self.unit_facts(target.unit, bus_of(target))).neutral()
 
     async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
         client = await self._client(bus)
@@ -452,7 +472,7 @@ class SystemdActuator:
     async def restart(self, target: Target) -> RestartResult:
         unit = target.unit
         assert unit is not None
-        kind = target.policy.bus
+        kind = bus_of(target)
         started = time.monotonic()
         before = await self._main_pid(unit, kind)
         if target.policy.signal_before_restart:
@@ -509,6 +529,9 @@ KEYS = (
     Key("unit", Shape.UNIT, unit,
         "systemd service to restart (`caddy` means `caddy.service`); without it (or another "
         "actuator's key) the target is monitored only"),
+    Key("bus", Shape.CHOICE, choice(Bus),
+        "`system`, or `user` for units of a `systemd --user` manager (also `check --user`)",
+        default="system", in_defaults=True, choices=tuple(Bus)),
 )
 
 ACTUATOR = ActuatorKind(name="systemd", keys=KEYS, make=SystemdActuator, grants=_grants)

@@ -26,7 +26,6 @@ from prober.core.keys import (
     absolute_path,
     argv,
     by_name,
-    choice,
     choices,
     credential,
     describe,
@@ -55,13 +54,6 @@ DEFAULT_HISTORY = 500
 DEFAULT_PRESSURE_THRESHOLD = 10.0  # percent of PSI memory `some avg10`
 
 
-class Bus(StrEnum):
-    """Which systemd manager owns a target's unit."""
-
-    SYSTEM = "system"
-    USER = "user"
-
-
 @dataclass(frozen=True)
 class RestartRules:
     """When a target counts as down, and what may be done about it. Durations in seconds."""
@@ -81,7 +73,6 @@ class RestartRules:
     restart_timeout: float = 60.0
     verify_timeout: float = 30.0
     signal_before_restart: str | None = None
-    bus: Bus = Bus.SYSTEM
     pressure_threshold: float = DEFAULT_PRESSURE_THRESHOLD
     pressure_hold: float = 300.0
 
@@ -142,9 +133,6 @@ POLICY_KEYS = (
     Key("signal_before_restart", Shape.SIGNAL, signal_name,
         'e.g. `"SIGABRT"` (a core dump via systemd-coredump) or `"SIGQUIT"` (a thread dump), '
         "sent to the main process 1 s before the restart"),
-    Key("bus", Shape.CHOICE, choice(Bus),
-        "`system`, or `user` for units of a `systemd --user` manager (also `check --user`)",
-        default="system", choices=tuple(Bus)),
     Key("pressure_threshold", Shape.PERCENT, percent,
         "percent of PSI memory `some avg10` (the unit's own where it can be read, else the "
         "host's) at or above which it counts as starving for memory; `0` disables the hold",
@@ -173,6 +161,8 @@ class Target:
     probe: ProbeSpec
     unit: str | None = None  # what restarts it, by its actuator's name for it (None: monitored)
     actuator: str = ""  # the registered actuator that restarts `unit` ("": the first one)
+    # Its actuator's other keys, as set in [defaults] or the target (systemd's `bus`).
+    actuation: tuple[tuple[str, Any], ...] = ()
     depends_on: tuple[str, ...] = ()
     policy: RestartRules = field(default_factory=RestartRules)
 
@@ -346,7 +336,8 @@ def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...],
     of_kinds = {key.name: key for kind in kinds for key in kind.keys}
     of_actuators = {key.name: key for actuator in actuators for key in actuator.keys}
     defaults = {**_POLICY_BY_NAME,
-                **{name: key for name, key in of_kinds.items() if key.in_defaults}}
+                **{name: key for name, key in {**of_kinds, **of_actuators}.items()
+                   if key.in_defaults}}
     return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **of_actuators,
                                           **_POLICY_BY_NAME, **of_kinds}, of_actuators)
 
@@ -406,7 +397,7 @@ def _check_target_policy(policy: RestartRules, where: Where) -> None:
 @dataclass(frozen=True)
 class _Defaults:
     policy: RestartRules
-    probe_values: Mapping[str, Any]  # probe keys set in [defaults], parsed
+    probe_values: Mapping[str, Any]  # probe and actuator keys set in [defaults], parsed
 
 
 def _kind_for(data: Mapping[str, Any], where: Where) -> ProbeKind[Any, Any]:
@@ -448,11 +439,13 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) ->
     policy = _parse_policy(data, defaults.policy, where)
     _check_target_policy(policy, where)
     links = {key.name: where.read(data, key) for key in TARGET_KEYS[1:] if key.name in data}
-    return Target(name=name, probe=spec, policy=policy, **links, **_restarter(data, where))
+    return Target(name=name, probe=spec, policy=policy, **links,
+                  **_restarter(data, defaults, where))
 
 
-def _restarter(data: Mapping[str, Any], where: Where) -> Mapping[str, Any]:
-    """The `unit` and `actuator` of a target: the actuator whose selector it sets, if any."""
+def _restarter(data: Mapping[str, Any], defaults: _Defaults, where: Where) -> Mapping[str, Any]:
+    """The `unit`, `actuator` and `actuation` of a target: of the actuator whose selector it
+    sets, if any."""
     actuators = registered_actuators()
     chosen = [actuator for actuator in actuators if actuator.selector in data]
     if len(chosen) > 1:
@@ -465,7 +458,11 @@ def _restarter(data: Mapping[str, Any], where: Where) -> Mapping[str, Any]:
                 raise where.error(key.name, f'only applies to targets with "{other.selector}"')
     if actuator is None:
         return {}
-    return {"unit": where.read(data, actuator.keys[0]), "actuator": actuator.name}
+    own = by_name(actuator.keys[1:])
+    values = {k: v for k, v in defaults.probe_values.items() if k in own}
+    values.update({key: where.read(data, own[key]) for key in data if key in own})
+    return {"unit": where.read(data, actuator.keys[0]), "actuator": actuator.name,
+            "actuation": tuple(values.items())}
 
 
 def _check_links(targets: tuple[Target, ...], path: str) -> None:

@@ -18,7 +18,6 @@ import click
 from prober import __version__, probes
 from prober.core.config import (
     POLICY_KEYS,
-    Bus,
     Config,
     Target,
     config_path,
@@ -134,10 +133,10 @@ def _load(config_file: str | None, user: bool = False, *, uses_files: bool = Tru
     config = load_config(config_path(config_file, os.environ), insecure=insecure,
                          environ=os.environ if uses_files else None)
     if user:
+        from prober.actuators.systemd import on_user_manager
+
         config = dataclasses.replace(config, targets=tuple(
-            dataclasses.replace(t, policy=dataclasses.replace(t.policy, bus=Bus.USER))
-            for t in config.targets
-        ))
+            on_user_manager(t) for t in config.targets))
     return config
 
 
@@ -461,6 +460,10 @@ def _settings(target: Target) -> str:
         value = getattr(target.policy, key.name)
         if value != getattr(builtin, key.name):
             pairs.append(f"{key.name} {describe_value(key, value)}")
+    actuation = dict(target.actuation)
+    for key in key_tables().actuators.values():
+        if key.name in actuation and describe_value(key, actuation[key.name]) != key.default:
+            pairs.append(f"{key.name} {describe_value(key, actuation[key.name])}")
     spec = target.probe
     defaults = {f.name: f.default for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
     for key in target.kind.keys:

@@ -316,10 +316,10 @@ def registered_actuators() -> tuple[Restarter, ...]:
 
 @dataclass(frozen=True)
 class KeyTables:
-    """The keys of the tables whose keys depend on the registered probe kinds."""
+    """The keys of the tables whose keys depend on the registered probe kinds and actuators."""
 
     kinds: Mapping[str, Key]  # every probe kind's keys by name (a shared key declared once)
-    defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, probe keys marked for it
+    defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, others marked for it
     target: Mapping[str, Key]  # what a [[target]] table takes, whatever its kind
     actuators: Mapping[str, Key]  # every actuator's keys by name
 

@@ -22,7 +22,7 @@ from prober.actuators import polkit
 from prober.core.actuator import ActuatorKind, Facts, RestartResult, Running
 from prober.core.config import Config, Target
 from prober.core.errors import ConfigError
-from prober.core.keys import Key, Shape, typed
+from prober.core.keys import Key, Shape, absolute_path, typed
 from prober.io.configfiles import load_config
 from prober.shell.cli import run
 from tests.support.servers import Server, answer, serve
@@ -70,6 +70,8 @@ TOY = ActuatorKind(
     name="toy",
     keys=(Key("toy", Shape.NAME, toy_name, "toy to restart"),),
     make=ToyActuator, grants=grants,
+    top_keys=(Key("toy_socket", Shape.PATH, absolute_path, "where the toy manager listens",
+                  default="/run/toy.sock"),),
 )
 
 # --- the tests --------------------------------------------------------------------------------
@@ -134,6 +136,15 @@ def test_loads_from_toml(tmp_path: Path, broken: Server) -> None:
     assert caddy.actuation == (("bus", "user"),)
 
 
+def test_its_top_level_key_reaches_its_targets(tmp_path: Path, broken: Server) -> None:
+    """A top-level key of its own (where its manager listens) is read once and reaches its
+    targets alone, with their other keys."""
+    text = 'toy_socket = "/run/toys.sock"\n' + config_of(broken)
+    web, caddy = load_config(str(write_config(tmp_path, text))).targets
+    assert web.actuation == (("toy_socket", "/run/toys.sock"),)
+    assert caddy.actuation == ()
+
+
 def test_validate_shows_it(tmp_path: Path, broken: Server,
                            capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` names what it restarts and through which actuator."""
@@ -147,11 +158,12 @@ def test_validate_shows_it(tmp_path: Path, broken: Server,
     ('unit = "web"', 'set either "unit" or "toy", not both'),
     ('toyy = "x"', 'toyy: unknown key (hint: did you mean "toy"?)'),
     ('bus = "user"', 'bus: only applies to targets with "unit"'),
-], ids=["two-actuators", "did-you-mean", "another-actuators-key"])
+    ('toy_socket = "/run/x.sock"', 'toy_socket: unknown key'),
+], ids=["two-actuators", "did-you-mean", "another-actuators-key", "top-level-key"])
 def test_its_keys_are_checked(tmp_path: Path, broken: Server, extra: str,
                               message: str) -> None:
     """A target has one actuator; a misspelt key of its gets "did you mean"; systemd's `bus`
-    is systemd's alone."""
+    is systemd's alone; its top-level key is set at the top only."""
     path = write_config(tmp_path, config_of(broken, extra))
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))

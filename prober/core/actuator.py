@@ -88,6 +88,9 @@ class ActuatorKind:
     # What prober's user must be granted to restart the config's targets of this actuator, as
     # the text of a rule (systemd's polkit rule), or "" for nothing.
     grants: Callable[[Config, str], str] = no_grants
+    # Top-level keys of its own (where its manager listens), read once and handed to each of its
+    # targets with its other keys, in `Target.actuation`.
+    top_keys: tuple[Key, ...] = ()
 
     @property
     def selector(self) -> str:

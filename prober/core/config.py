@@ -302,6 +302,7 @@ class Restarter:
 
     name: str
     keys: tuple[Key, ...]
+    top_keys: tuple[Key, ...] = ()
 
     @property
     def selector(self) -> str:
@@ -311,7 +312,8 @@ class Restarter:
 def registered_actuators() -> tuple[Restarter, ...]:
     """The registered actuators' keys, looked up by the registry's name."""
     actuators: tuple[Any, ...] = importlib.import_module(ACTUATORS).ACTUATORS
-    return tuple(Restarter(actuator.name, actuator.keys) for actuator in actuators)
+    return tuple(Restarter(actuator.name, actuator.keys, actuator.top_keys)
+                 for actuator in actuators)
 
 
 @dataclass(frozen=True)
@@ -459,7 +461,8 @@ def _restarter(data: Mapping[str, Any], defaults: _Defaults, where: Where) -> Ma
     if actuator is None:
         return {}
     own = by_name(actuator.keys[1:])
-    values = {k: v for k, v in defaults.probe_values.items() if k in own}
+    values = {k: v for k, v in defaults.probe_values.items()
+              if k in own or k in by_name(actuator.top_keys)}
     values.update({key: where.read(data, own[key]) for key in data if key in own})
     return {"unit": where.read(data, actuator.keys[0]), "actuator": actuator.name,
             "actuation": tuple(values.items())}
@@ -526,10 +529,16 @@ def _parse_defaults(data: Mapping[str, Any], path: str) -> _Defaults:
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     """A validated Config from the parsed TOML document, or the first ConfigError found."""
     top = Where(path, "")
+    of_actuators = by_name(tuple(key for actuator in registered_actuators()
+                                 for key in actuator.top_keys))
     top_keys = by_name(TOP_KEYS)
-    _reject_unknown(data, top_keys, top)
+    _reject_unknown(data, {**top_keys, **of_actuators}, top)
     defaults_table = top.read(data, top_keys["defaults"]) if "defaults" in data else {}
     defaults = _parse_defaults(defaults_table, path)
+    # An actuator's top-level keys (a socket) reach its targets as its other keys do.
+    defaults = replace(defaults, probe_values={
+        **defaults.probe_values,
+        **{name: top.read(data, key) for name, key in of_actuators.items() if name in data}})
     raw_targets = data.get("target")
     if raw_targets is None:
         raise top.error("target", "no targets (add at least one [[target]] table)")

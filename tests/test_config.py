@@ -8,15 +8,10 @@ from typing import Any
 
 import pytest
 
-from prober.core.config import Bus, RestartRules, check_ownership, parse_config
+from prober.actuators.systemd import Bus, normalize_unit
+from prober.core.config import RestartRules, check_ownership, parse_config
 from prober.core.errors import ConfigError
-from prober.core.keys import (
-    as_typed_after_a_flag,
-    format_duration,
-    normalize_unit,
-    parse_duration,
-    parse_host_port,
-)
+from prober.core.keys import as_typed_after_a_flag, format_duration, parse_duration, parse_host_port
 from prober.io.configfiles import load_config
 from prober.probes.http_spec import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
@@ -109,12 +104,14 @@ def test_defaults_apply_and_targets_override() -> None:
         "defaults": {"timeout": "2s", "failure_threshold": 5, "tls_verify": False,
                      "bus": "user"},
         "target": [
-            {"name": "a", "url": "https://a.test/health"},
-            {"name": "b", "url": "https://b.test/", "timeout": "1s", "tls_verify": True},
+            {"name": "a", "url": "https://a.test/health", "unit": "a"},
+            {"name": "b", "url": "https://b.test/", "timeout": "1s", "tls_verify": True,
+             "unit": "b", "bus": "system"},
         ],
     })
     a, b = config.targets
-    assert a.policy == RestartRules(timeout=2.0, failure_threshold=5, bus=Bus.USER)
+    assert a.policy == RestartRules(timeout=2.0, failure_threshold=5)
+    assert (a.actuation, b.actuation) == ((("bus", Bus.USER),), (("bus", Bus.SYSTEM),))
     assert isinstance(a.probe, HttpProbe) and isinstance(b.probe, HttpProbe)
     assert not a.probe.tls_verify
     assert b.policy.timeout == 1.0 and b.policy.failure_threshold == 5

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from prober.actuators import ACTUATORS
 from prober.core.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
 from prober.core.keys import Key
 from prober.core.tracker import Event
@@ -43,6 +44,7 @@ SECTIONS: list[tuple[str, tuple[Key, ...]]] = [
     ("Target keys (every kind)", TARGET_KEYS),
     ("Policy keys (in `[defaults]` or per target)", POLICY_KEYS),
     *((f"Probe keys: {kind.name}", kind.keys) for kind in KINDS),
+    *((f"Actuator keys: {actuator.name}", actuator.keys) for actuator in ACTUATORS),
 ]
 
 

@@ -216,7 +216,8 @@ def with_keys(name: str, *keys: Key) -> ProbeKind[HeartbeatProbe, NoContext]:
 
 MAX_AGE_AGAIN = Key("max_age", Shape.INTEGER, integer(0), "a different key of the same name")
 OWN_TIMEOUT = Key("timeout", Shape.DURATION, duration(), "shadows the policy's timeout")
-OWN_UNIT = Key("unit", Shape.STRING, string, "shadows every target's unit")
+OWN_DEPENDS_ON = Key("depends_on", Shape.STRING, string, "shadows every target's depends_on")
+OWN_UNIT = Key("unit", Shape.STRING, string, "shadows the systemd actuator's unit")
 
 
 @pytest.mark.parametrize(("kinds", "message"), [
@@ -224,9 +225,11 @@ OWN_UNIT = Key("unit", Shape.STRING, string, "shadows every target's unit")
      'the key "max_age" is declared by the "heartbeat" kind and by the "pulse" kind'),
     ((with_keys("pulse", OWN_TIMEOUT),),
      'the key "timeout" is declared by the policy and by the "pulse" kind'),
+    ((with_keys("pulse", OWN_DEPENDS_ON),),
+     'the key "depends_on" is declared by every target and by the "pulse" kind'),
     ((with_keys("pulse", OWN_UNIT),),
-     'the key "unit" is declared by every target and by the "pulse" kind'),
-], ids=["two-kinds", "a-policy-key", "a-target-key"])
+     'the key "unit" is declared by the "systemd" actuator and by the "pulse" kind'),
+], ids=["two-kinds", "a-policy-key", "a-target-key", "an-actuator-key"])
 def test_a_key_declared_twice_is_refused_when_the_registry_is_built(
         kinds: tuple[ProbeKind[Any, Any], ...], message: str,
         monkeypatch: pytest.MonkeyPatch) -> None:

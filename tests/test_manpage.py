@@ -11,6 +11,7 @@ import tomllib
 
 import pytest
 
+from prober.actuators import ACTUATORS
 from prober.core.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS, parse_config
 from prober.core.keys import Key
 from prober.probes import KINDS
@@ -19,7 +20,8 @@ from prober.shell.cli import cli
 
 DATE = datetime.date(2026, 1, 2)
 KEYS: list[Key] = [*TOP_KEYS, *NOTIFY_KEYS, *TARGET_KEYS, *POLICY_KEYS,
-                   *(key for kind in KINDS for key in kind.keys)]
+                   *(key for kind in KINDS for key in kind.keys),
+                   *(key for actuator in ACTUATORS for key in (*actuator.keys, *actuator.top_keys))]
 
 
 def plain(roff: str) -> str:
@@ -42,6 +44,7 @@ def test_the_config_page_has_every_section_and_kind() -> None:
     sections = re.findall(r'^\.S[HS] "?([^"\n]+)"?$', text, re.MULTILINE)
     assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "TOP-LEVEL KEYS", "[notify] KEYS",
                         "[[target]] KEYS", "PROBE KEYS", *(kind.name for kind in KINDS),
+                        "ACTUATOR KEYS", *(actuator.name for actuator in ACTUATORS),
                         "POLICY KEYS", "EXAMPLE", "FILES", "SEE ALSO"]
 
 

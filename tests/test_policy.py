@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from prober.core import policy
-from prober.core.actuator import UnitFacts
+from prober.core.actuator import Facts, Running, StartLimit
 from prober.core.config import Target, parse_config
 from prober.core.policy import Action, Outcome
 from prober.core.psi import Pressure, PressureReading, Scope
@@ -33,11 +33,13 @@ FAULT = ProbeResult("caddy", False, "env_file /etc/prober/x.env: no such file or
                     FailureClass.PROBER_FAULT)
 DOWN_STATE = TargetState(health=Health.DOWN, consecutive_failures=3,
                          failure_times=(NOW - 60, NOW - 30, NOW))
-ACTIVE = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 3600,
-                   main_pid=42, start_limit_burst=5, start_limit_interval=10.0)
+ACTIVE = Facts("caddy.service", Running.RUNNING, "caddy.service is active (running)",
+               since=NOW - 3600, main_pid=42,
+               start_limit=StartLimit(5, 10.0,
+                                      "StartLimitBurst=5 within StartLimitIntervalSec=10s"))
 
 
-def _facts(**changes: Any) -> UnitFacts:
+def _facts(**changes: Any) -> Facts:
     return replace(ACTIVE, **changes)
 
 
@@ -63,32 +65,27 @@ CASES = [
     ("prober-fault-while-healthy", {}, Verdict("caddy", Health.HEALTHY, FAULT, 0),
      TargetState(), ACTIVE, False, Action.PROBER_FAULT, "nothing restarted"),
     ("dry-run-no-facts", {}, DOWN, _state(), None, True, Action.WOULD_RESTART, "unknown"),
-    ("no-facts", {}, DOWN, _state(), None, False, Action.UNIT_UNKNOWN, "cannot ask systemd"),
+    ("no-facts", {}, DOWN, _state(), None, False, Action.UNIT_UNKNOWN,
+     "cannot ask systemd about caddy.service: bus unreachable"),
     ("no-unit", {"unit": None}, DOWN, _state(), None, False, Action.NO_UNIT,
      "no unit is configured"),
-    ("inactive", {}, DOWN, _state(), _facts(active_state="inactive", sub_state="dead"), False,
-     Action.UNIT_NOT_ACTIVE, "not starting it"),
-    ("failed", {}, DOWN, _state(), _facts(active_state="failed", sub_state="failed"), False,
-     Action.UNIT_NOT_ACTIVE, "is failed"),
-    ("not-found", {}, DOWN, _state(), _facts(load_state="not-found", active_state="inactive"),
-     False, Action.UNIT_NOT_ACTIVE, "not loaded (not-found)"),
-    ("activating", {}, DOWN, _state(), _facts(active_state="activating", sub_state="start"),
-     False, Action.WAIT, "a job is under way"),
-    ("reloading", {}, DOWN, _state(), _facts(active_state="reloading"), False, Action.WAIT,
-     "a job is under way"),
-    ("job-pending", {}, DOWN, _state(), _facts(job_pending=True), False, Action.WAIT,
-     "a job is under way"),
-    ("grace-all-failures", {}, DOWN, _state(), _facts(active_enter=NOW - 10), False,
+    ("stopped", {}, DOWN, _state(), _facts(running=Running.STOPPED,
+                                            detail="caddy.service is inactive (dead)"), False,
+     Action.UNIT_NOT_ACTIVE, "caddy.service is inactive (dead): not starting it"),
+    ("starting", {}, DOWN, _state(), _facts(running=Running.STARTING,
+                                            detail="caddy.service is activating (start)"),
+     False, Action.WAIT, "caddy.service is activating (start), a job is under way"),
+    ("grace-all-failures", {}, DOWN, _state(), _facts(since=NOW - 10), False,
      Action.WAIT, "0/3 failures count"),
-    ("grace-some-failures", {}, DOWN, _state(), _facts(active_enter=NOW - 100), False,
+    ("grace-some-failures", {}, DOWN, _state(), _facts(since=NOW - 100), False,
      Action.WAIT, "2/3 failures count"),
-    ("grace-over", {}, DOWN, _state(), _facts(active_enter=NOW - 121), False, Action.RESTART,
+    ("grace-over", {}, DOWN, _state(), _facts(since=NOW - 121), False, Action.RESTART,
      "restarting"),
-    ("grace-zero", {"startup_grace": 0}, DOWN, _state(), _facts(active_enter=NOW - 61), False,
+    ("grace-zero", {"startup_grace": 0}, DOWN, _state(), _facts(since=NOW - 61), False,
      Action.RESTART, "restarting"),
     # failures seen before the unit's current start belong to its previous process
     ("started-after-failures", {"startup_grace": 0}, DOWN, _state(),
-     _facts(active_enter=NOW - 1), False, Action.WAIT, "1/3 failures count"),
+     _facts(since=NOW - 1), False, Action.WAIT, "1/3 failures count"),
     ("cooldown", {}, DOWN, _state(last_restart_at=NOW - 30, restarts=(NOW - 30,)), ACTIVE,
      False, Action.WAIT, "next restart allowed in 30s"),
     ("cooldown-over", {}, DOWN, _state(last_restart_at=NOW - 61, restarts=(NOW - 61,)), ACTIVE,
@@ -113,12 +110,12 @@ CASES = [
                      "failure_threshold": 1}, DOWN,
      _state(restarts=(NOW - 8, NOW - 6, NOW - 4, NOW - 2), last_restart_at=NOW - 2,
             failure_times=(NOW,)),
-     _facts(active_enter=NOW - 2, start_limit_burst=5, start_limit_interval=10.0), False,
+     _facts(since=NOW - 2), False,
      Action.GIVEN_UP, "StartLimitBurst=5"),
     ("start-limit-room", {"cooldown": "1s", "max_restarts": 10, "startup_grace": 0,
                           "failure_threshold": 1}, DOWN,
      _state(restarts=(NOW - 8, NOW - 2), last_restart_at=NOW - 2, failure_times=(NOW,)),
-     _facts(active_enter=NOW - 2, start_limit_burst=5, start_limit_interval=10.0), False,
+     _facts(since=NOW - 2), False,
      Action.RESTART, "restarting"),
 ]
 
@@ -128,7 +125,7 @@ CASES = [
     [pytest.param(*case[1:], id=case[0]) for case in CASES],
 )
 def test_decide(settings: dict[str, Any], verdict: Verdict, state: TargetState,
-                facts: UnitFacts | None, dry_run: bool, action: Action, reason: str) -> None:
+                facts: Facts | None, dry_run: bool, action: Action, reason: str) -> None:
     """Each situation leads to exactly one action, whose reason explains it."""
     decision = policy.decide(_target(**settings), verdict, state, facts, NOW, dry_run=dry_run,
                              facts_error="bus unreachable")

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from prober.core import tracker
-from prober.core.actuator import RestartResult, UnitFacts
-from prober.core.config import Bus, Config, Target, parse_config
+from prober.core.actuator import Facts, RestartResult, Running
+from prober.core.config import Config, Target, parse_config
 from prober.core.errors import SystemdError
 from prober.core.policy import Action
 from prober.core.results import FailureClass
@@ -33,21 +33,25 @@ pytestmark = pytest.mark.timeout(60)
 NOW = 1_000_000.0
 
 
+def _running(unit: str, since: float) -> Facts:
+    return Facts(unit, Running.RUNNING, f"{unit} is active (running)", since=since, main_pid=42)
+
+
 @dataclass
 class FakeActuator:
     """Answers unit facts from a table and 'restarts' by calling `on_restart`."""
 
-    facts: dict[str, UnitFacts] = field(default_factory=dict)
+    known: dict[str, Facts] = field(default_factory=dict)
     on_restart: Callable[[Target], RestartResult] = lambda t: RestartResult(True, "job done")
     facts_error: str = ""
     restarted: list[str] = field(default_factory=list)
     closed: int = 0
 
-    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
+    async def facts(self, target: Target) -> Facts:
         if self.facts_error:
             raise SystemdError(self.facts_error)
-        return self.facts.get(unit) or UnitFacts(unit, "loaded", "active", "running",
-                                                 active_enter=NOW - 3600, main_pid=42)
+        unit = target.unit or ""
+        return self.known.get(unit) or _running(unit, since=NOW - 3600)
 
     async def restart(self, target: Target) -> RestartResult:
         assert target.unit is not None
@@ -158,8 +162,8 @@ def test_unit_facts_unknown(web: Server, events_file: Path) -> None:
 
 def test_stopped_unit_is_never_started(web: Server, events_file: Path) -> None:
     """A unit an admin stopped is reported, not started."""
-    actuator = FakeActuator(facts={"web.service": UnitFacts("web.service", "loaded",
-                                                             "inactive", "dead")})
+    actuator = FakeActuator(known={"web.service": Facts(
+        "web.service", Running.STOPPED, "web.service is inactive (dead)")})
     _, report = _run(_config(web, events_file), actuator)
     assert report.targets[0].decision.action is Action.UNIT_NOT_ACTIVE
     assert actuator.restarted == []
@@ -306,12 +310,11 @@ def test_a_confirmed_target_meets_the_policy_as_always(
     the dry run, the startup grace, the cooldown and the budget still stop its restart."""
     from prober.core.tracker import TargetState
 
-    active = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=NOW - 10,
-                       main_pid=42)
+    active = _running("caddy.service", since=NOW - 10)
     with Listening() as listening:
         listening.close()
         config = _tcp_config(listening.port, **{"confirm_interval": "10ms", **policy})
-        actuator = FakeActuator(facts={"caddy.service": active})
+        actuator = FakeActuator(known={"caddy.service": active})
         state = State().with_target("caddy", TargetState(last_restart_at=last_restart))
         _, report = _run(config, actuator, state, dry_run=dry_run)
     (item,) = report.targets

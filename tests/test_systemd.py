@@ -6,12 +6,19 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from prober.actuators.systemd import SystemdActuator, _parse_show, facts_from_properties
-from prober.core.config import Bus
+from prober.actuators.systemd import (
+    Bus,
+    SystemdActuator,
+    UnitFacts,
+    _parse_show,
+    facts_from_properties,
+)
+from prober.core.actuator import Running, StartLimit
 from prober.core.errors import SystemdError
 from tests.support.processes import stop_process
 
@@ -38,6 +45,40 @@ def test_facts_from_systemctl_show() -> None:
     assert (facts.active_state, facts.active_enter, facts.job_pending) == \
         ("activating", 1_700_000_000.0, True)
     assert facts_from_properties("x.service", _parse_show("Job=\n")).job_pending is False
+
+
+ACTIVE = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=1000.0,
+                   main_pid=42, start_limit_burst=5, start_limit_interval=10.0,
+                   control_group="/system.slice/caddy.service")
+
+
+@pytest.mark.parametrize(("facts", "running", "detail"), [
+    (ACTIVE, Running.RUNNING, "caddy.service is active (running)"),
+    (replace(ACTIVE, active_state="inactive", sub_state="dead"), Running.STOPPED,
+     "caddy.service is inactive (dead)"),
+    (replace(ACTIVE, active_state="failed", sub_state="failed"), Running.STOPPED,
+     "caddy.service is failed (failed)"),
+    (replace(ACTIVE, load_state="not-found", active_state="inactive"), Running.STOPPED,
+     "caddy.service is not loaded (not-found)"),
+    (replace(ACTIVE, active_state="activating", sub_state="start"), Running.STARTING,
+     "caddy.service is activating (start)"),
+    (replace(ACTIVE, active_state="reloading"), Running.STARTING,
+     "caddy.service is reloading (running)"),
+    (replace(ACTIVE, job_pending=True), Running.STARTING, "caddy.service is active (running)"),
+    (replace(ACTIVE, active_state="maintenance"), Running.STOPPED,
+     "caddy.service is maintenance (running)"),
+], ids=["active", "inactive", "failed", "not-found", "activating", "reloading", "job-pending",
+        "maintenance"])
+def test_neutral_facts(facts: UnitFacts, running: Running, detail: str) -> None:
+    """A unit's states become the neutral facts the policy judges: only an active unit is
+    running; a job under way is starting; anything else is stopped, never started by prober."""
+    neutral = facts.neutral()
+    assert (neutral.running, neutral.detail) == (running, detail)
+    assert (neutral.name, neutral.since, neutral.main_pid, neutral.memory_scope) == (
+        "caddy.service", 1000.0, 42, "/system.slice/caddy.service")
+    assert neutral.start_limit == StartLimit(
+        5, 10.0, "StartLimitBurst=5 within StartLimitIntervalSec=10s (start-limit-hit)")
+    assert replace(facts, start_limit_burst=0).neutral().start_limit is None
 
 
 @pytest.fixture

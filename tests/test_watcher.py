@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from prober.core import tracker
-from prober.core.actuator import RestartResult, UnitFacts
-from prober.core.config import Bus, Config, Target
+from prober.core.actuator import Facts, RestartResult, Running
+from prober.core.config import Config, Target
 from prober.core.errors import ConfigError
 from prober.core.runs import RunReport, Skipped
 from prober.core.tracker import Event
@@ -40,8 +40,9 @@ class HangingActuator:
 
     asked: list[str] = field(default_factory=list)
 
-    async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
-        return UnitFacts(unit, "loaded", "active", "running", active_enter=0.0, main_pid=7)
+    async def facts(self, target: Target) -> Facts:
+        unit = target.unit or ""
+        return Facts(unit, Running.RUNNING, f"{unit} is active (running)", since=0.0, main_pid=7)
 
     async def restart(self, target: Target) -> RestartResult:
         assert target.unit is not None

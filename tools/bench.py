@@ -137,7 +137,8 @@ os._exit(0)
 # `systemctl restart`, and after each restart systemd's own record of the stop/start.
 RESTART_CHILD = """\
 import asyncio, json, subprocess, sys, time
-from prober.core.config import Bus, Target
+from prober.actuators.systemd import Bus
+from prober.core.config import Target
 from prober.probes.http import HttpProbe
 from prober.actuators.systemd import SystemdActuator
 unit, reps = sys.argv[1], int(sys.argv[2])

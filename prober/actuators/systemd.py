@@ -1,11 +1,13 @@
-"""Everything about talking to systemd: D-Bus (dbus-next) first, `systemctl` as the fallback.
+"""The systemd actuator: its `unit` key, its facts in neutral terms, its polkit grant, and
+everything about talking to systemd: D-Bus (dbus-next) first, `systemctl` as the fallback.
 
 Only this module knows dbus-next; swapping it for dbus-fast (an API-compatible fork) means
 changing the imports here. What dbus-next does not do for us, and we do here:
 - its calls have no timeout: every call is wrapped in `asyncio.wait_for`;
 - `disconnect()` shuts the socket down but does not close it: we close it;
 - the bus must be created inside the running loop (it binds the loop at construction);
-- signal handlers are plain callbacks kept alive by us, not coroutines.
+- signal handlers are plain callbacks kept alive by us, not coroutines;
+- it is imported where first used: a run that restarts nothing never pays for it.
 The prober never asks for interactive authorization: a denied request is reported, not retried.
 """
 
@@ -15,22 +17,25 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal as signals
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType
-from dbus_next.message import Message
-
-from prober.core.actuator import RestartResult, UnitFacts
-from prober.core.config import Bus, Target
+from prober.actuators import polkit
+from prober.core.actuator import ActuatorKind, Facts, RestartResult, Running, StartLimit
+from prober.core.config import Config, Target
 from prober.core.errors import SystemdError
-from prober.core.keys import format_duration
+from prober.core.keys import Key, Shape, choice, format_duration, typed
 from prober.core.text import os_reason, reason
+
+if TYPE_CHECKING:
+    from dbus_next.aio.message_bus import MessageBus
+    from dbus_next.message import Message
 
 log = logging.getLogger("prober")
 
@@ -57,6 +62,116 @@ _NO_SYSTEMD_ON_BUS = {
 }
 
 
+class Bus(StrEnum):
+    """Which systemd manager owns a target's unit."""
+
+    SYSTEM = "system"
+    USER = "user"
+
+
+def bus_of(target: Target) -> Bus:
+    bus: Bus = dict(target.actuation).get("bus", Bus.SYSTEM)
+    return bus
+
+
+def on_user_manager(target: Target) -> Target:
+    """A systemd target as `check --user` runs it: its unit asked of the user's manager."""
+    if target.actuator != ACTUATOR.name:
+        return target
+    return replace(target, actuation=(*((k, v) for k, v in target.actuation if k != "bus"),
+                                      ("bus", Bus.USER)))
+
+
+class ActiveState(StrEnum):
+    ACTIVE = "active"
+    RELOADING = "reloading"
+    INACTIVE = "inactive"
+    FAILED = "failed"
+    ACTIVATING = "activating"
+    DEACTIVATING = "deactivating"
+    MAINTENANCE = "maintenance"
+    REFRESHING = "refreshing"
+
+
+_BUSY = (ActiveState.ACTIVATING, ActiveState.RELOADING, ActiveState.DEACTIVATING,
+         ActiveState.REFRESHING)
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    """What systemd says about a unit. Times are epoch seconds."""
+
+    unit: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    active_enter: float | None = None
+    main_pid: int = 0
+    job_pending: bool = False
+    start_limit_burst: int = 0
+    start_limit_interval: float = 0.0
+    control_group: str = ""  # the unit's cgroup path, e.g. /system.slice/caddy.service
+
+    def describe(self) -> str:
+        return f"{self.unit} is {self.active_state} ({self.sub_state})"
+
+    def neutral(self) -> Facts:
+        """The facts the policy judges: a unit not loaded, inactive or failed is stopped (an
+        admin's call, or systemd's Restart= job); one with a job under way is starting."""
+        if self.load_state != "loaded":
+            running = Running.STOPPED
+            detail = f"{self.unit} is not loaded ({self.load_state})"
+        else:
+            busy = self.job_pending or self.active_state in _BUSY
+            running = Running.STARTING if busy else (
+                Running.RUNNING if self.active_state == ActiveState.ACTIVE else Running.STOPPED)
+            detail = self.describe()
+        limit = None
+        if self.start_limit_burst > 0 and self.start_limit_interval > 0:
+            limit = StartLimit(self.start_limit_burst, self.start_limit_interval,
+                               f"StartLimitBurst={self.start_limit_burst} within "
+                               f"StartLimitIntervalSec={format_duration(self.start_limit_interval)}"
+                               " (start-limit-hit)")
+        return Facts(self.unit, running, detail, since=self.active_enter,
+                     main_pid=self.main_pid, memory_scope=self.control_group or None,
+                     start_limit=limit)
+
+
+# --- unit names -------------------------------------------------------------------------------
+
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service$")
+# Restarting any of these would take down the prober itself, the bus it talks over, the logs
+# that explain what happened, or the manager; none of them is a "layer" of a web stack.
+_FORBIDDEN_UNITS = {
+    "prober.service": "it is the prober itself",
+    "prober-watch.service": "it is the prober itself",
+    "dbus.service": "it is the system bus the prober talks to systemd over",
+    "dbus-broker.service": "it is the system bus the prober talks to systemd over",
+    "systemd-journald.service": "it is the journal that records what the prober did",
+    "systemd-logind.service": "it manages user sessions, not a web service",
+    "polkit.service": "it decides what the prober may restart",
+}
+
+
+def normalize_unit(value: str) -> str:
+    """`caddy` -> `caddy.service`; refuses names systemd would not accept or must never restart."""
+    name = value if "." in value.rsplit("@", 1)[-1] else f"{value}.service"
+    if not _UNIT_NAME.match(name) or len(name) > 255:
+        raise ValueError(
+            f'"{value}" is not a service unit name (expected something like "caddy.service")'
+        )
+    if name in _FORBIDDEN_UNITS or name.startswith("systemd-journald"):
+        reason = _FORBIDDEN_UNITS.get(name, "it is the journal")
+        raise ValueError(f'refusing to restart "{name}": {reason}')
+    return name
+
+
+def unit(value: object) -> str:
+    return normalize_unit(typed(value, str, 'a unit name like "caddy.service"'))
+
+
+
+
 class BusUnavailable(SystemdError):
     """The bus cannot be reached, or did not answer in time: `systemctl` may still work."""
 
@@ -80,6 +195,8 @@ def _bus_address(kind: Bus, environ: Mapping[str, str]) -> str:
 
 
 def _raise_for_error(reply: Message, unit: str, verb: str) -> None:
+    from dbus_next.constants import MessageType
+
     if reply.message_type is not MessageType.ERROR:
         return
     name = reply.error_name or "unknown error"
@@ -105,6 +222,9 @@ class DBusClient:
 
     @classmethod
     async def connect(cls, kind: Bus, environ: Mapping[str, str] = os.environ) -> DBusClient:
+        from dbus_next.aio.message_bus import MessageBus
+        from dbus_next.constants import BusType
+
         address = _bus_address(kind, environ)
         try:
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
@@ -122,6 +242,8 @@ class DBusClient:
 
     async def call(self, path: str, interface: str, member: str, signature: str = "",
                    body: list[Any] | None = None, *, what: str, unit: str) -> Message:
+        from dbus_next.message import Message
+
         message = Message(destination=SYSTEMD, path=path, interface=interface, member=member,
                           signature=signature, body=body or [])
         try:
@@ -153,6 +275,8 @@ class DBusClient:
         return facts_from_properties(unit, {**props, **service})
 
     async def _subscribe(self) -> None:
+        from dbus_next.message import Message
+
         if self._subscribed:
             return
         self._bus.add_message_handler(self._on_message)
@@ -167,6 +291,8 @@ class DBusClient:
 
     def _on_message(self, message: Message) -> bool:
         """Plain callback (not a coroutine): records JobRemoved results by job path."""
+        from dbus_next.constants import MessageType
+
         if message.message_type is MessageType.SIGNAL and message.member == "JobRemoved":
             _job_id, job_path, _unit, result = message.body
             self._job_results[job_path] = result
@@ -330,6 +456,10 @@ class SystemdActuator:
                 connection.client.close()
             self._connections[kind] = _Connection(None, str(exc))
 
+    async def facts(self, target: Target) -> Facts:
+        assert target.unit is not None
+        return (await self.unit_facts(target.unit, bus_of(target))).neutral()
+
     async def unit_facts(self, unit: str, bus: Bus) -> UnitFacts:
         client = await self._client(bus)
         if client is not None:
@@ -342,7 +472,7 @@ class SystemdActuator:
     async def restart(self, target: Target) -> RestartResult:
         unit = target.unit
         assert unit is not None
-        kind = target.policy.bus
+        kind = bus_of(target)
         started = time.monotonic()
         before = await self._main_pid(unit, kind)
         if target.policy.signal_before_restart:
@@ -389,3 +519,19 @@ class SystemdActuator:
             if connection.client is not None:
                 connection.client.close()
         self._connections.clear()
+
+
+def _grants(config: Config, user: str) -> str:
+    return polkit.polkit_rule(config, user)
+
+
+KEYS = (
+    Key("unit", Shape.UNIT, unit,
+        "systemd service to restart (`caddy` means `caddy.service`); without it (or another "
+        "actuator's key) the target is monitored only"),
+    Key("bus", Shape.CHOICE, choice(Bus),
+        "`system`, or `user` for units of a `systemd --user` manager (also `check --user`)",
+        default="system", in_defaults=True, choices=tuple(Bus)),
+)
+
+ACTUATOR = ActuatorKind(name="systemd", keys=KEYS, make=SystemdActuator, grants=_grants)

@@ -8,6 +8,7 @@ declared once, below and in each probe kind's module (see prober/core/keys.py).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import tomllib
@@ -25,7 +26,6 @@ from prober.core.keys import (
     absolute_path,
     argv,
     by_name,
-    choice,
     choices,
     credential,
     describe,
@@ -43,7 +43,6 @@ from prober.core.keys import (
     table,
     target_name,
     target_names,
-    unit,
     url,
 )
 from prober.core.kinds import Invalid, KeyClash, ProbeKind, ProbeSpec, registered
@@ -53,13 +52,6 @@ DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_HISTORY = 500
 DEFAULT_PRESSURE_THRESHOLD = 10.0  # percent of PSI memory `some avg10`
-
-
-class Bus(StrEnum):
-    """Which systemd manager owns a target's unit."""
-
-    SYSTEM = "system"
-    USER = "user"
 
 
 @dataclass(frozen=True)
@@ -81,7 +73,6 @@ class RestartRules:
     restart_timeout: float = 60.0
     verify_timeout: float = 30.0
     signal_before_restart: str | None = None
-    bus: Bus = Bus.SYSTEM
     pressure_threshold: float = DEFAULT_PRESSURE_THRESHOLD
     pressure_hold: float = 300.0
 
@@ -142,9 +133,6 @@ POLICY_KEYS = (
     Key("signal_before_restart", Shape.SIGNAL, signal_name,
         'e.g. `"SIGABRT"` (a core dump via systemd-coredump) or `"SIGQUIT"` (a thread dump), '
         "sent to the main process 1 s before the restart"),
-    Key("bus", Shape.CHOICE, choice(Bus),
-        "`system`, or `user` for units of a `systemd --user` manager (also `check --user`)",
-        default="system", choices=tuple(Bus)),
     Key("pressure_threshold", Shape.PERCENT, percent,
         "percent of PSI memory `some avg10` (the unit's own where it can be read, else the "
         "host's) at or above which it counts as starving for memory; `0` disables the hold",
@@ -155,13 +143,11 @@ POLICY_KEYS = (
 )
 _POLICY_BY_NAME = by_name(POLICY_KEYS)
 
-# The keys every target takes, whatever its kind (policy keys aside).
+# The keys every target takes, whatever its kind (policy keys aside; what restarts it is
+# named by an actuator's own keys, `unit` for systemd).
 TARGET_KEYS = (
     Key("name", Shape.NAME, target_name, "unique; letters, digits, `-`, `_`, `.`",
         default="required"),
-    Key("unit", Shape.UNIT, unit,
-        "systemd service to restart (`caddy` means `caddy.service`); without it the target is "
-        "monitored only"),
     Key("depends_on", Shape.NAMES, target_names,
         "targets this one relies on (a proxy depends on its backends)", default="[]"),
 )
@@ -169,11 +155,14 @@ TARGET_KEYS = (
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to probe, how, and, optionally, the unit that serves it."""
+    """One thing to probe, how, and, optionally, the unit (or container...) that serves it."""
 
     name: str
     probe: ProbeSpec
-    unit: str | None = None
+    unit: str | None = None  # what restarts it, by its actuator's name for it (None: monitored)
+    actuator: str = ""  # the registered actuator that restarts `unit` ("": the first one)
+    # Its actuator's other keys, as set in [defaults] or the target (systemd's `bus`).
+    actuation: tuple[tuple[str, Any], ...] = ()
     depends_on: tuple[str, ...] = ()
     policy: RestartRules = field(default_factory=RestartRules)
 
@@ -303,48 +292,86 @@ TOP_KEYS = (
 )
 
 
+ACTUATORS = "prober.actuators"  # the package whose ACTUATORS are the registered actuators
+
+
+@dataclass(frozen=True)
+class Restarter:
+    """What the config needs of a registered actuator: its name, and its keys, the first of
+    them its selector (see prober/core/actuator.py)."""
+
+    name: str
+    keys: tuple[Key, ...]
+    top_keys: tuple[Key, ...] = ()
+
+    @property
+    def selector(self) -> str:
+        return self.keys[0].name
+
+
+def registered_actuators() -> tuple[Restarter, ...]:
+    """The registered actuators' keys, looked up by the registry's name."""
+    actuators: tuple[Any, ...] = importlib.import_module(ACTUATORS).ACTUATORS
+    return tuple(Restarter(actuator.name, actuator.keys, actuator.top_keys)
+                 for actuator in actuators)
+
+
 @dataclass(frozen=True)
 class KeyTables:
-    """The keys of the tables whose keys depend on the registered probe kinds."""
+    """The keys of the tables whose keys depend on the registered probe kinds and actuators."""
 
     kinds: Mapping[str, Key]  # every probe kind's keys by name (a shared key declared once)
-    defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, probe keys marked for it
+    defaults: Mapping[str, Key]  # what [defaults] takes: policy keys, others marked for it
     target: Mapping[str, Key]  # what a [[target]] table takes, whatever its kind
+    actuators: Mapping[str, Key]  # every actuator's keys by name
 
 
 def key_tables() -> KeyTables:
-    """The key tables of the kinds registered now (prober/probes/__init__.py)."""
-    return _key_tables(registered())
+    """The key tables of the kinds and actuators registered now (prober/probes/__init__.py,
+    prober/actuators/__init__.py)."""
+    return _key_tables(registered(), registered_actuators())
 
 
 def checked_registry(kinds: tuple[ProbeKind[Any, Any], ...]) -> tuple[ProbeKind[Any, Any], ...]:
     """`kinds`, once no key of theirs clashes with another owner's (KeyClash otherwise)."""
-    _key_tables(kinds)
+    _key_tables(kinds, registered_actuators())
     return kinds
 
 
-def _kinds_keys(kinds: tuple[ProbeKind[Any, Any], ...]) -> dict[str, Key]:
-    """Every kind's keys by name. One `Key` may serve several kinds; a second key of a name
-    that a kind, the policy or every target already declares would silently override it."""
+def _owned_keys(kinds: tuple[ProbeKind[Any, Any], ...], actuators: tuple[Restarter, ...],
+                ) -> tuple[dict[str, Key], dict[str, Key]]:
+    """Every kind's keys and every actuator's keys, by name. One `Key` may serve several kinds;
+    a second key of a name that a kind, an actuator, the policy or every target already declares
+    would silently override it, and is refused (KeyClash)."""
     owners = {key.name: ("every target", key) for key in TARGET_KEYS}
     owners.update({key.name: ("the policy", key) for key in POLICY_KEYS})
+
+    def claim(owner: str, key: Key, into: dict[str, Key]) -> None:
+        first, declared = owners.setdefault(key.name, (owner, key))
+        if declared is not key:
+            raise KeyClash(f'the key "{key.name}" is declared by {first} and by {owner}')
+        into[key.name] = key
+
+    of_actuators: dict[str, Key] = {}
+    for actuator in actuators:
+        for key in actuator.keys:
+            claim(f'the "{actuator.name}" actuator', key, of_actuators)
     of_kinds: dict[str, Key] = {}
     for kind in kinds:
         for key in kind.keys:
-            owner, declared = owners.setdefault(key.name, (f'the "{kind.name}" kind', key))
-            if declared is not key:
-                raise KeyClash(f'the key "{key.name}" is declared by {owner} and by the '
-                               f'"{kind.name}" kind')
-            of_kinds[key.name] = key
-    return of_kinds
+            claim(f'the "{kind.name}" kind', key, of_kinds)
+    return of_kinds, of_actuators
 
 
 @functools.cache
-def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...]) -> KeyTables:
-    of_kinds = _kinds_keys(kinds)
+def _key_tables(kinds: tuple[ProbeKind[Any, Any], ...],
+                actuators: tuple[Restarter, ...] = ()) -> KeyTables:
+    of_kinds, of_actuators = _owned_keys(kinds, actuators)
     defaults = {**_POLICY_BY_NAME,
-                **{name: key for name, key in of_kinds.items() if key.in_defaults}}
-    return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **_POLICY_BY_NAME, **of_kinds})
+                **{name: key for name, key in {**of_kinds, **of_actuators}.items()
+                   if key.in_defaults}}
+    return KeyTables(of_kinds, defaults, {**by_name(TARGET_KEYS), **of_actuators,
+                                          **_POLICY_BY_NAME, **of_kinds}, of_actuators)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -402,7 +429,7 @@ def _check_target_policy(policy: RestartRules, where: Where) -> None:
 @dataclass(frozen=True)
 class _Defaults:
     policy: RestartRules
-    probe_values: Mapping[str, Any]  # probe keys set in [defaults], parsed
+    probe_values: Mapping[str, Any]  # probe and actuator keys set in [defaults], parsed
 
 
 def _kind_for(data: Mapping[str, Any], where: Where) -> ProbeKind[Any, Any]:
@@ -444,7 +471,31 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) ->
     policy = _parse_policy(data, defaults.policy, where)
     _check_target_policy(policy, where)
     links = {key.name: where.read(data, key) for key in TARGET_KEYS[1:] if key.name in data}
-    return Target(name=name, probe=spec, policy=policy, **links)
+    return Target(name=name, probe=spec, policy=policy, **links,
+                  **_restarter(data, defaults, where))
+
+
+def _restarter(data: Mapping[str, Any], defaults: _Defaults, where: Where) -> Mapping[str, Any]:
+    """The `unit`, `actuator` and `actuation` of a target: of the actuator whose selector it
+    sets, if any."""
+    actuators = registered_actuators()
+    chosen = [actuator for actuator in actuators if actuator.selector in data]
+    if len(chosen) > 1:
+        raise where.error(chosen[1].selector, f'set either "{chosen[0].selector}" or '
+                                              f'"{chosen[1].selector}", not both')
+    actuator = chosen[0] if chosen else None
+    for other in actuators:
+        for key in other.keys[1:]:
+            if key.name in data and other is not actuator:
+                raise where.error(key.name, f'only applies to targets with "{other.selector}"')
+    if actuator is None:
+        return {}
+    own = by_name(actuator.keys[1:])
+    values = {k: v for k, v in defaults.probe_values.items()
+              if k in own or k in by_name(actuator.top_keys)}
+    values.update({key: where.read(data, own[key]) for key in data if key in own})
+    return {"unit": where.read(data, actuator.keys[0]), "actuator": actuator.name,
+            "actuation": tuple(values.items())}
 
 
 def _check_links(targets: tuple[Target, ...], path: str) -> None:
@@ -508,10 +559,16 @@ def _parse_defaults(data: Mapping[str, Any], path: str) -> _Defaults:
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     """A validated Config from the parsed TOML document, or the first ConfigError found."""
     top = Where(path, "")
+    of_actuators = by_name(tuple(key for actuator in registered_actuators()
+                                 for key in actuator.top_keys))
     top_keys = by_name(TOP_KEYS)
-    _reject_unknown(data, top_keys, top)
+    _reject_unknown(data, {**top_keys, **of_actuators}, top)
     defaults_table = top.read(data, top_keys["defaults"]) if "defaults" in data else {}
     defaults = _parse_defaults(defaults_table, path)
+    # An actuator's top-level keys (a socket) reach its targets as its other keys do.
+    defaults = replace(defaults, probe_values={
+        **defaults.probe_values,
+        **{name: top.read(data, key) for name, key in of_actuators.items() if name in data}})
     raw_targets = data.get("target")
     if raw_targets is None:
         raise top.error("target", "no targets (add at least one [[target]] table)")

@@ -441,39 +441,6 @@ def one_line_secret(text: str) -> str:
     return secret
 
 
-# --- unit names -------------------------------------------------------------------------------
-
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service$")
-# Restarting any of these would take down the prober itself, the bus it talks over, the logs
-# that explain what happened, or the manager; none of them is a "layer" of a web stack.
-_FORBIDDEN_UNITS = {
-    "prober.service": "it is the prober itself",
-    "prober-watch.service": "it is the prober itself",
-    "dbus.service": "it is the system bus the prober talks to systemd over",
-    "dbus-broker.service": "it is the system bus the prober talks to systemd over",
-    "systemd-journald.service": "it is the journal that records what the prober did",
-    "systemd-logind.service": "it manages user sessions, not a web service",
-    "polkit.service": "it decides what the prober may restart",
-}
-
-
-def normalize_unit(value: str) -> str:
-    """`caddy` -> `caddy.service`; refuses names systemd would not accept or must never restart."""
-    name = value if "." in value.rsplit("@", 1)[-1] else f"{value}.service"
-    if not _UNIT_NAME.match(name) or len(name) > 255:
-        raise ValueError(
-            f'"{value}" is not a service unit name (expected something like "caddy.service")'
-        )
-    if name in _FORBIDDEN_UNITS or name.startswith("systemd-journald"):
-        reason = _FORBIDDEN_UNITS.get(name, "it is the journal")
-        raise ValueError(f'refusing to restart "{name}": {reason}')
-    return name
-
-
-def unit(value: object) -> str:
-    return normalize_unit(typed(value, str, 'a unit name like "caddy.service"'))
-
-
 def table(value: object) -> Mapping[str, Any]:
     return typed(value, dict, "a table")
 

@@ -1,8 +1,9 @@
 """The restart policy: whether to restart a down target's unit now, wait, or give up. Pure.
 
-Decisions take the tracker's verdict, what is remembered about the target, what systemd says
-about its unit, and `now`; they return an action with its reason. Applying the outcome of an
-action back onto the state is here too, so every rule about restarts lives in one place.
+Decisions take the tracker's verdict, what is remembered about the target, what its actuator
+says about what it restarts (neutral `Facts`, whichever actuator), and `now`; they return an
+action with its reason. Applying the outcome of an action back onto the state is here too, so
+every rule about restarts lives in one place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from prober.core.actuator import ActiveState, UnitFacts
+from prober.core.actuator import Facts, Running
 from prober.core.config import DEFAULT_PRESSURE_THRESHOLD, Target
 from prober.core.keys import format_duration
 from prober.core.psi import Pressure, PressureReading
@@ -87,7 +88,7 @@ def decide(
     target: Target,
     verdict: Verdict,
     state: TargetState,
-    facts: UnitFacts | None,
+    facts: Facts | None,
     now: float,
     *,
     dry_run: bool = False,
@@ -120,9 +121,9 @@ def decide(
     if facts is None:
         if dry_run:
             return decision(Action.WOULD_RESTART, f"would restart {target.unit} "
-                            f"(its state is unknown: {facts_error or 'systemd not asked'})")
-        return decision(Action.UNIT_UNKNOWN, f"cannot ask systemd about {target.unit}: "
-                        f"{facts_error or 'unknown error'}")
+                            f"(its state is unknown: {facts_error or 'not asked'})")
+        return decision(Action.UNIT_UNKNOWN, f"cannot ask {_manager(target)} about "
+                        f"{target.unit}: {facts_error or 'unknown error'}")
     action, reason = _judge_unit(target, state, facts, now)
     if action is Action.RESTART:
         hold = _hold(target, state, facts, now, memory)
@@ -133,7 +134,7 @@ def decide(
     return decision(action, reason)
 
 
-def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
+def _hold(target: Target, state: TargetState, facts: Facts, now: float,
           memory: Memory) -> str | None:
     """Why a restart waits because the service may only be starving, or None.
 
@@ -148,7 +149,7 @@ def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
     reading = memory.reading
     if reading is None or not state.streak_starving or policy.pressure_hold <= 0:
         return None
-    if not starves(reading.pressure, policy.pressure_threshold) or facts.unit == memory.culprit:
+    if not starves(reading.pressure, policy.pressure_threshold) or facts.name == memory.culprit:
         return None
     since = state.down_since if state.down_since is not None else now
     left = since + policy.pressure_hold - now
@@ -157,7 +158,7 @@ def _hold(target: Target, state: TargetState, facts: UnitFacts, now: float,
     failure = state.last_failure or "timeout"
     return (f"held: {reading.describe()}, at or above pressure_threshold "
             f"{policy.pressure_threshold:g}%, and it only fails as {failure}: starving, maybe "
-            f"not broken; restarting {facts.unit} in {format_duration(left)} (pressure_hold "
+            f"not broken; restarting {facts.name} in {format_duration(left)} (pressure_hold "
             f"{format_duration(policy.pressure_hold)}) unless it answers again")
 
 
@@ -188,27 +189,27 @@ def _paused_reason(state: TargetState, verdict: Verdict) -> str:
             f"{verdict.result.reason}")
 
 
+def _manager(target: Target) -> str:
+    """Who the target's actuator asks and restarts through, for reasons."""
+    return target.actuator or "the service manager"
+
+
 def _judge_unit(
-    target: Target, state: TargetState, facts: UnitFacts, now: float
+    target: Target, state: TargetState, facts: Facts, now: float
 ) -> tuple[Action, str]:
     policy = target.policy
-    if facts.load_state != "loaded":
-        return Action.UNIT_NOT_ACTIVE, f"{facts.unit} is not loaded ({facts.load_state})"
-    if facts.job_pending or facts.active_state in (
-        ActiveState.ACTIVATING, ActiveState.RELOADING, ActiveState.DEACTIVATING,
-        ActiveState.REFRESHING,
-    ):
+    if facts.running is Running.STARTING:
         return Action.WAIT, f"{facts.describe()}, a job is under way: waiting for it"
-    if facts.active_state != ActiveState.ACTIVE:
+    if facts.running is Running.STOPPED:
         return Action.UNIT_NOT_ACTIVE, (
             f"{facts.describe()}: not starting it (an admin may have stopped it; "
-            "restarting crashed services is systemd's Restart= job)"
+            f"restarting crashed services is {_manager(target)}'s own job)"
         )
-    grace_end = (facts.active_enter or 0.0) + policy.startup_grace
+    grace_end = (facts.since or 0.0) + policy.startup_grace
     counted = sum(1 for at in state.failure_times if at >= grace_end)
     if counted < policy.failure_threshold:
         return Action.WAIT, (
-            f"{facts.unit} started {format_duration(max(0.0, now - (facts.active_enter or now)))}"
+            f"{facts.name} started {format_duration(max(0.0, now - (facts.since or now)))}"
             f" ago, within startup_grace {format_duration(policy.startup_grace)}: "
             f"{counted}/{policy.failure_threshold} failures count"
         )
@@ -221,18 +222,16 @@ def _judge_unit(
             f"not bring it back (max_restarts {policy.max_restarts}); no more restarts until "
             "it passes again or `prober reset`"
         )
-    if facts.start_limit_burst > 0 and facts.start_limit_interval > 0:
-        starts = restarts_within(state, facts.start_limit_interval, now)
-        if facts.active_enter is not None and now - facts.active_enter < facts.start_limit_interval:
+    limit = facts.start_limit
+    if limit is not None and limit.burst > 0 and limit.interval > 0:
+        starts = restarts_within(state, limit.interval, now)
+        if facts.since is not None and now - facts.since < limit.interval:
             starts = max(starts, 1)
-        # Keep one start in hand: systemd also counts starts the prober does not know about.
-        if starts + 1 >= facts.start_limit_burst:
+        # Keep one start in hand: the manager also counts starts the prober does not know about.
+        if starts + 1 >= limit.burst:
             return Action.GIVEN_UP, (
-                f"given up: one more restart would come within one start of {facts.unit}'s "
-                f"StartLimitBurst="
-                f"{facts.start_limit_burst} within StartLimitIntervalSec="
-                f"{format_duration(facts.start_limit_interval)} and leave it failed "
-                "(start-limit-hit)"
+                f"given up: one more restart would come within one start of {facts.name}'s "
+                f"{limit.spelled} and leave it refusing to start"
             )
     wait = cooldown_for(target, state)
     if state.last_restart_at is not None and now < state.last_restart_at + wait:
@@ -241,7 +240,7 @@ def _judge_unit(
             f"cooldown {format_duration(wait)} after the last restart: next restart allowed in "
             f"{format_duration(ready - now)}"
         )
-    return Action.RESTART, f"restarting {facts.unit}: {facts.describe()} but not answering"
+    return Action.RESTART, f"restarting {facts.name}: {facts.describe()} but not answering"
 
 
 class Outcome(StrEnum):

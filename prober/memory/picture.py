@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prober.core import policy
-from prober.core.actuator import UnitFacts
+from prober.core.actuator import Facts
 from prober.core.config import Target
 from prober.core.psi import MemoryUser, Pressure, PressureReading
 from prober.core.tracker import Verdict
@@ -41,7 +41,7 @@ class MemoryPicture:
 
 
 def read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
-                facts: Mapping[str, UnitFacts]) -> MemoryPicture:
+                facts: Mapping[str, Facts]) -> MemoryPicture:
     """The host's PSI, always; a failing target's unit's own where systemd told its cgroup;
     the largest memory users only when some failing target starves (worth the walk)."""
     host = read_host_pressure()
@@ -54,9 +54,9 @@ def read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
     for target, verdict in zip(targets, verdicts, strict=True):
         if verdict.result.ok:
             continue
-        unit_facts = facts.get(target.name)
-        own = read_unit_pressure(unit_facts.control_group, mounts) if unit_facts and \
-            unit_facts.control_group else None
+        known = facts.get(target.name)
+        scope = known.memory_scope if known else None
+        own = read_unit_pressure(scope, mounts) if scope else None
         reading = own or host
         if reading is not None:
             readings[target.name] = reading

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prober.core import policy, tracker
-from prober.core.actuator import Actuator, UnitFacts
+from prober.core.actuator import Actuator, Facts
 from prober.core.config import Config, Target
 from prober.core.errors import ProberError
 from prober.core.keys import format_duration
@@ -72,10 +72,10 @@ def _needs_facts(target: Target, verdict: Verdict, state: TargetState) -> bool:
 
 @dataclass
 class _Facts:
-    """What the actuator said about the units of the targets that may need a restart."""
+    """What the actuators said about what they restart for the targets that may need it."""
 
     actuator: Actuator | None
-    facts: dict[str, UnitFacts] = field(default_factory=dict)
+    facts: dict[str, Facts] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     async def close(self) -> None:
@@ -92,11 +92,11 @@ async def _gather_facts(
     gathered = _Facts(actuator_factory())
     assert gathered.actuator is not None
     answers = await asyncio.gather(
-        *(gathered.actuator.unit_facts(t.unit or "", t.policy.bus) for t in wanted),
+        *(gathered.actuator.facts(t) for t in wanted),
         return_exceptions=True,
     )
     for target, answer in zip(wanted, answers, strict=True):
-        if isinstance(answer, UnitFacts):
+        if isinstance(answer, Facts):
             gathered.facts[target.name] = answer
         elif isinstance(answer, ProberError):
             gathered.errors[target.name] = str(answer)

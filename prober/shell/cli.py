@@ -18,7 +18,6 @@ import click
 from prober import __version__, probes
 from prober.core.config import (
     POLICY_KEYS,
-    Bus,
     Config,
     Target,
     config_path,
@@ -142,10 +141,10 @@ def _load(config_file: str | None, user: bool = False, *, uses_files: bool = Tru
     config = load_config(config_path(config_file, os.environ), insecure=insecure,
                          environ=os.environ if uses_files else None)
     if user:
+        from prober.actuators.systemd import on_user_manager
+
         config = dataclasses.replace(config, targets=tuple(
-            dataclasses.replace(t, policy=dataclasses.replace(t.policy, bus=Bus.USER))
-            for t in config.targets
-        ))
+            on_user_manager(t) for t in config.targets))
     return config
 
 
@@ -176,14 +175,9 @@ def _check_names(config: Config, names: Sequence[str]) -> None:
 
 
 def _actuator_factory() -> Callable[[], Actuator]:
-    def make() -> Actuator:
-        from prober.actuators.systemd import (
-            SystemdActuator,  # D-Bus only costs when a restart is near
-        )
+    from prober.core.actuator import PerTarget
 
-        return SystemdActuator()
-
-    return make
+    return PerTarget
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -407,7 +401,8 @@ def validate(config_file: str | None) -> int:
     config = _load(config_file)
     click.echo(f"{config.path}: OK, {len(config.targets)} target(s)")
     for target in config.targets:
-        unit = f"restarts {target.unit}" if target.unit else "no unit: monitor only"
+        unit = f"restarts {target.unit}{_through(target)}" if target.unit else \
+            "no unit: monitor only"
         deps = f", depends on {', '.join(target.depends_on)}" if target.depends_on else ""
         click.echo(f"  {target.name}: {target.kind.name} {target.endpoint} ({unit}{deps})")
         settings = _settings(target)
@@ -418,6 +413,14 @@ def validate(config_file: str | None) -> int:
     for where, key, file in credential_files(config):
         click.echo(f"  {where}: {_file_now(key, file)}")
     return 0
+
+
+def _through(target: Target) -> str:
+    """The actuator that restarts a target, where it is not the first one (systemd)."""
+    from prober.core.actuator import actuator_of, registered
+
+    actuator = actuator_of(target)
+    return "" if actuator is registered()[0] else f" through {actuator.name}"
 
 
 def _file_now(key: Key, file: NamedFile) -> str:
@@ -466,6 +469,10 @@ def _settings(target: Target) -> str:
         value = getattr(target.policy, key.name)
         if value != getattr(builtin, key.name):
             pairs.append(f"{key.name} {describe_value(key, value)}")
+    actuation = dict(target.actuation)
+    for key in key_tables().actuators.values():
+        if key.name in actuation and describe_value(key, actuation[key.name]) != key.default:
+            pairs.append(f"{key.name} {describe_value(key, actuation[key.name])}")
     spec = target.probe
     defaults = {f.name: f.default for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
     for key in target.kind.keys:

@@ -18,8 +18,8 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from prober.actuators.systemd import normalize_unit
 from prober.core.errors import SystemdError
-from prober.core.keys import normalize_unit
 from prober.core.text import one_line, reason
 
 MAX_UNITS = 2000

@@ -18,6 +18,7 @@ import sys
 import click
 
 from prober import __version__
+from prober.actuators import ACTUATORS
 from prober.core.config import NOTIFY_KEYS, POLICY_KEYS, TARGET_KEYS, TOP_KEYS
 from prober.core.keys import Key
 from prober.probes import KINDS
@@ -256,6 +257,12 @@ def render_config(date: datetime.date, version: str = __version__) -> str:
     ]
     for kind in KINDS:
         out += [f'.SS "{escape(kind.name)}"', *_keys(kind.keys, marks_defaults=True)]
+    out += ['.SH "ACTUATOR KEYS"',
+            "What restarts a target, named by one actuator's key in its [[target]] table (none: "
+            "monitored only); those marked so also in [defaults], its top-level keys at the top."]
+    for actuator in ACTUATORS:
+        out += [f'.SS "{escape(actuator.name)}"',
+                *_keys((*actuator.keys, *actuator.top_keys), marks_defaults=True)]
     out += [
         '.SH "POLICY KEYS"',
         "When a target's unit is restarted: in [defaults] or per target.",

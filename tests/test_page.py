@@ -4,6 +4,7 @@ loopback, and the tests read the DOM it built (see tests/support/statuspage.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
@@ -23,6 +24,7 @@ from tests.support.statuspage import (
     PROFILE_PREFIX,
     Dom,
     dump_dom,
+    laid_out,
     load_page,
     page_dom,
     pids_using,
@@ -337,3 +339,18 @@ def test_the_memory_users_of_an_outage_are_on_its_card(four_am: Dom) -> None:
     html = page.render(replace(after_run, report=report), hostname="h")
     assert '<p id="memory-users" class="flag-warning">largest memory users: ' \
         "mastodon-sidekiq.service 3.0 GiB</p>" in html
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_one_row_per_target_without_overflow_on_a_phone_and_a_desktop(browser: str,
+                                                                       width: int) -> None:
+    """At a phone's width and a desktop's, nothing is wider than the screen, each target is
+    one row, full width, rows stacked worst first, and a desktop shows a screenful of them."""
+    layout = run(laid_out(_four_am(), width))
+    assert layout["scrolled"] <= layout["viewport"] == width
+    rows = layout["rows"]
+    assert [r["name"] for r in rows][:3] == ["web", "caddy", "sidekiq"]
+    assert all(r["right"] <= width for r in rows)
+    assert all(a["bottom"] <= b["top"] for a, b in itertools.pairwise(rows))
+    if width >= 1000:
+        assert all(r["bottom"] - r["top"] < 200 for r in rows)

@@ -520,8 +520,8 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
-main,footer{max-width:1000px;margin:0 auto;padding:0 16px}
-header{max-width:968px;margin:12px auto 0;padding:12px 16px;background:var(--card);
+main,footer{max-width:1240px;margin:0 auto;padding:0 16px}
+header{max-width:1208px;margin:12px auto 0;padding:12px 16px;background:var(--card);
 border:1px solid var(--line);border-left:8px solid var(--unknown);border-radius:6px}
 header h1{margin:0 0 4px;font-size:22px}
 header p{margin:2px 0}
@@ -533,8 +533,16 @@ background:var(--unknown)}
 .s-ok>h1 .badge,.s-ok>h2 .badge{background:var(--ok)}
 .target.paused>h2 .badge{background:var(--pause)}
 .target{background:var(--card);border:1px solid var(--line);border-left:8px solid
-var(--unknown);border-radius:6px;padding:10px 14px;margin:12px 0}
-.target h2{margin:0;font-size:18px}
+var(--unknown);border-radius:6px;padding:6px 12px;margin:6px 0;display:grid;
+grid-template-columns:minmax(0,13em) minmax(0,1fr) minmax(0,16em);gap:2px 14px;
+align-items:start}
+.target>h2{grid-column:1;grid-row:1}
+.target>.endpoint{grid-column:1;grid-row:2;margin:0}
+.target>dl{grid-column:2;grid-row:1/span 3}
+.target>.timeline{grid-column:3;grid-row:1/span 3;margin-top:0}
+@media (max-width:760px){.target{grid-template-columns:minmax(0,1fr)}
+.target>h2,.target>.endpoint,.target>dl,.target>.timeline{grid-column:1;grid-row:auto}}
+.target h2{margin:0;font-size:17px;overflow-wrap:anywhere}
 .s-critical{border-left-color:var(--crit)} .s-warning{border-left-color:var(--warn)}
 .s-ok{border-left-color:var(--ok)} .s-unknown{border-left-color:var(--unknown)}
 .target.paused{border-left-color:var(--pause)}

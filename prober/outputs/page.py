@@ -534,12 +534,11 @@ background:var(--unknown)}
 .target.paused>h2 .badge{background:var(--pause)}
 .target{background:var(--card);border:1px solid var(--line);border-left:8px solid
 var(--unknown);border-radius:6px;padding:6px 12px;margin:6px 0;display:grid;
-grid-template-columns:minmax(0,13em) minmax(0,1fr) minmax(0,16em);gap:2px 14px;
-align-items:start}
+grid-template-columns:minmax(0,13em) minmax(0,1fr);gap:2px 14px;align-items:start}
 .target>h2{grid-column:1;grid-row:1}
-.target>.endpoint{grid-column:1;grid-row:2;margin:0}
-.target>dl{grid-column:2;grid-row:1/span 3}
-.target>.timeline{grid-column:3;grid-row:1/span 3;margin-top:0}
+.target>.endpoint{grid-column:1;grid-row:2/span 2;margin:0}
+.target>dl{grid-column:2;grid-row:1/span 2}
+.target>.timeline{grid-column:2;grid-row:3;margin-top:2px}
 @media (max-width:760px){.target{grid-template-columns:minmax(0,1fr)}
 .target>h2,.target>.endpoint,.target>dl,.target>.timeline{grid-column:1;grid-row:auto}}
 .target h2{margin:0;font-size:17px;overflow-wrap:anywhere}

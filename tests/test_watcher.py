@@ -540,7 +540,8 @@ def test_watch_never_restarts_a_target_that_refuses_for_a_second(tmp_path: Path)
 def test_a_rejected_reload_is_on_metrics_until_a_reload_loads(tmp_path: Path,
                                                              web: Server) -> None:
     """The real watcher's /metrics says its last reload loaded (1, and when), a rejected one
-    (0, the time of the last good load kept), and a good one again (1, a later time)."""
+    (0, the time of the last good load kept; its page has the banner), and a good one again
+    (1, a later time)."""
     import httpx
 
     config = tmp_path / "prober.toml"
@@ -565,6 +566,7 @@ def test_a_rejected_reload_is_on_metrics_until_a_reload_loads(tmp_path: Path,
         os.kill(watcher.pid, signal.SIGHUP)
         systemd.until("STATUS=reload failed")
         rejected, kept = reload_series()
+        page = httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).text
         config.write_text(good)
         os.kill(watcher.pid, signal.SIGHUP)
         systemd.until("STATUS=reloaded")
@@ -578,3 +580,4 @@ def test_a_rejected_reload_is_on_metrics_until_a_reload_loads(tmp_path: Path,
         systemd.close()
     assert (loaded, rejected, again) == (1.0, 0.0, 1.0)
     assert kept == started and later > started
+    assert '<p id="reload" class="flag-critical">the config reload was rejected: ' in page

@@ -184,6 +184,53 @@ def test_down_without_systemd_is_critical_and_says_why(prober: Prober) -> None:
     assert "cannot ask systemd about web.service" in target["action_reason"]
 
 
+def test_the_text_table_keeps_the_cause_beside_the_action(prober: Prober) -> None:
+    """At the threshold with no way to reach systemd, the text table's row says the probe's
+    reason first, then what prober could not do."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"\nunit = "web"',
+                         defaults="failure_threshold = 1"))
+    run = prober("check")
+    assert run.code == 2
+    row = next(line for line in run.out.splitlines() if line.startswith("web "))
+    assert "connection refused; unit-unknown: cannot ask systemd about web.service" in row
+
+
+def test_the_nagios_line_stays_short_with_many_long_failures(prober: Prober, web: Server
+                                                             ) -> None:
+    """Many failing targets with long reasons: one clipped reason per target as room allows,
+    then `+N more`, all within about 200 characters before the perfdata."""
+    port = refused_port()
+    failing = [f'name = "backend-{n:02d}-{"x" * 50}"\nurl = "http://127.0.0.1:{port}/"'
+               for n in range(12)]
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"', *failing,
+                         defaults='confirm_interval = "0s"'))
+    run = prober("check", "--format", "nagios")
+    assert run.code == 1
+    (line,) = run.out.strip().splitlines()
+    status, perfdata = line.split(" | ")
+    assert len(status) <= 200, status
+    assert status.startswith("PROBER WARNING - backend-00-x")
+    shown = status.removeprefix("PROBER WARNING - ").split("; ")
+    assert shown[-2:] == ["+10 more", "ok: web"]
+    assert [p[:14] for p in shown[:-2]] == ["backend-00-xxx", "backend-01-xxx"]
+    assert all(len(p) <= 80 and p.endswith("...") for p in shown[:-2])
+    assert len(perfdata.split(" ")) == 13
+
+
+def test_the_nagios_line_gives_each_failing_target_its_reason(prober: Prober) -> None:
+    """Two failing targets: each with the probe's own reason."""
+    port = refused_port()
+    with serve(answer(500, b"oops")) as broken:
+        prober.write(_config(f'name = "api"\nurl = "http://127.0.0.1:{port}/"',
+                             f'name = "site"\nurl = "{broken.url("/")}"',
+                             defaults='confirm_interval = "0s"'))
+        run = prober("check", "--format", "nagios")
+    status = run.out.split(" | ")[0]
+    assert status == ("PROBER WARNING - api failing 1/3: connection refused; "
+                      "site failing 1/3: status 500, expected 2xx")
+
+
 def test_monitor_only_target_is_critical_at_threshold(prober: Prober) -> None:
     """A target without a unit reaching its threshold is critical with action no-unit."""
     port = refused_port()
@@ -549,7 +596,7 @@ def test_nagios_format(prober: Prober, web: Server) -> None:
     assert run.code == 1
     (line,) = run.out.strip().splitlines()
     status, perfdata = line.split(" | ")
-    assert status.startswith("PROBER WARNING - api failing (none: failing 1/3")
+    assert status.startswith("PROBER WARNING - api failing 1/3: connection refused")
     assert status.endswith("ok: web")
     labels = [p.split("=")[0] for p in perfdata.split(" ")]
     assert labels == ["'web'", "'api'"]
@@ -839,8 +886,7 @@ def test_a_missing_env_file_is_a_prober_fault_in_every_output(prober: Prober,
     assert text.code == 1 and "prober-fault" in text.out and "WARNING: 1 warning" in text.out
     nagios = prober("check", "--format", "nagios")
     assert nagios.code == 1
-    assert nagios.out.startswith("PROBER WARNING - redis unknown (prober-fault: prober's own "
-                                 f"fault, not the target's: env_file {missing}")
+    assert nagios.out.startswith("PROBER WARNING - redis unknown (prober-fault): env_file ")
     assert f"target=redis: not judged, a prober fault: env_file {missing}: no such file" in \
         text.err
     status = prober("status")

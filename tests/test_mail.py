@@ -25,8 +25,9 @@ AT = 1_765_000_000.0
 
 
 def _event(event: NotifyEvent, target: str = "caddy", reason: str = "connection refused",
-           unit: str | None = "caddy.service", at: float = AT) -> dict[str, Any]:
-    return event_payload(event, target, unit, reason, at)
+           unit: str | None = "caddy.service", at: float = AT, cause: str | None = None
+           ) -> dict[str, Any]:
+    return event_payload(event, target, unit, reason, at, cause)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,10 @@ def _event(event: NotifyEvent, target: str = "caddy", reason: str = "connection 
                       _event(NotifyEvent.GIVEN_UP, reason="3 restarts did not help")],
                      f"[prober] caddy given up on {HOST}: 3 restarts did not help (+1 more)",
                      id="given-up-is-worst"),
+        pytest.param([_event(NotifyEvent.RESTART_FAILED, cause="no connection within 2s",
+                             reason="systemd refused")],
+                     f"[prober] caddy restart failed on {HOST}: no connection within 2s; "
+                     "systemd refused", id="the-cause-before-the-action"),
         pytest.param([_event(NotifyEvent.RECOVERED, reason="")],
                      f"[prober] caddy recovered on {HOST}", id="no-reason"),
         pytest.param([_event(NotifyEvent.DOWN, reason="bad\r\nBcc: x@example.org")],
@@ -59,13 +64,14 @@ def test_subject_names_the_worst_event(events: list[dict[str, Any]], expected: s
 
 def test_body_lists_every_event_and_the_memory_users() -> None:
     """The body has one line per event, oldest first, and the memory users the run named."""
-    events = [_event(NotifyEvent.DOWN), _event(NotifyEvent.RESTART, reason="restarted", at=AT + 2)]
+    events = [_event(NotifyEvent.DOWN), _event(NotifyEvent.RESTART, reason="restarted", at=AT + 2,
+                                               cause="connection refused")]
     events[0]["top_memory"] = [{"name": "sidekiq.service", "bytes": 3 << 30}]
     text = body(events, HOST)
     assert text.splitlines()[:4] == [
         f"prober on {HOST}: 2 events in this run.", "",
         "2025-12-06 05:46:40 UTC  caddy (caddy.service) down: connection refused",
-        "2025-12-06 05:46:42 UTC  caddy (caddy.service) restarted: restarted",
+        "2025-12-06 05:46:42 UTC  caddy (caddy.service) restarted: connection refused; restarted",
     ]
     assert "the largest memory users: sidekiq.service (3072 MiB)" in text
 

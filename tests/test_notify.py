@@ -18,7 +18,8 @@ import pytest
 
 from prober.core.config import Notify, NotifyEvent, parse_config
 from prober.core.errors import ConfigError
-from prober.outputs.notify import deliver, event_payload
+from prober.core.tracker import Change, Event, Transition
+from prober.outputs.notify import deliver, event_payload, payloads
 from tests.support.servers import Server, answer, flaky, serve, serving
 
 
@@ -111,6 +112,24 @@ def test_down_and_recovered_events_reach_webhook_and_command(tmp_path: Path,
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert [e["event"] for e in events] == ["down", "recovered"]
     assert "t0ken" not in first.stderr + second.stderr + first.stdout + second.stdout
+
+
+@pytest.mark.parametrize(
+    ("event", "cause"),
+    [(Event.DOWN, None), (Event.RESTART, "no connection within 2s"),
+     (Event.RESTART_FAILED, "no connection within 2s"),
+     (Event.GIVEN_UP, "no connection within 2s"), (Event.RECOVERED, None)],
+)
+def test_an_action_carries_the_probe_reason_beside_its_own(event: Event, cause: str | None
+                                                            ) -> None:
+    """A restart, a failed one or giving up carries the probe's reason as `cause` beside its
+    own `reason`; a down's reason is already the probe's, a recovery has none to carry."""
+    config = parse_config({"target": [{"name": "caddy", "url": "http://127.0.0.1:1/",
+                                       "unit": "caddy.service"}]})
+    change = Change("caddy", Transition(1.0, event, "what prober did"))
+    (payload,) = payloads([change], config, {"caddy": "no connection within 2s"})
+    assert (payload["event"], payload["cause"], payload["reason"]) == \
+        (event.value, cause, "what prober did")
 
 
 @pytest.mark.parametrize("problem", ["missing", "world-writable"])

@@ -4,6 +4,7 @@ loopback, and the tests read the DOM it built (see tests/support/statuspage.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
@@ -13,8 +14,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from prober.core.runs import Snapshot
-from prober.core.tracker import Event, Transition
+from prober.core.psi import MemoryUser
+from prober.core.runs import ConfigReload, Snapshot
+from prober.core.tracker import Event, Health, Transition
 from prober.outputs import page
 from tests.support import snapshots
 from tests.support.programs import CHROMIUM, require_program
@@ -22,6 +24,7 @@ from tests.support.statuspage import (
     PROFILE_PREFIX,
     Dom,
     dump_dom,
+    laid_out,
     load_page,
     page_dom,
     pids_using,
@@ -30,6 +33,7 @@ from tests.support.statuspage import (
 )
 
 pytestmark = pytest.mark.timeout(120)
+HOUR = 3600.0
 
 T = TypeVar("T")
 
@@ -277,3 +281,76 @@ def test_the_page_refers_to_no_external_asset() -> None:
         assert references.fetched == []
         assert not re.search(r"url\s*\(|@import", html, re.IGNORECASE)
         assert sorted(references.links) == ["metrics", "status.json"]
+
+
+def _four_am() -> Snapshot:
+    """The sample host with caddy down too, blamed on web it depends on, a memory hog named
+    when caddy went down, and the last reload rejected."""
+    base = snapshots.snapshot(with_report=False)
+    caddy = replace(
+        base.state.targets["caddy"], health=Health.DOWN, since=snapshots.NOW - 0.7 * HOUR,
+        down_since=snapshots.NOW - 0.7 * HOUR, consecutive_failures=84, last_ok=False,
+        last_reason="status 502, expected 2xx",
+        history=(Transition(snapshots.NOW - 0.7 * HOUR, Event.DOWN, "status 502, expected 2xx",
+                            (MemoryUser("mastodon-sidekiq.service", 3 << 30),)),))
+    state = replace(base.state, targets={**base.state.targets, "caddy": caddy})
+    reload = ConfigReload(successful=False, last_success_at=snapshots.NOW - 2 * HOUR,
+                          error='/etc/prober/prober.toml: target "x": url: missing')
+    return replace(base, state=state, reload=reload)
+
+
+@pytest.fixture(scope="module")
+def four_am(browser: str) -> Dom:
+    return Dom(run(dump_dom(_four_am())))
+
+
+def test_the_root_cause_sits_above_what_it_broke(four_am: Dom) -> None:
+    """caddy, down because web (its dependency) is down, comes right under web, though the
+    config lists it first."""
+    assert list(four_am.targets)[:3] == ["web", "caddy", "sidekiq"]
+
+
+def test_a_failing_target_has_its_next_step(browser: str) -> None:
+    """A down target's card says where to look: its unit's journal since the outage began."""
+    dom = Dom(run(dump_dom(snapshots.snapshot(with_report=False))))
+    assert ('next stepjournalctl -u mastodon-web.service --since "2025-11-29 03:30:00 UTC"'
+            in dom.card_text["web"])
+    assert "next step" not in dom.card_text["redis"] + dom.card_text["streaming"]
+
+
+def test_a_rejected_reload_is_a_banner_and_stops_the_next_step(four_am: Dom) -> None:
+    """After a rejected reload the header says so, with the error and the config in force, and
+    a failing target's next step is that restarts are not possible."""
+    assert four_am.text_of["reload"] == (
+        'the config reload was rejected: /etc/prober/prober.toml: target "x": url: missing; '
+        "running the config loaded 02:12 UTC (2 h ago)")
+    assert "next steprestarts are not possible: the config does not load" in \
+        four_am.card_text["caddy"]
+
+
+def test_the_memory_users_of_an_outage_are_on_its_card(four_am: Dom) -> None:
+    """The largest memory users named when caddy went down are on caddy's card; a run's are in
+    the header."""
+    assert "largest users then: mastodon-sidekiq.service 3.0 GiB" in four_am.card_text["caddy"]
+    after_run = snapshots.snapshot()
+    assert after_run.report is not None
+    report = replace(after_run.report,
+                     top_memory=(MemoryUser("mastodon-sidekiq.service", 3 << 30),))
+    html = page.render(replace(after_run, report=report), hostname="h")
+    assert '<p id="memory-users" class="flag-warning">largest memory users: ' \
+        "mastodon-sidekiq.service 3.0 GiB</p>" in html
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_one_row_per_target_without_overflow_on_a_phone_and_a_desktop(browser: str,
+                                                                       width: int) -> None:
+    """At a phone's width and a desktop's, nothing is wider than the screen, each target is
+    one row, full width, rows stacked worst first, and a desktop shows a screenful of them."""
+    layout = run(laid_out(_four_am(), width))
+    assert layout["scrolled"] <= layout["viewport"] == width
+    rows = layout["rows"]
+    assert [r["name"] for r in rows][:3] == ["web", "caddy", "sidekiq"]
+    assert all(r["right"] <= width for r in rows)
+    assert all(a["bottom"] <= b["top"] for a, b in itertools.pairwise(rows))
+    if width >= 1000:
+        assert all(r["bottom"] - r["top"] < 200 for r in rows)

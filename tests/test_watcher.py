@@ -536,3 +536,49 @@ def test_watch_never_restarts_a_target_that_refuses_for_a_second(tmp_path: Path)
             if isinstance(report, RunReport)] == [False, True]
     assert _actions(reports) == ["none", "none"] and actuator.restarted == []
     assert watcher.state.get("caddy").health.value == "healthy"
+
+
+def test_a_rejected_reload_is_on_metrics_until_a_reload_loads(tmp_path: Path,
+                                                             web: Server) -> None:
+    """The real watcher's /metrics says its last reload loaded (1, and when), a rejected one
+    (0, the time of the last good load kept; its page has the banner), and a good one again
+    (1, a later time)."""
+    import httpx
+
+    config = tmp_path / "prober.toml"
+    port = free_port()
+    good = (f'listen = "127.0.0.1:{port}"\n[[target]]\nname = "web"\n'
+            f'url = "{web.url("/health")}"\n')
+    config.write_text(good)
+    systemd = NotifySocket(tmp_path / "notify")
+    watcher = watch_process(config, tmp_path / "state.json", systemd.path, "--interval", "1s")
+
+    def reload_series() -> tuple[float, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+        values = dict(line.split(" ") for line in text.splitlines()
+                      if line.startswith("prober_config_last_reload_"))
+        return (float(values["prober_config_last_reload_successful"]),
+                float(values["prober_config_last_reload_success_timestamp_seconds"]))
+
+    try:
+        systemd.until("STATUS=last run OK")
+        loaded, started = reload_series()
+        config.write_text("[[target]]\nname = 'broken'\n")
+        os.kill(watcher.pid, signal.SIGHUP)
+        systemd.until("STATUS=reload failed")
+        rejected, kept = reload_series()
+        page = httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).text
+        config.write_text(good)
+        os.kill(watcher.pid, signal.SIGHUP)
+        systemd.until("STATUS=reloaded")
+        again, later = reload_series()
+        watcher.terminate()
+        assert watcher.wait(timeout=10) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        watcher.communicate(timeout=10)
+        systemd.close()
+    assert (loaded, rejected, again) == (1.0, 0.0, 1.0)
+    assert kept == started and later > started
+    assert '<p id="reload" class="flag-critical">the config reload was rejected: ' in page

@@ -129,6 +129,16 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class ConfigReload:
+    """The watcher's config: whether its last reload loaded, and when a config last did. A
+    rejected reload leaves the watcher on the config it had, `error` saying why."""
+
+    successful: bool
+    last_success_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the watcher knows between runs, as every output (metrics, `/status.json`, the status
     page) renders it: the config, the state, the last run's report (None before the first run)
@@ -138,6 +148,7 @@ class Snapshot:
     state: State
     report: RunReport | None
     now: float
+    reload: ConfigReload | None = None  # the watcher's; a one-shot run has no reload
 
     @classmethod
     def after_run(cls, config: Config, report: RunReport, now: float) -> Snapshot:

@@ -55,8 +55,9 @@ def subject(payloads: Sequence[Mapping[str, Any]], host: str) -> str:
     worst = min(payloads, key=lambda p: _SEVERITY.index(NotifyEvent(p["event"])))
     word = _WORDS[NotifyEvent(worst["event"])]
     text = f"[prober] {worst['target']} {word} on {host}"
-    if worst["reason"]:
-        text += f": {clip(worst['reason'], SUBJECT_REASON_MAX)}"
+    why = _why(worst)
+    if why:
+        text += f": {clip(why, SUBJECT_REASON_MAX)}"
     if len(payloads) > 1:
         text += f" (+{len(payloads) - 1} more)"
     return one_line(text)
@@ -84,8 +85,14 @@ def _line(payload: Mapping[str, Any]) -> str:
     at = utc(payload["at"])
     unit = f" ({payload['unit']})" if payload["unit"] else ""
     word = _WORDS[NotifyEvent(payload["event"])]
-    why = f": {clip(payload['reason'], 300)}" if payload["reason"] else ""
+    said = _why(payload)
+    why = f": {clip(said, 300)}" if said else ""
     return f"{at}  {payload['target']}{unit} {word}{why}"
+
+
+def _why(payload: Mapping[str, Any]) -> str:
+    """The probe's reason first, then what prober did or could not do."""
+    return "; ".join(filter(None, (payload.get("cause"), payload["reason"])))
 
 
 def compose(payloads: Sequence[Mapping[str, Any]], envelope: Envelope,

@@ -12,7 +12,8 @@ for targets whose last result has a verified certificate,
 `prober_tls_not_after_timestamp_seconds`. For the host and the run:
 `prober_last_run_timestamp_seconds`, `prober_interval_seconds`, `prober_run_deadline_seconds`,
 `prober_run_status`, `prober_memory_pressure_some_avg10` and
-`prober_pressure_threshold_percent`.
+`prober_pressure_threshold_percent`; for the watcher, `prober_config_last_reload_successful`
+and `prober_config_last_reload_success_timestamp_seconds` (Prometheus's own names).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ HELP = {
     "prober_pressure_threshold_percent": "The config's default pressure_threshold: memory "
                                          "some avg10 (percent) from which restarts are held "
                                          "back; 0 disables.",
+    "prober_config_last_reload_successful": "1 if the watcher's last config reload loaded, 0 if "
+                                            "it was rejected (the watcher runs on the config "
+                                            "it had).",
+    "prober_config_last_reload_success_timestamp_seconds": "When the watcher last loaded its "
+                                                           "config, in seconds since the "
+                                                           "epoch.",
 }
 
 
@@ -158,6 +165,11 @@ def _run_families(snapshot: Snapshot) -> Iterator[Metric]:
         if report.pressure is not None:
             yield _gauge("prober_memory_pressure_some_avg10", report.pressure.some_avg10)
     yield _gauge("prober_pressure_threshold_percent", pressure_threshold(config))
+    if snapshot.reload is not None:
+        yield _gauge("prober_config_last_reload_successful",
+                     1 if snapshot.reload.successful else 0)
+        yield _gauge("prober_config_last_reload_success_timestamp_seconds",
+                     snapshot.reload.last_success_at)
 
 
 def families(snapshot: Snapshot) -> list[Metric]:

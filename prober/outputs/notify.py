@@ -31,24 +31,30 @@ _MAX_BACKOFF = 2.0
 
 
 def event_payload(event: NotifyEvent, target: str, unit: str | None, reason: str,
-                  at: float, **extra: Any) -> dict[str, Any]:
-    return {"event": event.value, "target": target, "unit": unit, "reason": reason, "at": at,
-            "host": socket.gethostname(), **extra}
+                  at: float, cause: str | None = None, **extra: Any) -> dict[str, Any]:
+    """`cause` is the probe's reason behind an action (a restart, a failed one, giving up),
+    whose `reason` says what prober did or could not do."""
+    return {"event": event.value, "target": target, "unit": unit, "cause": cause,
+            "reason": reason, "at": at, "host": socket.gethostname(), **extra}
 
 
 _NOTIFIED = {event.value: event for event in NotifyEvent}
+_ACTIONS = (NotifyEvent.RESTART, NotifyEvent.RESTART_FAILED, NotifyEvent.GIVEN_UP)
 
 
-def payloads(changes: Sequence[Change], config: Config, **extra: Any) -> list[dict[str, Any]]:
-    """The JSON payloads of the changes that are notification events."""
+def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str] | None = None,
+             **extra: Any) -> list[dict[str, Any]]:
+    """The JSON payloads of the changes that are notification events; `causes` are this run's
+    probe reasons by target, set beside the actions taken on them."""
     units = {t.name: t.unit for t in config.targets}
     out = []
     for change in changes:
         event = _NOTIFIED.get(change.event.value)
         if event is not None:
             entry = change.transition
+            cause = (causes or {}).get(change.target) if event in _ACTIONS else None
             out.append(event_payload(event, change.target, units.get(change.target),
-                                     entry.reason, entry.at, **extra))
+                                     entry.reason, entry.at, cause or None, **extra))
     return out
 
 

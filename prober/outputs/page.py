@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from html import escape
 
 from prober.core.policy import starves
-from prober.core.runs import RunReport, Snapshot, Status, pressure_threshold, worst
+from prober.core.psi import describe_users
+from prober.core.runs import (
+    ConfigReload,
+    RunReport,
+    Snapshot,
+    Status,
+    pressure_threshold,
+    worst,
+)
 from prober.core.text import redact_url, utc
 from prober.core.tracker import Event, Health, TargetState, Transition
 from prober.core.view import TargetView, views
@@ -109,7 +117,50 @@ def _cards(snapshot: Snapshot) -> list[_Card]:
                    3 if view.paused and view.status is not Status.CRITICAL else
                    _RANK[view.status])
              for view in views(snapshot)]
-    return sorted(cards, key=lambda card: card.rank)  # stable: config order within a rank
+    ranked = sorted(cards, key=lambda card: card.rank)  # stable: config order within a rank
+    return _causes_first(ranked)
+
+
+def _causes_first(cards: Sequence[_Card]) -> list[_Card]:
+    """Each failing target whose dependency fails too right under that dependency: the root
+    cause above what it broke."""
+    failing = {card.view.target.name for card in cards if card.view.health.is_failing}
+    under: dict[str, list[_Card]] = {}
+    for card in cards:
+        cause = _failing_dependency(card.view, failing)
+        if cause is not None:
+            under.setdefault(cause, []).append(card)
+    placed = {id(card) for below in under.values() for card in below}
+    ordered: list[_Card] = []
+
+    def place(card: _Card) -> None:
+        ordered.append(card)
+        for below in under.get(card.view.target.name, []):
+            place(below)
+
+    for card in cards:
+        if id(card) not in placed:
+            place(card)
+    return ordered
+
+
+def _failing_dependency(view: TargetView, failing: set[str]) -> str | None:
+    if not view.health.is_failing:
+        return None
+    return next((name for name in view.target.depends_on if name in failing), None)
+
+
+def next_step(view: TargetView, reload: ConfigReload | None) -> str | None:
+    """What to do first about a failing target: read its unit's journal from the start of
+    the outage, unless restarts cannot happen at all because the config does not load."""
+    if not view.health.is_failing or view.paused:
+        return None
+    if reload is not None and not reload.successful:
+        return "restarts are not possible: the config does not load"
+    began = view.down_since or view.since
+    if view.target.unit is None or began is None:
+        return None
+    return f'journalctl -u {view.target.unit} --since "{utc(began)}"'
 
 
 def _health_line(view: TargetView, now: float) -> str:
@@ -149,13 +200,20 @@ def _restart_line(view: TargetView, now: float) -> str:
     return text
 
 
-def _facts(view: TargetView, now: float) -> list[tuple[str, str, str]]:
+def _facts(view: TargetView, now: float, reload: ConfigReload | None
+           ) -> list[tuple[str, str, str]]:
     """(label, text, css class) lines of a target's card."""
     lines = [("health", _health_line(view, now), ""),
              ("last result", _result_line(view, now), "")]
     if view.did:
         lines.append(("this run", view.did, "flag-critical" if view.status is Status.CRITICAL
                       else ""))
+    step = next_step(view, reload)
+    if step is not None:
+        lines.append(("next step", step, "next-step"))
+    if view.culprit:
+        lines.append(("memory", f"largest users then: {describe_users(view.culprit)}",
+                      "flag-warning"))
     if view.pause is not None:
         why = view.pause.reason or "no reason given"
         lines.append(("paused", f"until {_when(view.pause.until, now)}: {why}", "flag-paused"))
@@ -167,13 +225,13 @@ def _facts(view: TargetView, now: float) -> list[tuple[str, str, str]]:
     return lines
 
 
-def _card_html(card: _Card, now: float) -> str:
+def _card_html(card: _Card, now: float, reload: ConfigReload | None) -> str:
     view = card.view
     target = view.target
     unit = _e(target.unit) if target.unit else "monitor only"
     facts = "".join(
         f'<div class="fact {css}"><dt>{_e(label)}</dt><dd>{_e(text)}</dd></div>'
-        for label, text, css in _facts(view, now))
+        for label, text, css in _facts(view, now, reload))
     return (
         f'<section class="target s-{view.status.value}{" paused" if view.paused else ""}" '
         f'id="target-{_e(target.name)}" data-target="{_e(target.name)}" '
@@ -385,6 +443,23 @@ def _pressure_line(snapshot: Snapshot) -> tuple[str, bool]:
             f"{pressure.full_avg10:.1f}% of the last 10 s ({limit})"), high
 
 
+def _memory_users(snapshot: Snapshot) -> str:
+    report = snapshot.report
+    if report is None or not report.top_memory:
+        return ""
+    return (f'<p id="memory-users" class="flag-warning">largest memory users: '
+            f"{_e(describe_users(report.top_memory))}</p>")
+
+
+def _reload_banner(snapshot: Snapshot) -> str:
+    reload, now = snapshot.reload, snapshot.now
+    if reload is None or reload.successful:
+        return ""
+    return (f'<p id="reload" class="flag-critical">the config reload was rejected: '
+            f"{_e(reload.error or 'no reason given')}; running the config loaded "
+            f"{_e(_when(reload.last_success_at, now))}</p>")
+
+
 def _counts(cards: Iterable[_Card]) -> str:
     counts: dict[str, int] = {}
     for card in cards:
@@ -427,8 +502,8 @@ def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:
         f'<p id="counts">{_e(_counts(cards))} of {len(cards)} targets</p>'
         f'<p id="last-run" class="{"flag-critical" if stale else ""}">{_e(last_run)}</p>'
         f'<p id="pressure" class="{"flag-warning" if high else ""}">{_e(pressure)}</p>'
-        f"{state_error}</header><main>"
-        + "".join(_card_html(card, now) for card in cards)
+        f"{state_error}{_memory_users(snapshot)}{_reload_banner(snapshot)}</header><main>"
+        + "".join(_card_html(card, now, snapshot.reload) for card in cards)
         + f"</main><footer>{_legend()}<p>Times in UTC; rendered {_e(_clock(now, now))}; "
         f"reloads every {refresh} s. Also: <a href=\"status.json\">status.json</a>, "
         '<a href="metrics">metrics</a>.</p></footer></body></html>\n'
@@ -445,8 +520,8 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
-main,footer{max-width:1000px;margin:0 auto;padding:0 16px}
-header{max-width:968px;margin:12px auto 0;padding:12px 16px;background:var(--card);
+main,footer{max-width:1240px;margin:0 auto;padding:0 16px}
+header{max-width:1208px;margin:12px auto 0;padding:12px 16px;background:var(--card);
 border:1px solid var(--line);border-left:8px solid var(--unknown);border-radius:6px}
 header h1{margin:0 0 4px;font-size:22px}
 header p{margin:2px 0}
@@ -458,8 +533,15 @@ background:var(--unknown)}
 .s-ok>h1 .badge,.s-ok>h2 .badge{background:var(--ok)}
 .target.paused>h2 .badge{background:var(--pause)}
 .target{background:var(--card);border:1px solid var(--line);border-left:8px solid
-var(--unknown);border-radius:6px;padding:10px 14px;margin:12px 0}
-.target h2{margin:0;font-size:18px}
+var(--unknown);border-radius:6px;padding:6px 12px;margin:6px 0;display:grid;
+grid-template-columns:minmax(0,13em) minmax(0,1fr);gap:2px 14px;align-items:start}
+.target>h2{grid-column:1;grid-row:1}
+.target>.endpoint{grid-column:1;grid-row:2/span 2;margin:0}
+.target>dl{grid-column:2;grid-row:1/span 2}
+.target>.timeline{grid-column:2;grid-row:3;margin-top:2px}
+@media (max-width:760px){.target{grid-template-columns:minmax(0,1fr)}
+.target>h2,.target>.endpoint,.target>dl,.target>.timeline{grid-column:1;grid-row:auto}}
+.target h2{margin:0;font-size:17px;overflow-wrap:anywhere}
 .s-critical{border-left-color:var(--crit)} .s-warning{border-left-color:var(--warn)}
 .s-ok{border-left-color:var(--ok)} .s-unknown{border-left-color:var(--unknown)}
 .target.paused{border-left-color:var(--pause)}
@@ -472,6 +554,7 @@ dt{color:var(--muted)} dd{margin:0;overflow-wrap:anywhere}
 .flag-critical{color:var(--crit);font-weight:600}
 .flag-warning{color:var(--warn);font-weight:600}
 .flag-paused{color:var(--pause);font-weight:600}
+.next-step dd{font-family:ui-monospace,monospace;font-size:14px}
 .timeline{display:block;width:100%;height:auto;margin-top:8px}
 .track{fill:var(--track)} .grid{stroke:var(--line);stroke-width:1}
 .tick{fill:var(--muted);font-size:10px;text-anchor:middle}

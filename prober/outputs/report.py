@@ -8,7 +8,6 @@ from typing import Any
 
 from prober.core.config import Config
 from prober.core.keys import format_duration
-from prober.core.policy import Action
 from prober.core.psi import describe_users
 from prober.core.results import ProbeResult
 from prober.core.runs import (
@@ -21,7 +20,7 @@ from prober.core.runs import (
     stale_after,
     too_old,
 )
-from prober.core.text import redact_url, utc
+from prober.core.text import clip, redact_url, utc
 from prober.core.tracker import State, transition_json
 from prober.core.view import TargetView, run_views, views
 
@@ -35,29 +34,44 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _health_cell(item: TargetReport) -> str:
-    failures = item.state.consecutive_failures
+def _health_cell(view: TargetView) -> str:
+    failures = view.state.consecutive_failures
     if failures:
-        return f"{item.health.value} {failures}/{item.target.policy.failure_threshold}"
-    return item.health.value
+        return f"{view.health.value} {failures}/{view.target.policy.failure_threshold}"
+    return view.health.value
 
 
-def _detail(item: TargetReport) -> str:
-    result = item.result
-    if result.ok and not item.outcome:
-        latency = "" if result.latency_ms is None else f" in {result.latency_ms:g} ms"
-        return f"{result.reason}{latency}" + (f"; {item.notice}" if item.notice else "")
-    detail = item.decision.reason if item.decision.reason != result.reason else result.reason
-    if item.outcome:
-        detail = f"{detail}; {item.outcome}"
-    return detail
+def _latency(view: TargetView) -> str:
+    latency = None if view.item is None else view.item.result.latency_ms
+    return "" if latency is None else f" in {latency:g} ms"
+
+
+def cause_then_did(view: TargetView) -> str:
+    """The probe's reason first, then what prober did or could not do: the action follows
+    its cause instead of replacing it. A pause or a notice stands where nothing was done."""
+    cause = view.cause or ""
+    if view.did is None:
+        after = _paused(view) or view.notice
+    else:
+        after = view.did
+        if cause and cause in after:
+            return after  # a prober fault's action already quotes the probe's reason
+    if view.status is Status.OK and view.did is None:
+        cause += _latency(view)
+    return "; ".join(filter(None, (cause, after))) or "-"
+
+
+def _paused(view: TargetView) -> str | None:
+    if view.pause is None:
+        return None
+    why = f": {view.pause.reason}" if view.pause.reason else ""
+    return f"paused until {when(view.pause.until)}{why}"
 
 
 def run_text(report: RunReport) -> str:
-    rows = [("TARGET", "HEALTH", "ACTION", "DETAIL")]
-    for item in report.targets:
-        rows.append((item.target.name, _health_cell(item), item.decision.action.value,
-                     _detail(item)))
+    rows = [("TARGET", "HEALTH", "DETAIL")]
+    for view in run_views(report):
+        rows.append((view.target.name, _health_cell(view), cause_then_did(view)))
     summary = run_summary(report)
     if report.dry_run:
         summary += " (dry run: nothing was restarted)"
@@ -266,13 +280,18 @@ def _perf_label(name: str) -> str:
     return "'" + name.replace("'", "''") + "'"
 
 
+NAGIOS_TEXT_MAX = 200  # characters before the perfdata: what a monitoring screen shows
+NAGIOS_PROBLEM_MAX = 80
+
+
 def run_nagios(report: RunReport) -> str:
     """One status line and perfdata: `PROBER CRITICAL - ... | 'web'=0.012s;;5;0`."""
-    problems = [_nagios_problem(i) for i in report.targets if i.status is not Status.OK]
-    healthy = [i.target.name for i in report.targets if i.status is Status.OK]
-    text = "; ".join(problems) if problems else f"{len(healthy)} targets ok"
-    if problems and healthy:
-        text += f"; ok: {', '.join(healthy)}"
+    shown = run_views(report)
+    head = f"PROBER {report.status.value.upper()} - "
+    problems = [clip(_nagios_problem(v), NAGIOS_PROBLEM_MAX)
+                for v in shown if v.status is not Status.OK]
+    healthy = [v.target.name for v in shown if v.status is Status.OK]
+    text = _nagios_text(problems, healthy, NAGIOS_TEXT_MAX - len(head))
     perf = []
     for item in report.targets:
         latency = item.result.latency if item.result.latency is not None else 0.0
@@ -280,14 +299,35 @@ def run_nagios(report: RunReport) -> str:
         warn = "" if max_latency is None else f"{max_latency:g}"
         perf.append(f"{_perf_label(item.target.name)}={latency:.6f}s;{warn};"
                     f"{item.target.policy.timeout:g};0")
-    line = f"PROBER {report.status.value.upper()} - {text}".replace("|", "/")
+    line = f"{head}{text}".replace("|", "/")
     return f"{line} | {' '.join(perf)}"
 
 
-def _nagios_problem(item: TargetReport) -> str:
-    if item.decision.action is Action.PAUSED:
-        return f"{item.target.name} {item.decision.reason}"
-    if item.notice and item.result.ok:
-        return f"{item.target.name} {item.notice}"
-    return (f"{item.target.name} {item.health.value} ({item.decision.action.value}: "
-            f"{item.decision.reason})")
+def _nagios_text(problems: Sequence[str], healthy: Sequence[str], room: int) -> str:
+    """The problems that fit in `room`, then `+N more`, then the healthy ones by name when
+    they fit, else by count."""
+    if not problems:
+        return f"{len(healthy)} targets ok"
+    ok = f"ok: {', '.join(healthy)}" if healthy else ""
+    if ok and len(ok) > room // 4:
+        ok = f"{len(healthy)} ok"
+    kept: list[str] = []
+    for n, problem in enumerate(problems):
+        left = len(problems) - n - 1
+        tail = [f"+{left} more"] if left else []
+        if kept and len("; ".join([*kept, problem, *tail, ok])) > room:
+            return "; ".join(filter(None, [*kept, f"+{len(problems) - n} more", ok]))
+        kept.append(problem)
+    return "; ".join(filter(None, [*kept, ok]))
+
+
+def _nagios_problem(view: TargetView) -> str:
+    name = view.target.name
+    if view.pause is not None:
+        return f"{name} {_paused(view)}"
+    if view.notice and view.status is Status.WARNING and not view.health.is_failing \
+            and not view.prober_fault:
+        return f"{name} {view.notice}"
+    action = "" if view.item is None or view.did is None else \
+        f" ({view.item.decision.action.value})"
+    return f"{name} {_health_cell(view)}{action}: {view.cause or '-'}"

@@ -244,7 +244,8 @@ async def run_once(
     if config.notify is not None and not dry_run:
         from prober.outputs.notify import deliver, payloads
 
-        await deliver(config.notify, payloads(changes, config, top_memory=[
+        causes = {item.target.name: item.result.reason for item in reports}
+        await deliver(config.notify, payloads(changes, config, causes, top_memory=[
             {"name": u.name, "bytes": u.bytes} for u in memory.top]))
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
                        duration=clock() - started, pressure=memory.host_pressure,

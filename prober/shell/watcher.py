@@ -36,7 +36,7 @@ from prober.core.config import Config, Target
 from prober.core.errors import ProberError, StateError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Decision, Outcome, RestartOutcome
-from prober.core.runs import RunReport, Skipped, Snapshot, Status
+from prober.core.runs import ConfigReload, RunReport, Skipped, Snapshot, Status
 from prober.core.tracker import State, TargetState
 from prober.outputs.report import run_summary
 from prober.probes.probing import Probing
@@ -83,6 +83,7 @@ class Watcher:
         `listen`, when given, win over the config's."""
         self._load = load
         self.config = load()
+        self.reload = ConfigReload(successful=True, last_success_at=time.time())
         self._store = store
         self._actuator_factory = actuator_factory
         self._interval = interval
@@ -117,7 +118,7 @@ class Watcher:
 
     def snapshot(self) -> Snapshot:
         """What the outputs render: the config, the state and the last run, now."""
-        return Snapshot(self.config, self.state, self.report, time.time())
+        return Snapshot(self.config, self.state, self.report, time.time(), self.reload)
 
     def stop(self) -> None:
         """End the run in flight (its probes stop) or the pause, and then the loop."""
@@ -338,10 +339,12 @@ class Watcher:
             config = self._load()
         except ProberError as exc:
             log.error("reload: keeping the previous config: %s", exc)
+            self.reload = replace(self.reload, successful=False, error=str(exc))
             notify(f"READY=1\nSTATUS=reload failed, running the previous config: {exc}")
             return
         listened = self.listen
         self.config = config
+        self.reload = ConfigReload(successful=True, last_success_at=time.time())
         if self.listen != listened:
             await self._relisten()
         if self._known is not None:

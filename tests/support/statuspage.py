@@ -164,6 +164,7 @@ class Loaded:
 
     dom: str
     requests: tuple[str, ...]
+    layout: dict[str, Any] | None = None  # when loaded at a width: `_MEASURE`'s answer
 
 
 async def page_dom(url: str, *, javascript: bool = True, timeout: float = TIMEOUT) -> str:
@@ -172,7 +173,8 @@ async def page_dom(url: str, *, javascript: bool = True, timeout: float = TIMEOU
     return (await load_page(url, javascript=javascript, timeout=timeout)).dom
 
 
-async def load_page(url: str, *, javascript: bool = True, timeout: float = TIMEOUT) -> Loaded:
+async def load_page(url: str, *, javascript: bool = True, timeout: float = TIMEOUT,
+                    width: int | None = None) -> Loaded:
     """`url` loaded by Chromium: its document once loaded, and the requests it made."""
     commands_in, commands = (_high(fd) for fd in os.pipe())
     replies_fd, replies_out = (_high(fd) for fd in os.pipe())
@@ -190,7 +192,7 @@ async def load_page(url: str, *, javascript: bool = True, timeout: float = TIMEO
             replies_fd = -1  # the transport owns it now
             tools = DevTools(commands, replies)
             try:
-                return await asyncio.wait_for(_load(tools, url, javascript), timeout)
+                return await asyncio.wait_for(_load(tools, url, javascript, width), timeout)
             except TimeoutError:
                 raise ChromiumError(f"chromium did not load {url} within {timeout:g}s") \
                     from None
@@ -201,12 +203,17 @@ async def load_page(url: str, *, javascript: bool = True, timeout: float = TIMEO
                     os.close(fd)
 
 
-async def _load(tools: DevTools, url: str, javascript: bool) -> Loaded:
+async def _load(tools: DevTools, url: str, javascript: bool, width: int | None = None
+                ) -> Loaded:
     target = await tools.call("Target.createTarget", {"url": "about:blank"})
     session = (await tools.call("Target.attachToTarget",
                                 {"targetId": target["targetId"], "flatten": True}))["sessionId"]
     await tools.call("Page.enable", session=session)
     await tools.call("Network.enable", session=session)
+    if width is not None:
+        await tools.call("Emulation.setDeviceMetricsOverride",
+                         {"width": width, "height": 900, "deviceScaleFactor": 1,
+                          "mobile": width < PHONE_BREAK}, session=session)
     await tools.call("Emulation.setScriptExecutionDisabled", {"value": not javascript},
                      session=session)
     await tools.call("Page.navigate", {"url": url}, session=session)
@@ -216,7 +223,24 @@ async def _load(tools: DevTools, url: str, javascript: bool) -> Loaded:
                             session=session)
     requests = tuple(str(event["params"]["request"]["url"])
                      for event in tools.seen("Network.requestWillBeSent", session))
-    return Loaded(str(html["outerHTML"]), requests)
+    layout = None
+    if width is not None:
+        measured = await tools.call("Runtime.evaluate", {"expression": _MEASURE,
+                                                         "returnByValue": True}, session=session)
+        layout = measured["result"]["value"]
+    return Loaded(str(html["outerHTML"]), requests, layout)
+
+
+PHONE_BREAK = 500
+# Read by DevTools, not by the page (which has no script): how wide the document is drawn
+# against the viewport, and where each target's row is.
+_MEASURE = """({viewport: window.innerWidth,
+  scrolled: document.documentElement.scrollWidth,
+  rows: [...document.querySelectorAll('section.target')].map(e => {
+    const box = e.getBoundingClientRect();
+    return {name: e.dataset.target, top: box.top, bottom: box.bottom, left: box.left,
+            right: box.right};
+  })})"""
 
 
 @contextlib.asynccontextmanager
@@ -246,6 +270,15 @@ async def screenshot(snapshot: Snapshot, path: Path, window: Sequence[int] = WIN
                        f"--window-size={window[0]},{window[1]}")
     if not path.is_file():
         raise ChromiumError(f"chromium wrote no screenshot at {path}")
+
+
+async def laid_out(snapshot: Snapshot, width: int, hostname: str = DEMO_HOST
+                   ) -> dict[str, Any]:
+    """How Chromium lays out the page of `snapshot` in a viewport `width` pixels wide."""
+    async with serving(lambda: snapshot, hostname=hostname) as server:
+        loaded = await load_page(f"http://127.0.0.1:{server.port}/", width=width)
+    assert loaded.layout is not None
+    return loaded.layout
 
 
 class Dom(HTMLParser):

@@ -39,6 +39,7 @@ import h11
 from prober.core.errors import ProberError
 from prober.core.runs import Snapshot
 from prober.core.text import os_reason
+from prober.io.limits import USUAL_SOFT_LIMIT, raise_open_files
 
 __all__ = ["Response", "WebServer", "route", "serve"]
 
@@ -58,7 +59,6 @@ _ACCEPT_ROUNDS = 3
 # a client that sent it at once has been read, so a burst of arrivals cannot evict its own.
 _SETTLE_ROUNDS = 3
 _BURST = 4  # connections open at most, in max_connections, while newcomers settle
-_USUAL_SOFT_LIMIT = 1024  # systemd's default soft limit on open files for a service
 _LINGER, _LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused request: at most
 
 _HEADERS = [
@@ -356,15 +356,9 @@ def _room_for(connections: int) -> None:
     """Raise the soft limit on open files (up to the hard one) to make room for `connections`
     on top of what a service usually has: else a flood of clients could take the descriptors
     a run's probes need, or make the server stop accepting for a while."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _USUAL_SOFT_LIMIT + connections
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    wanted = USUAL_SOFT_LIMIT + connections
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        raise_open_files(wanted)
     except (OSError, ValueError) as exc:
         log.debug("web: cannot raise the open-files limit to %d: %s", wanted, os_reason(exc))
 

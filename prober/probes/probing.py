@@ -21,6 +21,7 @@ from prober.core.keys import format_duration
 from prober.core.kinds import Context, ProbeKind
 from prober.core.results import Deadline, FailureClass, Finding, ProbeResult
 from prober.core.text import os_reason, reason
+from prober.io.limits import USUAL_SOFT_LIMIT, raise_open_files
 
 log = logging.getLogger("prober")
 
@@ -158,7 +159,6 @@ class Probing:
 
 # Open files one probe may hold at once: a socket, or a command's pipes; and the process's own.
 _FILES_PER_PROBE, _FILES_RESERVED = 3, 64
-_USUAL_SOFT_LIMIT = 1024  # systemd's default soft limit on open files for a service
 
 
 def _enough_descriptors(probes: int) -> None:
@@ -166,20 +166,15 @@ def _enough_descriptors(probes: int) -> None:
     cannot run out: a probe that could not open its socket would fail, and its target count as
     down, for a limit of prober's own. Runs of a few hundred targets never need it."""
     needed = probes * _FILES_PER_PROBE + _FILES_RESERVED
-    if needed <= _USUAL_SOFT_LIMIT:
+    if needed <= USUAL_SOFT_LIMIT:
         return
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        raised = raise_open_files(needed)
     except (OSError, ValueError) as exc:
-        log.debug("cannot raise the open-files limit to %d: %s", wanted, os_reason(exc))
-    else:
-        log.debug("open-files limit raised from %d to %d for %d probes", soft, wanted, probes)
+        log.debug("cannot raise the open-files limit to %d: %s", needed, os_reason(exc))
+        return
+    if raised is not None:
+        log.debug("open-files limit raised from %d to %d for %d probes", *raised, probes)
 
 
 def _worth_another_try(result: ProbeResult) -> bool:

@@ -127,11 +127,17 @@ def test_grower_parent_says_how_its_child_ended(tmp_path: Path) -> None:
         for line in proc.stdout:
             lines.put(line.strip())
 
+    seen: list[str] = []
+
     def next_line(matching: str) -> re.Match[str]:
-        """The next line matching `matching` (parent and child write in either order)."""
+        """A line matching `matching`, seen already or yet to come: parent and child write in
+        either order, so the child's lines may come before the parent says it started it."""
+        for line in seen:
+            if found := re.fullmatch(matching, line):
+                return found
         while True:
-            found = re.fullmatch(matching, lines.get(timeout=30))
-            if found:
+            seen.append(lines.get(timeout=30))
+            if found := re.fullmatch(matching, seen[-1]):
                 return found
 
     reader = threading.Thread(target=read, daemon=True)

@@ -52,6 +52,7 @@ DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_HISTORY = 500
 DEFAULT_PRESSURE_THRESHOLD = 10.0  # percent of PSI memory `some avg10`
+MAX_RETRIES = 10  # a probe's retries stretch the run's deadline; more would hide an outage
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,9 @@ POLICY_KEYS = (
         "hard deadline for one probe attempt, all phases together (connect, TLS, headers, "
         "body; or a command's whole run)", default="5s", minimum=0.0,
         option=Option("--timeout", "DURATION")),
-    Key("retries", Shape.INTEGER, integer(0),
-        "quick retries within one run before the probe counts as failed", default="0",
+    Key("retries", Shape.INTEGER, integer(0, MAX_RETRIES),
+        f"quick retries within one run before the probe counts as failed (at most "
+        f"{MAX_RETRIES}: each one lengthens the run's deadline)", default="0",
         minimum=0, option=Option("--retries", "N")),
     Key("retry_delay", Shape.DURATION, duration(), "pause between those retries",
         default="500ms"),

@@ -135,10 +135,11 @@ def _read_at_most(fd: int, count: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_config_text(path: str) -> str:
-    """The config file's text: a regular file, capped in size, UTF-8 without NUL bytes."""
+def read_config_text(path: str) -> tuple[str, os.stat_result]:
+    """The config file's text (a regular file, capped in size, UTF-8 without NUL bytes) and the
+    status of the file that text was read from, for the ownership check."""
     try:
-        data, _ = read_regular_file(path, MAX_CONFIG_BYTES)
+        data, st = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such config file",
@@ -156,7 +157,7 @@ def read_config_text(path: str) -> str:
         raise ConfigError(f"{path}: not valid UTF-8 (at {where})") from None
     if (nul := text.find("\0")) >= 0:
         raise ConfigError(f"{path}: contains a NUL byte (at {text_position(text, nul)})")
-    return text
+    return text, st
 
 
 def load_config(path: str, *, insecure: bool = False,
@@ -170,9 +171,9 @@ def load_config(path: str, *, insecure: bool = False,
     needs $CREDENTIALS_DIRECTORY in it; the files themselves are read when used (a missing one
     is a prober fault then, see prober/io/configfiles.py).
     """
-    text = read_config_text(path)
-    if not insecure:
-        check_ownership(path, os.stat(path), os.geteuid())
+    text, read_from = read_config_text(path)
+    if not insecure:  # the file that was read, not whatever the path names a moment later
+        check_ownership(path, read_from, os.geteuid())
     config = parse_config(parse_toml(text, path), path)
     for target in config.targets:
         for key, file in named_files(target):

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prober.actuators.systemd import (
-    Bus,
-    SystemdActuator,
-    UnitFacts,
-    _parse_show,
-    facts_from_properties,
-)
+from prober.actuators.systemd import SystemdActuator
 from prober.core.actuator import Running, StartLimit
 from prober.core.errors import SystemdError
+from prober.io.systemd import Bus, UnitFacts, _parse_show, facts_from_properties
 from tests.support.processes import stop_process
 
 

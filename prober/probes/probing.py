@@ -132,7 +132,8 @@ class Probing:
         if finding.failure is None and policy.max_latency is not None and \
                 latency > policy.max_latency:
             finding = Finding(f"slower than max_latency {format_duration(policy.max_latency)}",
-                              FailureClass.SLOW, finding.status_code, finding.certificate)
+                              FailureClass.SLOW, finding.status_code, finding.certificate,
+                              finding.seen)
         return ProbeResult(
             name=target.name,
             ok=finding.failure is None,
@@ -142,6 +143,7 @@ class Probing:
             latency=latency,
             attempts=number,
             certificate=finding.certificate,
+            seen=finding.seen,
         )
 
     async def aclose(self) -> None:

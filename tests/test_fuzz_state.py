@@ -22,7 +22,7 @@ from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.runs import Snapshot
 from prober.core.tracker import Event, Health, State, TargetState, Transition
-from prober.core.units import Happened, Incident, UnitSeen
+from prober.core.unit_seen import Happened, Incident, UnitSeen
 from prober.outputs import metrics, page, report
 from prober.shell.state import STATE_VERSION, StateStore, dumps, from_json
 from tests.test_fuzz import fuzz

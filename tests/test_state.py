@@ -16,7 +16,7 @@ from prober.core.config import parse_config, parse_toml
 from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.tracker import Event, Health, State, TargetState, Transition
-from prober.core.units import Happened, Incident, UnitSeen
+from prober.core.unit_seen import Happened, Incident, UnitSeen
 from prober.shell.state import (
     _READERS,
     MIGRATIONS,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import replace
 
@@ -23,6 +22,7 @@ from prober.io.systemd import (
     BusUnavailable,
     SystemdReader,
     run_bounded,
+    service_name,
     systemctl_argv,
 )
 
@@ -46,7 +46,6 @@ def on_user_manager(target: Target) -> Target:
 
 # --- unit names -------------------------------------------------------------------------------
 
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service$")
 # Restarting any of these would take down the prober itself, the bus it talks over, the logs
 # that explain what happened, or the manager; none of them is a "layer" of a web stack.
 _FORBIDDEN_UNITS = {
@@ -62,11 +61,7 @@ _FORBIDDEN_UNITS = {
 
 def normalize_unit(value: str) -> str:
     """`caddy` -> `caddy.service`; refuses names systemd would not accept or must never restart."""
-    name = value if "." in value.rsplit("@", 1)[-1] else f"{value}.service"
-    if not _UNIT_NAME.match(name) or len(name) > 255:
-        raise ValueError(
-            f'"{value}" is not a service unit name (expected something like "caddy.service")'
-        )
+    name = service_name(value)
     if name in _FORBIDDEN_UNITS or name.startswith("systemd-journald"):
         reason = _FORBIDDEN_UNITS.get(name, "it is the journal")
         raise ValueError(f'refusing to restart "{name}": {reason}')

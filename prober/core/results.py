@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prober.core.units import UnitSeen
+    from prober.core.unit_seen import UnitSeen
 
 
 class FailureClass(StrEnum):

@@ -21,7 +21,7 @@ from prober.core.config import Config, Target
 from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass, ProbeResult
 from prober.core.text import utc
-from prober.core.units import UnitSeen
+from prober.core.unit_seen import UnitSeen
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 

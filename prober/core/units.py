@@ -14,29 +14,13 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
-from enum import StrEnum
 
 from prober.core.keys import format_duration
 from prober.core.results import FailureClass, Finding
 from prober.core.text import utc
+from prober.core.unit_seen import MAX_INCIDENTS, Happened, Incident, UnitSeen
 
-MAX_INCIDENTS = 1000  # kept per unit: a loop this fast is a loop whatever the exact count
 CLOCK = "%H:%M UTC"
-
-
-class Happened(StrEnum):
-    """What the kind counts; the values are what the state file keeps."""
-
-    RESTART = "restart"  # systemd restarted the unit by itself (Restart=)
-    OOM_KILL = "oom-kill"  # the kernel killed a process of the unit's cgroup for memory
-    CRASH = "crash"  # the main process ended badly: a signal, a core dump, an exit code...
-
-
-@dataclass(frozen=True)
-class Incident:
-    at: float  # epoch seconds: when it ended for a crash, when it was first seen otherwise
-    happened: Happened
-    detail: str = ""  # a crash's: "crashed (SIGABRT, core dumped)"
 
 
 @dataclass(frozen=True)
@@ -53,16 +37,6 @@ class UnitReading:
     exit_status: int = 0  # ExecMainStatus: the exit status, or the signal's number
     exited_at: float | None = None  # ExecMainExitTimestamp
     oom_kills: int | None = None  # the cgroup's oom_kill counter; None where it cannot be read
-
-
-@dataclass(frozen=True)
-class UnitSeen:
-    """What the kind remembers of a unit between runs (the state file's `unit_seen`)."""
-
-    restarts: int = 0
-    oom_kills: int = 0
-    exited_at: float | None = None  # the exit already counted as an incident
-    incidents: tuple[Incident, ...] = ()
 
 
 _CLD_KILLED, _CLD_DUMPED = 2, 3
@@ -178,8 +152,8 @@ def judge(reading: UnitReading, seen: UnitSeen, now: float, restart_limit: int) 
         if len(crashes) == 1:
             return Finding(f"{unit} {last.detail} at {utc(last.at, CLOCK)} and was restarted",
                            FailureClass.UNIT)
-        return Finding(f"{unit} {_times(len(crashes))} in {_span(crashes, now)} ended badly, "
-                       f"last it {last.detail} at {utc(last.at, CLOCK)}; systemd restarts it "
+        return Finding(f"{unit} died {_times(len(crashes))} in {_span(crashes, now)}; the last "
+                       f"time it {last.detail} at {utc(last.at, CLOCK)}; systemd restarts it "
                        "each time", FailureClass.UNIT)
     if len(restarts) > restart_limit:
         return Finding(f"{unit} was restarted by systemd {_times(len(restarts))} in "

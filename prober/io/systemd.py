@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal as signals
 import subprocess
 from collections.abc import Mapping
@@ -94,6 +95,11 @@ class UnitFacts:
     start_limit_burst: int = 0
     start_limit_interval: float = 0.0
     control_group: str = ""  # the unit's cgroup path, e.g. /system.slice/caddy.service
+    n_restarts: int = 0  # NRestarts: systemd's own restarts since the unit was started by hand
+    result: str = ""  # how the last run ended: success, oom-kill, core-dump, signal, exit-code...
+    exec_main_code: int = 0  # 1 exited, 2 killed, 3 dumped (CLD_* of waitid(2))
+    exec_main_status: int = 0  # the exit status, or the signal's number
+    exec_main_exit: float | None = None  # when the main process ended
 
     def describe(self) -> str:
         return f"{self.unit} is {self.active_state} ({self.sub_state})"
@@ -118,6 +124,19 @@ class UnitFacts:
         return Facts(self.unit, running, detail, since=self.active_enter,
                      main_pid=self.main_pid, memory_scope=self.control_group or None,
                      start_limit=limit)
+
+
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service$")
+
+
+def service_name(value: str) -> str:
+    """`caddy` -> `caddy.service`; ValueError for a name systemd would not accept."""
+    name = value if "." in value.rsplit("@", 1)[-1] else f"{value}.service"
+    if not _UNIT_NAME.match(name) or len(name) > 255:
+        raise ValueError(
+            f'"{value}" is not a service unit name (expected something like "caddy.service")'
+        )
+    return name
 
 
 class BusUnavailable(SystemdError):
@@ -307,13 +326,24 @@ def facts_from_properties(unit: str, props: Mapping[str, Any]) -> UnitFacts:
         start_limit_burst=int(props.get("StartLimitBurst", 0) or 0),
         start_limit_interval=int(props.get("StartLimitIntervalUSec", 0) or 0) / 1_000_000,
         control_group=str(props.get("ControlGroup", "") or ""),
+        n_restarts=_int(props.get("NRestarts")),
+        result=str(props.get("Result", "") or ""),
+        exec_main_code=_int(props.get("ExecMainCode")),
+        exec_main_status=_int(props.get("ExecMainStatus")),
+        exec_main_exit=_usec_to_epoch(props.get("ExecMainExitTimestamp")),
     )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # --- systemctl: the fallback when the bus is down or hung ---------------------------------
 
 _SHOW_PROPERTIES = ("LoadState", "ActiveState", "SubState", "ActiveEnterTimestamp", "MainPID",
-                    "Job", "StartLimitBurst", "StartLimitIntervalUSec", "ControlGroup")
+                    "Job", "StartLimitBurst", "StartLimitIntervalUSec", "ControlGroup",
+                    "NRestarts", "Result", "ExecMainCode", "ExecMainStatus",
+                    "ExecMainExitTimestamp")
 
 
 def systemctl_argv(kind: Bus, *args: str) -> list[str]:
@@ -343,9 +373,10 @@ def _parse_show(text: str) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key == "ActiveEnterTimestamp":
+        if key in ("ActiveEnterTimestamp", "ExecMainExitTimestamp"):
             props[key] = int(float(value[1:]) * 1_000_000) if value.startswith("@") else 0
-        elif key in ("MainPID", "StartLimitBurst", "StartLimitIntervalUSec"):
+        elif key in ("MainPID", "StartLimitBurst", "StartLimitIntervalUSec", "NRestarts",
+                     "ExecMainCode", "ExecMainStatus"):
             props[key] = int(value) if value.isdigit() else 0
         else:
             props[key] = value

@@ -53,7 +53,7 @@ from prober.core.tracker import (
     Transition,
     transition_json,
 )
-from prober.core.units import MAX_INCIDENTS, Happened, Incident, UnitSeen
+from prober.core.unit_seen import MAX_INCIDENTS, Happened, Incident, UnitSeen
 from prober.io.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger("prober")

@@ -47,13 +47,23 @@ def kinds(seen: UnitSeen) -> list[str]:
     (UnitSeen(3, 2), replace(OOM_V1, result="oom-kill"), ["restart", "oom-kill"]),
     # A plain SIGKILL the counter does not explain is a crash.
     (UnitSeen(3, 3), OOM_V1, ["restart", "crash"]),
+    # v1, the unit's cgroup gone with its process: the host's count of OOM kills grew
+    # meanwhile, by as many as systemd restarted it, or fewer.
+    (UnitSeen(1, 3, host_oom_kills=90), replace(OOM_V1, oom_kills=None, host_oom_kills=93),
+     ["restart", "restart", "restart", "oom-kill", "oom-kill", "oom-kill"]),
+    (UnitSeen(1, 3, host_oom_kills=90), replace(OOM_V1, oom_kills=None, host_oom_kills=91),
+     ["restart", "restart", "restart", "oom-kill"]),
+    (UnitSeen(1, 3, host_oom_kills=90), replace(OOM_V1, oom_kills=None, host_oom_kills=90),
+     ["restart", "restart", "restart", "crash"]),
+    (None, replace(OOM_V1, oom_kills=None, host_oom_kills=93), ["crash"]),
     # A unit left failed is judged as failed, not counted as a crash (a start by hand heals it).
     (UnitSeen(3, 2), replace(ABORTED, active_state="failed", sub_state="failed", restarts=3), []),
     # An exit older than the window is not news.
     (None, replace(ABORTED, exited_at=NOW - 2 * HOUR), []),
 ], ids=["first", "same", "restarts", "oom", "started-by-hand", "fresh-cgroup", "no-counter",
         "crash-first-seen", "crash", "crash-already-counted", "oom-v1", "oom-v2",
-        "oom-v2-counted", "sigkill", "failed", "old-exit"])
+        "oom-v2-counted", "sigkill", "v1-host-count", "v1-host-count-fewer",
+        "v1-host-count-same", "v1-first-reading", "failed", "old-exit"])
 def test_observe_counts_what_happened_since_the_last_reading(
         before: UnitSeen | None, reading: UnitReading, expected: list[str]) -> None:
     assert kinds(observe(before, reading, NOW, HOUR)) == expected
@@ -101,6 +111,9 @@ FAILED = replace(RUNNING, active_state="failed", sub_state="failed", result="exi
      "netdata.service was OOM-killed 4 times in 40m; systemd restarts it each time"),
     (RUNNING, _oom(33), 5, FailureClass.OOM,
      "netdata.service was OOM-killed at 07:27 UTC; it is active (running) again"),
+    (replace(RUNNING, memory_max=48 << 20), _oom(3, 2) + _restarts(3, 2), 0, FailureClass.OOM,
+     "netdata.service was OOM-killed 2 times in 3m (MemoryMax=48MiB); systemd restarts it "
+     "each time"),
     (replace(ABORTED, active_state="active", sub_state="running"),
      _crash(27) + _restarts(27), 0, FailureClass.UNIT,
      "systemd-journald.service crashed (SIGABRT, core dumped) at 07:33 UTC and was restarted"),
@@ -113,7 +126,7 @@ FAILED = replace(RUNNING, active_state="failed", sub_state="failed", result="exi
     (RUNNING, _restarts(12, 8), 2, None,
      "netdata.service is active (running); restarted by systemd 2 times lately, within "
      "unit_restarts 2"),
-], ids=["healthy", "not-loaded", "failed", "failed-oom", "oom-loop", "one-oom",
+], ids=["healthy", "not-loaded", "failed", "failed-oom", "oom-loop", "one-oom", "oom-limit",
         "one-crash", "crashes-over-limit", "restart-loop", "restarts-within-limit"])
 def test_judge(reading: UnitReading, incidents: tuple[Incident, ...], limit: int,
                failure: FailureClass | None, reason: str) -> None:

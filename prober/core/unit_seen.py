@@ -35,3 +35,4 @@ class UnitSeen:
     oom_kills: int = 0
     exited_at: float | None = None  # the exit already counted as an incident
     incidents: tuple[Incident, ...] = ()
+    host_oom_kills: int | None = None  # the host's count of OOM kills, as last read

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prober.core.keys import format_duration
 from prober.core.results import FailureClass, Finding
-from prober.core.text import utc
+from prober.core.text import size, utc
 from prober.core.unit_seen import MAX_INCIDENTS, Happened, Incident, UnitSeen
 
 CLOCK = "%H:%M UTC"
@@ -37,6 +37,8 @@ class UnitReading:
     exit_status: int = 0  # ExecMainStatus: the exit status, or the signal's number
     exited_at: float | None = None  # ExecMainExitTimestamp
     oom_kills: int | None = None  # the cgroup's oom_kill counter; None where it cannot be read
+    host_oom_kills: int | None = None  # the kernel's, for the whole host (/proc/vmstat)
+    memory_max: int | None = None  # the unit's MemoryMax= in bytes, None for none
 
 
 _CLD_KILLED, _CLD_DUMPED = 2, 3
@@ -77,32 +79,42 @@ def _new_count(now_count: int, before: int) -> int:
 def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
             window: float) -> UnitSeen:
     """What is remembered after this reading: counters that grew since the last one add an
-    incident each (the first reading only sets them), a new bad exit adds one (a SIGKILL that
-    the OOM counter explains is the OOM kill, not a second incident; the exit of a unit left
-    failed is judged as that), and incidents older than `window` are forgotten."""
-    first = seen is None
-    previous = seen or UnitSeen(reading.restarts, reading.oom_kills or 0)
-    added: list[Incident] = []
-    restarts = 0 if first else _new_count(reading.restarts, previous.restarts)
-    added += [Incident(now, Happened.RESTART)] * min(restarts, MAX_INCIDENTS)
+    incident each (the first reading only sets them), a new bad exit adds one, and incidents
+    older than `window` are forgotten.
+
+    A main process killed by SIGKILL is an OOM kill when the unit's cgroup counted one, or,
+    where that counter went with the cgroup (v1 removes a unit's cgroup with its last process;
+    v2 has systemd say `oom-kill` itself), when the host's count of OOM kills grew meanwhile:
+    then each restart since the last reading that the host's count covers was one too. The
+    exit of a unit left failed is judged as that, not counted.
+    """
+    previous = seen or UnitSeen(reading.restarts, reading.oom_kills or 0,
+                                host_oom_kills=reading.host_oom_kills)
+    restarts = _new_count(reading.restarts, previous.restarts)
     ooms = 0
-    if reading.oom_kills is not None and not first:
+    if reading.oom_kills is not None:
         ooms = _new_count(reading.oom_kills, previous.oom_kills)
+    host_ooms = 0
+    if reading.host_oom_kills is not None and previous.host_oom_kills is not None:
+        host_ooms = _new_count(reading.host_oom_kills, previous.host_oom_kills)
+    added = [Incident(now, Happened.RESTART)] * min(restarts, MAX_INCIDENTS)
     new_exit = reading.exited_at is not None and reading.exited_at != previous.exited_at \
         and reading.exited_at >= now - window
     how = ending(reading) if new_exit else None
     at = reading.exited_at if reading.exited_at is not None else now
     killed = reading.exit_code == _CLD_KILLED and reading.exit_status == signal.SIGKILL
-    if how is not None and (reading.result == "oom-kill" or (ooms and killed)):
-        ooms = max(ooms, 1)
-    elif how is not None and reading.active_state != "failed":  # judged as failed instead
+    if how is not None and (reading.result == "oom-kill" or (killed and (ooms or host_ooms))):
+        ooms = max(ooms, 1, min(restarts, host_ooms))
+    elif how is not None and reading.active_state != "failed":
         added.append(Incident(at, Happened.CRASH, how))
     added += [Incident(at if how else now, Happened.OOM_KILL)] * min(ooms, MAX_INCIDENTS)
     kept = tuple(i for i in (*previous.incidents, *added) if i.at >= now - window)
     return UnitSeen(reading.restarts,
                     previous.oom_kills if reading.oom_kills is None else reading.oom_kills,
                     reading.exited_at if new_exit else previous.exited_at,
-                    kept[-MAX_INCIDENTS:])
+                    kept[-MAX_INCIDENTS:],
+                    previous.host_oom_kills if reading.host_oom_kills is None
+                    else reading.host_oom_kills)
 
 
 def _of(seen: UnitSeen, happened: Happened) -> list[Incident]:
@@ -142,10 +154,11 @@ def judge(reading: UnitReading, seen: UnitSeen, now: float, restart_limit: int) 
                        FailureClass.OOM if reading.result == "oom-kill" else FailureClass.UNIT)
     if ooms:
         again = "systemd restarts it each time" if restarts else _now(reading)
+        limit = f" (MemoryMax={size(reading.memory_max)})" if reading.memory_max else ""
         if len(ooms) == 1:
-            return Finding(f"{unit} was OOM-killed at {utc(ooms[0].at, CLOCK)}; {again}",
+            return Finding(f"{unit} was OOM-killed at {utc(ooms[0].at, CLOCK)}{limit}; {again}",
                            FailureClass.OOM)
-        return Finding(f"{unit} was OOM-killed {len(ooms)} times in {_span(ooms, now)}; "
+        return Finding(f"{unit} was OOM-killed {len(ooms)} times in {_span(ooms, now)}{limit}; "
                        f"{again}", FailureClass.OOM)
     if len(crashes) > restart_limit:
         last = crashes[-1]

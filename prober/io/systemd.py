@@ -100,6 +100,7 @@ class UnitFacts:
     exec_main_code: int = 0  # 1 exited, 2 killed, 3 dumped (CLD_* of waitid(2))
     exec_main_status: int = 0  # the exit status, or the signal's number
     exec_main_exit: float | None = None  # when the main process ended
+    memory_max: int | None = None  # MemoryMax= in bytes; None for none (infinity)
 
     def describe(self) -> str:
         return f"{self.unit} is {self.active_state} ({self.sub_state})"
@@ -331,7 +332,15 @@ def facts_from_properties(unit: str, props: Mapping[str, Any]) -> UnitFacts:
         exec_main_code=_int(props.get("ExecMainCode")),
         exec_main_status=_int(props.get("ExecMainStatus")),
         exec_main_exit=_usec_to_epoch(props.get("ExecMainExitTimestamp")),
+        memory_max=_limit(props.get("MemoryMax")),
     )
+
+
+def _limit(value: object) -> int | None:
+    """A memory limit: D-Bus says infinity as 2^64-1, `systemctl show` as "infinity"."""
+    if isinstance(value, str):
+        value = int(value) if value.isdigit() else None
+    return value if isinstance(value, int) and 0 < value < (1 << 63) else None
 
 
 def _int(value: object) -> int:
@@ -343,7 +352,7 @@ def _int(value: object) -> int:
 _SHOW_PROPERTIES = ("LoadState", "ActiveState", "SubState", "ActiveEnterTimestamp", "MainPID",
                     "Job", "StartLimitBurst", "StartLimitIntervalUSec", "ControlGroup",
                     "NRestarts", "Result", "ExecMainCode", "ExecMainStatus",
-                    "ExecMainExitTimestamp")
+                    "ExecMainExitTimestamp", "MemoryMax")
 
 
 def systemctl_argv(kind: Bus, *args: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 A unit's own PSI (`memory.pressure` of its cgroup, under whichever cgroup2 mount exists) says
 whether that service itself stalls on memory; the largest memory users name the likely culprit;
-a unit's OOM kills (`memory.events` on v2, `memory.oom_control` on v1) say the kernel killed it.
+a unit's OOM kills (`memory.events` on v2, `memory.oom_control` on v1) and the host's
+(/proc/vmstat) say the kernel killed it.
 Cgroup layouts this reads (detected from /proc/self/mountinfo, never assumed):
 - unified (v2, Debian 12's default): cgroup2 on /sys/fs/cgroup with the memory controller;
   units' anonymous memory is `anon` in their `memory.stat`;
@@ -30,12 +31,14 @@ from prober.memory.pressure import read_psi_file
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC = "/proc"
+VMSTAT = "/proc/vmstat"
 
 # Bounds on the culprit search: it runs only in failing runs under pressure, on a stressed host.
 MAX_CGROUPS = 4096  # cgroups visited in one walk of the memory hierarchy
 MAX_DEPTH = 8  # slices nest (system.slice/system-getty.slice/...), not this deep
 MAX_PROCESSES = 65536  # /proc entries looked at in the process fallback
 _READ_LIMIT = 16384  # bytes read from one small kernel file (memory.stat, statm)
+_VMSTAT_LIMIT = 65536  # /proc/vmstat has a few hundred short lines
 _MOUNTINFO_LIMIT = 4 * 1024 * 1024  # a host with thousands of mounts stays well below this
 
 # systemd unit types that own processes, and so memory, in a cgroup of their own.
@@ -237,6 +240,13 @@ def read_oom_kills(control_group: str, mounts: CgroupMounts | None = None) -> in
     else:
         return None
     text = _read_small(path)
+    return None if text is None else oom_kill_count(text)
+
+
+def read_host_oom_kills(vmstat: str = VMSTAT) -> int | None:
+    """The kernel's count of OOM kills on this host since boot (`oom_kill` of /proc/vmstat,
+    Linux 4.13 and later); None where it cannot be read."""
+    text = _read_small(vmstat, _VMSTAT_LIMIT)
     return None if text is None else oom_kill_count(text)
 
 

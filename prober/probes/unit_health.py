@@ -98,18 +98,19 @@ class UnitContext:
             self._reader = None
 
 
-def reading_of(facts: UnitFacts, oom_kills: int | None) -> UnitReading:
+def reading_of(facts: UnitFacts, oom_kills: int | None, host_oom_kills: int | None
+               ) -> UnitReading:
     return UnitReading(
         unit=facts.unit, load_state=facts.load_state, active_state=facts.active_state,
         sub_state=facts.sub_state, result=facts.result or "success",
         restarts=facts.n_restarts, exit_code=facts.exec_main_code,
         exit_status=facts.exec_main_status, exited_at=facts.exec_main_exit,
-        oom_kills=oom_kills)
+        oom_kills=oom_kills, host_oom_kills=host_oom_kills, memory_max=facts.memory_max)
 
 
 async def probe(spec: UnitHealthProbe, deadline: Deadline, context: UnitContext) -> Finding:
     """Read the unit, count what happened since the last reading, and judge."""
-    from prober.memory.cgroups import read_oom_kills
+    from prober.memory.cgroups import read_host_oom_kills, read_oom_kills
 
     try:
         async with asyncio.timeout_at(deadline.at):
@@ -121,7 +122,7 @@ async def probe(spec: UnitHealthProbe, deadline: Deadline, context: UnitContext)
         return prober_fault(reason(f"cannot read {spec.unit_health} from systemd: {exc}"))
     oom_kills = read_oom_kills(facts.control_group) if facts.control_group else None
     now = time.time()
-    reading = reading_of(facts, oom_kills)
+    reading = reading_of(facts, oom_kills, read_host_oom_kills())
     seen = observe(context.seen(spec), reading, now, spec.unit_window)
     context.saw(spec, seen)
     finding = judge(reading, seen, now, spec.unit_restarts)

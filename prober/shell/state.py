@@ -178,7 +178,8 @@ def _target_to_json(state: TargetState) -> dict[str, Any]:
 def _seen_json(seen: UnitSeen) -> dict[str, Any]:
     return {"restarts": seen.restarts, "oom_kills": seen.oom_kills, "exited_at": seen.exited_at,
             "incidents": [{"at": i.at, "happened": i.happened.value, "detail": i.detail}
-                          for i in seen.incidents]}
+                          for i in seen.incidents],
+            "host_oom_kills": seen.host_oom_kills}
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -219,6 +220,10 @@ def _count(value: Any) -> int:
     if not _is_int(value) or not 0 <= value < _COUNT_LIMIT:
         raise BadField("not a count")
     return int(value)
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _count(value)
 
 
 def _optional_int(value: Any) -> int | None:
@@ -327,7 +332,8 @@ def _unit_seen(value: Any) -> UnitSeen | None:
         raise BadField(f"incidents is not a list of at most {MAX_INCIDENTS}")
     return UnitSeen(_count(value.get("restarts")), _count(value.get("oom_kills")),
                     _optional_time(value.get("exited_at")),
-                    tuple(_incident(i) for i in incidents))
+                    tuple(_incident(i) for i in incidents),
+                    _optional_count(value.get("host_oom_kills")))
 
 
 # How each field of a target's entry is read: the value it had in the file, checked.

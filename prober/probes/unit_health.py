@@ -21,7 +21,7 @@ from prober.core.errors import SystemdError
 from prober.core.keys import Key, Shape, duration, format_duration, integer, typed
 from prober.core.kinds import Argument, ProbeKind
 from prober.core.results import Deadline, Finding, prober_fault
-from prober.core.text import reason
+from prober.core.text import os_reason, reason
 from prober.core.unit_seen import UnitSeen
 from prober.core.units import UnitReading, judge, observe
 from prober.io.systemd import Bus, SystemdReader, UnitFacts, service_name
@@ -118,8 +118,9 @@ async def probe(spec: UnitHealthProbe, deadline: Deadline, context: UnitContext)
     except TimeoutError:
         return prober_fault(f"systemd did not say how {spec.unit_health} is within "
                             f"{format_duration(deadline.seconds)}")
-    except SystemdError as exc:
-        return prober_fault(reason(f"cannot read {spec.unit_health} from systemd: {exc}"))
+    except (SystemdError, OSError) as exc:  # OSError: no systemctl to fall back on
+        return prober_fault(reason(f"cannot read {spec.unit_health} from systemd: "
+                                   f"{os_reason(exc)}"))
     oom_kills = read_oom_kills(facts.control_group) if facts.control_group else None
     now = time.time()
     reading = reading_of(facts, oom_kills, read_host_oom_kills())

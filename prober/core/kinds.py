@@ -113,6 +113,9 @@ class ProbeKind(Generic[S, C]):
     # Why a target whose probe passed is still *warning* (a certificate about to expire), or
     # None. Pure: the spec, the result and `now` in.
     notice: Callable[[S, ProbeResult, float], str | None] = no_notice
+    # Whether its targets may name what restarts them: False for a kind that watches what
+    # something else restarts already (unit_health: systemd's Restart=).
+    restartable: bool = True
 
 
 REGISTRY = "prober.probes"  # the package whose KINDS are the registered kinds

@@ -139,4 +139,5 @@ KIND: ProbeKind[UnitHealthProbe, UnitContext] = ProbeKind(
     probe=probe,
     context=UnitContext,
     argument=Argument("unit:UNIT", "unit:UNIT (a systemd service to watch)", argument),
+    restartable=False,
 )

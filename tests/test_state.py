@@ -53,7 +53,8 @@ def _sample() -> State:
             "netdata": TargetState(health=Health.DOWN, unit_seen=UnitSeen(
                 restarts=4, oom_kills=4, exited_at=30.0,
                 incidents=(Incident(10.0, Happened.OOM_KILL), Incident(10.0, Happened.RESTART),
-                           Incident(20.0, Happened.CRASH, "crashed (SIGABRT, core dumped)")))),
+                           Incident(20.0, Happened.CRASH, "crashed (SIGABRT, core dumped)")),
+                host_oom_kills=98, unit="netdata.service")),
         },
         updated_at=42.0,
     )
@@ -344,6 +345,8 @@ def _with_entry(field: str, value: object) -> bytes:
                        "incidents": [{"at": 1.0, "happened": "crash", "detail": 5}]}),
         ("unit_seen", {"restarts": 1, "oom_kills": 0,
                        "incidents": [{"at": 1.0, "happened": "restart"}] * 1001}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": [], "unit": 5}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": [], "host_oom_kills": -2}),
     ],
     ids=lambda v: repr(v)[:30],
 )

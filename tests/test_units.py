@@ -66,18 +66,29 @@ def kinds(seen: UnitSeen) -> list[str]:
         "v1-host-count-same", "v1-first-reading", "failed", "old-exit"])
 def test_observe_counts_what_happened_since_the_last_reading(
         before: UnitSeen | None, reading: UnitReading, expected: list[str]) -> None:
+    before = before and replace(before, unit=reading.unit)
     assert kinds(observe(before, reading, NOW, HOUR)) == expected
+
+
+def test_what_was_seen_of_another_unit_is_no_baseline() -> None:
+    """A target pointed at another unit: its counters are not compared with the old unit's."""
+    seen = observe(None, RUNNING, NOW - 60, HOUR)
+    assert seen.unit == "netdata.service"
+    other = replace(RUNNING, unit="redis-server.service", restarts=9, oom_kills=7)
+    assert observe(seen, other, NOW, HOUR).incidents == ()
+    assert kinds(observe(seen, replace(RUNNING, restarts=5), NOW, HOUR)) == ["restart"] * 2
 
 
 def test_observe_forgets_what_is_older_than_the_window() -> None:
     old = UnitSeen(3, 2, None, (Incident(NOW - 2 * HOUR, Happened.OOM_KILL),
-                                Incident(NOW - 60, Happened.RESTART)))
+                                Incident(NOW - 60, Happened.RESTART)), unit=RUNNING.unit)
     assert observe(old, RUNNING, NOW, HOUR).incidents == (Incident(NOW - 60, Happened.RESTART),)
 
 
 def test_observe_bounds_what_it_keeps() -> None:
     """A counter a hostile or broken source made huge costs a bounded list."""
-    seen = observe(UnitSeen(0, 0), replace(RUNNING, restarts=10**9, oom_kills=10**9), NOW, HOUR)
+    seen = observe(UnitSeen(0, 0, unit=RUNNING.unit),
+                   replace(RUNNING, restarts=10**9, oom_kills=10**9), NOW, HOUR)
     assert len(seen.incidents) == 1000
 
 

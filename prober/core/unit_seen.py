@@ -36,3 +36,4 @@ class UnitSeen:
     exited_at: float | None = None  # the exit already counted as an incident
     incidents: tuple[Incident, ...] = ()
     host_oom_kills: int | None = None  # the host's count of OOM kills, as last read
+    unit: str = ""  # the unit these are of: a target pointed at another starts afresh

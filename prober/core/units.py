@@ -86,10 +86,13 @@ def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
     where that counter went with the cgroup (v1 removes a unit's cgroup with its last process;
     v2 has systemd say `oom-kill` itself), when the host's count of OOM kills grew meanwhile:
     then each restart since the last reading that the host's count covers was one too. The
-    exit of a unit left failed is judged as that, not counted.
+    exit of a unit left failed is judged as that, not counted. What was seen of another unit
+    (the target's `unit_health` changed) is no baseline: this reading is a first one.
     """
-    previous = seen or UnitSeen(reading.restarts, reading.oom_kills or 0,
-                                host_oom_kills=reading.host_oom_kills)
+    if seen is None or seen.unit != reading.unit:
+        seen = UnitSeen(reading.restarts, reading.oom_kills or 0,
+                        host_oom_kills=reading.host_oom_kills)
+    previous = seen
     restarts = _new_count(reading.restarts, previous.restarts)
     ooms = 0
     if reading.oom_kills is not None:
@@ -114,7 +117,7 @@ def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
                     reading.exited_at if new_exit else previous.exited_at,
                     kept[-MAX_INCIDENTS:],
                     previous.host_oom_kills if reading.host_oom_kills is None
-                    else reading.host_oom_kills)
+                    else reading.host_oom_kills, reading.unit)
 
 
 def _of(seen: UnitSeen, happened: Happened) -> list[Incident]:

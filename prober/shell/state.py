@@ -179,7 +179,7 @@ def _seen_json(seen: UnitSeen) -> dict[str, Any]:
     return {"restarts": seen.restarts, "oom_kills": seen.oom_kills, "exited_at": seen.exited_at,
             "incidents": [{"at": i.at, "happened": i.happened.value, "detail": i.detail}
                           for i in seen.incidents],
-            "host_oom_kills": seen.host_oom_kills}
+            "host_oom_kills": seen.host_oom_kills, "unit": seen.unit}
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -333,7 +333,7 @@ def _unit_seen(value: Any) -> UnitSeen | None:
     return UnitSeen(_count(value.get("restarts")), _count(value.get("oom_kills")),
                     _optional_time(value.get("exited_at")),
                     tuple(_incident(i) for i in incidents),
-                    _optional_count(value.get("host_oom_kills")))
+                    _optional_count(value.get("host_oom_kills")), _text(value.get("unit", "")))
 
 
 # How each field of a target's entry is read: the value it had in the file, checked.

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.deploy import install
 from tests.support.e2e import booted_sandbox
 from tests.support.harness import HOGS
 from tests.support.sandbox import Sandbox
@@ -173,6 +174,34 @@ def test_a_unit_left_failed_is_reported_and_recovers_when_started_again(prober: 
     report, entry = prober.until("web", lambda t: t["health"] == "healthy", runs=10)
     assert entry["reason"] == "mastodon-web.service is active (running)", entry
     assert [n["event"] for n in prober.notes_for("web")] == ["down", "recovered"]
+
+
+def test_the_shipped_hardened_unit_reads_what_systemd_and_the_kernel_know(
+        sandbox_workdir: Path) -> None:
+    """Under prober.service as shipped (the `prober` user, its sandbox and system-call
+    filter): systemd's facts over D-Bus, the host's OOM count and the cgroup tree are all
+    readable, so an OOM loop and a failed unit are judged as outside; nothing is restarted."""
+    with booted_sandbox(sandbox_workdir, users=["prober"], memory=True) as box:
+        box.write_service("netdata.service", [sys.executable, str(HOGS), "grow", "--rate",
+                                              "64", "--step", "8"],
+                          env={"PYTHONUNBUFFERED": "1"}, unit_extra=NO_START_LIMIT,
+                          service_extra=f"MemoryMax=48M\n{LOOP}")
+        box.write_service("mastodon-web.service", [sys.executable, "-c", "exit(1)"])
+        installed = install(box, '[defaults]\nfailure_threshold = 1\n\n'
+                            '[[target]]\nname = "netdata"\nunit_health = "netdata"\n\n'
+                            '[[target]]\nname = "web"\nunit_health = "mastodon-web"\n')
+        box.systemctl("start", "netdata.service")
+        box.systemctl("start", "mastodon-web.service", check=False)
+        for _ in range(30):
+            box.systemctl("start", "prober.service", check=False)
+            targets = json.loads(installed.state.read_text())["targets"]
+            if oom_kills(targets["netdata"]["last_reason"]) >= 2:
+                break
+            time.sleep(1)
+        assert targets["netdata"]["last_failure"] == "oom", targets["netdata"]
+        assert targets["web"]["last_reason"].startswith(
+            "mastodon-web.service is failed: it exited with status 1"), targets["web"]
+        assert [t["restarts_total"] for t in targets.values()] == [0, 0]
 
 
 def oom_kills(reason: str) -> int:

@@ -179,4 +179,3 @@ def judge(reading: UnitReading, seen: UnitSeen, now: float, restart_limit: int) 
         return Finding(f"{state}; restarted by systemd {_times(len(restarts))} lately, "
                        f"within unit_restarts {restart_limit}")
     return Finding(state)
-

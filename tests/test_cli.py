@@ -414,7 +414,7 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["frobnicate"], "", "No such command 'frobnicate'"),
         (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
         (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
-         "tcp://HOST:PORT or a command (its absolute path"),
+         "tcp://HOST:PORT, a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
         (["probe", "http://x/", "--timeout", "forever"], "",
          'prober: error: --timeout: "forever" is not a duration (e.g. "30"'),

@@ -50,10 +50,10 @@ KEYS = (
         "systemd or OOM-killed; never restarted by prober, so any unit, journald too"),
     Key("unit_restarts", Shape.INTEGER, integer(0),
         "restarts (or crashes) by systemd itself within `unit_window` that are still healthy; "
-        "one more fails the target", default="0", minimum=0),
+        "one more fails the target", default="0", in_defaults=True, minimum=0),
     Key("unit_window", Shape.DURATION, duration(1.0),
         "how far back restarts, crashes and OOM kills of the `unit_health` unit count",
-        default='"1h"', minimum=1.0),
+        default='"1h"', in_defaults=True, minimum=1.0),
 )
 
 

@@ -125,6 +125,26 @@ def test_a_unit_oom_killed_in_a_loop_is_reported_with_the_count_and_the_culprit(
     assert "OOM-killed" in downs[0]["reason"], downs
 
 
+def test_a_child_oom_killed_in_a_unit_that_lives_on_is_reported(prober: Prober) -> None:
+    """Sidekiq's `convert` outgrows the unit's MemoryMax= and the kernel kills it; Sidekiq (the
+    main process) lives on, `active`: the unit's cgroup counted the kill, and the target is
+    down as OOM-killed, though systemd restarted nothing."""
+    box = prober.box
+    sidekiq = "mastodon-sidekiq.service"
+    box.write_service(sidekiq, [sys.executable, str(HOGS), "grow", "--parent", "--rate", "16",
+                                "--step", "4"],
+                      env={"PYTHONUNBUFFERED": "1"}, service_extra="MemoryMax=64M")
+    prober.configure(f'[[target]]\nname = "sidekiq"\nunit_health = "{sidekiq}"\n')
+    box.systemctl("start", sidekiq)
+    report, entry = prober.until("sidekiq", lambda t: t["health"] == "down", runs=20)
+    assert entry["failure"] == "oom", entry
+    assert re.fullmatch(r"mastodon-sidekiq\.service was OOM-killed at \d\d:\d\d UTC "
+                        r"\(MemoryMax=64MiB\); it is active \(running\) again",
+                        entry["reason"]), entry
+    assert box.unit_property(sidekiq, "NRestarts") == "0"
+    assert restarts_by_prober(report) == []
+
+
 def test_a_unit_that_aborts_in_a_loop_is_reported_once_for_the_loop(prober: Prober) -> None:
     """journald's stand-in (journald itself is refused as a restart target, and watched all
     the same) aborts, systemd restarts it, again and again: down once, as a crash with its

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from prober.shell.state import STATE_VERSION
 from tests.support.e2e import wait_for
 from tests.support.processes import stop_process
 from tests.support.servers import Certs, Server, answer, hang, health, refused_port, serve
@@ -357,7 +358,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 3
+    assert json.loads(prober.state.read_text())["version"] == STATE_VERSION
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:
@@ -413,7 +414,7 @@ def test_full_or_read_only_state_directory(prober: Prober, web: Server, setup: s
         (["frobnicate"], "", "No such command 'frobnicate'"),
         (["check", "--if-stale", "soon"], "", '--if-stale: "soon" is not a duration'),
         (["probe", "ftp://x/"], "", '"ftp://x/": expected an http:// or https:// URL, '
-         "tcp://HOST:PORT or a command (its absolute path"),
+         "tcp://HOST:PORT, a command (its absolute path"),
         (["probe", "http://x/", "--header", "nocolon"], "", 'expected "Name: value"'),
         (["probe", "http://x/", "--timeout", "forever"], "",
          'prober: error: --timeout: "forever" is not a duration (e.g. "30"'),

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from prober.actuators.systemd import Bus, normalize_unit
+from prober.actuators.systemd import normalize_unit
 from prober.core.config import RestartRules, check_ownership, parse_config
 from prober.core.errors import ConfigError
 from prober.core.keys import as_typed_after_a_flag, format_duration, parse_duration, parse_host_port
 from prober.io.configfiles import load_config
+from prober.io.systemd import Bus
 from prober.probes.http_spec import HttpProbe, Method, StatusRange
 from prober.probes.tcp import TcpProbe
 

@@ -351,7 +351,9 @@ VALID_BY_SHAPE: dict[Shape, Callable[[Key], st.SearchStrategy[Any]]] = {
     Shape.CHOICE: _choice,
     Shape.CHOICES: lambda key: st.lists(_choice(key), max_size=len(key.choices)),
     Shape.STATUSES: lambda key: st.sampled_from([200, "2xx", "3XX", "404", [200, "3xx"]]),
-    Shape.HEADERS: lambda key: st.dictionaries(_HEADER_NAMES, texts(8), max_size=2),
+    Shape.HEADERS: lambda key: st.dictionaries(
+        _HEADER_NAMES, texts(8).filter(lambda text: "\n" not in text and "\r" not in text),
+        max_size=2),
     Shape.ENV: lambda key: st.dictionaries(
         _ENV_NAMES, texts(8).filter(lambda text: "\0" not in text), max_size=2),
     Shape.ARGV: lambda key: st.sampled_from([

@@ -22,6 +22,7 @@ from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.runs import Snapshot
 from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.core.unit_seen import Happened, Incident, UnitSeen
 from prober.outputs import metrics, page, report
 from prober.shell.state import STATE_VERSION, StateStore, dumps, from_json
 from tests.test_fuzz import fuzz
@@ -37,6 +38,8 @@ GOOD = TargetState(
     paused_until=NOW + 3600, paused_reason="upgrading",
     history=(Transition(NOW - 60, Event.DOWN, "3 in a row", (MemoryUser("convert", 1 << 30),)),
              Transition(NOW - 30, Event.RESTART, "restarted")),
+    unit_seen=UnitSeen(3, 1, NOW - 40, (Incident(NOW - 40, Happened.OOM_KILL),
+                                         Incident(NOW - 20, Happened.CRASH, "exited with 1"))),
 )
 GOOD_JSON: dict[str, Any] = json.loads(dumps(State(targets={"good": GOOD})))["targets"]["good"]
 

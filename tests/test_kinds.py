@@ -206,7 +206,8 @@ def test_probe_takes_its_argument(beats: tuple[Path, Path],
     assert capsys.readouterr().out.startswith(f"OK: heartbeat:{beats[0]}: beating")
     assert run(["probe", "beat:/x"]) == 3
     assert capsys.readouterr().err.rstrip().endswith(
-        "a command (its absolute path and arguments, after `--`) or heartbeat:PATH")
+        "a command (its absolute path and arguments, after `--`), unit:UNIT (a systemd service to "
+        "watch) or heartbeat:PATH")
 
 
 def with_keys(name: str, *keys: Key) -> ProbeKind[HeartbeatProbe, NoContext]:

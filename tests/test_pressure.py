@@ -28,9 +28,11 @@ from prober.memory.cgroups import (
     anon_bytes,
     is_unit_cgroup,
     largest,
+    oom_kill_count,
     parse_mountinfo,
     process_memory_users,
     read_cgroup_mounts,
+    read_oom_kills,
     read_unit_pressure,
     statm_anon_bytes,
     top_memory_users,
@@ -419,6 +421,42 @@ def test_unit_pressure_without_cgroup2_is_none() -> None:
     """A legacy (v1-only) host has no per-unit PSI."""
     assert read_unit_pressure("/system.slice/caddy.service",
                               CgroupMounts(memory_v1=str(V1_TREE))) is None
+
+
+# --- a unit's OOM kills ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "count"), [
+    ("low 0\nhigh 12\nmax 40\noom 5\noom_kill 4\noom_group_kill 0\n", 4),  # v2 memory.events
+    ("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", 3),  # v1 memory.oom_control
+    ("oom_kill_disable 0\nunder_oom 0\n", None),  # v1 before Linux 4.13
+    ("oom_kill x\n", None), ("oom_killer 2\n", None), ("", None),
+])
+def test_oom_kill_count(text: str, count: int | None) -> None:
+    assert oom_kill_count(text) == count
+
+
+def test_oom_kills_on_a_unified_host_from_memory_events(tmp_path: Path) -> None:
+    """A v2 host (its mountinfo and cgroup tree): a unit's OOM kills are `oom_kill` of its
+    cgroup's memory.events."""
+    root = _host_root(tmp_path, "/sys/fs/cgroup", UNIFIED_TREE)
+    mounts = read_cgroup_mounts(str(DATA / "mountinfo-debian12-unified"), root)
+    assert read_oom_kills("/system.slice/caddy.service", mounts) == 4
+    assert read_oom_kills("/system.slice/gone.service", mounts) is None
+    assert read_oom_kills("/system.slice/../../caddy.service", mounts) is None
+
+
+def test_oom_kills_on_v1_from_memory_oom_control() -> None:
+    """Where the memory controller is on v1 (this machine's hybrid layout), memory.oom_control
+    counts them, not cgroup2's files."""
+    mounts = CgroupMounts(unified=str(UNIFIED_TREE), memory_v1=str(V1_TREE))
+    assert read_oom_kills("/system.slice/caddy.service", mounts) == 3
+
+
+def test_oom_kills_without_a_memory_controller_are_none() -> None:
+    """cgroup2 without the memory controller, and no v1 one: nothing to read."""
+    mounts = CgroupMounts(unified=str(UNIFIED_TREE), memory_on_unified=False)
+    assert read_oom_kills("/system.slice/caddy.service", mounts) is None
 
 
 # --- for real: cgroups made for the test, a process with known memory in them ------------------

@@ -16,6 +16,7 @@ from prober.core.config import parse_config, parse_toml
 from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.core.unit_seen import Happened, Incident, UnitSeen
 from prober.shell.state import (
     _READERS,
     MIGRATIONS,
@@ -49,6 +50,11 @@ def _sample() -> State:
             ),
             "web": TargetState(health=Health.HEALTHY, last_ok=True, last_status_code=200,
                                last_latency_ms=1.5),
+            "netdata": TargetState(health=Health.DOWN, unit_seen=UnitSeen(
+                restarts=4, oom_kills=4, exited_at=30.0,
+                incidents=(Incident(10.0, Happened.OOM_KILL), Incident(10.0, Happened.RESTART),
+                           Incident(20.0, Happened.CRASH, "crashed (SIGABRT, core dumped)")),
+                host_oom_kills=98, unit="netdata.service")),
         },
         updated_at=42.0,
     )
@@ -220,32 +226,40 @@ V1_FILE = Path(__file__).parent / "testdata" / "state-v1.json"
 V2_FILE = Path(__file__).parent / "testdata" / "state-v2.json"
 
 
+NEW = {"last_notice": "", "unit_seen": None}  # what v3 and v4 add to each target's entry
+
+
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
         ({"version": 1, "targets": {"a": {}}, "updated_at": 5.0},
-         {"version": 3, "targets": {"a": {"last_notice": ""}}, "updated_at": 5.0,
+         {"version": 4, "targets": {"a": NEW}, "updated_at": 5.0,
           "trial": False, "written_by": ""}),
         ({"version": 2, "targets": {"a": {"health": "down"}}, "trial": True,
           "written_by": "0.1.0"},
-         {"version": 3, "targets": {"a": {"health": "down", "last_notice": ""}}, "trial": True,
+         {"version": 4, "targets": {"a": {"health": "down", **NEW}}, "trial": True,
           "written_by": "0.1.0"}),
         ({"version": 2, "targets": {"a": 7, "b": {}}},
-         {"version": 3, "targets": {"a": 7, "b": {"last_notice": ""}}}),
-        ({"version": 2, "targets": []}, {"version": 3, "targets": []}),
-        ({"version": 2}, {"version": 3}),
+         {"version": 4, "targets": {"a": 7, "b": NEW}}),
+        ({"version": 2, "targets": []}, {"version": 4, "targets": []}),
+        ({"version": 2}, {"version": 4}),
         ({"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False},
-         {"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False}),
+         {"version": 4, "targets": {"a": {"last_notice": "x", "unit_seen": None}},
+          "trial": False}),
+        ({"version": 3, "targets": {"a": 7}}, {"version": 4, "targets": {"a": 7}}),
+        ({"version": 3, "targets": []}, {"version": 4, "targets": []}),
+        ({"version": 4, "targets": {"a": {"unit_seen": {"restarts": 2}}}, "trial": False},
+         {"version": 4, "targets": {"a": {"unit_seen": {"restarts": 2}}}, "trial": False}),
     ],
     ids=["v1", "v2", "v2-a-damaged-entry", "v2-damaged-targets", "v2-no-targets",
-         "v3-as-it-is"],
+         "v3", "v3-a-damaged-entry", "v3-damaged-targets", "v4-as-it-is"],
 )
 def test_migrate(document: dict[str, object], expected: dict[str, object]) -> None:
     """Each version is brought up to the current one, one step at a time, nothing lost."""
     assert migrate(document) == expected
 
 
-@pytest.mark.parametrize("version", [0, -1, 4, 99, "1", 1.0, None, True],
+@pytest.mark.parametrize("version", [0, -1, 5, 99, "1", 1.0, None, True],
                          ids=repr)
 def test_migrate_refuses_a_version_it_does_not_know(version: object) -> None:
     """A version that is none of ours, a newer one included, is not read."""
@@ -263,10 +277,10 @@ def test_every_target_field_has_a_reader() -> None:
     assert set(_READERS) == {f.name for f in dataclasses.fields(TargetState)}
 
 
-def test_a_v1_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
+def test_a_v1_file_of_the_last_release_is_rewritten_as_the_current_version_with_nothing_lost(
         tmp_path: Path) -> None:
     """tests/testdata/state-v1.json, written by the version 1 StateStore.save, loads; the next
-    save writes version 3 with every target's entry as it was, and no notice."""
+    save writes version 4 with every target's entry as it was, no notice and no unit seen."""
     v1 = json.loads(V1_FILE.read_text())
     path = tmp_path / "state.json"
     path.write_bytes(V1_FILE.read_bytes())
@@ -274,28 +288,26 @@ def test_a_v1_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
     state = store.load()
     assert not state.trial and set(state.targets) == set(v1["targets"])
     store.save(state)
-    v3 = json.loads(path.read_text())
-    assert (v3["version"], v3["trial"], v3["written_by"]) == (3, False, prober.__version__)
-    assert v3["targets"] == {name: {**entry, "last_notice": ""}
-                             for name, entry in v1["targets"].items()}
-    assert v3["updated_at"] == v1["updated_at"]
+    v4 = json.loads(path.read_text())
+    assert (v4["version"], v4["trial"], v4["written_by"]) == (4, False, prober.__version__)
+    assert v4["targets"] == {name: {**entry, **NEW} for name, entry in v1["targets"].items()}
+    assert v4["updated_at"] == v1["updated_at"]
     assert not (tmp_path / "state.json.corrupt").exists()
 
 
-def test_a_v2_file_of_the_last_release_is_rewritten_as_v3_with_nothing_lost(
+def test_a_v2_file_of_the_last_release_is_rewritten_as_the_current_version_with_nothing_lost(
         tmp_path: Path) -> None:
     """tests/testdata/state-v2.json, written by the version 2 StateStore.save, loads; the next
-    save writes version 3 with every target's entry as it was, and no notice."""
+    save writes version 4 with every target's entry as it was, no notice and no unit seen."""
     v2 = json.loads(V2_FILE.read_text())
     assert v2["version"] == 2
     path = tmp_path / "state.json"
     path.write_bytes(V2_FILE.read_bytes())
     store = StateStore(str(path))
     store.save(store.load())
-    v3 = json.loads(path.read_text())
-    assert (v3["version"], v3["trial"]) == (3, False)
-    assert v3["targets"] == {name: {**entry, "last_notice": ""}
-                             for name, entry in v2["targets"].items()}
+    v4 = json.loads(path.read_text())
+    assert (v4["version"], v4["trial"]) == (4, False)
+    assert v4["targets"] == {name: {**entry, **NEW} for name, entry in v2["targets"].items()}
     assert not (tmp_path / "state.json.corrupt").exists()
 
 
@@ -325,6 +337,16 @@ def _with_entry(field: str, value: object) -> bytes:
         ("history", [{"at": 1.0, "event": "down", "reason": "", "top_memory": "lots"}]),
         ("history", [{"at": 1.0, "event": "down", "reason": "",
                       "top_memory": [{"name": "x", "bytes": -1}]}]),
+        ("unit_seen", 3), ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": {}}),
+        ("unit_seen", {"restarts": -1, "oom_kills": 0, "incidents": []}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "exited_at": "x", "incidents": []}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": [{"at": 1.0}]}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0,
+                       "incidents": [{"at": 1.0, "happened": "crash", "detail": 5}]}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0,
+                       "incidents": [{"at": 1.0, "happened": "restart"}] * 1001}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": [], "unit": 5}),
+        ("unit_seen", {"restarts": 1, "oom_kills": 0, "incidents": [], "host_oom_kills": -2}),
     ],
     ids=lambda v: repr(v)[:30],
 )

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prober.actuators.systemd import (
-    Bus,
-    SystemdActuator,
-    UnitFacts,
-    _parse_show,
-    facts_from_properties,
-)
+from prober.actuators.systemd import SystemdActuator
 from prober.core.actuator import Running, StartLimit
 from prober.core.errors import SystemdError
+from prober.io.systemd import Bus, UnitFacts, _parse_show, facts_from_properties
 from tests.support.processes import stop_process
 
 
@@ -45,6 +40,24 @@ def test_facts_from_systemctl_show() -> None:
     assert (facts.active_state, facts.active_enter, facts.job_pending) == \
         ("activating", 1_700_000_000.0, True)
     assert facts_from_properties("x.service", _parse_show("Job=\n")).job_pending is False
+
+
+def test_how_the_last_run_ended_from_dbus_and_from_systemctl_show() -> None:
+    """What the unit_health kind reads: NRestarts, Result, the main process's end, MemoryMax=
+    (infinity is no limit), alike from D-Bus and from `systemctl show`."""
+    dbus = facts_from_properties("netdata.service", {
+        "NRestarts": 4, "Result": "signal", "ExecMainCode": 2, "ExecMainStatus": 9,
+        "ExecMainExitTimestamp": 1_700_000_000_000_000, "MemoryMax": 48 << 20})
+    show = facts_from_properties("netdata.service", _parse_show(
+        "NRestarts=4\nResult=signal\nExecMainCode=2\nExecMainStatus=9\n"
+        "ExecMainExitTimestamp=@1700000000\nMemoryMax=50331648\n"))
+    for facts in (dbus, show):
+        assert (facts.n_restarts, facts.result, facts.exec_main_code, facts.exec_main_status,
+                facts.exec_main_exit, facts.memory_max) == \
+            (4, "signal", 2, 9, 1_700_000_000.0, 48 << 20)
+    assert facts_from_properties("x.service", {"MemoryMax": (1 << 64) - 1}).memory_max is None
+    assert facts_from_properties("x.service", _parse_show("MemoryMax=infinity\n")
+                                 ).memory_max is None
 
 
 ACTIVE = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=1000.0,

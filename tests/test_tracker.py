@@ -230,7 +230,8 @@ MEANS_STARVING = {
     "timeout": True, "slow": True,
     "refused": False, "tls": False, "dns": False, "connect": False,
     "protocol": False, "status": False, "body": False, "too-large": False, "redirect": False,
-    "exit": False, "output": False, "exec": False, "error": False, "prober-fault": False,
+    "exit": False, "output": False, "exec": False, "unit": False, "oom": False, "error": False,
+    "prober-fault": False,
 }
 
 
@@ -258,7 +259,8 @@ MEANS_GONE = {
     "refused": True,
     "timeout": False, "slow": False, "tls": False, "dns": False, "connect": False,
     "protocol": False, "status": False, "body": False, "too-large": False, "redirect": False,
-    "exit": False, "output": False, "exec": False, "error": False, "prober-fault": False,
+    "exit": False, "output": False, "exec": False, "unit": False, "oom": False, "error": False,
+    "prober-fault": False,
 }
 
 

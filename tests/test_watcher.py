@@ -482,7 +482,7 @@ def test_sighup_says_reloading_then_ready_on_the_notify_socket(tmp_path: Path,
         told = [m for m in systemd.until("STATUS=reload failed") if "WATCHDOG=1" not in m]
         assert told == ["RELOADING=1", "READY=1\nSTATUS=reload failed, running the previous "
                         f'config: {config}: target "broken": url: missing (set "url", '
-                        '"unix_socket", "tcp" or "command")']
+                        '"unix_socket", "tcp", "command" or "unit_health")']
         systemd.until("STATUS=last run OK: 2 ok of 2 targets")  # the previous config's targets
         watcher.terminate()
         assert watcher.wait(timeout=10) == 0

@@ -137,7 +137,7 @@ os._exit(0)
 # `systemctl restart`, and after each restart systemd's own record of the stop/start.
 RESTART_CHILD = """\
 import asyncio, json, subprocess, sys, time
-from prober.actuators.systemd import Bus
+from prober.io.systemd import Bus
 from prober.core.config import Target
 from prober.probes.http import HttpProbe
 from prober.actuators.systemd import SystemdActuator

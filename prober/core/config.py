@@ -470,11 +470,23 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) ->
         spec = kind.build(values)
     except Invalid as exc:
         raise where.error(exc.key, str(exc)) from None
+    if not kind.restartable:
+        _refuse_restarter(data, kind, spec, where)
     policy = _parse_policy(data, defaults.policy, where)
     _check_target_policy(policy, where)
     links = {key.name: where.read(data, key) for key in TARGET_KEYS[1:] if key.name in data}
     return Target(name=name, probe=spec, policy=policy, **links,
                   **_restarter(data, defaults, where))
+
+
+def _refuse_restarter(data: Mapping[str, Any], kind: ProbeKind[Any, Any], spec: Any,
+                      where: Where) -> None:
+    """A monitor-only kind's target names nothing to restart."""
+    for actuator in registered_actuators():
+        if actuator.selector in data:
+            raise where.error(actuator.selector, f"a {kind.name} target is monitor-only: "
+                              f'prober never restarts {spec.endpoint}; remove "'
+                              f'{actuator.selector}"')
 
 
 def _restarter(data: Mapping[str, Any], defaults: _Defaults, where: Where) -> Mapping[str, Any]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from prober.core.keys import Key
 from prober.core.results import Deadline, Finding, ProbeResult
+from prober.core.unit_seen import UnitSeen
 
 
 class ProbeSpec(Protocol):
@@ -41,6 +42,14 @@ class Context(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Remembering(Protocol):
+    """A context whose kind keeps what it saw of a target between runs, in the state (its
+    finding's `seen`, the target's `unit_seen`): told it before each run's probes."""
+
+    def recall(self, spec: Any, seen: UnitSeen | None) -> None: ...
 
 
 class Invalid(ValueError):
@@ -104,6 +113,9 @@ class ProbeKind(Generic[S, C]):
     # Why a target whose probe passed is still *warning* (a certificate about to expire), or
     # None. Pure: the spec, the result and `now` in.
     notice: Callable[[S, ProbeResult, float], str | None] = no_notice
+    # Whether its targets may name what restarts them: False for a kind that watches what
+    # something else restarts already (unit_health: systemd's Restart=).
+    restartable: bool = True
 
 
 REGISTRY = "prober.probes"  # the package whose KINDS are the registered kinds

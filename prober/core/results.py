@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prober.core.unit_seen import UnitSeen
 
 
 class FailureClass(StrEnum):
@@ -30,6 +34,8 @@ class FailureClass(StrEnum):
     EXIT = "exit"  # a command exited with another code than expect_exit
     OUTPUT = "output"  # a command's output lacked expect_output / expect_output_regex
     EXEC = "exec"  # a command could not be run: not found, not executable, permission
+    UNIT = "unit"  # systemd says the unit failed, or restarts it again and again
+    OOM = "oom"  # the kernel OOM-killed the unit within its window
     ERROR = "error"  # anything else; the reason says what
     PROBER_FAULT = "prober-fault"  # prober's own config, files or environment: see prober_fault
 
@@ -77,6 +83,7 @@ class Finding:
     failure: FailureClass | None = None
     status_code: int | None = None
     certificate: Certificate | None = None
+    seen: UnitSeen | None = None  # what the unit_health kind remembers for the next run
 
 
 def prober_fault(reason: str) -> Finding:
@@ -104,6 +111,7 @@ class ProbeResult:
     latency: float | None = None  # seconds, until the answer was judged
     attempts: int = 1
     certificate: Certificate | None = None
+    seen: UnitSeen | None = None  # the finding's, kept in the target's state (unit_seen)
 
     @property
     def prober_fault(self) -> bool:

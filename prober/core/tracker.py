@@ -21,6 +21,7 @@ from prober.core.config import Config, Target
 from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass, ProbeResult
 from prober.core.text import utc
+from prober.core.unit_seen import UnitSeen
 
 HISTORY_LIMIT = 10_000  # hard cap per target; runs trim to the config's `history` (500)
 
@@ -101,6 +102,7 @@ class TargetState:
     given_up_reason: str = ""
     paused_until: float | None = None  # an operator's pause: probed, reported, never restarted
     paused_reason: str = ""
+    unit_seen: UnitSeen | None = None  # what the unit_health kind last read, and its incidents
     history: tuple[Transition, ...] = ()
 
 
@@ -189,6 +191,8 @@ def fold_result(target: Target, state: TargetState, result: ProbeResult, now: fl
     remembered, but counts toward no threshold: the streak neither grows nor resets. A pause
     that has run out ends here, and the history says so.
     """
+    if result.seen is not None:
+        state = replace(state, unit_seen=result.seen)
     if state.paused_until is not None and not is_paused(state, now):
         state = _resumed(state, now, "the pause ran out")
     if is_paused(state, now) or result.prober_fault:

@@ -1,7 +1,9 @@
 """The cgroup tree, for failing runs: a unit's own memory PSI, and who holds the memory.
 
 A unit's own PSI (`memory.pressure` of its cgroup, under whichever cgroup2 mount exists) says
-whether that service itself stalls on memory; the largest memory users name the likely culprit.
+whether that service itself stalls on memory; the largest memory users name the likely culprit;
+a unit's OOM kills (`memory.events` on v2, `memory.oom_control` on v1) and the host's
+(/proc/vmstat) say the kernel killed it.
 Cgroup layouts this reads (detected from /proc/self/mountinfo, never assumed):
 - unified (v2, Debian 12's default): cgroup2 on /sys/fs/cgroup with the memory controller;
   units' anonymous memory is `anon` in their `memory.stat`;
@@ -29,12 +31,14 @@ from prober.memory.pressure import read_psi_file
 
 MOUNTINFO = "/proc/self/mountinfo"
 PROC = "/proc"
+VMSTAT = "/proc/vmstat"
 
 # Bounds on the culprit search: it runs only in failing runs under pressure, on a stressed host.
 MAX_CGROUPS = 4096  # cgroups visited in one walk of the memory hierarchy
 MAX_DEPTH = 8  # slices nest (system.slice/system-getty.slice/...), not this deep
 MAX_PROCESSES = 65536  # /proc entries looked at in the process fallback
 _READ_LIMIT = 16384  # bytes read from one small kernel file (memory.stat, statm)
+_VMSTAT_LIMIT = 65536  # /proc/vmstat has a few hundred short lines
 _MOUNTINFO_LIMIT = 4 * 1024 * 1024  # a host with thousands of mounts stays well below this
 
 # systemd unit types that own processes, and so memory, in a cgroup of their own.
@@ -155,6 +159,16 @@ def valid_control_group(path: str) -> bool:
     return path == "/" or all(part not in ("", ".", "..") for part in parts)
 
 
+def oom_kill_count(text: str) -> int | None:
+    """The `oom_kill` line of a v2 `memory.events` or a v1 `memory.oom_control`: how many
+    processes of the cgroup (and of the cgroups below it) the kernel killed for memory."""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
 def largest(users: Iterable[MemoryUser], count: int) -> tuple[MemoryUser, ...]:
     """The `count` largest users, largest first (ties by name, for stable reports)."""
     ranked = sorted((u for u in users if u.bytes > 0), key=lambda u: (-u.bytes, u.name))
@@ -207,6 +221,33 @@ def read_unit_pressure(control_group: str, mounts: CgroupMounts | None = None
     pressure = read_psi_file(path)
     return None if pressure is None else PressureReading(pressure, Scope.UNIT, path,
                                                          control_group)
+
+
+def read_oom_kills(control_group: str, mounts: CgroupMounts | None = None) -> int | None:
+    """The OOM kills one unit's cgroup counted (`control_group` as systemd gives it): v1's
+    `memory.oom_control` where the memory controller is on v1, else v2's `memory.events`.
+
+    None where that cannot be read: no memory controller, a kernel older than the counter, a
+    cgroup that is gone (a unit between runs has none).
+    """
+    if not valid_control_group(control_group):
+        return None
+    mounts = read_cgroup_mounts() if mounts is None else mounts
+    if mounts.memory_v1 is not None:
+        path = os.path.join(mounts.memory_v1, control_group.strip("/"), "memory.oom_control")
+    elif mounts.unified is not None and mounts.memory_on_unified:
+        path = os.path.join(mounts.unified, control_group.strip("/"), "memory.events")
+    else:
+        return None
+    text = _read_small(path)
+    return None if text is None else oom_kill_count(text)
+
+
+def read_host_oom_kills(vmstat: str = VMSTAT) -> int | None:
+    """The kernel's count of OOM kills on this host since boot (`oom_kill` of /proc/vmstat,
+    Linux 4.13 and later); None where it cannot be read."""
+    text = _read_small(vmstat, _VMSTAT_LIMIT)
+    return None if text is None else oom_kill_count(text)
 
 
 def unit_memory_users(mounts: CgroupMounts) -> list[MemoryUser]:

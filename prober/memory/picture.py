@@ -13,6 +13,7 @@ from prober.core import policy
 from prober.core.actuator import Facts
 from prober.core.config import Target
 from prober.core.psi import MemoryUser, Pressure, PressureReading
+from prober.core.results import FailureClass
 from prober.core.tracker import Verdict
 from prober.memory.pressure import read_host_pressure
 
@@ -43,7 +44,8 @@ class MemoryPicture:
 def read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
                 facts: Mapping[str, Facts]) -> MemoryPicture:
     """The host's PSI, always; a failing target's unit's own where systemd told its cgroup;
-    the largest memory users only when some failing target starves (worth the walk)."""
+    the largest memory users only when some failing target starves, or was OOM-killed (worth
+    the walk)."""
     host = read_host_pressure()
     readings: dict[str, PressureReading] = {}
     if all(verdict.result.ok for verdict in verdicts):
@@ -63,6 +65,9 @@ def read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
     by_name = {t.name: t for t in targets}
     starving = [reading.describe() for name, reading in readings.items()
                 if policy.worth_saying(reading.pressure, by_name[name].policy.pressure_threshold)]
+    # An OOM kill is itself the evidence: its largest memory users are named whatever PSI says.
+    starving += [verdict.result.reason for verdict in verdicts
+                 if verdict.result.failure is FailureClass.OOM]
     if not starving:
         return MemoryPicture(host, readings)
     return MemoryPicture(host, readings, top_memory_users(3, mounts),

@@ -16,6 +16,7 @@ _MODULES = (
     "http",
     "tcp",
     "exec",
+    "unit_health",
 )
 
 KINDS: tuple[ProbeKind[Any, Any], ...] = checked_registry(tuple(

@@ -18,9 +18,10 @@ from typing import Any
 
 from prober.core.config import Target
 from prober.core.keys import format_duration
-from prober.core.kinds import Context, ProbeKind
+from prober.core.kinds import Context, ProbeKind, Remembering
 from prober.core.results import Deadline, FailureClass, Finding, ProbeResult
 from prober.core.text import os_reason, reason
+from prober.core.tracker import State
 from prober.io.limits import USUAL_SOFT_LIMIT, raise_open_files
 
 log = logging.getLogger("prober")
@@ -57,6 +58,14 @@ class Probing:
         for kind, specs in by_kind.values():
             await self._context(kind).prepare(specs)
         self._prepared = targets
+
+    def recall(self, targets: Sequence[Target], state: State) -> None:
+        """Tell the kinds that remember what they saw of their targets (unit_health) what the
+        state kept of it: the state file, not the context, is what outlives a run."""
+        for target in targets:
+            context = self._context(target.kind)
+            if isinstance(context, Remembering):
+                context.recall(target.probe, state.get(target.name).unit_seen)
 
     async def probe_all(self, targets: Sequence[Target]) -> list[ProbeResult]:
         """Probe every target concurrently; one result per target, in the same order.
@@ -132,7 +141,8 @@ class Probing:
         if finding.failure is None and policy.max_latency is not None and \
                 latency > policy.max_latency:
             finding = Finding(f"slower than max_latency {format_duration(policy.max_latency)}",
-                              FailureClass.SLOW, finding.status_code, finding.certificate)
+                              FailureClass.SLOW, finding.status_code, finding.certificate,
+                              finding.seen)
         return ProbeResult(
             name=target.name,
             ok=finding.failure is None,
@@ -142,6 +152,7 @@ class Probing:
             latency=latency,
             attempts=number,
             certificate=finding.certificate,
+            seen=finding.seen,
         )
 
     async def aclose(self) -> None:

@@ -189,6 +189,7 @@ async def run_once(
                                   on_restart_requested=on_restart_requested, confirm=confirm)
     started = clock()
     targets = select_targets(config, only)
+    probing.recall(targets, state)
     results = await probing.probe_all(targets)
     now = clock()
     before = state

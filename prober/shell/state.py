@@ -15,6 +15,8 @@ old step. A file of a newer version than this prober's is moved aside, like a co
     v1  targets, updated_at
     v2  + trial (a dry run's own file, which a real run refuses), written_by (the version)
     v3  + each target's last_notice (a warning that is no failure), for `prober status`
+    v4  + each target's unit_seen (what the unit_health kind last read of its unit, and the
+        restarts, crashes and OOM kills within its window), null for the other kinds
 
 A dry run writes only a trial file: one named with --state or PROBER_STATE, apart from the
 default path, that a dry run created (`may_write`).
@@ -51,11 +53,12 @@ from prober.core.tracker import (
     Transition,
     transition_json,
 )
+from prober.core.unit_seen import MAX_INCIDENTS, Happened, Incident, UnitSeen
 from prober.io.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger("prober")
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 DEFAULT_STATE_DIR = "/var/lib/prober"
 DEFAULT_SIZE_LIMIT = 256 << 20  # for a reader with no config at hand
 _LOCK_POLL = 0.05
@@ -123,7 +126,17 @@ def _v2_to_v3(data: Document) -> Document:
         for name, entry in targets.items()}}
 
 
-MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(data: Document) -> Document:
+    targets = data.get("targets")
+    if not isinstance(targets, dict):
+        return {**data, "version": 4}
+    return {**data, "version": 4, "targets": {
+        name: {"unit_seen": None, **entry} if isinstance(entry, dict) else entry
+        for name, entry in targets.items()}}
+
+
+MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2, 2: _v2_to_v3,
+                                                         3: _v3_to_v4}
 
 
 def migrate(data: Document) -> Document:
@@ -158,7 +171,15 @@ def _target_to_json(state: TargetState) -> dict[str, Any]:
     out["history"] = [transition_json(t) for t in state.history]
     out["restarts"] = list(state.restarts)
     out["failure_times"] = list(state.failure_times)
+    out["unit_seen"] = None if state.unit_seen is None else _seen_json(state.unit_seen)
     return out
+
+
+def _seen_json(seen: UnitSeen) -> dict[str, Any]:
+    return {"restarts": seen.restarts, "oom_kills": seen.oom_kills, "exited_at": seen.exited_at,
+            "incidents": [{"at": i.at, "happened": i.happened.value, "detail": i.detail}
+                          for i in seen.incidents],
+            "host_oom_kills": seen.host_oom_kills, "unit": seen.unit}
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -199,6 +220,10 @@ def _count(value: Any) -> int:
     if not _is_int(value) or not 0 <= value < _COUNT_LIMIT:
         raise BadField("not a count")
     return int(value)
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _count(value)
 
 
 def _optional_int(value: Any) -> int | None:
@@ -284,6 +309,33 @@ def _memory_user(data: Any) -> MemoryUser:
     return MemoryUser(_text(data.get("name")), _count(data.get("bytes")))
 
 
+_HAPPENINGS = {happened.value: happened for happened in Happened}
+
+
+def _incident(data: Any) -> Incident:
+    if not isinstance(data, dict):
+        raise BadField("an incident that is not an object")
+    name = data.get("happened")
+    happened = _HAPPENINGS.get(name) if isinstance(name, str) else None
+    if happened is None:
+        raise BadField("an incident of no known kind")
+    return Incident(_time(data.get("at")), happened, _text(data.get("detail", "")))
+
+
+def _unit_seen(value: Any) -> UnitSeen | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadField("not an object")
+    incidents = value.get("incidents")
+    if not isinstance(incidents, list) or len(incidents) > MAX_INCIDENTS:
+        raise BadField(f"incidents is not a list of at most {MAX_INCIDENTS}")
+    return UnitSeen(_count(value.get("restarts")), _count(value.get("oom_kills")),
+                    _optional_time(value.get("exited_at")),
+                    tuple(_incident(i) for i in incidents),
+                    _optional_count(value.get("host_oom_kills")), _text(value.get("unit", "")))
+
+
 # How each field of a target's entry is read: the value it had in the file, checked.
 _READERS: dict[str, Callable[[Any], Any]] = {
     "health": _health,
@@ -309,6 +361,7 @@ _READERS: dict[str, Callable[[Any], Any]] = {
     "given_up_reason": _text,
     "paused_until": _optional_time,
     "paused_reason": _text,
+    "unit_seen": _unit_seen,
     "history": _history,
 }
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -200,3 +201,35 @@ def test_the_polkit_rule_is_systemds_alone(tmp_path: Path, broken: Server) -> No
     config = load_config(str(write_config(tmp_path, config_of(broken))))
     assert polkit.restartable_units(config) == ["caddy.service"]
     assert "toy-web" not in prober.actuators.ACTUATORS[0].grants(config, "prober")
+
+
+class _SystemdStandIn(ToyActuator):
+    """systemd, as far as a run can tell: its restarts recorded apart from the toy's."""
+
+    restarted: ClassVar[list[str]] = []
+
+    async def restart(self, target: Target) -> RestartResult:
+        _SystemdStandIn.restarted.append(target.unit or "")
+        TOYS.servers["systemd"].handler = answer(200)
+        return RestartResult(True, "systemd restarted")
+
+
+def test_a_unit_and_a_toy_of_one_name_are_restarted_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Restarts are keyed by actuator and name: a unit and a toy both called caddy.service,
+    both down, are two restarts, each through its own actuator."""
+    systemd = replace(prober.actuators.ACTUATORS[0], make=_SystemdStandIn)
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (systemd, TOY))
+    monkeypatch.setattr(_SystemdStandIn, "restarted", [])
+    with serve(answer(500)) as toy, serve(answer(500)) as unit:
+        TOYS.servers["caddy.service"], TOYS.servers["systemd"] = toy, unit
+        text = ('[defaults]\nfailure_threshold = 1\nstartup_grace = "0s"\n'
+                'confirm_interval = "0s"\nverify_timeout = "2s"\n\n'
+                f'[[target]]\nname = "toy"\nurl = "{toy.url("/")}"\ntoy = "caddy.service"\n\n'
+                f'[[target]]\nname = "unit"\nurl = "{unit.url("/")}"\nunit = "caddy"\n')
+        _, targets = check(write_config(tmp_path, text), tmp_path, capsys)
+    assert TOYS.restarted == ["caddy.service"]
+    assert _SystemdStandIn.restarted == ["caddy.service"]
+    assert targets["toy"]["outcome"] == "restarted (toy restarted); answering again"
+    assert targets["unit"]["outcome"] == "restarted (systemd restarted); answering again"

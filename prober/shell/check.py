@@ -137,16 +137,25 @@ async def _restart_and_verify(
                           clock(), result)
 
 
+RestartKey = tuple[str, str]
+
+
+def restart_key(target: Target) -> RestartKey:
+    """What one restart restarts: a unit and a container of one name are two things."""
+    return target.actuator, target.unit or ""
+
+
 async def _restart_units(
     actuator: Actuator | None, probing: Probing, targets: Sequence[Target],
     decisions: Sequence[Decision], clock: Callable[[], float], requested: RestartRequested,
-) -> dict[str, RestartOutcome]:
+) -> dict[RestartKey, RestartOutcome]:
     """Restart every unit some decision asks for, once each and all at once, so that a run's
     deadline holds one restart_timeout + verify_timeout however many units are down."""
-    chosen: dict[str, Target] = {}
+    chosen: dict[RestartKey, Target] = {}
     for target, decision in zip(targets, decisions, strict=True):
-        if decision.action is Action.RESTART and target.unit and target.unit not in chosen:
-            chosen[target.unit] = target
+        if decision.action is Action.RESTART and target.unit and \
+                restart_key(target) not in chosen:
+            chosen[restart_key(target)] = target
     if actuator is None or not chosen:
         return {}
     done = await asyncio.gather(
@@ -155,8 +164,8 @@ async def _restart_units(
 
 
 def _apply(target: Target, state: TargetState, decision: Decision,
-           restarts: Mapping[str, RestartOutcome], now: float) -> Applied:
-    restarted = restarts.get(target.unit or "")
+           restarts: Mapping[RestartKey, RestartOutcome], now: float) -> Applied:
+    restarted = restarts.get(restart_key(target))
     if decision.action is Action.RESTART and restarted is not None:
         return policy.apply_restart(target, state, decision, restarted)
     return policy.apply_decision(target, state, decision, now)
@@ -230,7 +239,7 @@ async def run_once(
         notice = target.kind.notice(target.probe, verdict.result, now)
         target_state = replace(applied.state, last_notice=notice or "")  # for `prober status`
         state = state.with_target(target.name, target_state)
-        restarted = restarts.get(target.unit or "") if decision.action is Action.RESTART \
+        restarted = restarts.get(restart_key(target)) if decision.action is Action.RESTART \
             else None
         reports.append(TargetReport(
             target=target, result=verdict.result, health=applied.state.health,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from prober.core import policy, tracker
 from prober.core.actuator import Actuator, Facts
 from prober.core.config import Config, Target
-from prober.core.errors import ProberError
+from prober.core.errors import ActuatorFault, ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
@@ -77,6 +77,7 @@ class _Facts:
     actuator: Actuator | None
     facts: dict[str, Facts] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)  # prober's own: see ActuatorFault
 
     async def close(self) -> None:
         if self.actuator is not None:
@@ -98,6 +99,8 @@ async def _gather_facts(
     for target, answer in zip(wanted, answers, strict=True):
         if isinstance(answer, Facts):
             gathered.facts[target.name] = answer
+        elif isinstance(answer, ActuatorFault):
+            gathered.faults[target.name] = str(answer)
         elif isinstance(answer, ProberError):
             gathered.errors[target.name] = str(answer)
         else:
@@ -117,6 +120,10 @@ async def _restart_and_verify(
     requested(target, clock())
     try:
         restarted = await actuator.restart(target)
+    except ActuatorFault as exc:
+        log.error("target=%s unit=%s: restart not done, a prober fault: %s", target.name,
+                  target.unit, exc)
+        return RestartOutcome(Outcome.PROBER_FAULT, str(exc), clock())
     except ProberError as exc:
         log.error("target=%s unit=%s: restart refused: %s", target.name, target.unit, exc)
         return RestartOutcome(Outcome.JOB_FAILED, str(exc), clock())
@@ -215,13 +222,14 @@ async def run_once(
     gathered = await _gather_facts(actuator_factory, wanted)
     if no_restart_reason:
         gathered.errors = {t.name: no_restart_reason for t in wanted}
-        gathered.facts = {}
+        gathered.facts, gathered.faults = {}, {}
     memory = read_memory(targets, folded.verdicts, gathered.facts)
     try:
         decisions = [
             policy.decide(target, verdict, state.get(target.name),
                           gathered.facts.get(target.name), now, dry_run=dry_run,
                           facts_error=gathered.errors.get(target.name, ""),
+                          facts_fault=gathered.faults.get(target.name, ""),
                           memory=memory.for_target(target.name))
             for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]

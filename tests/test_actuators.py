@@ -38,6 +38,7 @@ class Toys:
     running: dict[str, Running] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
     restarted: list[str] = field(default_factory=list)
+    failing: dict[str, str] = field(default_factory=dict)  # its own health check's reason
 
 
 TOYS = Toys()
@@ -47,12 +48,14 @@ class ToyActuator:
     async def facts(self, target: Target) -> Facts:
         name = target.unit or ""
         running = TOYS.running.get(name, Running.RUNNING)
-        return Facts(name, running, f"toy {name} is {running}", since=0.0)
+        return Facts(name, running, f"toy {name} is {running}", since=0.0,
+                     failing=TOYS.failing.get(name, ""))
 
     async def restart(self, target: Target) -> RestartResult:
         name = target.unit or ""
         TOYS.restarted.append(name)
         TOYS.servers[name].handler = answer(200)
+        TOYS.failing.pop(name, None)
         return RestartResult(True, "toy restarted")
 
     async def close(self) -> None:
@@ -233,3 +236,21 @@ def test_a_unit_and_a_toy_of_one_name_are_restarted_apart(
     assert _SystemdStandIn.restarted == ["caddy.service"]
     assert targets["toy"]["outcome"] == "restarted (toy restarted); answering again"
     assert targets["unit"]["outcome"] == "restarted (systemd restarted); answering again"
+
+
+def test_its_own_health_check_fails_a_passing_target_when_it_judges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An actuator that `judges` its targets: its manager's failing health check fails a
+    target whose probe passes, and the policy restarts it as any other failure."""
+    systemd = replace(prober.actuators.ACTUATORS[0], make=_no_systemd)
+    judging = replace(TOY, judges=lambda target: True)
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (systemd, judging))
+    with serve(answer(200)) as server:
+        TOYS.servers["toy-web"] = server
+        TOYS.failing["toy-web"] = "toy-web's own check fails: exit 1"
+        _, targets = check(write_config(tmp_path, config_of(server)), tmp_path, capsys)
+    web = targets["web"]
+    assert web["reason"] == "toy-web's own check fails: exit 1", web
+    assert (web["action"], web["health"]) == ("restart", "healthy")
+    assert TOYS.restarted == ["toy-web"]

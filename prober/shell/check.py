@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prober.core import policy, tracker
-from prober.core.actuator import Actuator, Facts
+from prober.core.actuator import Actuator, Facts, actuator_of
 from prober.core.config import Config, Target
 from prober.core.errors import ActuatorFault, ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
+from prober.core.results import FailureClass, ProbeResult
 from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
 from prober.memory.picture import read_memory
@@ -107,6 +108,35 @@ async def _gather_facts(
             await gathered.close()
             raise answer
     return gathered
+
+
+async def _judged_by_managers(
+    actuator_factory: Callable[[], Actuator] | None, targets: Sequence[Target],
+    results: Sequence[ProbeResult],
+) -> list[ProbeResult]:
+    """The results with the manager's own health check counted where a target's actuator
+    `judges` it: a passing probe of a target its manager calls failing fails; a manager
+    prober cannot ask is prober's fault."""
+    judged = [t for t in targets if t.unit is not None and actuator_of(t).judges(t)]
+    if not judged or actuator_factory is None:
+        return list(results)
+    gathered = await _gather_facts(actuator_factory, judged)
+    await gathered.close()
+    return [_with_manager_health(result, gathered.facts.get(target.name),
+                                 gathered.faults.get(target.name)
+                                 or gathered.errors.get(target.name))
+            for target, result in zip(targets, results, strict=True)]
+
+
+def _with_manager_health(result: ProbeResult, facts: Facts | None, fault: str | None
+                         ) -> ProbeResult:
+    if not result.ok:
+        return result
+    if facts is not None and facts.failing:
+        return replace(result, ok=False, reason=facts.failing, failure=FailureClass.ERROR)
+    if fault:
+        return replace(result, ok=False, reason=fault, failure=FailureClass.PROBER_FAULT)
+    return result
 
 
 RestartRequested = Callable[[Target, float], None]
@@ -205,7 +235,8 @@ async def run_once(
                                   on_restart_requested=on_restart_requested, confirm=confirm)
     started = clock()
     targets = select_targets(config, only)
-    results = await probing.probe_all(targets)
+    results = await _judged_by_managers(actuator_factory, targets,
+                                        await probing.probe_all(targets))
     now = clock()
     before = state
     folded = tracker.fold(config, state, results, now)

@@ -107,7 +107,7 @@ def _epoch(value: object) -> float | None:
 
 def _text(value: object, limit: int = 200) -> str:
     """A string the engine sent, as one clipped line; "" for anything else."""
-    return reason(one_line(value[:4 * limit]))[:limit] if isinstance(value, str) else ""
+    return one_line(reason(value[:4 * limit]))[:limit] if isinstance(value, str) else ""
 
 
 def _table(value: object) -> Mapping[str, Any]:

@@ -180,7 +180,9 @@ def test_check_restarts_through_it_at_the_threshold(
     systemd is never asked (its target is below its threshold)."""
     code, targets = check(write_config(tmp_path, config_of(broken)), tmp_path, capsys)
     web = targets["web"]
-    assert (web["action"], web["unit"], web["health"]) == ("restart", "toy-web", "healthy"), web
+    # Named under its own selector: `unit` stays systemd's.
+    assert (web["action"], web["toy"], web["unit"], web["health"]) == \
+        ("restart", "toy-web", None, "healthy"), web
     assert web["outcome"] == "restarted (toy restarted); answering again"
     assert targets["caddy"]["action"] == "none"
     assert TOYS.restarted == ["toy-web"]

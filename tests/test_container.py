@@ -42,8 +42,13 @@ class Stack:
     def config(self, targets: str, *, threshold: int = 2, defaults: str = "",
                docker_host: str = "") -> None:
         path = self.folder / "prober.toml"
+        recorder = self.folder / "record.py"
+        recorder.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read())\n")
         path.write_text(
-            f'docker_host = "{docker_host or self.engine.docker_host}"\n\n'
+            f'docker_host = "{docker_host or self.engine.docker_host}"\n'
+            f'textfile = "{self.folder / "metrics.prom"}"\n\n'
+            f'[notify]\ncommand = ["{sys.executable}", "{recorder}", '
+            f'"{self.folder / "events.jsonl"}"]\n\n'
             f'[defaults]\nfailure_threshold = {threshold}\nstartup_grace = "0s"\n'
             'confirm_interval = "0s"\ntimeout = "1s"\nretries = 0\nstop_timeout = "1s"\n'
             'restart_timeout = "30s"\n'
@@ -107,6 +112,16 @@ def test_a_frozen_container_is_restarted_at_the_threshold_and_only_it(stack: Sta
     assert stack.started_at("frozen-app") != app_started
     assert stack.started_at("frozen-proxy") == proxy_started
     assert code == 2
+    # Named as a container wherever a unit would be, `unit` keeping its meaning (the
+    # textfile sorts the labels).
+    assert (app_row["container"], app_row["unit"]) == ("frozen-app", None)
+    metrics = (stack.folder / "metrics.prom").read_text()
+    assert 'prober_restarts_total{container="frozen-app",target="app",unit=""} 1.0' in metrics
+    events = [json.loads(line) for line in
+              (stack.folder / "events.jsonl").read_text().splitlines()]
+    restart = next(e for e in events if e["event"] == "restart")
+    assert (restart["target"], restart["container"], restart["unit"]) == \
+        ("app", "frozen-app", None)
 
 
 def test_a_container_an_admin_stopped_stays_stopped(stack: Stack) -> None:

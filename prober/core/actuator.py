@@ -121,6 +121,15 @@ def actuator_of(target: Target) -> ActuatorKind:
 
 
 
+def restarted_as(target: Target) -> dict[str, str | None]:
+    """What restarts the target, under every registered actuator's selector: a unit's target
+    is `{"unit": "caddy.service", "container": None}`, a container's `{"unit": None,
+    "container": "mastodon-web-1"}`: each field keeps one meaning in JSON, labels and
+    notifications."""
+    own = actuator_of(target).name if target.unit is not None else None
+    return {kind.selector: target.unit if kind.name == own else None for kind in registered()}
+
+
 class PerTarget:
     """The `Actuator` a run uses: each target's own registered actuator, made when first
     needed (connecting to its manager costs only when a restart is near)."""

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from tests.support.podman import Engine, podman_engine, wait_listening
 from tests.support.sandbox import free_ports
+from tests.support.servers import answer, hang, serve
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -225,3 +228,25 @@ def test_the_engine_gone_mid_run_is_a_prober_fault(stack: Stack, engine: Engine)
     _, targets = stack.check()
     assert targets["app"]["action"] == "restart", targets["app"]
     wait_listening(app)
+
+
+def test_an_engine_that_hangs_ends_the_run_in_time_with_a_clear_reason(tmp_path: Path) -> None:
+    """An engine that takes the connection and never answers (hung, or a proxy in front of a
+    dead one): the run still ends, its target `prober-fault` with the reason, never exit 3.
+    (The subprocess's timeout is the guard: no time is asserted.)"""
+    folder = Path(tempfile.mkdtemp(prefix="hung-"))  # a socket's path must be short
+    try:
+        with serve(answer(500, b"broken")) as web, \
+                serve(hang(), unix_path=folder / "docker.sock"):
+            stack = Stack(cast(Engine, None), tmp_path, [])
+            stack.config(f'[[target]]\nname = "app"\nurl = "{web.url("/")}"\n'
+                         'container = "app"\n', threshold=1,
+                         docker_host=f"unix://{folder / 'docker.sock'}")
+            code, targets = stack.check()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    row = targets["app"]
+    assert row["action"] == "prober-fault", row
+    assert f"the container engine at {folder / 'docker.sock'} did not answer GET /_ping " \
+        "within 5s" in row["action_reason"]
+    assert code == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from prober.actuators.container import (
     MAX_ANSWER,
+    ContainerActuator,
     Engine,
     NoAnswer,
     cgroup_of,
@@ -23,7 +25,8 @@ from prober.actuators.container import (
     docker_host,
     facts_from_inspect,
 )
-from prober.core.actuator import Running
+from prober.core.actuator import RestartResult, Running
+from prober.core.config import parse_config
 from prober.core.errors import ActuatorFault
 from prober.core.psi import Scope
 from prober.memory.cgroups import CgroupMounts, read_unit_pressure
@@ -252,3 +255,39 @@ def test_no_socket_is_a_prober_fault(tmp_path: Path) -> None:
 
     with pytest.raises(ActuatorFault, match="no container engine answers at"):
         asyncio.run(absent())
+
+
+def test_a_restart_done_but_not_verified_is_a_failed_restart_not_a_fault() -> None:
+    """The engine restarted it, then lost it (compose recreating it at that moment): the
+    restart was done, so it counts, as a failed one; never a prober fault that counts nothing."""
+    inspected = json.dumps(_inspect()).encode()
+    asked: list[bytes] = []
+
+    def handler(head: bytes) -> bytes | None:
+        asked.append(head.split(b" ")[1])
+        if b" /v1.40/_ping " in head:
+            return _http(b"OK")
+        if b" /v1.40/version " in head:
+            return _http(b'{"ApiVersion": "1.41"}')
+        if b"/restart?t=" in head:
+            return _http(b"", "204 No Content")
+        seen = sum(1 for path in asked if path.endswith(b"/json"))
+        return _http(inspected) if seen == 1 else _http(b'{"message": "no such"}', "404 No")
+
+    async def restart(path: str) -> RestartResult:
+        config = parse_config({"docker_host": path, "target": [
+            {"name": "web", "url": "http://127.0.0.1:1/", "container": "web"}]})
+        actuator = ContainerActuator()
+        try:
+            return await actuator.restart(config.targets[0])
+        finally:
+            await actuator.close()
+
+    async def run() -> RestartResult:
+        async with fake_engine(handler) as path:
+            return await restart(path)
+
+    result = asyncio.run(run())
+    assert not result.ok
+    assert result.detail.startswith("restarted, then not verified: the engine at "), result
+    assert b"/v1.40/containers/abc123/restart?t=10" in asked

@@ -382,7 +382,10 @@ class ContainerActuator:
         if answer.status not in (200, 204):
             return RestartResult(False, f"the engine refused: HTTP {answer.status}"
                                         f"{_message(answer.body)}", before.pid)
-        after = await self._restarted(engine, before, started + budget)
+        try:
+            after = await self._restarted(engine, before, started + budget)
+        except ActuatorFault as exc:  # asked and done: counted, though not verified
+            return RestartResult(False, f"restarted, then not verified: {exc}", before.pid)
         elapsed = time.monotonic() - started
         pids = f", pid {before.pid} -> {after.pid}"
         if not after.running or after.started_raw == before.started_raw:

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 
+from tests.support.needs import need_program
 from tests.support.podman import Engine, podman_engine, wait_listening
+from tests.support.processes import stop_process
 from tests.support.sandbox import free_ports
 from tests.support.servers import answer, hang, serve
 
@@ -250,3 +256,60 @@ def test_an_engine_that_hangs_ends_the_run_in_time_with_a_clear_reason(tmp_path:
     assert f"the container engine at {folder / 'docker.sock'} did not answer GET /_ping " \
         "within 5s" in row["action_reason"]
     assert code == 2
+
+
+def _proxy_block() -> str:
+    """docs/operating.md's socket proxy for the engine: its ```nginx block that listens on a
+    Unix socket."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "operating.md").read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", text, re.DOTALL)
+    (block,) = [b for b in blocks if "listen unix:" in b]
+    return textwrap.dedent(block)
+
+
+def test_the_docs_socket_proxy_lets_prober_restart_and_nothing_more(
+        stack: Stack, engine: Engine) -> None:
+    """The nginx socket proxy of docs/operating.md, in front of the real engine: prober
+    restarts a frozen container through it; what prober never asks (creating a container,
+    listing them, exec, images) is refused."""
+    nginx = need_program("/usr/sbin/nginx", "nginx")
+    app = stack.httpd("proxied-app")
+    folder = Path(tempfile.mkdtemp(prefix="proxy-"))
+    proxy_socket = folder / "docker.sock"
+    server = (_proxy_block().replace("/run/prober-docker/docker.sock", str(proxy_socket))
+              .replace("/var/run/docker.sock", str(engine.socket)))
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\nmaster_process off;\nuser root;\npid {folder}/nginx.pid;\n"
+        f"error_log {folder}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n"
+        + "".join(f"  {kind}_temp_path {folder}/{kind};\n"
+                  for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + server + "}\n")
+    proc = subprocess.Popen([nginx, "-p", str(folder), "-c", str(conf)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not proxy_socket.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy_socket.exists(), (folder / "error.log").read_text(errors="replace")
+        stack.config(target("app", app, "proxied-app"), threshold=1,
+                     docker_host=f"unix://{proxy_socket}")
+        stack.engine.freeze("proxied-app")
+        _, targets = stack.check()
+        assert targets["app"]["action"] == "restart", targets["app"]
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(proxy_socket)),
+                          base_url="http://docker/v1.40", timeout=10) as client:
+            assert client.get("/_ping").status_code == 200
+            assert client.get("/containers/proxied-app/json").status_code == 200
+            refused = [client.post("/containers/create", json={"Image": "x"}),
+                       client.get("/containers/json"),
+                       client.post("/containers/proxied-app/exec", json={"Cmd": ["sh"]}),
+                       client.get("/images/json"),
+                       client.delete("/containers/proxied-app"),
+                       client.post("/containers/proxied-app/json"),
+                       client.get("/containers/proxied-app/restart")]
+        assert [r.status_code for r in refused] == [403] * len(refused)
+    finally:
+        stop_process(proc)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,8 @@ DEBIAN_PACKAGES += prometheus redis-server redis-tools postgresql-client procps
 DEBIAN_PACKAGES += chromium
 # docs/operating.md's password-protected proxies for the page: caddy (above), nginx and htpasswd
 DEBIAN_PACKAGES += nginx apache2-utils
+# The container actuator's tests: podman serves the Docker API, runc runs a busybox image
+DEBIAN_PACKAGES += podman runc busybox-static
 
 # `make deb` and its tests: Debian's packaging tools, and pip to fetch the vendored wheels
 DEBIAN_PACKAGES += build-essential debhelper dh-python python3-pip lintian

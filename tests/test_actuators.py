@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -37,6 +38,7 @@ class Toys:
     running: dict[str, Running] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
     restarted: list[str] = field(default_factory=list)
+    failing: dict[str, str] = field(default_factory=dict)  # its own health check's reason
 
 
 TOYS = Toys()
@@ -46,12 +48,14 @@ class ToyActuator:
     async def facts(self, target: Target) -> Facts:
         name = target.unit or ""
         running = TOYS.running.get(name, Running.RUNNING)
-        return Facts(name, running, f"toy {name} is {running}", since=0.0)
+        return Facts(name, running, f"toy {name} is {running}", since=0.0,
+                     failing=TOYS.failing.get(name, ""))
 
     async def restart(self, target: Target) -> RestartResult:
         name = target.unit or ""
         TOYS.restarted.append(name)
         TOYS.servers[name].handler = answer(200)
+        TOYS.failing.pop(name, None)
         return RestartResult(True, "toy restarted")
 
     async def close(self) -> None:
@@ -176,7 +180,9 @@ def test_check_restarts_through_it_at_the_threshold(
     systemd is never asked (its target is below its threshold)."""
     code, targets = check(write_config(tmp_path, config_of(broken)), tmp_path, capsys)
     web = targets["web"]
-    assert (web["action"], web["unit"], web["health"]) == ("restart", "toy-web", "healthy"), web
+    # Named under its own selector: `unit` stays systemd's.
+    assert (web["action"], web["toy"], web["unit"], web["health"]) == \
+        ("restart", "toy-web", None, "healthy"), web
     assert web["outcome"] == "restarted (toy restarted); answering again"
     assert targets["caddy"]["action"] == "none"
     assert TOYS.restarted == ["toy-web"]
@@ -200,3 +206,53 @@ def test_the_polkit_rule_is_systemds_alone(tmp_path: Path, broken: Server) -> No
     config = load_config(str(write_config(tmp_path, config_of(broken))))
     assert polkit.restartable_units(config) == ["caddy.service"]
     assert "toy-web" not in prober.actuators.ACTUATORS[0].grants(config, "prober")
+
+
+class _SystemdStandIn(ToyActuator):
+    """systemd, as far as a run can tell: its restarts recorded apart from the toy's."""
+
+    restarted: ClassVar[list[str]] = []
+
+    async def restart(self, target: Target) -> RestartResult:
+        _SystemdStandIn.restarted.append(target.unit or "")
+        TOYS.servers["systemd"].handler = answer(200)
+        return RestartResult(True, "systemd restarted")
+
+
+def test_a_unit_and_a_toy_of_one_name_are_restarted_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Restarts are keyed by actuator and name: a unit and a toy both called caddy.service,
+    both down, are two restarts, each through its own actuator."""
+    systemd = replace(prober.actuators.ACTUATORS[0], make=_SystemdStandIn)
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (systemd, TOY))
+    monkeypatch.setattr(_SystemdStandIn, "restarted", [])
+    with serve(answer(500)) as toy, serve(answer(500)) as unit:
+        TOYS.servers["caddy.service"], TOYS.servers["systemd"] = toy, unit
+        text = ('[defaults]\nfailure_threshold = 1\nstartup_grace = "0s"\n'
+                'confirm_interval = "0s"\nverify_timeout = "2s"\n\n'
+                f'[[target]]\nname = "toy"\nurl = "{toy.url("/")}"\ntoy = "caddy.service"\n\n'
+                f'[[target]]\nname = "unit"\nurl = "{unit.url("/")}"\nunit = "caddy"\n')
+        _, targets = check(write_config(tmp_path, text), tmp_path, capsys)
+    assert TOYS.restarted == ["caddy.service"]
+    assert _SystemdStandIn.restarted == ["caddy.service"]
+    assert targets["toy"]["outcome"] == "restarted (toy restarted); answering again"
+    assert targets["unit"]["outcome"] == "restarted (systemd restarted); answering again"
+
+
+def test_its_own_health_check_fails_a_passing_target_when_it_judges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An actuator that `judges` its targets: its manager's failing health check fails a
+    target whose probe passes, and the policy restarts it as any other failure."""
+    systemd = replace(prober.actuators.ACTUATORS[0], make=_no_systemd)
+    judging = replace(TOY, judges=lambda target: True)
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (systemd, judging))
+    with serve(answer(200)) as server:
+        TOYS.servers["toy-web"] = server
+        TOYS.failing["toy-web"] = "toy-web's own check fails: exit 1"
+        _, targets = check(write_config(tmp_path, config_of(server)), tmp_path, capsys)
+    web = targets["web"]
+    assert web["reason"] == "toy-web's own check fails: exit 1", web
+    assert (web["action"], web["health"]) == ("restart", "healthy")
+    assert TOYS.restarted == ["toy-web"]

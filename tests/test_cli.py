@@ -120,7 +120,8 @@ def test_certificate_about_to_expire_is_a_warning(prober: Prober, tmp_path: Path
     assert abs(target["cert_not_after"] - (datetime.datetime.now(datetime.UTC).timestamp()
                                            + (valid_days * 24 + 1) * 3600)) < 300
     metrics = (tmp_path / "m.prom").read_text()
-    assert 'prober_tls_not_after_timestamp_seconds{target="site",unit="caddy.service"}' in metrics
+    assert ('prober_tls_not_after_timestamp_seconds'
+            '{container="",target="site",unit="caddy.service"}') in metrics
     if code == 0:
         assert target["notice"] is None and nagios.out.startswith("PROBER OK")
         return
@@ -847,7 +848,7 @@ def test_watch_listen_overrides_the_config(prober: Prober, web: Server, host: st
     finally:
         watcher.terminate()
         _, err = watcher.communicate(timeout=10)
-    assert 'prober_probe_success{target="web",unit=""} 1.0' in metrics, err
+    assert 'prober_probe_success{container="",target="web",unit=""} 1.0' in metrics, err
     assert f"on http://{host}:{given}/" in err
 
 
@@ -894,9 +895,10 @@ def test_a_missing_env_file_is_a_prober_fault_in_every_output(prober: Prober,
     assert "unknown (prober fault)" in status.out
     (entry,) = prober("status", "--json").json()["targets"]
     assert entry["prober_fault"] is True and entry["history"] == []
-    assert ('prober_target_prober_fault{target="redis",unit="redis-server.service"} 1.0'
+    assert ('prober_target_prober_fault'
+            '{container="",target="redis",unit="redis-server.service"} 1.0'
             in textfile.read_text())
-    assert 'prober_target_down{target="redis",unit="redis-server.service"} 0.0' in \
+    assert 'prober_target_down{container="",target="redis",unit="redis-server.service"} 0.0' in \
         textfile.read_text()
 
 

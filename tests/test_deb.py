@@ -106,6 +106,8 @@ def test_package_ships_command_units_cron_examples_and_man_page(deb: Path, root:
     examples = root / "usr/share/doc/prober/examples"
     for example in (REPO / "examples").glob("*.toml"):
         assert (examples / example.name).read_text() == example.read_text()
+    for drop_in in ("prober-docker.conf", "prober-docker-proxy.conf"):  # for the admin to copy
+        assert (examples / drop_in).read_text() == (REPO / "units" / drop_in).read_text()
     assert (root / "usr/share/man/man1/prober.1.gz").is_file()
     assert (root / "usr/share/man/man5/prober.toml.5.gz").is_file()
     docs = root / "usr/share/doc/prober/docs"

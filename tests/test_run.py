@@ -20,7 +20,7 @@ import pytest
 from prober.core import tracker
 from prober.core.actuator import Facts, RestartResult, Running
 from prober.core.config import Config, Target, parse_config
-from prober.core.errors import SystemdError
+from prober.core.errors import ActuatorFault, SystemdError
 from prober.core.policy import Action
 from prober.core.results import FailureClass
 from prober.core.runs import RunReport, Status
@@ -44,12 +44,15 @@ class FakeActuator:
     known: dict[str, Facts] = field(default_factory=dict)
     on_restart: Callable[[Target], RestartResult] = lambda t: RestartResult(True, "job done")
     facts_error: str = ""
+    facts_fault: str = ""
     restarted: list[str] = field(default_factory=list)
     closed: int = 0
 
     async def facts(self, target: Target) -> Facts:
         if self.facts_error:
             raise SystemdError(self.facts_error)
+        if self.facts_fault:
+            raise ActuatorFault(self.facts_fault)
         unit = target.unit or ""
         return self.known.get(unit) or _running(unit, since=NOW - 3600)
 
@@ -158,6 +161,32 @@ def test_unit_facts_unknown(web: Server, events_file: Path) -> None:
     assert report.targets[0].decision.action is Action.UNIT_UNKNOWN
     assert "the bus is gone" in report.targets[0].decision.reason
     assert actuator.restarted == []
+
+
+def test_an_actuator_it_cannot_use_is_a_prober_fault(web: Server, events_file: Path) -> None:
+    """An actuator prober cannot use through its own fault (its socket gone) is prober's
+    problem: `prober-fault`, a warning in the view, never a restart nor `unit-unknown`."""
+    actuator = FakeActuator(facts_fault="no socket at /run/docker.sock")
+    state, report = _run(_config(web, events_file), actuator)
+    (item,) = report.targets
+    assert item.decision.action is Action.PROBER_FAULT
+    assert "no socket at /run/docker.sock" in item.decision.reason
+    assert actuator.restarted == []
+    assert state.get("web").restarts == ()
+
+
+def test_a_restart_it_could_not_ask_for_is_a_prober_fault_and_not_counted(
+        web: Server, events_file: Path) -> None:
+    """A restart the actuator could not even ask for, through prober's fault, is not counted
+    against the budget: `prober-fault`, not `restart-failed`."""
+    def gone(target: Target) -> RestartResult:
+        raise ActuatorFault("the socket went away")
+    state, report = _run(_config(web, events_file), FakeActuator(on_restart=gone))
+    (item,) = report.targets
+    assert item.decision.action is Action.PROBER_FAULT
+    assert "the socket went away" in item.decision.reason
+    assert state.get("web").restarts == ()
+    assert Event.RESTART_FAILED not in [c.event for c in report.changes]
 
 
 def test_stopped_unit_is_never_started(web: Server, events_file: Path) -> None:

@@ -109,7 +109,8 @@ def timeout_start(service: str) -> float:
     return int(value[0]) * _SYSTEMD_UNITS[value[1]]
 
 
-@pytest.mark.parametrize("example", ["default", "caddy-only", "mastodon", "mastodon-nginx"])
+@pytest.mark.parametrize("example", ["default", "caddy-only", "mastodon", "mastodon-nginx",
+                                     "mastodon-compose"])
 def test_the_timers_run_has_time_for_the_longest_run(example: str) -> None:
     """prober.service's TimeoutStartSec= is longer than the run deadline of the default config
     and of the shipped examples: their slowest probe, its confirmations, a restart and its

@@ -174,3 +174,18 @@ def test_page_and_status_json_agree_on_each_status_before_the_first_run() -> Non
     cards = dict(re.findall(r'data-target="([^"]+)" data-status="(\w+)"',
                             _served(snapshot, "/")))
     assert cards == {target["name"]: target["status"] for target in served}
+
+
+def test_a_failing_containers_next_step_is_its_engine_log() -> None:
+    """A container has no journal of its own: its next step is `docker logs` since the outage
+    began; a unit's stays its journal."""
+    from prober.outputs.page import next_step
+
+    config = parse_config({"target": [
+        {"name": "web", "url": "http://127.0.0.1:3000/health", "container": "mastodon-web-1"}]})
+    state = State(targets={"web": DOWN}, updated_at=NOW - 1)
+    (view,) = views(Snapshot(config, state, None, NOW))
+    assert next_step(view, None) == \
+        f'docker logs --since "{utc(NOW - 300, "%Y-%m-%dT%H:%M:%SZ")}" mastodon-web-1'
+    assert next_step(_view(DOWN), None) == \
+        f'journalctl -u mastodon-web.service --since "{utc(NOW - 300)}"'

@@ -334,7 +334,7 @@ def test_the_watcher_serves_its_page_and_metrics_and_follows_a_reload(tmp_path: 
                 await client.get(f"http://127.0.0.1:{moved}/metrics")
 
     asyncio.run(scenario())
-    assert 'prober_probe_success{target="web",unit=""} 1.0' in seen["metrics"]
+    assert 'prober_probe_success{container="",target="web",unit=""} 1.0' in seen["metrics"]
     assert '"name": "web"' in seen["status"] and "<html" in seen["page"].lower()
     assert "prober_interval_seconds" in seen["moved"]
 

@@ -1175,6 +1175,7 @@ FIGURES: dict[str, Figure] = {
     "deb": lambda bench, args: figure_deb(bench),
     "state": _elsewhere("tests.bench_state", "figure_state"),
     "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
+    "container": _elsewhere("tools.bench_container", "figure_container"),
     "against": _against,  # only with --against REV
 }
 

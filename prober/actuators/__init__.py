@@ -12,6 +12,7 @@ from prober.core.actuator import ActuatorKind
 
 _MODULES = (
     "systemd",
+    "container",
 )
 
 ACTUATORS: tuple[ActuatorKind, ...] = tuple(

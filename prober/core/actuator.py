@@ -48,6 +48,9 @@ class Facts:
     main_pid: int = 0
     memory_scope: str | None = None  # its cgroup, for its own memory pressure
     start_limit: StartLimit | None = None
+    # Why the manager's own health check fails it (Docker's `unhealthy`), "" when it passes or
+    # has none; read only for a target whose actuator `judges` it.
+    failing: str = ""
 
     def describe(self) -> str:
         return self.detail
@@ -78,6 +81,11 @@ def no_grants(config: Config, user: str) -> str:
     return ""
 
 
+def judges_nothing(target: Target) -> bool:
+    """An actuator whose manager has no health check of its own to count."""
+    return False
+
+
 @dataclass(frozen=True)
 class ActuatorKind:
     """One actuator, as registered in prober/actuators/__init__.py."""
@@ -91,6 +99,9 @@ class ActuatorKind:
     # Top-level keys of its own (where its manager listens), read once and handed to each of its
     # targets with its other keys, in `Target.actuation`.
     top_keys: tuple[Key, ...] = ()
+    # Whether its manager's own health check (`Facts.failing`) counts as a failure of the
+    # target, asked of its facts every run (a target's `container_health = true`).
+    judges: Callable[[Target], bool] = judges_nothing
 
     @property
     def selector(self) -> str:
@@ -108,6 +119,15 @@ def actuator_of(target: Target) -> ActuatorKind:
     actuators = registered()
     return next((a for a in actuators if a.name == target.actuator), actuators[0])
 
+
+
+def restarted_as(target: Target) -> dict[str, str | None]:
+    """What restarts the target, under every registered actuator's selector: a unit's target
+    is `{"unit": "caddy.service", "container": None}`, a container's `{"unit": None,
+    "container": "mastodon-web-1"}`: each field keeps one meaning in JSON, labels and
+    notifications."""
+    own = actuator_of(target).name if target.unit is not None else None
+    return {kind.selector: target.unit if kind.name == own else None for kind in registered()}
 
 
 class PerTarget:

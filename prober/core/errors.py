@@ -4,6 +4,7 @@
     ├── ConfigError        the config file is missing, unreadable or invalid
     ├── StateError         the state file or its directory cannot be used
     ├── SystemdError       systemd cannot be reached or refused a request
+    ├── ActuatorFault      an actuator's manager cannot be used, through prober's own fault
     ├── UsageError         a command-line argument makes no sense
     └── InstallError       a file prober installs into the system cannot be written
 
@@ -38,6 +39,12 @@ class StateError(ProberError):
 
 class SystemdError(ProberError):
     """systemd cannot be reached, or refused what was asked."""
+
+
+class ActuatorFault(ProberError):
+    """An actuator cannot use its manager through prober's own fault, not the target's: its
+    socket missing, a permission, an API too old, what it restarts briefly unknown. A run
+    reports it as `prober-fault` (exit 1): nothing is restarted, nothing is counted."""
 
 
 class UsageError(ProberError):

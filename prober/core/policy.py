@@ -93,9 +93,11 @@ def decide(
     *,
     dry_run: bool = False,
     facts_error: str = "",
+    facts_fault: str = "",
     memory: Memory = Memory(),
 ) -> Decision:
-    """What to do about one target this run, and why."""
+    """What to do about one target this run, and why. `facts_fault` is why its actuator could
+    not be asked, when that is prober's own fault (an `ActuatorFault`)."""
 
     def decision(action: Action, reason: str) -> Decision:
         return Decision(target.name, action, reason, target.unit)
@@ -118,12 +120,16 @@ def decide(
                         f"{verdict.result.reason}")
     if state.given_up:
         return decision(Action.GIVEN_UP, state.given_up_reason or "given up")
+    if facts is None and facts_fault and not dry_run:
+        return decision(Action.PROBER_FAULT, f"prober's own fault, not the target's: cannot ask "
+                        f"{_manager(target)} about {target.unit}: {facts_fault}; nothing "
+                        "restarted")
     if facts is None:
         if dry_run:
             return decision(Action.WOULD_RESTART, f"would restart {target.unit} "
                             f"(its state is unknown: {facts_error or 'not asked'})")
         return decision(Action.UNIT_UNKNOWN, f"cannot ask {_manager(target)} about "
-                        f"{target.unit}: {facts_error or 'unknown error'}")
+                        f"{target.unit}: {facts_error or facts_fault or 'unknown error'}")
     action, reason = _judge_unit(target, state, facts, now)
     if action is Action.RESTART:
         hold = _hold(target, state, facts, now, memory)
@@ -250,6 +256,7 @@ class Outcome(StrEnum):
     NOT_RECOVERED = "not-recovered"  # job done, the target still fails
     JOB_FAILED = "job-failed"  # systemd's job ended in failed/timeout/canceled, or no answer
     UNKNOWN = "unknown"  # asked for, and the prober stopped before it learnt how it went
+    PROBER_FAULT = "prober-fault"  # the actuator could not be used, prober's own fault
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,10 @@ def apply_restart(target: Target, state: TargetState, decision: Decision,
     """The state after the prober restarted the target's unit (and re-probed it), and the
     decision as it stands: a restart whose job failed is `restart-failed`."""
     now = restarted.at
+    if restarted.outcome is Outcome.PROBER_FAULT:
+        return _applied(target, state, state, replace(
+            decision, action=Action.PROBER_FAULT,
+            reason=f"prober's own fault, not the target's: {restarted.detail}; not counted"))
     window = max(target.policy.restart_window, 1.0)
     restarts = (*(at for at in state.restarts if now - at < window), now)
     if restarted.outcome is Outcome.UNKNOWN:

@@ -100,7 +100,8 @@ def target_view(target: Target, state: TargetState, item: TargetReport | None,
         pause=pause,
         held=_held(item, state),
         culprit=_culprit(state),
-        prober_fault=item.result.prober_fault if item is not None else has_prober_fault(state),
+        prober_fault=(item.result.prober_fault or item.decision.action is Action.PROBER_FAULT)
+        if item is not None else has_prober_fault(state),
         given_up_reason=(state.given_up_reason or "restarts did not help")
         if state.given_up else None,
         notice=notice,

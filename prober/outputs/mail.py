@@ -83,7 +83,8 @@ def _count(events: int) -> str:
 
 def _line(payload: Mapping[str, Any]) -> str:
     at = utc(payload["at"])
-    unit = f" ({payload['unit']})" if payload["unit"] else ""
+    restarts = payload["unit"] or payload.get("container")
+    unit = f" ({restarts})" if restarts else ""
     word = _WORDS[NotifyEvent(payload["event"])]
     said = _why(payload)
     why = f": {clip(said, 300)}" if said else ""

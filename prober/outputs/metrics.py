@@ -4,7 +4,7 @@ It comes from `prometheus_client`: a collector renders one `Snapshot` into metri
 registry of its own (no process or platform collectors, nothing global). Importing this module
 loads prometheus_client, so the healthy `check` imports it only when a textfile is configured.
 
-Per target, with the labels `target` and `unit` (`""` for a monitor-only target), for the
+Per target, with the labels `target`, `unit` and `container` (`""` where none), for the
 targets the state knows (every target from its first run on): `prober_probe_success`,
 `prober_probe_duration_seconds`, `prober_consecutive_failures`, `prober_target_down`,
 `prober_restarts_total`, `prober_given_up`, `prober_paused`, `prober_target_prober_fault` and,
@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from prober.core.actuator import restarted_as
 from prober.core.errors import StateError
 from prober.core.results import ProbeResult
 from prober.core.runs import Snapshot, pressure_threshold
@@ -38,7 +39,7 @@ __all__ = ["CONTENT_TYPE", "exposition", "families", "write_textfile"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # of `exposition()`'s bytes, for `/metrics`
 TEXTFILE_MODE = 0o644  # node_exporter runs as another user, whatever the unit's UMask=
-LABELS = ("target", "unit")
+LABELS = ("target", "unit", "container")
 
 HELP = {
     "prober_probe_success": "1 if the target's last probe passed, 0 if it failed.",
@@ -98,7 +99,8 @@ class _Row:
 
     @property
     def labels(self) -> list[str]:
-        return [self.view.target.name, self.view.target.unit or ""]
+        names = restarted_as(self.view.target)
+        return [self.view.target.name, names.get("unit") or "", names.get("container") or ""]
 
     @property
     def success(self) -> bool | None:

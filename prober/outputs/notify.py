@@ -19,6 +19,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from prober.core.actuator import restarted_as
 from prober.core.config import Config, Notify, NotifyEvent
 from prober.core.keys import one_line_secret
 from prober.core.tracker import Change
@@ -31,11 +32,13 @@ _MAX_BACKOFF = 2.0
 
 
 def event_payload(event: NotifyEvent, target: str, unit: str | None, reason: str,
-                  at: float, cause: str | None = None, **extra: Any) -> dict[str, Any]:
+                  at: float, cause: str | None = None, *, container: str | None = None,
+                  **extra: Any) -> dict[str, Any]:
     """`cause` is the probe's reason behind an action (a restart, a failed one, giving up),
-    whose `reason` says what prober did or could not do."""
-    return {"event": event.value, "target": target, "unit": unit, "cause": cause,
-            "reason": reason, "at": at, "host": socket.gethostname(), **extra}
+    whose `reason` says what prober did or could not do. `unit` is a systemd unit's name,
+    `container` a container's: what restarts the target, or None."""
+    return {"event": event.value, "target": target, "unit": unit, "container": container,
+            "cause": cause, "reason": reason, "at": at, "host": socket.gethostname(), **extra}
 
 
 _NOTIFIED = {event.value: event for event in NotifyEvent}
@@ -46,15 +49,17 @@ def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str
              **extra: Any) -> list[dict[str, Any]]:
     """The JSON payloads of the changes that are notification events; `causes` are this run's
     probe reasons by target, set beside the actions taken on them."""
-    units = {t.name: t.unit for t in config.targets}
+    names = {t.name: restarted_as(t) for t in config.targets}
     out = []
     for change in changes:
         event = _NOTIFIED.get(change.event.value)
         if event is not None:
             entry = change.transition
             cause = (causes or {}).get(change.target) if event in _ACTIONS else None
-            out.append(event_payload(event, change.target, units.get(change.target),
-                                     entry.reason, entry.at, cause or None, **extra))
+            restarts = names.get(change.target, {})
+            out.append(event_payload(event, change.target, restarts.get("unit"),
+                                     entry.reason, entry.at, cause or None,
+                                     container=restarts.get("container"), **extra))
     return out
 
 

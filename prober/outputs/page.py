@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from prober.core.actuator import restarted_as
 from prober.core.policy import starves
 from prober.core.psi import describe_users
 from prober.core.runs import (
@@ -160,6 +161,9 @@ def next_step(view: TargetView, reload: ConfigReload | None) -> str | None:
     began = view.down_since or view.since
     if view.target.unit is None or began is None:
         return None
+    container = restarted_as(view.target).get("container")
+    if container:
+        return f'docker logs --since "{utc(began, "%Y-%m-%dT%H:%M:%SZ")}" {container}'
     return f'journalctl -u {view.target.unit} --since "{utc(began)}"'
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from prober.core.actuator import restarted_as
 from prober.core.config import Config
 from prober.core.keys import format_duration
 from prober.core.psi import describe_users
@@ -122,7 +123,7 @@ def _target_json(item: TargetReport, view: TargetView) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "consecutive_failures": item.state.consecutive_failures,
         "health": item.health.value,
-        "unit": item.target.unit,
+        **restarted_as(item.target),
         "action": item.decision.action.value,
         "action_reason": item.decision.reason,
         "outcome": item.outcome,
@@ -189,7 +190,7 @@ def _view_json(view: TargetView, history: int) -> dict[str, Any]:
     target, t = view.target, view.state
     return {
         "name": target.name,
-        "unit": target.unit,
+        **restarted_as(target),
         "endpoint": redact_url(target.endpoint),
         "status": view.status.value,
         "health": t.health.value,
@@ -250,9 +251,7 @@ def status_text(config: Config, state: State, now: float, history: int = 5) -> s
 
 
 def _status_details(view: TargetView, history: int) -> list[str]:
-    extra = []
-    if view.target.unit:
-        extra.append(f"unit {view.target.unit}")
+    extra = [f"{key} {name}" for key, name in restarted_as(view.target).items() if name]
     if view.next_restart_at is not None:
         extra.append(f"next restart allowed at {when(view.next_restart_at)}")
     if view.given_up_reason is not None:

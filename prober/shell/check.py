@@ -13,12 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from prober.core import policy, tracker
-from prober.core.actuator import Actuator, Facts
+from prober.core.actuator import Actuator, Facts, actuator_of
 from prober.core.config import Config, Target
-from prober.core.errors import ProberError
+from prober.core.errors import ActuatorFault, ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
+from prober.core.results import FailureClass, ProbeResult
 from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
 from prober.memory.picture import read_memory
@@ -77,6 +78,7 @@ class _Facts:
     actuator: Actuator | None
     facts: dict[str, Facts] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)  # prober's own: see ActuatorFault
 
     async def close(self) -> None:
         if self.actuator is not None:
@@ -98,12 +100,43 @@ async def _gather_facts(
     for target, answer in zip(wanted, answers, strict=True):
         if isinstance(answer, Facts):
             gathered.facts[target.name] = answer
+        elif isinstance(answer, ActuatorFault):
+            gathered.faults[target.name] = str(answer)
         elif isinstance(answer, ProberError):
             gathered.errors[target.name] = str(answer)
         else:
             await gathered.close()
             raise answer
     return gathered
+
+
+async def _judged_by_managers(
+    actuator_factory: Callable[[], Actuator] | None, targets: Sequence[Target],
+    results: Sequence[ProbeResult],
+) -> list[ProbeResult]:
+    """The results with the manager's own health check counted where a target's actuator
+    `judges` it: a passing probe of a target its manager calls failing fails; a manager
+    prober cannot ask is prober's fault."""
+    judged = [t for t in targets if t.unit is not None and actuator_of(t).judges(t)]
+    if not judged or actuator_factory is None:
+        return list(results)
+    gathered = await _gather_facts(actuator_factory, judged)
+    await gathered.close()
+    return [_with_manager_health(result, gathered.facts.get(target.name),
+                                 gathered.faults.get(target.name)
+                                 or gathered.errors.get(target.name))
+            for target, result in zip(targets, results, strict=True)]
+
+
+def _with_manager_health(result: ProbeResult, facts: Facts | None, fault: str | None
+                         ) -> ProbeResult:
+    if not result.ok:
+        return result
+    if facts is not None and facts.failing:
+        return replace(result, ok=False, reason=facts.failing, failure=FailureClass.ERROR)
+    if fault:
+        return replace(result, ok=False, reason=fault, failure=FailureClass.PROBER_FAULT)
+    return result
 
 
 RestartRequested = Callable[[Target, float], None]
@@ -117,6 +150,10 @@ async def _restart_and_verify(
     requested(target, clock())
     try:
         restarted = await actuator.restart(target)
+    except ActuatorFault as exc:
+        log.error("target=%s unit=%s: restart not done, a prober fault: %s", target.name,
+                  target.unit, exc)
+        return RestartOutcome(Outcome.PROBER_FAULT, str(exc), clock())
     except ProberError as exc:
         log.error("target=%s unit=%s: restart refused: %s", target.name, target.unit, exc)
         return RestartOutcome(Outcome.JOB_FAILED, str(exc), clock())
@@ -137,16 +174,25 @@ async def _restart_and_verify(
                           clock(), result)
 
 
+RestartKey = tuple[str, str]
+
+
+def restart_key(target: Target) -> RestartKey:
+    """What one restart restarts: a unit and a container of one name are two things."""
+    return target.actuator, target.unit or ""
+
+
 async def _restart_units(
     actuator: Actuator | None, probing: Probing, targets: Sequence[Target],
     decisions: Sequence[Decision], clock: Callable[[], float], requested: RestartRequested,
-) -> dict[str, RestartOutcome]:
+) -> dict[RestartKey, RestartOutcome]:
     """Restart every unit some decision asks for, once each and all at once, so that a run's
     deadline holds one restart_timeout + verify_timeout however many units are down."""
-    chosen: dict[str, Target] = {}
+    chosen: dict[RestartKey, Target] = {}
     for target, decision in zip(targets, decisions, strict=True):
-        if decision.action is Action.RESTART and target.unit and target.unit not in chosen:
-            chosen[target.unit] = target
+        if decision.action is Action.RESTART and target.unit and \
+                restart_key(target) not in chosen:
+            chosen[restart_key(target)] = target
     if actuator is None or not chosen:
         return {}
     done = await asyncio.gather(
@@ -155,8 +201,8 @@ async def _restart_units(
 
 
 def _apply(target: Target, state: TargetState, decision: Decision,
-           restarts: Mapping[str, RestartOutcome], now: float) -> Applied:
-    restarted = restarts.get(target.unit or "")
+           restarts: Mapping[RestartKey, RestartOutcome], now: float) -> Applied:
+    restarted = restarts.get(restart_key(target))
     if decision.action is Action.RESTART and restarted is not None:
         return policy.apply_restart(target, state, decision, restarted)
     return policy.apply_decision(target, state, decision, now)
@@ -190,7 +236,8 @@ async def run_once(
     started = clock()
     targets = select_targets(config, only)
     probing.recall(targets, state)
-    results = await probing.probe_all(targets)
+    results = await _judged_by_managers(actuator_factory, targets,
+                                        await probing.probe_all(targets))
     now = clock()
     before = state
     folded = tracker.fold(config, state, results, now)
@@ -207,13 +254,14 @@ async def run_once(
     gathered = await _gather_facts(actuator_factory, wanted)
     if no_restart_reason:
         gathered.errors = {t.name: no_restart_reason for t in wanted}
-        gathered.facts = {}
+        gathered.facts, gathered.faults = {}, {}
     memory = read_memory(targets, folded.verdicts, gathered.facts)
     try:
         decisions = [
             policy.decide(target, verdict, state.get(target.name),
                           gathered.facts.get(target.name), now, dry_run=dry_run,
                           facts_error=gathered.errors.get(target.name, ""),
+                          facts_fault=gathered.faults.get(target.name, ""),
                           memory=memory.for_target(target.name))
             for target, verdict in zip(targets, folded.verdicts, strict=True)
         ]
@@ -231,7 +279,7 @@ async def run_once(
         notice = target.kind.notice(target.probe, verdict.result, now)
         target_state = replace(applied.state, last_notice=notice or "")  # for `prober status`
         state = state.with_target(target.name, target_state)
-        restarted = restarts.get(target.unit or "") if decision.action is Action.RESTART \
+        restarted = restarts.get(restart_key(target)) if decision.action is Action.RESTART \
             else None
         reports.append(TargetReport(
             target=target, result=verdict.result, health=applied.state.health,

@@ -47,6 +47,7 @@ class TargetReport:
     state: TargetState
     outcome: str | None = None  # how a restart went, one line
     notice: str | None = None  # a warning that is no failure: a certificate about to expire
+    blamed_on: str | None = None  # the failing dependency its failure is blamed on
 
     @property
     def status(self) -> Status:
@@ -109,6 +110,7 @@ class RunReport:
     state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
     changes: tuple[Change, ...] = ()  # what this run recorded in the targets' histories
     top_memory: tuple[MemoryUser, ...] = ()  # the largest memory users, when targets starve
+    restarts_asked: tuple[tuple[str, float], ...] = ()  # (target, when) asked of the actuator
 
     @property
     def status(self) -> Status:

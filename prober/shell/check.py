@@ -188,6 +188,7 @@ async def run_once(
                                   only=only, no_restart_reason=no_restart_reason, probing=own,
                                   on_restart_requested=on_restart_requested, confirm=confirm)
     started = clock()
+    asked, requested = _noted(on_restart_requested)
     targets = select_targets(config, only)
     results = await probing.probe_all(targets)
     now = clock()
@@ -219,7 +220,7 @@ async def run_once(
         decisions = policy.one_restart_under_pressure(
             targets, decisions, memory.host_pressure, memory.culprit)
         restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock,
-                                        on_restart_requested)
+                                        requested)
     finally:
         await gathered.close()
     reports = []
@@ -236,6 +237,7 @@ async def run_once(
             target=target, result=verdict.result, health=applied.state.health,
             decision=applied.decision, state=target_state,
             outcome=None if restarted is None else restarted.detail, notice=notice,
+            blamed_on=verdict.blamed_on,
         ))
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:
@@ -249,8 +251,19 @@ async def run_once(
             {"name": u.name, "bytes": u.bytes} for u in memory.top]))
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
                        duration=clock() - started, pressure=memory.host_pressure,
-                       changes=tuple(changes), top_memory=memory.top)
+                       changes=tuple(changes), top_memory=memory.top,
+                       restarts_asked=tuple(asked))
     return state, report
+
+
+def _noted(then: RestartRequested) -> tuple[list[tuple[str, float]], RestartRequested]:
+    """`then`, noting each restart asked (target, when) in the list first, for the record."""
+    asked: list[tuple[str, float]] = []
+
+    def requested(target: Target, at: float) -> None:
+        asked.append((target.name, at))
+        then(target, at)
+    return asked, requested
 
 
 def _log_results(verdicts: Sequence[Verdict]) -> None:

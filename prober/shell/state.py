@@ -519,7 +519,7 @@ class StateStore:
         """Write the state atomically: a temp file, fsync, rename, fsync the directory."""
         self._ensure_directory()
         try:
-            owner = self._directory_owner()
+            owner = self.directory_owner()
             write_atomically(self.path, dumps(state).encode(), owner=owner[0], group=owner[1])
             remove_stale_temp_files(self.path)
         except OSError as exc:
@@ -569,7 +569,7 @@ class StateStore:
         times = [t for t in (state.updated_at, beat) if t is not None]
         return max(times) if times else None
 
-    def _directory_owner(self) -> tuple[int | None, int | None]:
+    def directory_owner(self) -> tuple[int | None, int | None]:
         """As root, new files go to the state directory's owner (the `prober` user of
         StateDirectory=), so a manual root run leaves nothing the timer cannot use."""
         if os.geteuid() != 0:
@@ -578,7 +578,7 @@ class StateStore:
         return owner.st_uid, owner.st_gid
 
     def _give_to_directory_owner(self, fd: int) -> None:
-        uid, gid = self._directory_owner()
+        uid, gid = self.directory_owner()
         if uid is None or gid is None:
             return
         st = os.fstat(fd)

@@ -1,0 +1,244 @@
+"""The outage record: its lines read as hostile input (a table of cases), its entries from a
+run's changes, outages and compaction as pure functions; then the file met as a user meets it,
+through the real `prober check`, `status --since` and `report` against loopback servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prober.core.psi import MemoryUser
+from prober.core.record import (
+    LINE_MAX,
+    BadLine,
+    Entry,
+    Kind,
+    dump_line,
+    from_changes,
+    kept,
+    outages,
+    parse_line,
+)
+from prober.core.tracker import Change, Event, TargetState, Transition
+from prober.outputs.timeline import postmortem
+from prober.shell.record import RecordFile, record_path
+from tests.support.servers import Server, flaky, health, refused_port, serve
+from tests.test_cli import Prober, _config
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+def _line(**fields: object) -> bytes:
+    return json.dumps({"v": 1, "at": NOW, "target": "web", "event": "down", "reason": "x",
+                       **fields}).encode()
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    (b"", "not JSON"),
+    (b'{"v": 1, "at": 1', "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "not an object"),
+    (b"[" * 100_000, "a line longer"),
+    (_line(v=2), "not version 1"),
+    (_line(v=True), "not version 1"),
+    (_line(event="exploded"), "no known kind"),
+    (_line(event=["down"]), "no known kind"),
+    (_line(at="yesterday"), "at: not a time"),
+    (_line(at=-1), "at: not a time"),
+    (_line(at=1e300), "at: not a time"),
+    (_line(target=7), "target: not a string"),
+    (_line(psi=101), "psi: not a number"),
+    (_line(duration=float("nan")), "duration: not a number"),
+    (_line(top_memory=[{"name": "x"}] * 11), "top_memory: not a short list"),
+    (_line(top_memory=[{"name": "x", "bytes": -1}]), "top_memory: not a name"),
+    (_line(top_memory=[{"name": 1, "bytes": 1}]), "top_memory: not a string"),
+], ids=["empty", "torn", "not-utf8", "list", "deep", "newer", "bool-version", "unknown-event",
+        "event-list", "at-text", "at-negative", "at-huge", "target-number", "psi-over-100",
+        "duration-nan", "many-users", "negative-bytes", "user-name-number"])
+def test_a_damaged_line_is_refused_with_what_is_wrong(line: bytes, problem: str) -> None:
+    """Each line that is not an entry prober writes is refused, saying what is wrong."""
+    with pytest.raises(BadLine, match=problem):
+        parse_line(line)
+
+
+def test_an_entry_survives_its_line() -> None:
+    """An entry written as a line reads back equal, its text kept on one line."""
+    entry = Entry(NOW, "caddy", Kind.DOWN, "refused", "caddy.service", psi=41.5,
+                  top_memory=(MemoryUser("grower.service", 1 << 28),))
+    assert parse_line(dump_line(entry).rstrip(b"\n")) == entry
+    forged = parse_line(_line(reason="a\nforged line"))
+    assert "\n" not in forged.reason and len(dump_line(forged)) < LINE_MAX
+
+
+def _history(*events: tuple[float, Event]) -> TargetState:
+    return TargetState(history=tuple(Transition(at, event, "") for at, event in events))
+
+
+def test_a_recovery_carries_its_outages_length_and_a_blame_comes_once() -> None:
+    """recovered says how long since the outage's first failing entry (not its down); a
+    target blamed on a dependency gets one `blamed` entry per outage, not one per event."""
+    state = _history((NOW - 500, Event.RECOVERED), (NOW - 90, Event.FAILING),
+                     (NOW - 30, Event.DOWN), (NOW, Event.RECOVERED))
+    changes = [Change("caddy", t) for t in state.history[1:]]
+    entries = from_changes(changes, {"caddy": state}, {"caddy": "caddy.service"},
+                           blamed_on={"caddy": "web"})
+    assert [e.kind for e in entries] == [Kind.FAILING, Kind.BLAMED, Kind.DOWN, Kind.RECOVERED]
+    assert entries[1].on == "web" and entries[-1].duration == 90
+    assert {e.unit for e in entries} == {"caddy.service"}
+
+
+def test_outages_pair_each_start_with_its_recovery() -> None:
+    """Two targets' outages, one over and one not, each with its length and culprit."""
+    users = (MemoryUser("grower.service", 1 << 28),)
+    entries = [Entry(NOW, "caddy", Kind.FAILING), Entry(NOW + 5, "web", Kind.DOWN),
+               Entry(NOW + 10, "caddy", Kind.DOWN, top_memory=users),
+               Entry(NOW + 60, "caddy", Kind.RECOVERED, duration=60.0)]
+    found = outages(entries)
+    assert [(o.target, o.lasted(NOW + 100), o.culprit) for o in found] == \
+        [("caddy", 60.0, "grower.service"), ("web", 95.0, "")]
+
+
+def test_compaction_keeps_the_newest_within_age_and_size() -> None:
+    """Entries older than the age bound go; of the rest, the newest that fit the size."""
+    entries = [Entry(NOW - DAY * (40 - i), "web", Kind.DOWN, "x" * 100) for i in range(40)]
+    young = kept(entries, NOW, 30 * DAY, 1 << 20)
+    assert len(young) == 30 and young[-1] == entries[-1]
+    small = kept(entries, NOW, 30 * DAY, len(dump_line(entries[0])) * 5)
+    assert small == entries[-5:]
+
+
+def test_the_postmortem_escapes_what_targets_said() -> None:
+    """A reason with Markdown in it cannot forge a heading, a link or a table cell."""
+    text = postmortem([Entry(NOW, "web", Kind.DOWN, "# hi [x](http://e) | `y`")], NOW - 60,
+                      NOW + 60)
+    assert "\\[x\\]" in text and "\\|" in text and "\\`y\\`" in text
+
+
+# --- the file ------------------------------------------------------------------------------
+
+
+def _file(tmp_path: Path, max_bytes: int = 1 << 20) -> RecordFile:
+    return RecordFile(tmp_path / "state.json.record", 30 * DAY, max_bytes)
+
+
+def test_damaged_lines_are_skipped_with_a_warning(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Good lines around garbage are kept; each bad line is named in a warning, counted."""
+    record = _file(tmp_path)
+    good = Entry(NOW, "web", Kind.DOWN, "refused")
+    record.path.write_bytes(b"garbage\n" + dump_line(good) + b'{"v": 9}\n\x00\x01\n')
+    with caplog.at_level(logging.WARNING, "prober"):
+        found = record.read()
+    assert found.entries == (good,) and found.skipped == 3
+    assert "line 1 skipped: not JSON" in caplog.text and "line 3 skipped" in caplog.text
+
+
+def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """A crash that cut the last line short costs that line only, not the next run's."""
+    record = _file(tmp_path)
+    record.append([Entry(NOW, "web", Kind.FAILING)], NOW)
+    with record.path.open("ab") as file:
+        file.write(b'{"v": 1, "at": 18')  # a writer killed mid-line
+    record.append([Entry(NOW + 1, "web", Kind.DOWN)], NOW + 1)
+    found = record.read()
+    assert [e.kind for e in found.entries] == [Kind.FAILING, Kind.DOWN] and found.skipped == 1
+
+
+def test_a_huge_record_is_read_only_up_to_its_cap(tmp_path: Path) -> None:
+    """A record far over its bound (another tool's file, a bound lowered) is read from its end,
+    never whole: the newest entries, the first line cut by the cap skipped."""
+    record = _file(tmp_path, max_bytes=64 << 10)
+    line = dump_line(Entry(NOW, "web", Kind.DOWN, "x" * 200))
+    with record.path.open("wb") as file:
+        file.truncate(256 << 20)  # sparse: a quarter GiB of NULs, then real lines
+        file.seek(0, os.SEEK_END)
+        file.write(b"\n" + line * 10)
+    found = record.read()
+    assert len(found.entries) == 10 and found.clipped
+
+
+def test_a_record_over_its_bounds_is_compacted_on_the_next_append(tmp_path: Path) -> None:
+    """An append that finds the file over its size is the one that compacts it, to three
+    quarters of its bound, atomically; the old entries go first."""
+    record = _file(tmp_path, max_bytes=8 << 10)
+    for i in range(100):
+        record.append([Entry(NOW + i, "web", Kind.DOWN, "x" * 100)], NOW + i)
+    assert record.path.stat().st_size <= 8 << 10
+    assert record.read().entries[-1].at == NOW + 99
+
+
+def test_a_fifo_in_the_records_place_is_never_read(tmp_path: Path) -> None:
+    """A FIFO where the record should be is refused, never opened to block a reader."""
+    record = _file(tmp_path)
+    os.mkfifo(record.path)
+    with pytest.raises(Exception, match="not a regular file"):
+        record.read()
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def test_a_healthy_run_never_touches_the_record(prober: Prober, web: Server) -> None:
+    """Healthy runs create no record (after an outage, they leave it as it was: see below)."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    for _ in range(3):
+        assert prober("check").code == 0
+    assert not record_path(prober.state).exists()
+
+
+def test_status_since_and_report_tell_an_outage_in_order(prober: Prober) -> None:
+    """failing, down, recovered with the outage's length, in order, in `status --since`, its
+    JSON and `report`; healthy runs after it add nothing to the file."""
+    with serve(flaky(2)) as server:
+        prober.write(_config(f'name = "web"\nurl = "{server.url("/health")}"',
+                             defaults='failure_threshold = 2\nconfirm_interval = "0s"'))
+        assert [prober("check").code for _ in range(3)] == [1, 2, 0]
+        written = record_path(prober.state).stat()
+        assert prober("check").code == 0
+        assert record_path(prober.state).stat().st_mtime_ns == written.st_mtime_ns
+    status = prober("status", "--since", "1h", "--json")
+    assert status.code == 0, status
+    data = status.json()
+    assert [e["event"] for e in data["events"]] == ["failing", "down", "recovered"]
+    (outage,) = data["outages"]
+    assert outage["ended"] is not None and outage["duration"] == data["events"][-1]["duration"]
+    text = prober("status", "web", "--since", "7d")
+    assert text.code == 0 and "recovered" in text.out and "web: " in text.out, text
+    report = prober("report", "--since", "1h")
+    assert report.code == 0 and report.out.startswith("# Outage report"), report
+    assert "## Timeline" in report.out and "**web** recovered" in report.out
+
+
+@pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])
+def test_a_bad_since_is_one_line_and_exit_3(prober: Prober, value: str) -> None:
+    """A --since that is not a duration is one error line, exit 3, for status and report."""
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{refused_port()}/"'))
+    for command in ("status", "report"):
+        run = prober(command, "--since", value)
+        assert run.code == 3 and run.out == "", run
+        assert run.err.startswith("prober: error: --since:") and run.err.count("\n") == 1, run
+
+
+def test_a_target_without_since_or_unknown_is_a_usage_error(prober: Prober) -> None:
+    """`status TARGET` needs --since; an unknown TARGET is named with a hint."""
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{refused_port()}/"'))
+    assert "goes with --since" in prober("status", "web").err
+    run = prober("status", "wbe", "--since", "1h")
+    assert run.code == 3 and 'did you mean "web"' in run.err, run
+
+
+@pytest.fixture
+def prober(tmp_path: Path) -> Prober:
+    return Prober(tmp_path)
+
+
+@pytest.fixture
+def web() -> Iterator[Server]:
+    with serve(health()) as server:
+        yield server

@@ -29,7 +29,7 @@ def _detail(entry: Entry) -> str:
         text = f"after {format_duration(round(entry.duration))} out; {text}"
     if entry.kind is Kind.BLAMED:
         text = f"blamed on {entry.on}"
-    if entry.psi is not None and entry.kind is Kind.HELD:
+    if entry.psi is not None:
         text += f" [memory pressure {entry.psi:.1f}%]"
     if entry.top_memory:
         text += f" [largest memory users: {describe_users(entry.top_memory)}]"

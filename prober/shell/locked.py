@@ -23,7 +23,6 @@ from prober.core.config import Config
 from prober.core.errors import StateError
 from prober.core.runs import RunReport, Skipped
 from prober.core.tracker import State
-from prober.shell.record import RecordFile, run_entries, seed
 from prober.shell.state import LockBusy, StateStore, size_limit
 
 log = logging.getLogger("prober")
@@ -88,6 +87,8 @@ class Held:
     def _record(self, report: RunReport, state: State) -> None:
         """Append what the run recorded to the outage record, before the state is saved; a
         record that cannot be written is logged, and the run goes on."""
+        from prober.shell.record import RecordFile, run_entries, seed
+
         record = RecordFile.beside(self.store.path, self.config)
         entries = run_entries(report, state)
         if not record.exists():

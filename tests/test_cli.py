@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from prober.shell.state import STATE_VERSION
 from tests.support.e2e import wait_for
 from tests.support.processes import stop_process
 from tests.support.servers import Certs, Server, answer, hang, health, refused_port, serve
@@ -357,7 +358,7 @@ def test_corrupt_state_is_survived(prober: Prober, web: Server) -> None:
     run = prober("check")
     assert run.code == 0
     assert "corrupt" in run.err and "starting from fresh state" in run.err
-    assert json.loads(prober.state.read_text())["version"] == 3
+    assert json.loads(prober.state.read_text())["version"] == STATE_VERSION
 
 
 def test_unusable_state_path_exits_3(prober: Prober, web: Server) -> None:

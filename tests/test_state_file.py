@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prober.shell.state import STATE_VERSION
 from tests.support.processes import stop_process
 from tests.support.servers import Server, answer, health, serve
 from tests.test_notify import receiving
@@ -160,7 +161,7 @@ def test_wrong_typed_fields_cost_only_their_own_targets(tmp_path: Path, web: Ser
     assert check.returncode == 0, check.stderr
     assert "internal error" not in check.stderr
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["version"] == 3
+    assert saved["version"] == STATE_VERSION
     assert saved["targets"]["mastodon-web"]["paused_until"] == pause
     assert saved["targets"]["caddy"]["paused_until"] is None  # its entry began afresh
 
@@ -293,20 +294,21 @@ def test_a_trial_keeps_its_own_counts_and_a_real_run_refuses_them(tmp_path: Path
     assert trial.read_bytes() == kept
 
 
-# --- version 1 to version 3 ---------------------------------------------------------------
+# --- version 1 to the current version ------------------------------------------------------
 
 
-def test_check_carries_a_v1_file_to_v3_with_nothing_lost(tmp_path: Path, web: Server) -> None:
+def test_check_carries_a_v1_file_to_current_with_nothing_lost(tmp_path: Path,
+                                                             web: Server) -> None:
     """The last release's file: `status` reads it (its run too old to vouch for), the first
-    `check` writes it as version 3, each target's restart count and history (top_memory in it)
-    kept."""
+    `check` writes it as the current version, each target's restart count and history
+    (top_memory in it) kept."""
     _config(tmp_path, web, *NAMES, extra="max_restarts = 9")
     shutil.copy(V1_FILE, tmp_path / "state.json")
     v1 = json.loads(V1_FILE.read_text())
     assert prober(tmp_path, "status").returncode == 3
     assert prober(tmp_path, "check").returncode == 0
     v2 = json.loads((tmp_path / "state.json").read_text())
-    assert (v2["version"], v2["trial"]) == (3, False)
+    assert (v2["version"], v2["trial"]) == (STATE_VERSION, False)
     for name, old in v1["targets"].items():
         new = v2["targets"][name]
         assert new["restarts_total"] == old["restarts_total"]

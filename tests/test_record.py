@@ -23,12 +23,18 @@ from prober.core.record import (
     kept,
     outages,
     parse_line,
+    pressure_peaks,
+    pressure_step,
+    systemd_step,
 )
 from prober.core.tracker import Change, Event, TargetState, Transition
 from prober.outputs.timeline import postmortem
 from prober.shell.record import RecordFile, record_path
+from prober.shell.state import StateStore
+from prober.shell.watcher import Watcher
 from tests.support.servers import Server, flaky, health, refused_port, serve
 from tests.test_cli import Prober, _config
+from tests.test_watcher import in_one_loop, loader, write_config
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -118,6 +124,63 @@ def test_the_postmortem_escapes_what_targets_said() -> None:
     text = postmortem([Entry(NOW, "web", Kind.DOWN, "# hi [x](http://e) | `y`")], NOW - 60,
                       NOW + 60)
     assert "\\[x\\]" in text and "\\|" in text and "\\`y\\`" in text
+
+
+# --- what concerns no one target -------------------------------------------------------
+
+GROWER = (MemoryUser("grower.service", 1 << 28),)
+
+
+def _pressure(readings: list[float], threshold: float = 10.0) -> list[tuple[str, float | None]]:
+    """The entries a run of readings records, one run a second, the culprit read at each peak."""
+    episode = None
+    out: list[tuple[str, float | None]] = []
+    for second, psi in enumerate(readings):
+        users = GROWER if pressure_peaks(episode, psi, threshold) else ()
+        episode, entries = pressure_step(episode, psi, threshold, NOW + second, users)
+        out += [(e.kind.value, e.psi) for e in entries]
+        for entry in entries:
+            assert entry.kind is not Kind.PRESSURE_END or entry.top_memory == GROWER
+    return out
+
+
+@pytest.mark.parametrize(("readings", "expected"), [
+    ([0, 1, 9.9, 0], []),
+    ([12, 30, 20, 4], [("pressure-start", 12), ("pressure-end", 30)]),
+    ([12, 6, 11, 9, 4.9], [("pressure-start", 12), ("pressure-end", 12)]),
+    ([12, 4, 12, 4], [("pressure-start", 12), ("pressure-end", 12)] * 2),
+    ([50, 50, 50], [("pressure-start", 50)]),
+], ids=["never", "one-episode-with-its-peak", "around-the-threshold-is-one",
+        "two-episodes", "not-over"])
+def test_pressure_episodes_start_peak_and_end(readings: list[float],
+                                              expected: list[tuple[str, float]]) -> None:
+    """An episode starts at the threshold and ends below half of it, its end carrying the
+    peak and who held the memory then; readings around the threshold are one episode."""
+    assert _pressure(readings) == expected
+
+
+def test_pressure_threshold_0_records_no_episode() -> None:
+    """`pressure_threshold = 0` turns the pressure rules off: no episode either."""
+    assert _pressure([90, 0], threshold=0.0) == []
+
+
+@pytest.mark.parametrize(("runs", "expected"), [
+    ([(None, False), (None, True)], []),
+    ([("no bus", False), ("no bus", False), (None, True)],
+     [("systemd-unreachable", None), ("systemd-reachable", 2.0)]),
+    ([("no bus", False), (None, False), (None, True)],
+     [("systemd-unreachable", None), ("systemd-reachable", 2.0)]),
+], ids=["always-answered", "once-each-way", "not-asked-is-not-reached"])
+def test_systemd_unreachable_and_reachable_again_once_each(
+        runs: list[tuple[str | None, bool]], expected: list[tuple[str, float | None]]) -> None:
+    """systemd not answering is recorded once, and its answering again once, with how long
+    it did not; a run that asked nothing says nothing of it."""
+    since = None
+    out: list[tuple[str, float | None]] = []
+    for second, (unreachable, reached) in enumerate(runs):
+        since, entries = systemd_step(since, unreachable, reached, NOW + second)
+        out += [(e.kind.value, e.duration) for e in entries]
+    assert out == expected
 
 
 # --- the file ------------------------------------------------------------------------------
@@ -213,6 +276,44 @@ def test_status_since_and_report_tell_an_outage_in_order(prober: Prober) -> None
     report = prober("report", "--since", "1h")
     assert report.code == 0 and report.out.startswith("# Outage report"), report
     assert "## Timeline" in report.out and "**web** recovered" in report.out
+
+
+def test_systemd_unreachable_is_recorded_once_while_a_target_is_down(prober: Prober) -> None:
+    """A target down whose unit systemd cannot be asked about (no bus here): one
+    `systemd-unreachable` entry with the reason, however many runs see it."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"\nunit = "web.service"',
+                         defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+    assert [prober("check").code for _ in range(3)] == [2, 2, 2]
+    events = prober("status", "--since", "1h", "--json").json()["events"]
+    host = [e for e in events if e["target"] == ""]
+    assert [e["event"] for e in host] == ["systemd-unreachable"], events
+    assert "web.service" in host[0]["reason"]
+
+
+def test_the_watchers_reloads_are_recorded_with_its_next_run(tmp_path: Path,
+                                                            web: Server) -> None:
+    """A reload that loads and one that is rejected are each one entry, written with the next
+    cycle's, the rejected one with why; healthy cycles between them write nothing."""
+    config = tmp_path / "prober.toml"
+    target = f'name = "web"\nurl = "{web.url("/health")}"'
+    write_config(config, target)
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+
+    def good() -> None:
+        assert not record_path(store.path).exists()
+        watcher.request_reload()
+
+    def bad() -> None:
+        config.write_text("[[target]]\nname = 'broken'\n")
+        watcher.request_reload()
+
+    in_one_loop(lambda: watcher.run(2), good, lambda: watcher.run(2), bad,
+                lambda: watcher.run(2))
+    found = RecordFile(record_path(store.path), 30 * DAY, 1 << 20).read().entries
+    assert [e.kind for e in found] == [Kind.CONFIG_RELOADED, Kind.CONFIG_REJECTED], found
+    assert "keeping the previous config" in found[1].reason and found[1].target == ""
 
 
 @pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])

@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from prober.core.keys import format_duration
 from prober.core.psi import MemoryUser
-from prober.core.text import one_line
-from prober.core.tracker import Change, Event, TargetState, Transition
+from prober.core.text import one_line, utc
+from prober.core.tracker import Change, Event, PressureEpisode, TargetState, Transition
 
 RECORD_VERSION = 1
 LINE_MAX = 8 << 10  # the longest line prober writes is far shorter; a longer one is damage
@@ -45,7 +46,12 @@ class Kind(StrEnum):
     HELD = "held"  # `psi`: the reading that held the restart back
     BLAMED = "blamed"  # `on`: the failing dependency the failure is blamed on
     RESTART_ASKED = "restart-asked"  # asked of the actuator; its outcome follows
-    PRESSURE = "pressure"  # targets fail while memory is short: `psi`, `top_memory`
+    PRESSURE_START = "pressure-start"  # the host's memory pressure reached the threshold
+    PRESSURE_END = "pressure-end"  # below half of it again: `psi` the peak, `top_memory` then
+    SYSTEMD_UNREACHABLE = "systemd-unreachable"  # systemd could not be asked about a unit
+    SYSTEMD_REACHABLE = "systemd-reachable"  # it answers again: `duration` since it did not
+    CONFIG_RELOADED = "config-reloaded"  # the watcher's config, reloaded
+    CONFIG_REJECTED = "config-rejected"  # a reload that did not load: the reason why
 
     @property
     def starts_outage(self) -> bool:
@@ -200,6 +206,58 @@ def from_histories(states: Mapping[str, TargetState], units: Mapping[str, str]) 
     changes = sorted((Change(name, t) for name, s in states.items() for t in s.history),
                      key=lambda c: c.transition.at)
     return from_changes(changes, states, units)
+
+
+# --- what concerns no one target: memory pressure, systemd ------------------------------
+
+
+def pressure_peaks(episode: PressureEpisode | None, psi: float | None,
+                   threshold: float) -> bool:
+    """Whether this reading starts an episode or passes its peak: when to note who holds the
+    most memory (a walk of the cgroup tree, only then)."""
+    if psi is None or threshold <= 0:
+        return False
+    return psi >= threshold if episode is None else psi > episode.peak
+
+
+def pressure_step(episode: PressureEpisode | None, psi: float | None, threshold: float,
+                  now: float, users: tuple[MemoryUser, ...] = ()
+                  ) -> tuple[PressureEpisode | None, list[Entry]]:
+    """The episode after this run's host reading (PSI `some avg10`), and what to record: its
+    start at `threshold`; its end below half of it (so that a reading around the threshold is
+    one episode, not many), with the peak and who held the memory then. `threshold` 0: off."""
+    if psi is None or threshold <= 0:
+        return episode, []
+    if episode is None:
+        if psi < threshold:
+            return None, []
+        return PressureEpisode(now, psi, now, users[:USERS_MAX]), [Entry(
+            now, "", Kind.PRESSURE_START, f"memory pressure some {psi:.1f}% of the last 10s "
+            f"(threshold {threshold:g}%)", psi=psi, top_memory=users[:USERS_MAX])]
+    if psi < threshold / 2:
+        return None, [Entry(
+            now, "", Kind.PRESSURE_END, f"memory pressure down to {psi:.1f}%; its peak "
+            f"{episode.peak:.1f}% at {utc(episode.peak_at, '%H:%M:%S')} UTC",
+            psi=episode.peak, duration=max(0.0, now - episode.since),
+            top_memory=episode.top_memory)]
+    if psi > episode.peak:
+        return replace(episode, peak=psi, peak_at=now,
+                       top_memory=users[:USERS_MAX] or episode.top_memory), []
+    return episode, []
+
+
+def systemd_step(since: float | None, unreachable: str | None, reached: bool,
+                 now: float) -> tuple[float | None, list[Entry]]:
+    """Since when systemd could not be asked, after this run (`unreachable`: why it could not,
+    this run; `reached`: it answered about some unit), and what to record: once when it stops
+    answering, once when it answers again, with how long it did not."""
+    if unreachable is not None and since is None:
+        return now, [Entry(now, "", Kind.SYSTEMD_UNREACHABLE, unreachable)]
+    if since is not None and unreachable is None and reached:
+        lasted = max(0.0, now - since)
+        return None, [Entry(now, "", Kind.SYSTEMD_REACHABLE, "systemd answers again, after "
+                            f"{format_duration(round(lasted))}", duration=lasted)]
+    return since, []
 
 
 # --- reading back ---------------------------------------------------------------------------

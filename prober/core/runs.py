@@ -9,6 +9,7 @@ from enum import StrEnum
 from prober.core.config import Config, Target
 from prober.core.policy import Action, Decision
 from prober.core.psi import MemoryUser, Pressure
+from prober.core.record import Entry
 from prober.core.results import ProbeResult
 from prober.core.tracker import Change, Health, State, TargetState, has_prober_fault, is_paused
 
@@ -111,6 +112,7 @@ class RunReport:
     changes: tuple[Change, ...] = ()  # what this run recorded in the targets' histories
     top_memory: tuple[MemoryUser, ...] = ()  # the largest memory users, when targets starve
     restarts_asked: tuple[tuple[str, float], ...] = ()  # (target, when) asked of the actuator
+    events: tuple[Entry, ...] = ()  # what concerns no one target: memory pressure, systemd
 
     @property
     def status(self) -> Status:

@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from prober.core import policy, tracker
+from prober.core import policy, record, tracker
 from prober.core.actuator import Actuator, Facts
 from prober.core.config import Config, Target
 from prober.core.errors import ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
+from prober.core.record import Entry
 from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
-from prober.memory.picture import read_memory
+from prober.memory.picture import MemoryPicture, read_memory, top_memory_now
 from prober.probes.probing import Probing
 from prober.shell.locked import Held, locked_run
 from prober.shell.state import StateStore
@@ -239,6 +240,7 @@ async def run_once(
             outcome=None if restarted is None else restarted.detail, notice=notice,
             blamed_on=verdict.blamed_on,
         ))
+    state, events = _host_events(config, state, memory, decisions, now)
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:
         log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
@@ -252,8 +254,29 @@ async def run_once(
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
                        duration=clock() - started, pressure=memory.host_pressure,
                        changes=tuple(changes), top_memory=memory.top,
-                       restarts_asked=tuple(asked))
+                       restarts_asked=tuple(asked), events=events)
     return state, report
+
+
+# Decisions taken on what the actuator said of the unit: it could be asked.
+_ASKED = (Action.RESTART, Action.RESTART_FAILED, Action.WAIT, Action.UNIT_NOT_ACTIVE)
+
+
+def _host_events(config: Config, state: State, memory: MemoryPicture,
+                 decisions: Sequence[Decision], now: float) -> tuple[State, tuple[Entry, ...]]:
+    """The state's memory-pressure episode and systemd's reachability after this run, and
+    what the outage record says of them."""
+    threshold = config.default_policy.pressure_threshold
+    psi = None if memory.host_pressure is None else memory.host_pressure.some_avg10
+    users = memory.top
+    if record.pressure_peaks(state.pressure, psi, threshold) and not users:
+        users = top_memory_now()
+    episode, entries = record.pressure_step(state.pressure, psi, threshold, now, users)
+    unreachable = next((d.reason for d in decisions if d.action is Action.UNIT_UNKNOWN), None)
+    reached = any(d.action in _ASKED for d in decisions)
+    since, more = record.systemd_step(state.systemd_unreachable_since, unreachable, reached, now)
+    return (replace(state, pressure=episode, systemd_unreachable_since=since),
+            (*entries, *more))
 
 
 def _noted(then: RestartRequested) -> tuple[list[tuple[str, float]], RestartRequested]:

@@ -74,7 +74,7 @@ class Held:
         failed write is the report's state error, not the run's end."""
         if not writes:
             return report
-        if (report.changes or report.restarts_asked) and not self.dry_run:
+        if (report.changes or report.restarts_asked or report.events) and not self.dry_run:
             self._record(report, state)
         try:
             if changed:

@@ -193,7 +193,7 @@ def run_entries(report: RunReport, state: State) -> list[Entry]:
     asked = [Entry(at, name, Kind.RESTART_ASKED, "restart asked of the actuator",
                    units.get(name, "")) for name, at in report.restarts_asked]
     entries = from_changes(report.changes, state.targets, units, blamed_on=blamed, psi=psi)
-    return sorted([*asked, *entries], key=lambda e: e.at)
+    return sorted([*asked, *entries, *report.events], key=lambda e: e.at)
 
 
 def command_entries(config: Config, before: State, after: State) -> list[Entry]:

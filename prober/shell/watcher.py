@@ -36,6 +36,7 @@ from prober.core.config import Config, Target
 from prober.core.errors import ProberError, StateError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Decision, Outcome, RestartOutcome
+from prober.core.record import Entry, Kind
 from prober.core.runs import ConfigReload, RunReport, Skipped, Snapshot, Status
 from prober.core.tracker import State, TargetState
 from prober.outputs.report import run_summary
@@ -103,6 +104,7 @@ class Watcher:
         self._listen = listen
         self._server: WebServer | None = None
         self.report: RunReport | None = None
+        self._reloads: list[Entry] = []  # for the outage record, with the next run's events
 
     @property
     def interval(self) -> float:
@@ -250,9 +252,14 @@ class Watcher:
             self._record_asked(state, asked)
             raise
         new_state = tracker.trim_history(new_state, config.history)
+        if self._reloads:
+            report = replace(report, events=(*self._reloads, *report.events))
+            self._reloads = []
         after = tracker.essential(new_state)
+        host = (new_state.pressure, new_state.systemd_unreachable_since)
         report = held.save(report, new_state, writes=self._writes,
-                           changed=signature is None or after != before)
+                           changed=signature is None or after != before
+                           or host != (state.pressure, state.systemd_unreachable_since))
         if self._writes and report.state_error is None:
             signature = self._store.signature()
         self._known = _Known(new_state, signature, after)
@@ -340,6 +347,8 @@ class Watcher:
         except ProberError as exc:
             log.error("reload: keeping the previous config: %s", exc)
             self.reload = replace(self.reload, successful=False, error=str(exc))
+            self._reloads.append(Entry(time.time(), "", Kind.CONFIG_REJECTED,
+                                       f"keeping the previous config: {exc}"))
             notify(f"READY=1\nSTATUS=reload failed, running the previous config: {exc}")
             return
         listened = self.listen
@@ -352,6 +361,8 @@ class Watcher:
             self._known = replace(self._known, state=state)
         log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
                  format_duration(self.interval))
+        self._reloads.append(Entry(time.time(), "", Kind.CONFIG_RELOADED,
+                                   f"{config.path}: {len(config.targets)} targets"))
         notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from prober.core.psi import MemoryUser
 from prober.core.record import (
     LINE_MAX,
+    RANGES,
     BadLine,
     Entry,
     Kind,
@@ -28,10 +30,13 @@ from prober.core.record import (
     systemd_step,
 )
 from prober.core.tracker import Change, Event, TargetState, Transition
+from prober.outputs.page import render, window_of
 from prober.outputs.timeline import postmortem
+from prober.outputs.web import route
 from prober.shell.record import RecordFile, record_path
 from prober.shell.state import StateStore
 from prober.shell.watcher import Watcher
+from tests.support import snapshots
 from tests.support.servers import Server, flaky, health, refused_port, serve
 from tests.test_cli import Prober, _config
 from tests.test_watcher import in_one_loop, loader, write_config
@@ -181,6 +186,44 @@ def test_systemd_unreachable_and_reachable_again_once_each(
         since, entries = systemd_step(since, unreachable, reached, NOW + second)
         out += [(e.kind.value, e.duration) for e in entries]
     assert out == expected
+
+
+# --- the page's views -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", "24h"), ("range=1h", "1h"), ("range=7d", "7d"), ("range=24h", "24h"),
+    ("range=1y", "24h"), ("range=1H", "24h"), ("range=%00", "24h"), ("range=7d&range=1h", "7d"),
+    ("x=1&range=1h", "1h"), ("range=1h" + "&x" * 5000, "24h"), ("%ff%fe=%", "24h"),
+    ("range=" + "9" * 100_000, "24h"), ("a=1&b=2&c=3&d=4&range=1h", "24h"),
+], ids=["none", "1h", "7d", "24h", "unknown", "case", "nul", "repeated", "among-others",
+        "many-fields", "not-utf8", "huge", "range-past-four-fields"])
+def test_a_range_query_is_one_of_three_or_the_default(query: str, expected: str) -> None:
+    """`?range=` picks one of the page's views; anything else, however hostile, the 24 h one."""
+    assert window_of(query) == RANGES[expected]
+
+
+def test_the_pages_views_draw_from_the_record() -> None:
+    """The 7 d view draws an outage three days ago that only the record holds (its state's
+    history was trimmed), the 1 h view leaves it out; the chosen view's link is marked."""
+    base = snapshots.snapshot()
+    now = base.now
+    old = [Entry(now - 3 * DAY, "web", Kind.DOWN, "an outage three days ago"),
+           Entry(now - 3 * DAY + 600, "web", Kind.RECOVERED, "back", duration=600.0)]
+    snapshot = replace(base, record=lambda: old)
+    week = render(snapshot, hostname="h", window=RANGES["7d"])
+    hour = render(snapshot, hostname="h", window=RANGES["1h"])
+    assert "an outage three days ago" in week and "an outage three days ago" not in hour
+    assert '<a href="?range=7d" aria-current="page">' in week
+    assert 'data-window="1h"' in hour and 'data-window="7d"' in week
+
+
+def test_a_hostile_range_query_is_served_the_default_view() -> None:
+    """The real route: a query of junk answers the page (24 h), never an error."""
+    found = route("GET", "/?range=%ff%00" + "&x" * 2000)
+    assert callable(found)
+    answer = found(snapshots.snapshot(), "h")
+    assert answer.status == 200 and b'data-window="24h"' in answer.body
 
 
 # --- the file ------------------------------------------------------------------------------

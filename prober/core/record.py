@@ -27,6 +27,7 @@ LINE_MAX = 8 << 10  # the longest line prober writes is far shorter; a longer on
 TEXT_MAX = 1000  # a reason, a name: clipped to this when read
 USERS_MAX = 10
 _LATEST = 4102444800.0  # 2100-01-01 UTC, as the state's times
+RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the page's views of the record
 
 
 class Kind(StrEnum):
@@ -60,6 +61,7 @@ class Kind(StrEnum):
 
 _KINDS = {kind.value: kind for kind in Kind}
 _FROM_EVENT = {event: _KINDS[event.value] for event in Event}
+_TO_EVENT = {kind: event for event, kind in _FROM_EVENT.items()}
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,12 @@ def outages(entries: Sequence[Entry]) -> list[Outage]:
         if entry.top_memory and entry.target in open_ and not open_[entry.target].culprit:
             open_[entry.target] = replace(open_[entry.target], culprit=entry.top_memory[0].name)
     return sorted([*done, *open_.values()], key=lambda o: o.began)
+
+
+def transitions(entries: Iterable[Entry], target: str) -> tuple[Transition, ...]:
+    """One target's entries that are the tracker's events, as its history holds them."""
+    return tuple(Transition(e.at, _TO_EVENT[e.kind], e.reason, e.top_memory) for e in entries
+                 if e.target == target and e.kind in _TO_EVENT)
 
 
 def culprits(entries: Iterable[Entry]) -> list[MemoryUser]:

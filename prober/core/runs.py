@@ -3,6 +3,7 @@ page, notifications) reads. Plain data; `check.py` builds them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -153,6 +154,7 @@ class Snapshot:
     report: RunReport | None
     now: float
     reload: ConfigReload | None = None  # the watcher's; a one-shot run has no reload
+    record: Callable[[], Sequence[Entry]] | None = None  # the outage record, read on demand
 
     @classmethod
     def after_run(cls, config: Config, report: RunReport, now: float) -> Snapshot:

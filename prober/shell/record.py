@@ -208,3 +208,31 @@ def seed(state: State, config: Config, until: float) -> list[Entry]:
     """The entries a new record file starts with: the state's histories before `until`."""
     units = {t.name: t.unit or "" for t in config.targets}
     return [e for e in from_histories(state.targets, units) if e.at < until]
+
+
+class CachedRecord:
+    """The record as the watcher's page reads it: its last `keep` seconds, read again only
+    when the file changed (a writer's append or rename), never more than its read cap."""
+
+    def __init__(self, record: RecordFile, keep: float) -> None:
+        self.record = record
+        self.keep = keep
+        self._signature: tuple[int, int, int] | None = None
+        self._entries: tuple[Entry, ...] = ()
+
+    def entries(self) -> tuple[Entry, ...]:
+        try:
+            st = os.stat(self.record.path)
+        except OSError:
+            return ()
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature != self._signature:
+            try:
+                found = self.record.read().entries
+            except StateError as exc:
+                log.warning("%s; the page's timelines are drawn from the state", exc)
+                found = ()
+            newest = found[-1].at if found else 0.0
+            self._entries = tuple(e for e in found if e.at >= newest - self.keep)
+            self._signature = signature
+        return self._entries

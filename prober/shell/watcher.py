@@ -36,13 +36,14 @@ from prober.core.config import Config, Target
 from prober.core.errors import ProberError, StateError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Decision, Outcome, RestartOutcome
-from prober.core.record import Entry, Kind
+from prober.core.record import RANGES, Entry, Kind
 from prober.core.runs import ConfigReload, RunReport, Skipped, Snapshot, Status
 from prober.core.tracker import State, TargetState
 from prober.outputs.report import run_summary
 from prober.probes.probing import Probing
 from prober.shell.check import run_once
 from prober.shell.locked import Held, locked_run
+from prober.shell.record import CachedRecord, RecordFile
 from prober.shell.sdnotify import notify, notify_socket, watchdog_interval
 from prober.shell.state import StateStore
 
@@ -105,6 +106,7 @@ class Watcher:
         self._server: WebServer | None = None
         self.report: RunReport | None = None
         self._reloads: list[Entry] = []  # for the outage record, with the next run's events
+        self._record = self._page_record()
 
     @property
     def interval(self) -> float:
@@ -120,7 +122,12 @@ class Watcher:
 
     def snapshot(self) -> Snapshot:
         """What the outputs render: the config, the state and the last run, now."""
-        return Snapshot(self.config, self.state, self.report, time.time(), self.reload)
+        return Snapshot(self.config, self.state, self.report, time.time(), self.reload,
+                        record=self._record.entries)
+
+    def _page_record(self) -> CachedRecord:
+        """The outage record the page's timelines are drawn from, as long as its longest."""
+        return CachedRecord(RecordFile.beside(self._store.path, self.config), max(RANGES.values()))
 
     def stop(self) -> None:
         """End the run in flight (its probes stop) or the pause, and then the loop."""
@@ -353,6 +360,7 @@ class Watcher:
             return
         listened = self.listen
         self.config = config
+        self._record = self._page_record()
         self.reload = ConfigReload(successful=True, last_success_at=time.time())
         if self.listen != listened:
             await self._relisten()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from prober.core.config import parse_config
 from prober.core.psi import MemoryUser
 from prober.core.record import (
     LINE_MAX,
@@ -29,7 +30,10 @@ from prober.core.record import (
     pressure_step,
     systemd_step,
 )
+from prober.core.text import utc
 from prober.core.tracker import Change, Event, TargetState, Transition
+from prober.outputs.mail import body
+from prober.outputs.notify import payloads
 from prober.outputs.page import render, window_of
 from prober.outputs.timeline import postmortem
 from prober.outputs.web import route
@@ -186,6 +190,35 @@ def test_systemd_unreachable_and_reachable_again_once_each(
         since, entries = systemd_step(since, unreachable, reached, NOW + second)
         out += [(e.kind.value, e.duration) for e in entries]
     assert out == expected
+
+
+# --- the journal line -------------------------------------------------------------------
+
+
+def test_a_notification_carries_the_journal_since_the_outage_began() -> None:
+    """A down target's notification, and the mail of it, carry the command that shows its
+    unit's journal from its first failure on; a recovery carries none."""
+    config = parse_config({"target": [{"name": "web", "url": "http://127.0.0.1:1/",
+                                       "unit": "web.service"}]}, path="t")
+    history = (Transition(NOW - 90, Event.FAILING, "refused"),
+               Transition(NOW, Event.DOWN, "refused"), Transition(NOW + 60, Event.RECOVERED, ""))
+    sent = payloads([Change("web", t) for t in history[1:]], config,
+                    states={"web": TargetState(history=history)})
+    began = utc(NOW - 90)
+    assert [p["journal"] for p in sent] == [f'journalctl -u web.service --since "{began}"', None]
+    assert f'  journalctl -u web.service --since "{began}"' in body(sent, "h").splitlines()
+
+
+def test_status_shows_a_down_targets_journal_line(prober: Prober) -> None:
+    """`status` and its JSON give a down target's journal command, from its outage's start."""
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"\nunit = "web.service"',
+                         defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+    assert prober("check").code == 2
+    text = prober("status")
+    assert text.code == 2 and 'its journal: journalctl -u web.service --since "' in text.out, text
+    (target,) = prober("status", "--json").json()["targets"]
+    assert target["journal"].startswith('journalctl -u web.service --since "')
 
 
 # --- the page's views -------------------------------------------------------------------

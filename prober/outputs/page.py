@@ -159,10 +159,7 @@ def next_step(view: TargetView, reload: ConfigReload | None) -> str | None:
         return None
     if reload is not None and not reload.successful:
         return "restarts are not possible: the config does not load"
-    began = view.down_since or view.since
-    if view.target.unit is None or began is None:
-        return None
-    return f'journalctl -u {view.target.unit} --since "{utc(began)}"'
+    return view.journal
 
 
 def _health_line(view: TargetView, now: float) -> str:

@@ -12,15 +12,11 @@ from prober.core.keys import format_duration
 from prober.core.psi import describe_users
 from prober.core.record import Entry, Kind, Outage, culprits, entry_json, outages
 from prober.core.text import clip, utc
+from prober.core.view import journal_command
 
 _DID = (Kind.RESTART_ASKED, Kind.RESTART, Kind.RESTART_FAILED, Kind.GIVEN_UP, Kind.HELD,
         Kind.PAUSED, Kind.RESUMED, Kind.RESET)
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>|~])")
-
-
-def journal_line(unit: str, since: float) -> str:
-    """The command that shows a unit's journal from `since` on."""
-    return f'journalctl -u {unit} --since "{utc(since, "%Y-%m-%d %H:%M:%S")}"'
 
 
 def _detail(entry: Entry) -> str:
@@ -114,6 +110,6 @@ def postmortem(entries: Sequence[Entry], since: float, now: float) -> str:
     units = [o for o in found if o.unit]
     if units:
         lines += ["", "## Logs", "", "```"]
-        lines += [journal_line(o.unit, o.began - 60) for o in units]
+        lines += [journal_command(o.unit, o.began - 60) for o in units]
         lines.append("```")
     return "\n".join(lines) + "\n"

@@ -249,7 +249,7 @@ async def run_once(
         from prober.outputs.notify import deliver, payloads
 
         causes = {item.target.name: item.result.reason for item in reports}
-        await deliver(config.notify, payloads(changes, config, causes, top_memory=[
+        await deliver(config.notify, payloads(changes, config, causes, state.targets, top_memory=[
             {"name": u.name, "bytes": u.bytes} for u in memory.top]))
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
                        duration=clock() - started, pressure=memory.host_pressure,

@@ -47,6 +47,7 @@ from tests.test_watcher import in_one_loop, loader, write_config
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
+V3_FILE = Path(__file__).parent / "testdata" / "state-v3.json"
 
 
 def _line(**fields: object) -> bytes:
@@ -390,6 +391,24 @@ def test_the_watchers_reloads_are_recorded_with_its_next_run(tmp_path: Path,
     found = RecordFile(record_path(store.path), 30 * DAY, 1 << 20).read().entries
     assert [e.kind for e in found] == [Kind.CONFIG_RELOADED, Kind.CONFIG_REJECTED], found
     assert "keeping the previous config" in found[1].reason and found[1].target == ""
+
+
+def test_a_new_record_starts_with_what_the_state_remembered(prober: Prober) -> None:
+    """Upgrading loses no event: the first command that records something (here a pause) on a
+    version 3 state of the last release starts the record with every target's history, oldest
+    first, its memory users kept, then the pause."""
+    v3 = json.loads(V3_FILE.read_text())
+    names = sorted(v3["targets"])
+    prober.write(_config(*(f'name = "{n}"\nurl = "http://127.0.0.1:1/"' for n in names)))
+    prober.state.parent.mkdir(parents=True)
+    prober.state.write_bytes(V3_FILE.read_bytes())
+    assert prober("pause", names[0], "--for", "1h").code == 0
+    events = prober("status", "--since", "3650d", "--json").json()["events"]
+    remembered = sorted((h["at"], n, h["event"]) for n in names
+                         for h in v3["targets"][n]["history"])
+    assert [(e["at"], e["target"], e["event"]) for e in events[:-1]] == remembered
+    assert events[-1]["event"] == "paused" and events[-1]["target"] == names[0]
+    assert any(e.get("top_memory") for e in events), events
 
 
 @pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])

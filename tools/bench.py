@@ -69,7 +69,7 @@ WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
 HEAVY = ("dbus_next", "tenacity", "prober.actuators.systemd", "prober.outputs.notify",
          "prober.actuators.polkit", "prober.shell.sdnotify", "prometheus_client",
          "prober.outputs.metrics", "prober.outputs.web", "prober.outputs.page",
-         "prober.shell.record", "prober.outputs.timeline")
+         "prober.shell.record", "prober.core.record", "prober.outputs.timeline")
 
 BASELINE = [PY, "-c", "import httpx, click"]  # issue 7's baseline, retired: now info only
 # The floor of a healthy check (issue 14): the least a program can do that probes the same

@@ -228,7 +228,9 @@ def pressure_step(episode: PressureEpisode | None, psi: float | None, threshold:
     """The episode after this run's host reading (PSI `some avg10`), and what to record: its
     start at `threshold`; its end below half of it (so that a reading around the threshold is
     one episode, not many), with the peak and who held the memory then. `threshold` 0: off."""
-    if psi is None or threshold <= 0:
+    if threshold <= 0:
+        return None, []
+    if psi is None:
         return episode, []
     if episode is None:
         if psi < threshold:

@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from prober.core.config import Config, Target
 from prober.core.policy import Action, Decision
 from prober.core.psi import MemoryUser, Pressure
-from prober.core.record import Entry
 from prober.core.results import ProbeResult
 from prober.core.tracker import Change, Health, State, TargetState, has_prober_fault, is_paused
+
+if TYPE_CHECKING:
+    from prober.core.record import Entry
 
 
 class Status(StrEnum):

@@ -11,21 +11,24 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from prober.core import policy, record, tracker
+from prober.core import policy, tracker
 from prober.core.actuator import Actuator, Facts
 from prober.core.config import Config, Target
 from prober.core.errors import ProberError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Applied, Decision, Outcome, RestartOutcome
 from prober.core.psi import describe_users
-from prober.core.record import Entry
 from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
 from prober.memory.picture import MemoryPicture, read_memory, top_memory_now
 from prober.probes.probing import Probing
 from prober.shell.locked import Held, locked_run
 from prober.shell.state import StateStore
+
+if TYPE_CHECKING:
+    from prober.core.record import Entry
 
 log = logging.getLogger("prober")
 
@@ -268,11 +271,16 @@ def _host_events(config: Config, state: State, memory: MemoryPicture,
     what the outage record says of them."""
     threshold = config.default_policy.pressure_threshold
     psi = None if memory.host_pressure is None else memory.host_pressure.some_avg10
+    unreachable = next((d.reason for d in decisions if d.action is Action.UNIT_UNKNOWN), None)
+    if state.pressure is None and (psi is None or psi < threshold or threshold <= 0) and \
+            state.systemd_unreachable_since is None and unreachable is None:
+        return state, ()  # the healthy run's way: nothing to record, nothing imported for it
+    from prober.core import record
+
     users = memory.top
     if record.pressure_peaks(state.pressure, psi, threshold) and not users:
         users = top_memory_now()
     episode, entries = record.pressure_step(state.pressure, psi, threshold, now, users)
-    unreachable = next((d.reason for d in decisions if d.action is Action.UNIT_UNKNOWN), None)
     reached = any(d.action in _ASKED for d in decisions)
     since, more = record.systemd_step(state.systemd_unreachable_since, unreachable, reached, now)
     return (replace(state, pressure=episode, systemd_unreachable_since=since),

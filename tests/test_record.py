@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -288,6 +290,36 @@ def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) ->
     record.append([Entry(NOW + 1, "web", Kind.DOWN)], NOW + 1)
     found = record.read()
     assert [e.kind for e in found.entries] == [Kind.FAILING, Kind.DOWN] and found.skipped == 1
+
+
+def test_a_writer_killed_mid_append_costs_at_most_its_last_line(tmp_path: Path) -> None:
+    """SIGKILL while a run appends, again and again: every line but at most the last one of
+    each kill reads back, and the appends after it are whole."""
+    path = tmp_path / "state.json.record"
+    script = (
+        "import sys; from prober.core.record import Entry, Kind\n"
+        "from prober.shell.record import RecordFile\n"
+        "record = RecordFile(__import__('pathlib').Path(sys.argv[1]), 1e9, 1 << 30)\n"
+        "n = 0\n"
+        "while True:\n"
+        "    n += 1; record.append([Entry(1e9 + n, 'web', Kind.DOWN, 'x' * 3000)] * 3, 1e9)\n"
+        "    if n == 1: print('go', flush=True)\n"
+    )
+    kills = 5
+    for _ in range(kills):
+        writer = subprocess.Popen([sys.executable, "-c", script, str(path)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "go"
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    record = RecordFile(path, 1e9, 1 << 30)
+    before = record.read()
+    assert before.skipped <= kills and len(before.entries) >= 3 * kills
+    record.append([Entry(NOW, "web", Kind.RECOVERED)], NOW)
+    after = record.read()
+    assert after.entries[-1] == Entry(NOW, "web", Kind.RECOVERED)
+    assert after.skipped == before.skipped
 
 
 def test_a_huge_record_is_read_only_up_to_its_cap(tmp_path: Path) -> None:

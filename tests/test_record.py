@@ -85,6 +85,12 @@ def test_a_damaged_line_is_refused_with_what_is_wrong(line: bytes, problem: str)
         parse_line(line)
 
 
+def test_every_tracker_event_is_a_kind_of_the_record() -> None:
+    """An event the tracker records (a new one too) has its kind, of the same value, in the
+    record: add it to prober.core.record.Kind."""
+    assert {e.value for e in Event} <= {k.value for k in Kind}
+
+
 def test_an_entry_survives_its_line() -> None:
     """An entry written as a line reads back equal, its text kept on one line."""
     entry = Entry(NOW, "caddy", Kind.DOWN, "refused", "caddy.service", psi=41.5,

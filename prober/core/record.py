@@ -60,7 +60,8 @@ class Kind(StrEnum):
 
 
 _KINDS = {kind.value: kind for kind in Kind}
-_FROM_EVENT = {event: _KINDS[event.value] for event in Event}
+# Each of the tracker's events is a kind of the same value (tests/test_record.py keeps it so).
+_FROM_EVENT = {event: _KINDS[event.value] for event in Event if event.value in _KINDS}
 _TO_EVENT = {kind: event for event, kind in _FROM_EVENT.items()}
 
 
@@ -185,7 +186,9 @@ def from_changes(changes: Iterable[Change], states: Mapping[str, TargetState],
     out: list[Entry] = []
     for change in changes:
         name, entry = change.target, change.transition
-        kind = _FROM_EVENT[entry.event]
+        kind = _FROM_EVENT.get(entry.event)
+        if kind is None:
+            continue
         duration = None
         if kind is Kind.RECOVERED:
             began = outage_began(states[name].history, entry.at) if name in states else None

@@ -299,8 +299,9 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 @_shared
 def status(config_file: str | None, state_file: str | None, target: str | None, as_json: bool,
            since: str | None) -> int:
-    """Show what is remembered about each target: health, since when, restarts, history; exit as
-    check does (0 healthy, 1 warning, 2 a target down), 3 if no run is recent enough to trust."""
+    """Show what is remembered about each target: health, since when, restarts, history; with
+    --since, the outage record's timeline. Exit as check does (0 healthy, 1 warning, 2 a
+    target down), 3 if no run is recent enough to trust."""
     config = _load(config_file)
     if target is not None:
         if since is None:

@@ -125,8 +125,13 @@ class RecordFile:
                  len(keep), format_duration(self.max_age), self.max_bytes)
 
     def _first_entry(self) -> Entry | None:
-        with contextlib.suppress(OSError, ValueError), open(self.path, "rb") as file:
-            return parse_line(file.read(_HEAD).split(b"\n", 1)[0])
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    return parse_line(os.pread(fd, _HEAD, 0).split(b"\n", 1)[0])
+            finally:
+                os.close(fd)
         return None
 
     def read(self) -> Read:

@@ -4,6 +4,7 @@ through the real `prober check`, `status --since` and `report` against loopback 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -43,9 +44,9 @@ from prober.shell.record import RecordFile, record_path
 from prober.shell.state import StateStore
 from prober.shell.watcher import Watcher
 from tests.support import snapshots
-from tests.support.servers import Server, flaky, health, refused_port, serve
+from tests.support.servers import Server, answer, flaky, health, refused_port, serve
 from tests.test_cli import Prober, _config
-from tests.test_watcher import in_one_loop, loader, write_config
+from tests.test_watcher import HangingActuator, in_one_loop, loader, write_config
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -447,6 +448,30 @@ def test_a_new_record_starts_with_what_the_state_remembered(prober: Prober) -> N
     assert [(e["at"], e["target"], e["event"]) for e in events[:-1]] == remembered
     assert events[-1]["event"] == "paused" and events[-1]["target"] == names[0]
     assert any(e.get("top_memory") for e in events), events
+
+
+def test_a_restart_asked_by_a_stopped_watcher_is_in_the_record(tmp_path: Path) -> None:
+    """Stopped while systemd has a restart to do, the watcher records it as asked, in the
+    record as in the state: restart-asked, then the restart whose outcome it never learnt."""
+    config = tmp_path / "prober.toml"
+    with serve(answer(500, b"broken")) as broken:
+        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
+        store = StateStore(str(tmp_path / "state.json"))
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+        async def stop_once_asked() -> None:
+            task = asyncio.ensure_future(watcher.run())
+            while not actuator.asked:
+                await asyncio.sleep(0.01)
+            watcher.stop()
+            await asyncio.wait_for(task, 2)
+
+        asyncio.run(stop_once_asked())
+    found = RecordFile(record_path(store.path), 30 * DAY, 1 << 20).read().entries
+    assert [(e.kind, e.unit) for e in found][-2:] == \
+        [(Kind.RESTART_ASKED, "web.service"), (Kind.RESTART, "web.service")], found
+    assert "stopped" in found[-1].reason
 
 
 @pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])

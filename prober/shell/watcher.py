@@ -43,7 +43,7 @@ from prober.outputs.report import run_summary
 from prober.probes.probing import Probing
 from prober.shell.check import run_once
 from prober.shell.locked import Held, locked_run
-from prober.shell.record import CachedRecord, RecordFile
+from prober.shell.record import CachedRecord, RecordFile, command_entries
 from prober.shell.sdnotify import notify, notify_socket, watchdog_interval
 from prober.shell.state import StateStore
 
@@ -276,13 +276,20 @@ class Watcher:
         """Record restarts asked of systemd by a run cancelled before it learnt their outcome."""
         if not asked:
             return
+        before = state
         for target, at in asked:
             decision = Decision(target.name, Action.RESTART, "", target.unit)
             outcome = RestartOutcome(Outcome.UNKNOWN, "restart requested; prober stopped before "
                                      "it learnt how it went", at)
             applied = policy.apply_restart(target, state.get(target.name), decision, outcome)
             state = state.with_target(target.name, applied.state)
+        entries = [Entry(at, target.name, Kind.RESTART_ASKED, "restart asked of the actuator",
+                         target.unit or "") for target, at in asked]
         try:
+            if not self._dry_run:
+                RecordFile.beside(self._store.path, self.config).append(
+                    [*entries, *command_entries(self.config, before, state)], time.time(),
+                    self._store.directory_owner())
             self._store.save(state)
         except StateError as exc:
             log.error("%s", exc)

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -259,6 +260,24 @@ def test_the_pages_views_draw_from_the_record() -> None:
     assert "an outage three days ago" in week and "an outage three days ago" not in hour
     assert '<a href="?range=7d" aria-current="page">' in week
     assert 'data-window="1h"' in hour and 'data-window="7d"' in week
+
+
+def test_the_watchers_page_reads_the_record_again_only_when_it_changed(tmp_path: Path,
+                                                                      web: Server) -> None:
+    """The watcher's snapshot draws from the record beside its state: an outage three days ago
+    is on its 7 d view; an append shows at the next render, an unchanged file is not re-read."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "web"\nurl = "{web.url("/health")}"')
+    store = StateStore(str(tmp_path / "state.json"))
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+    now = time.time()
+    record = RecordFile(record_path(store.path), 30 * DAY, 1 << 20)
+    record.append([Entry(now - 3 * DAY, "web", Kind.DOWN, "three days ago")], now)
+    first = watcher.snapshot()
+    assert "three days ago" in render(first, hostname="h", window=RANGES["7d"])
+    assert first.record is not None and first.record() is first.record()  # cached
+    record.append([Entry(now - 60, "web", Kind.DOWN, "a minute ago")], now)
+    assert "a minute ago" in render(watcher.snapshot(), hostname="h", window=RANGES["1h"])
 
 
 def test_a_hostile_range_query_is_served_the_default_view() -> None:

@@ -280,7 +280,8 @@ def test_the_page_refers_to_no_external_asset() -> None:
         references = _References(html)
         assert references.fetched == []
         assert not re.search(r"url\s*\(|@import", html, re.IGNORECASE)
-        assert sorted(references.links) == ["metrics", "status.json"]
+        assert sorted(references.links) == ["?range=1h", "?range=24h", "?range=7d", "metrics",
+                                            "status.json"]
 
 
 def _four_am() -> Snapshot:

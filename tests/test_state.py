@@ -15,7 +15,7 @@ import prober
 from prober.core.config import parse_config, parse_toml
 from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
-from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.core.tracker import Event, Health, PressureEpisode, State, TargetState, Transition
 from prober.core.unit_seen import Happened, Incident, UnitSeen
 from prober.shell.state import (
     _READERS,
@@ -224,6 +224,10 @@ def test_root_run_leaves_files_the_directory_owner_can_use(tmp_path: Path) -> No
 
 V1_FILE = Path(__file__).parent / "testdata" / "state-v1.json"
 V2_FILE = Path(__file__).parent / "testdata" / "state-v2.json"
+V3_FILE = Path(__file__).parent / "testdata" / "state-v3.json"
+
+
+_V5 = {"pressure": None, "systemd_unreachable_since": None}  # what v5 adds to the top
 
 
 NEW = {"last_notice": "", "unit_seen": None}  # what v3 and v4 add to each target's entry
@@ -233,33 +237,36 @@ NEW = {"last_notice": "", "unit_seen": None}  # what v3 and v4 add to each targe
     ("document", "expected"),
     [
         ({"version": 1, "targets": {"a": {}}, "updated_at": 5.0},
-         {"version": 4, "targets": {"a": NEW}, "updated_at": 5.0,
-          "trial": False, "written_by": ""}),
+         {"version": 5, "targets": {"a": NEW}, "updated_at": 5.0,
+          "trial": False, "written_by": "", **_V5}),
         ({"version": 2, "targets": {"a": {"health": "down"}}, "trial": True,
           "written_by": "0.1.0"},
-         {"version": 4, "targets": {"a": {"health": "down", **NEW}}, "trial": True,
-          "written_by": "0.1.0"}),
+         {"version": 5, "targets": {"a": {"health": "down", **NEW}}, "trial": True,
+          "written_by": "0.1.0", **_V5}),
         ({"version": 2, "targets": {"a": 7, "b": {}}},
-         {"version": 4, "targets": {"a": 7, "b": NEW}}),
-        ({"version": 2, "targets": []}, {"version": 4, "targets": []}),
-        ({"version": 2}, {"version": 4}),
+         {"version": 5, "targets": {"a": 7, "b": NEW}, **_V5}),
+        ({"version": 2, "targets": []}, {"version": 5, "targets": [], **_V5}),
+        ({"version": 2}, {"version": 5, **_V5}),
         ({"version": 3, "targets": {"a": {"last_notice": "x"}}, "trial": False},
-         {"version": 4, "targets": {"a": {"last_notice": "x", "unit_seen": None}},
-          "trial": False}),
-        ({"version": 3, "targets": {"a": 7}}, {"version": 4, "targets": {"a": 7}}),
-        ({"version": 3, "targets": []}, {"version": 4, "targets": []}),
+         {"version": 5, "targets": {"a": {"last_notice": "x", "unit_seen": None}},
+          "trial": False, **_V5}),
+        ({"version": 3, "targets": {"a": 7}}, {"version": 5, "targets": {"a": 7}, **_V5}),
+        ({"version": 3, "targets": []}, {"version": 5, "targets": [], **_V5}),
         ({"version": 4, "targets": {"a": {"unit_seen": {"restarts": 2}}}, "trial": False},
-         {"version": 4, "targets": {"a": {"unit_seen": {"restarts": 2}}}, "trial": False}),
+         {"version": 5, "targets": {"a": {"unit_seen": {"restarts": 2}}}, "trial": False,
+          **_V5}),
+        ({"version": 5, "targets": {}, "pressure": {"since": 1.0}},
+         {"version": 5, "targets": {}, "pressure": {"since": 1.0}}),
     ],
     ids=["v1", "v2", "v2-a-damaged-entry", "v2-damaged-targets", "v2-no-targets",
-         "v3", "v3-a-damaged-entry", "v3-damaged-targets", "v4-as-it-is"],
+         "v3", "v3-a-damaged-entry", "v3-damaged-targets", "v4", "v5-as-it-is"],
 )
 def test_migrate(document: dict[str, object], expected: dict[str, object]) -> None:
     """Each version is brought up to the current one, one step at a time, nothing lost."""
     assert migrate(document) == expected
 
 
-@pytest.mark.parametrize("version", [0, -1, 5, 99, "1", 1.0, None, True],
+@pytest.mark.parametrize("version", [0, -1, STATE_VERSION + 1, 99, "1", 1.0, None, True],
                          ids=repr)
 def test_migrate_refuses_a_version_it_does_not_know(version: object) -> None:
     """A version that is none of ours, a newer one included, is not read."""
@@ -280,7 +287,8 @@ def test_every_target_field_has_a_reader() -> None:
 def test_a_v1_file_of_the_last_release_is_rewritten_as_the_current_version_with_nothing_lost(
         tmp_path: Path) -> None:
     """tests/testdata/state-v1.json, written by the version 1 StateStore.save, loads; the next
-    save writes version 4 with every target's entry as it was, no notice and no unit seen."""
+    save writes the current version with every target's entry as it was, no notice, no unit
+    seen and no pressure episode."""
     v1 = json.loads(V1_FILE.read_text())
     path = tmp_path / "state.json"
     path.write_bytes(V1_FILE.read_bytes())
@@ -288,27 +296,63 @@ def test_a_v1_file_of_the_last_release_is_rewritten_as_the_current_version_with_
     state = store.load()
     assert not state.trial and set(state.targets) == set(v1["targets"])
     store.save(state)
-    v4 = json.loads(path.read_text())
-    assert (v4["version"], v4["trial"], v4["written_by"]) == (4, False, prober.__version__)
-    assert v4["targets"] == {name: {**entry, **NEW} for name, entry in v1["targets"].items()}
-    assert v4["updated_at"] == v1["updated_at"]
+    current = json.loads(path.read_text())
+    assert (current["version"], current["trial"], current["written_by"]) == \
+        (STATE_VERSION, False, prober.__version__)
+    assert (current["pressure"], current["systemd_unreachable_since"]) == (None, None)
+    assert current["targets"] == {name: {**entry, **NEW} for name, entry in v1["targets"].items()}
+    assert current["updated_at"] == v1["updated_at"]
     assert not (tmp_path / "state.json.corrupt").exists()
 
 
 def test_a_v2_file_of_the_last_release_is_rewritten_as_the_current_version_with_nothing_lost(
         tmp_path: Path) -> None:
     """tests/testdata/state-v2.json, written by the version 2 StateStore.save, loads; the next
-    save writes version 4 with every target's entry as it was, no notice and no unit seen."""
+    save writes the current version with every target's entry as it was, no notice and no unit
+    seen."""
     v2 = json.loads(V2_FILE.read_text())
     assert v2["version"] == 2
     path = tmp_path / "state.json"
     path.write_bytes(V2_FILE.read_bytes())
     store = StateStore(str(path))
     store.save(store.load())
-    v4 = json.loads(path.read_text())
-    assert (v4["version"], v4["trial"]) == (4, False)
-    assert v4["targets"] == {name: {**entry, **NEW} for name, entry in v2["targets"].items()}
+    current = json.loads(path.read_text())
+    assert (current["version"], current["trial"]) == (STATE_VERSION, False)
+    assert current["targets"] == {name: {**entry, **NEW} for name, entry in v2["targets"].items()}
     assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_a_v3_file_of_the_last_release_is_rewritten_as_the_current_version_with_nothing_lost(
+        tmp_path: Path) -> None:
+    """tests/testdata/state-v3.json, written by the version 3 StateStore.save, loads; the next
+    save writes the current version with every target's entry as it was, no unit seen, no
+    pressure episode and systemd never found unreachable."""
+    v3 = json.loads(V3_FILE.read_text())
+    assert v3["version"] == 3
+    path = tmp_path / "state.json"
+    path.write_bytes(V3_FILE.read_bytes())
+    store = StateStore(str(path))
+    store.save(store.load())
+    now = json.loads(path.read_text())
+    assert (now["version"], now["pressure"], now["systemd_unreachable_since"]) == \
+        (STATE_VERSION, None, None)
+    assert now["targets"] == {name: {**entry, "unit_seen": None}
+                              for name, entry in v3["targets"].items()}
+    assert now["updated_at"] == v3["updated_at"]
+
+
+def test_a_pressure_episode_survives_a_save_and_a_bad_one_costs_only_itself(
+        tmp_path: Path) -> None:
+    """The episode going on and systemd's unreachability read back as saved; a damaged episode
+    is dropped with its own warning, the targets kept."""
+    episode = PressureEpisode(1.0, 42.5, 2.0, (MemoryUser("grower.service", 1 << 27),))
+    state = State(targets={"a": TargetState()}, updated_at=3.0, pressure=episode,
+                  systemd_unreachable_since=2.5)
+    assert from_json(json.loads(dumps(state))).state == state
+    damaged = {**json.loads(dumps(state)), "pressure": {"since": 1.0, "peak": 400}}
+    salvaged = from_json(damaged)
+    assert salvaged.state.pressure is None and set(salvaged.state.targets) == {"a"}
+    assert salvaged.dropped == ("pressure: peak: not a percentage",)
 
 
 def _with_entry(field: str, value: object) -> bytes:

@@ -187,5 +187,6 @@ def test_a_failing_containers_next_step_is_its_engine_log() -> None:
     (view,) = views(Snapshot(config, state, None, NOW))
     assert next_step(view, None) == \
         f'docker logs --since "{utc(NOW - 300, "%Y-%m-%dT%H:%M:%SZ")}" mastodon-web-1'
+    assert view.journal is None  # status, its JSON and the notifications offer no journalctl
     assert next_step(_view(DOWN), None) == \
         f'journalctl -u mastodon-web.service --since "{utc(NOW - 300)}"'

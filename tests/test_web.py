@@ -692,7 +692,8 @@ def check_password_asked(answers: dict[str, tuple[int, str]]) -> None:
     assert page[0] == 200 and "<title>CRITICAL - prober on test-host.example" in page[1]
     links = {asked: answer[0] for asked, answer in answers.items()
              if asked not in ("anonymous", "wrong", "page")}
-    assert links == {"metrics": 200, "status.json": 200}
+    assert links == {"metrics": 200, "status.json": 200, "?range=1h": 200, "?range=24h": 200,
+                     "?range=7d": 200}
     assert "prober_run_status 2.0" in answers["metrics"][1]
     assert "targets" in json.loads(answers["status.json"][1])
 

@@ -68,7 +68,8 @@ WATCH_BOUND = WATCH_THRESHOLD * WATCH_INTERVAL + WATCH_TIMEOUT + 0.5
 # Loaded by a healthy check, these would be paid for on every run for nothing.
 HEAVY = ("dbus_next", "tenacity", "prober.actuators.systemd", "prober.outputs.notify",
          "prober.actuators.polkit", "prober.shell.sdnotify", "prometheus_client",
-         "prober.outputs.metrics", "prober.outputs.web", "prober.outputs.page")
+         "prober.outputs.metrics", "prober.outputs.web", "prober.outputs.page",
+         "prober.shell.record", "prober.core.record", "prober.outputs.timeline")
 
 BASELINE = [PY, "-c", "import httpx, click"]  # issue 7's baseline, retired: now info only
 # The floor of a healthy check (issue 14): the least a program can do that probes the same
@@ -1176,6 +1177,7 @@ FIGURES: dict[str, Figure] = {
     "state": _elsewhere("tests.bench_state", "figure_state"),
     "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
     "container": _elsewhere("tools.bench_container", "figure_container"),
+    "record": _elsewhere("tools.bench_record", "figure_record"),
     "against": _against,  # only with --against REV
 }
 

@@ -51,6 +51,8 @@ from prober.core.text import did_you_mean
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
 DEFAULT_HISTORY = 500
+DEFAULT_RECORD_MAX_AGE = 30 * 86400.0
+DEFAULT_RECORD_MAX_MIB = 16
 DEFAULT_PRESSURE_THRESHOLD = 10.0  # percent of PSI memory `some avg10`
 MAX_RETRIES = 10  # a probe's retries stretch the run's deadline; more would hide an outage
 
@@ -253,6 +255,8 @@ class Config:
     textfile: str | None = None  # Prometheus textfile-collector output, written every run
     notify: Notify | None = None
     history: int = DEFAULT_HISTORY  # transitions kept per target in the state
+    record_max_age: float = DEFAULT_RECORD_MAX_AGE  # the outage record's entries, at most so old
+    record_max_mib: int = DEFAULT_RECORD_MAX_MIB  # and the record file at most so large
     default_policy: RestartRules = field(default_factory=RestartRules)  # [defaults]
     listen: tuple[str, int] | None = None  # where `prober watch` serves /metrics and its page
 
@@ -284,6 +288,12 @@ TOP_KEYS = (
     Key("history", Shape.INTEGER, integer(10, 10_000),
         "state transitions kept per target (failing, down, held, restart, restart-failed, "
         "given-up, recovered, reset, paused, resumed)", default="500", minimum=10),
+    Key("record_max_age", Shape.DURATION, duration(3600.0),
+        "how long the outage record (`status --since`, `report`, the page's views) keeps an "
+        "event; older ones go when the record is next compacted", default="30d", minimum=3600.0),
+    Key("record_max_mib", Shape.INTEGER, integer(1, 1024),
+        "the outage record file's size bound, in MiB: past it, its oldest events go",
+        default="16", minimum=1),
     Key("listen", Shape.HOST_PORT, host_port,
         "`prober watch` serves `/metrics`, `/status.json` and a status page here, e.g. "
         '`"127.0.0.1:9813"` (also `watch --listen`); off by default; a non-loopback address '

@@ -3,14 +3,19 @@ page, notifications) reads. Plain data; `check.py` builds them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from prober.core.config import Config, Target
 from prober.core.policy import Action, Decision
 from prober.core.psi import MemoryUser, Pressure
 from prober.core.results import ProbeResult
 from prober.core.tracker import Change, Health, State, TargetState, has_prober_fault, is_paused
+
+if TYPE_CHECKING:
+    from prober.core.record import Entry
 
 
 class Status(StrEnum):
@@ -47,6 +52,7 @@ class TargetReport:
     state: TargetState
     outcome: str | None = None  # how a restart went, one line
     notice: str | None = None  # a warning that is no failure: a certificate about to expire
+    blamed_on: str | None = None  # the failing dependency its failure is blamed on
 
     @property
     def status(self) -> Status:
@@ -109,6 +115,8 @@ class RunReport:
     state_error: str | None = None  # the state could not be used: the run is unknown (exit 3)
     changes: tuple[Change, ...] = ()  # what this run recorded in the targets' histories
     top_memory: tuple[MemoryUser, ...] = ()  # the largest memory users, when targets starve
+    restarts_asked: tuple[tuple[str, float], ...] = ()  # (target, when) asked of the actuator
+    events: tuple[Entry, ...] = ()  # what concerns no one target: memory pressure, systemd
 
     @property
     def status(self) -> Status:
@@ -149,6 +157,7 @@ class Snapshot:
     report: RunReport | None
     now: float
     reload: ConfigReload | None = None  # the watcher's; a one-shot run has no reload
+    record: Callable[[], Sequence[Entry]] | None = None  # the outage record, read on demand
 
     @classmethod
     def after_run(cls, config: Config, report: RunReport, now: float) -> Snapshot:

@@ -107,10 +107,22 @@ class TargetState:
 
 
 @dataclass(frozen=True)
+class PressureEpisode:
+    """The host's memory pressure over the threshold, since when, and its peak so far."""
+
+    since: float
+    peak: float  # PSI `some avg10`, percent
+    peak_at: float
+    top_memory: tuple[MemoryUser, ...] = ()  # the largest memory users at the peak
+
+
+@dataclass(frozen=True)
 class State:
     targets: Mapping[str, TargetState] = field(default_factory=dict)
     updated_at: float | None = None
     trial: bool = False  # a dry run's own counts, which a real run never uses
+    pressure: PressureEpisode | None = None  # the episode going on, for the outage record
+    systemd_unreachable_since: float | None = None  # systemd could not be asked, since then
 
     def get(self, name: str) -> TargetState:
         return self.targets.get(name, TargetState())

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prober.core.actuator import restarted_as
 from prober.core.config import Target
 from prober.core.policy import Action, cooldown_for, restarts_within
 from prober.core.psi import MemoryUser
 from prober.core.runs import RunReport, Snapshot, Status, TargetReport, remembered_status
+from prober.core.text import utc
 from prober.core.tracker import Event, Health, TargetState, has_prober_fault, is_paused
 
 
@@ -67,6 +69,27 @@ class TargetView:
     @property
     def down_since(self) -> float | None:
         return self.state.down_since
+
+    @property
+    def journal(self) -> str | None:
+        """For a failing target, not paused, with a unit: the command that shows its unit's
+        journal from the start of the outage."""
+        began = self.down_since or self.since
+        unit = systemd_unit(self.target)
+        if not self.health.is_failing or self.paused or not unit or began is None:
+            return None
+        return journal_command(unit, began)
+
+
+def systemd_unit(target: Target) -> str | None:
+    """The systemd unit that restarts the target and keeps its journal; None for a container
+    (its logs are the engine's) and for a target with nothing to restart."""
+    return restarted_as(target).get("unit")
+
+
+def journal_command(unit: str, since: float) -> str:
+    """`journalctl -u UNIT --since "<UTC time>"`: every output that suggests it says it so."""
+    return f'journalctl -u {unit} --since "{utc(since)}"'
 
 
 def views(snapshot: Snapshot) -> tuple[TargetView, ...]:

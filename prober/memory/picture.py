@@ -72,3 +72,10 @@ def read_memory(targets: Sequence[Target], verdicts: Sequence[Verdict],
         return MemoryPicture(host, readings)
     return MemoryPicture(host, readings, top_memory_users(3, mounts),
                           tuple(dict.fromkeys(starving)))
+
+
+def top_memory_now() -> tuple[MemoryUser, ...]:
+    """The three largest memory users now: a walk of the cgroup tree, for a pressure peak."""
+    from prober.memory.cgroups import read_cgroup_mounts, top_memory_users
+
+    return top_memory_users(3, read_cgroup_mounts())

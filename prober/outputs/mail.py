@@ -69,6 +69,9 @@ def body(payloads: Sequence[Mapping[str, Any]], host: str) -> str:
     lines += [_line(p) for p in payloads[:LINES_MAX]]
     if len(payloads) > LINES_MAX:
         lines.append(f"... and {len(payloads) - LINES_MAX} more: see `prober status`.")
+    journals = list(dict.fromkeys(p["journal"] for p in payloads[:LINES_MAX] if p.get("journal")))
+    if journals:
+        lines += ["", "Their journals:", *(f"  {line}" for line in journals)]
     top = payloads[0].get("top_memory") or []
     if top:
         users = ", ".join(f"{u['name']} ({u['bytes'] // (1 << 20)} MiB)" for u in top)

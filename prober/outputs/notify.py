@@ -22,7 +22,9 @@ from typing import Any
 from prober.core.actuator import restarted_as
 from prober.core.config import Config, Notify, NotifyEvent
 from prober.core.keys import one_line_secret
-from prober.core.tracker import Change
+from prober.core.record import outage_began
+from prober.core.tracker import Change, TargetState
+from prober.core.view import journal_command
 from prober.io.configfiles import FileFault, NamedFile
 
 log = logging.getLogger("prober")
@@ -46,9 +48,12 @@ _ACTIONS = (NotifyEvent.RESTART, NotifyEvent.RESTART_FAILED, NotifyEvent.GIVEN_U
 
 
 def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str] | None = None,
+             states: Mapping[str, TargetState] | None = None,
              **extra: Any) -> list[dict[str, Any]]:
     """The JSON payloads of the changes that are notification events; `causes` are this run's
-    probe reasons by target, set beside the actions taken on them."""
+    probe reasons by target, set beside the actions taken on them; with the targets' `states`,
+    a failing target's `journal`: the command that shows its unit's journal since the outage
+    began."""
     names = {t.name: restarted_as(t) for t in config.targets}
     out = []
     for change in changes:
@@ -57,9 +62,14 @@ def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str
             entry = change.transition
             cause = (causes or {}).get(change.target) if event in _ACTIONS else None
             restarts = names.get(change.target, {})
-            out.append(event_payload(event, change.target, restarts.get("unit"),
-                                     entry.reason, entry.at, cause or None,
-                                     container=restarts.get("container"), **extra))
+            unit = restarts.get("unit")
+            journal = None
+            if unit and event is not NotifyEvent.RECOVERED and states is not None:
+                history = states[change.target].history if change.target in states else ()
+                journal = journal_command(unit, outage_began(history, entry.at) or entry.at)
+            out.append(event_payload(event, change.target, unit, entry.reason, entry.at,
+                                     cause or None, container=restarts.get("container"),
+                                     journal=journal, **extra))
     return out
 
 

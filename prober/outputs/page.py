@@ -14,10 +14,12 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
+from urllib.parse import parse_qsl
 
 from prober.core.actuator import restarted_as
 from prober.core.policy import starves
 from prober.core.psi import describe_users
+from prober.core.record import RANGES, transitions
 from prober.core.runs import (
     ConfigReload,
     RunReport,
@@ -30,9 +32,9 @@ from prober.core.text import redact_url, utc
 from prober.core.tracker import Event, Health, TargetState, Transition
 from prober.core.view import TargetView, views
 
-__all__ = ["WINDOW", "render"]
+__all__ = ["RANGES", "WINDOW", "render", "window_of"]
 
-WINDOW = 24 * 3600.0  # the timelines' span, ending now
+WINDOW = RANGES["24h"]  # the timelines' span, ending now, unless the query asks for another
 _REFRESH_BOUNDS = (5, 60)  # seconds between reloads: the interval, within these
 
 # The timeline's drawing, in SVG user units.
@@ -158,13 +160,11 @@ def next_step(view: TargetView, reload: ConfigReload | None) -> str | None:
         return None
     if reload is not None and not reload.successful:
         return "restarts are not possible: the config does not load"
-    began = view.down_since or view.since
-    if view.target.unit is None or began is None:
-        return None
     container = restarted_as(view.target).get("container")
-    if container:
+    began = view.down_since or view.since
+    if container and began is not None:
         return f'docker logs --since "{utc(began, "%Y-%m-%dT%H:%M:%SZ")}" {container}'
-    return f'journalctl -u {view.target.unit} --since "{utc(began)}"'
+    return view.journal
 
 
 def _health_line(view: TargetView, now: float) -> str:
@@ -229,7 +229,24 @@ def _facts(view: TargetView, now: float, reload: ConfigReload | None
     return lines
 
 
-def _card_html(card: _Card, now: float, reload: ConfigReload | None) -> str:
+def window_of(query: str) -> float:
+    """The span `?range=1h|24h|7d` asks for; WINDOW for anything else, however hostile."""
+    try:
+        fields = parse_qsl(query[:200], max_num_fields=4)
+    except ValueError:
+        return WINDOW
+    return next((RANGES[v] for k, v in fields if k == "range" and v in RANGES), WINDOW)
+
+
+def _ranges(window: float) -> str:
+    current = ' aria-current="page"'
+    links = "".join(f' <a href="?range={name}"{current if span == window else ""}>{name}</a>'
+                    for name, span in RANGES.items())
+    return f'<nav id="range">Timelines:{links}</nav>'
+
+
+def _card_html(card: _Card, now: float, reload: ConfigReload | None,
+               window: float = WINDOW, history: Sequence[Transition] | None = None) -> str:
     view = card.view
     target = view.target
     unit = _e(target.unit) if target.unit else "monitor only"
@@ -248,7 +265,7 @@ def _card_html(card: _Card, now: float, reload: ConfigReload | None) -> str:
         f'<p class="endpoint">{_e(target.kind.name)} '
         f"<code>{_e(redact_url(target.endpoint))}</code></p>"
         f"<dl>{facts}</dl>"
-        f"{timeline_svg(target.name, view.state, now)}"
+        f"{timeline_svg(target.name, view.state, now, window, history)}"
         "</section>"
     )
 
@@ -307,8 +324,8 @@ def _bands(history: Sequence[Transition], state: TargetState, now: float) -> lis
     return bands
 
 
-def _x(at: float, start: float) -> float:
-    share = min(max((at - start) / WINDOW, 0.0), 1.0)
+def _x(at: float, start: float, window: float = WINDOW) -> float:
+    share = min(max((at - start) / window, 0.0), 1.0)
     return round(_LEFT + share * (_WIDTH - _LEFT - _RIGHT), 1)
 
 
@@ -330,63 +347,77 @@ def _mark_shape(event: Event, x: float) -> str:
     return f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" class="{css}"/>'
 
 
-def timeline_svg(name: str, state: TargetState, now: float) -> str:
-    """The last 24 hours of one target as inline SVG: failing/down and paused periods as bands,
-    each event of the history as a mark with a <title> (time, event, reason)."""
-    start = now - WINDOW
+def _tick(seconds: float) -> str:
+    """`6h`, `15m`, `42h`, `7d`: how long before now a tick is."""
+    for suffix, size in (("d", 86400 * 7), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{round(seconds / (86400 if suffix == 'd' else size))}{suffix}"
+    return f"{round(seconds / 3600, 1):g}h"
+
+
+def timeline_svg(name: str, state: TargetState, now: float, window: float = WINDOW,
+                 history: Sequence[Transition] | None = None) -> str:
+    """The last `window` of one target as inline SVG: failing/down and paused periods as bands,
+    each event of its history (the state's, or the record's when given) as a mark with a
+    <title> (time, event, reason)."""
+    start = now - window
+    events = state.history if history is None else history
+    label = _tick(window)
     parts = [f'<svg class="timeline" viewBox="0 0 {_WIDTH:g} {_HEIGHT:g}" role="img" '
-             f'aria-label="{_e(name)}: the last 24 hours" xmlns="http://www.w3.org/2000/svg">',
+             f'aria-label="{_e(name)}: the last {label}" data-window="{label}" '
+             'xmlns="http://www.w3.org/2000/svg">',
              f'<rect x="{_LEFT:g}" y="{_TRACK_Y:g}" width="{_WIDTH - _LEFT - _RIGHT:g}" '
              f'height="{_TRACK_H:g}" class="track"/>']
-    for hours in (6, 12, 18):
-        x = _x(start + hours * 3600, start)
+    for quarter in (1, 2, 3):
+        x = _x(start + window * quarter / 4, start, window)
         parts.append(f'<line x1="{x}" y1="{_PAUSE_Y:g}" x2="{x}" y2="{_TRACK_Y + _TRACK_H:g}" '
                      'class="grid"/>')
         parts.append(f'<text x="{x}" y="{_HEIGHT - 3:g}" class="tick">'
-                     f"&#8722;{24 - hours}h</text>")
-    parts.append(f'<text x="{_LEFT:g}" y="{_HEIGHT - 3:g}" class="tick start">&#8722;24h</text>')
+                     f"&#8722;{_tick(window * (4 - quarter) / 4)}</text>")
+    parts.append(f'<text x="{_LEFT:g}" y="{_HEIGHT - 3:g}" class="tick start">&#8722;{label}'
+                 "</text>")
     parts.append(f'<text x="{_WIDTH - _RIGHT:g}" y="{_HEIGHT - 3:g}" class="tick end">now</text>')
-    for band in _merged(_bands(state.history, state, now), start, now):
-        x1, x2 = _x(band.start, start), _x(band.end, start)
+    for band in _merged(_bands(events, state, now), start, now, window):
+        x1, x2 = _x(band.start, start, window), _x(band.end, start, window)
         y, height = (_PAUSE_Y, _PAUSE_H) if band.kind == "paused" else (_TRACK_Y, _TRACK_H)
         parts.append(f'<rect x="{x1}" y="{y:g}" width="{max(x2 - x1, 1.5):g}" '
                      f'height="{height:g}" class="band b-{band.kind}" data-band="{band.kind}">'
                      f"<title>{_e(band.title(now))}</title></rect>")
-    for group in _grouped(state.history, start, now):
+    for group in _grouped(events, start, now, window):
         first, last = group[0], group[-1]
         when = _clock(first.at, now) if len(group) == 1 else \
             f"{_clock(first.at, now)} to {_clock(last.at, now)}, {len(group)} times"
         title = f"{when} {first.event.value}: {last.reason}"
         parts.append(f'<g class="mark" data-event="{first.event.value}" '
                      f'data-count="{len(group)}"><title>{_e(title)}</title>'
-                     f"{_mark_shape(first.event, _x(last.at, start))}</g>")
+                     f"{_mark_shape(first.event, _x(last.at, start, window))}</g>")
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _bucket(at: float, start: float) -> int:
-    return int(_x(at, start) // _BUCKET)
+def _bucket(at: float, start: float, window: float) -> int:
+    return int(_x(at, start, window) // _BUCKET)
 
 
-def _grouped(history: Sequence[Transition], start: float, now: float
+def _grouped(history: Sequence[Transition], start: float, now: float, window: float
              ) -> list[list[Transition]]:
     """The window's events to mark, those of one kind close together (a flapping target's)
     as one group, so that a timeline stays readable and its size bounded."""
     groups: dict[tuple[Event, int], list[Transition]] = {}
     for entry in history:
         if entry.event in _MARKED and start <= entry.at <= now:
-            groups.setdefault((entry.event, _bucket(entry.at, start)), []).append(entry)
+            groups.setdefault((entry.event, _bucket(entry.at, start, window)), []).append(entry)
     return sorted(groups.values(), key=lambda group: group[0].at)
 
 
-def _merged(bands: Iterable[_Band], start: float, now: float) -> list[_Band]:
+def _merged(bands: Iterable[_Band], start: float, now: float, window: float) -> list[_Band]:
     """The window's bands, those of one kind that nearly touch drawn as one."""
     out: list[_Band] = []
     for band in sorted((b for b in bands if b.end >= start and b.start <= now),
                        key=lambda b: (b.kind, b.start)):
         last = out[-1] if out else None
         if last is not None and last.kind == band.kind and \
-                _x(band.start, start) - _x(last.end, start) < _BUCKET:
+                _x(band.start, start, window) - _x(last.end, start, window) < _BUCKET:
             out[-1] = _Band(last.kind, last.start, max(last.end, band.end), band.reason,
                             last.count + band.count)
         else:
@@ -481,8 +512,9 @@ def _overall(report: RunReport | None, cards: Sequence[_Card]) -> Status:
     return worst([card.view.status for card in cards]) if cards else Status.UNKNOWN
 
 
-def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:
-    """The whole status page for `snapshot`, as one HTML document."""
+def render(snapshot: Snapshot, *, hostname: str | None = None, window: float = WINDOW) -> str:
+    """The whole status page for `snapshot`, as one HTML document, its timelines `window`
+    long, drawn from the outage record when the snapshot has one (else from the state)."""
     host = socket.gethostname() if hostname is None else hostname
     now = snapshot.now
     cards = _cards(snapshot)
@@ -493,6 +525,7 @@ def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:
     state_error = "" if snapshot.report is None or snapshot.report.state_error is None else \
         f'<p class="flag-critical" id="state-error">{_e(snapshot.report.state_error)}</p>'
     headline = status.value.upper()
+    entries = None if snapshot.record is None else snapshot.record()
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -507,7 +540,11 @@ def render(snapshot: Snapshot, *, hostname: str | None = None) -> str:
         f'<p id="last-run" class="{"flag-critical" if stale else ""}">{_e(last_run)}</p>'
         f'<p id="pressure" class="{"flag-warning" if high else ""}">{_e(pressure)}</p>'
         f"{state_error}{_memory_users(snapshot)}{_reload_banner(snapshot)}</header><main>"
-        + "".join(_card_html(card, now, snapshot.reload) for card in cards)
+        + _ranges(window)
+        + "".join(_card_html(card, now, snapshot.reload, window,
+                             None if entries is None else transitions(entries,
+                                                                      card.view.target.name))
+                  for card in cards)
         + f"</main><footer>{_legend()}<p>Times in UTC; rendered {_e(_clock(now, now))}; "
         f"reloads every {refresh} s. Also: <a href=\"status.json\">status.json</a>, "
         '<a href="metrics">metrics</a>.</p></footer></body></html>\n'

@@ -211,6 +211,7 @@ def _view_json(view: TargetView, history: int) -> dict[str, Any]:
         "paused_until": None if view.pause is None else view.pause.until,
         "paused_reason": None if view.pause is None else view.pause.reason,
         "prober_fault": view.prober_fault,
+        "journal": view.journal,
         "history": [transition_json(h) for h in t.history[-history:]],
     }
 
@@ -264,6 +265,8 @@ def _status_details(view: TargetView, history: int) -> list[str]:
         return []
     name = view.target.name
     lines = [f"\n{name}: " + "; ".join(extra) if extra else f"\n{name}:"]
+    if view.journal is not None:
+        lines.append(f"  its journal: {view.journal}")
     for h in entries:
         lines.append(f"  {when(h.at)}  {h.event.value:<14} {h.reason}")
         if h.top_memory:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -97,11 +98,11 @@ def _status_json(snapshot: Snapshot, hostname: str | None) -> Response:
     return Response(200, "application/json", f"{text}\n".encode())
 
 
-def _page(snapshot: Snapshot, hostname: str | None) -> Response:
+def _page(snapshot: Snapshot, hostname: str | None, query: str = "") -> Response:
     from prober.outputs import page
 
-    return Response(200, "text/html; charset=utf-8",
-                    page.render(snapshot, hostname=hostname).encode())
+    return Response(200, "text/html; charset=utf-8", page.render(
+        snapshot, hostname=hostname, window=page.window_of(query)).encode())
 
 
 ROUTES: dict[str, Callable[[Snapshot, str | None], Response]] = {
@@ -114,12 +115,14 @@ _ALLOWED = "GET, HEAD"
 
 def route(method: str, target: str) -> Callable[[Snapshot, str | None], Response] | Response:
     """The renderer of a request's document, or the answer to a request that has none."""
-    path = target.split("?", 1)[0]
+    path, _, query = target.partition("?")
     found = ROUTES.get(path)
     if found is None:
         return _text(404, f"not found: the endpoints are {', '.join(ROUTES)}")
     if method not in ("GET", "HEAD"):
         return _text(405, f"method not allowed: {_ALLOWED} only", _ALLOWED)
+    if found is _page and query:
+        return functools.partial(_page, query=query)
     return found
 
 

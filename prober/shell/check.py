@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from prober.core import policy, tracker
 from prober.core.actuator import Actuator, Facts, actuator_of
@@ -22,10 +23,13 @@ from prober.core.psi import describe_users
 from prober.core.results import FailureClass, ProbeResult
 from prober.core.runs import RunReport, Skipped, TargetReport
 from prober.core.tracker import Change, Event, State, TargetState, Verdict
-from prober.memory.picture import read_memory
+from prober.memory.picture import MemoryPicture, read_memory, top_memory_now
 from prober.probes.probing import Probing
 from prober.shell.locked import Held, locked_run
 from prober.shell.state import StateStore
+
+if TYPE_CHECKING:
+    from prober.core.record import Entry
 
 log = logging.getLogger("prober")
 
@@ -234,6 +238,7 @@ async def run_once(
                                   only=only, no_restart_reason=no_restart_reason, probing=own,
                                   on_restart_requested=on_restart_requested, confirm=confirm)
     started = clock()
+    asked, requested = _noted(on_restart_requested)
     targets = select_targets(config, only)
     probing.recall(targets, state)
     results = await _judged_by_managers(actuator_factory, targets,
@@ -268,7 +273,7 @@ async def run_once(
         decisions = policy.one_restart_under_pressure(
             targets, decisions, memory.host_pressure, memory.culprit)
         restarts = await _restart_units(gathered.actuator, probing, targets, decisions, clock,
-                                        on_restart_requested)
+                                        requested)
     finally:
         await gathered.close()
     reports = []
@@ -285,7 +290,9 @@ async def run_once(
             target=target, result=verdict.result, health=applied.state.health,
             decision=applied.decision, state=target_state,
             outcome=None if restarted is None else restarted.detail, notice=notice,
+            blamed_on=verdict.blamed_on,
         ))
+    state, events = _host_events(config, state, memory, decisions, now)
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:
         log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
@@ -294,12 +301,49 @@ async def run_once(
         from prober.outputs.notify import deliver, payloads
 
         causes = {item.target.name: item.result.reason for item in reports}
-        await deliver(config.notify, payloads(changes, config, causes, top_memory=[
+        await deliver(config.notify, payloads(changes, config, causes, state.targets, top_memory=[
             {"name": u.name, "bytes": u.bytes} for u in memory.top]))
     report = RunReport(targets=tuple(reports), dry_run=dry_run, started_at=started,
                        duration=clock() - started, pressure=memory.host_pressure,
-                       changes=tuple(changes), top_memory=memory.top)
+                       changes=tuple(changes), top_memory=memory.top,
+                       restarts_asked=tuple(asked), events=events)
     return state, report
+
+
+# Decisions taken on what the actuator said of the unit: it could be asked.
+_ASKED = (Action.RESTART, Action.RESTART_FAILED, Action.WAIT, Action.UNIT_NOT_ACTIVE)
+
+
+def _host_events(config: Config, state: State, memory: MemoryPicture,
+                 decisions: Sequence[Decision], now: float) -> tuple[State, tuple[Entry, ...]]:
+    """The state's memory-pressure episode and systemd's reachability after this run, and
+    what the outage record says of them."""
+    threshold = config.default_policy.pressure_threshold
+    psi = None if memory.host_pressure is None else memory.host_pressure.some_avg10
+    unreachable = next((d.reason for d in decisions if d.action is Action.UNIT_UNKNOWN), None)
+    if state.pressure is None and (psi is None or psi < threshold or threshold <= 0) and \
+            state.systemd_unreachable_since is None and unreachable is None:
+        return state, ()  # the healthy run's way: nothing to record, nothing imported for it
+    from prober.core import record
+
+    users = memory.top
+    if record.pressure_peaks(state.pressure, psi, threshold) and not users:
+        users = top_memory_now()
+    episode, entries = record.pressure_step(state.pressure, psi, threshold, now, users)
+    reached = any(d.action in _ASKED for d in decisions)
+    since, more = record.systemd_step(state.systemd_unreachable_since, unreachable, reached, now)
+    return (replace(state, pressure=episode, systemd_unreachable_since=since),
+            (*entries, *more))
+
+
+def _noted(then: RestartRequested) -> tuple[list[tuple[str, float]], RestartRequested]:
+    """`then`, noting each restart asked (target, when) in the list first, for the record."""
+    asked: list[tuple[str, float]] = []
+
+    def requested(target: Target, at: float) -> None:
+        asked.append((target.name, at))
+        then(target, at)
+    return asked, requested
 
 
 def _log_results(verdicts: Sequence[Verdict]) -> None:

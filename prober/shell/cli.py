@@ -42,6 +42,7 @@ from prober.shell.state import StateStore, named_apart, size_limit, state_path
 
 if TYPE_CHECKING:
     from prober.core.actuator import Actuator
+    from prober.core.record import Entry
     from prober.core.tracker import State
     from prober.io.configfiles import NamedFile
 
@@ -290,17 +291,29 @@ def watch(config_file: str | None, state_file: str | None, interval: str | None,
 @cli.command()
 @_config_option
 @_state_option
+@click.argument("target", required=False)
 @_json_option
+@click.option("--since", metavar="DURATION",
+              help="Show the outage record of this long ago on (all targets, or TARGET), "
+                   "oldest first, with each outage's length: 2h, 7d.")
 @_shared
-def status(config_file: str | None, state_file: str | None, as_json: bool) -> int:
-    """Show what is remembered about each target: health, since when, restarts, history; exit as
-    check does (0 healthy, 1 warning, 2 a target down), 3 if no run is recent enough to trust."""
+def status(config_file: str | None, state_file: str | None, target: str | None, as_json: bool,
+           since: str | None) -> int:
+    """Show what is remembered about each target: health, since when, restarts, history; with
+    --since, the outage record's timeline. Exit as check does (0 healthy, 1 warning, 2 a
+    target down), 3 if no run is recent enough to trust."""
     config = _load(config_file)
+    if target is not None:
+        if since is None:
+            raise UsageError("a TARGET goes with --since", f"prober status {target} --since 1d")
+        _check_names(config, [target])
     store = _store(state_file)
     state = store.load(size_limit(config))
     now = time.time()
     state = dataclasses.replace(state, updated_at=store.last_run_at(state))
-    if as_json:
+    if since is not None:
+        _show_record(config, store, _since(since, now), now, target, as_json)
+    elif as_json:
         click.echo(report.dumps(report.status_json(config, state, now)))
     else:
         click.echo(report.status_text(config, state, now))
@@ -308,6 +321,52 @@ def status(config_file: str | None, state_file: str | None, as_json: bool) -> in
     if unknown is not None:
         click.echo(f"prober: error: {unknown}", err=True)
     return remembered(config, state, now).exit_code
+
+
+def _since(value: str, now: float) -> float:
+    seconds = _duration_option("--since", value)
+    assert seconds is not None
+    return now - seconds
+
+
+def _record_read(config: Config, store: StateStore, since: float,
+                 target: str | None = None) -> tuple[list[Entry], int]:
+    from prober.core.record import within
+    from prober.shell.record import RecordFile
+
+    found = RecordFile.beside(store.path, config).read()
+    return within(found.entries, since, target), found.skipped
+
+
+def _show_record(config: Config, store: StateStore, since: float, now: float,
+                 target: str | None, as_json: bool) -> None:
+    from prober.outputs import timeline
+
+    entries, skipped = _record_read(config, store, since, target)
+    if as_json:
+        click.echo(report.dumps(timeline.timeline_json(entries, since, now, skipped)))
+    else:
+        click.echo(timeline.timeline_text(entries, since, now))
+
+
+@cli.command("report")
+@_config_option
+@_state_option
+@click.option("--since", metavar="DURATION", default="3h", show_default=True,
+              help="How far back the report goes.")
+@_shared
+def report_command(config_file: str | None, state_file: str | None, since: str) -> int:
+    """Print a Markdown timeline of what the record holds since --since, in the shape of a
+    postmortem: what broke, what prober did, how long each outage lasted, who held the memory."""
+    from prober.outputs import timeline
+
+    config = _load(config_file)
+    store = _store(state_file)
+    now = time.time()
+    start = _since(since, now)
+    entries, _ = _record_read(config, store, start)
+    click.echo(timeline.postmortem(entries, start, now), nl=False)
+    return 0
 
 
 def _probe_command(function: Callable[..., int]) -> Callable[..., int]:
@@ -502,11 +561,25 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
             from prober.core import tracker
 
             state = tracker.prune(store.load(size_limit(config)), config.names)
-            store.save(tracker.trim_history(change(state, time.time()), config.history))
+            now = time.time()
+            new = change(state, now)
+            _record_command(config, store, state, new, now)
+            store.save(tracker.trim_history(new, config.history))
     except LockBusy:
         raise StateError(f"another prober run has held {store.lock_path} for "
                          f"{format_duration(patience)}", "is a run stuck? see `prober "
                          "status` and the journal") from None
+
+
+def _record_command(config: Config, store: StateStore, before: State, after: State,
+                    now: float) -> None:
+    from prober.shell.record import RecordFile, command_entries, seed
+
+    record = RecordFile.beside(store.path, config)
+    entries = command_entries(config, before, after)
+    if entries and not record.exists():
+        entries = [*seed(before, config, now + 1), *entries]
+    record.append(entries, now, store.directory_owner())
 
 
 @cli.command()

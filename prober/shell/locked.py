@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -23,6 +24,8 @@ from prober.core.errors import StateError
 from prober.core.runs import RunReport, Skipped
 from prober.core.tracker import State
 from prober.shell.state import LockBusy, StateStore, size_limit
+
+log = logging.getLogger("prober")
 
 
 @contextlib.contextmanager
@@ -71,6 +74,8 @@ class Held:
         failed write is the report's state error, not the run's end."""
         if not writes:
             return report
+        if (report.changes or report.restarts_asked or report.events) and not self.dry_run:
+            self._record(report, state)
         try:
             if changed:
                 self.store.save(replace(state, trial=self.dry_run))
@@ -78,6 +83,20 @@ class Held:
         except StateError as exc:
             return replace(report, state_error=f"{exc}; this run's results are not remembered")
         return report
+
+    def _record(self, report: RunReport, state: State) -> None:
+        """Append what the run recorded to the outage record, before the state is saved; a
+        record that cannot be written is logged, and the run goes on."""
+        from prober.shell.record import RecordFile, run_entries, seed
+
+        record = RecordFile.beside(self.store.path, self.config)
+        entries = run_entries(report, state)
+        if not record.exists():
+            entries = [*seed(state, self.config, report.started_at), *entries]
+        try:
+            record.append(entries, report.ended_at, self.store.directory_owner())
+        except StateError as exc:
+            log.error("%s; this run's events are not in the record", exc)
 
 
 async def locked_run(

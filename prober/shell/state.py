@@ -17,6 +17,8 @@ old step. A file of a newer version than this prober's is moved aside, like a co
     v3  + each target's last_notice (a warning that is no failure), for `prober status`
     v4  + each target's unit_seen (what the unit_health kind last read of its unit, and the
         restarts, crashes and OOM kills within its window), null for the other kinds
+    v5  + pressure (the memory-pressure episode going on) and systemd_unreachable_since, so
+        that the outage record (prober/shell/record.py) says when each began and ended
 
 A dry run writes only a trial file: one named with --state or PROBER_STATE, apart from the
 default path, that a dry run created (`may_write`).
@@ -48,6 +50,7 @@ from prober.core.tracker import (
     HISTORY_LIMIT,
     Event,
     Health,
+    PressureEpisode,
     State,
     TargetState,
     Transition,
@@ -58,7 +61,7 @@ from prober.io.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger("prober")
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 DEFAULT_STATE_DIR = "/var/lib/prober"
 DEFAULT_SIZE_LIMIT = 256 << 20  # for a reader with no config at hand
 _LOCK_POLL = 0.05
@@ -135,8 +138,12 @@ def _v3_to_v4(data: Document) -> Document:
         for name, entry in targets.items()}}
 
 
+def _v4_to_v5(data: Document) -> Document:
+    return {**data, "version": 5, "pressure": None, "systemd_unreachable_since": None}
+
+
 MIGRATIONS: dict[int, Callable[[Document], Document]] = {1: _v1_to_v2, 2: _v2_to_v3,
-                                                         3: _v3_to_v4}
+                                                         3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def migrate(data: Document) -> Document:
@@ -189,7 +196,29 @@ def to_json(state: State) -> dict[str, Any]:
         "written_by": __version__,
         "updated_at": state.updated_at,
         "targets": {name: _target_to_json(t) for name, t in sorted(state.targets.items())},
+        "pressure": None if state.pressure is None else _episode_json(state.pressure),
+        "systemd_unreachable_since": state.systemd_unreachable_since,
     }
+
+
+def _episode_json(episode: PressureEpisode) -> dict[str, Any]:
+    return {"since": episode.since, "peak": episode.peak, "peak_at": episode.peak_at,
+            "top_memory": [{"name": u.name, "bytes": u.bytes} for u in episode.top_memory]}
+
+
+def _episode(data: Any) -> PressureEpisode | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise BadField("not an object")
+    peak = data.get("peak")
+    if not (_is_int(peak) or isinstance(peak, float)) or not 0 <= peak <= 100:
+        raise BadField("peak: not a percentage")
+    users = data.get("top_memory")
+    if not isinstance(users, list) or len(users) > 16:
+        raise BadField("top_memory: not a short list")
+    return PressureEpisode(_time(data.get("since")), float(peak), _time(data.get("peak_at")),
+                           tuple(_memory_user(u) for u in users))
 
 
 class BadField(ValueError):
@@ -412,12 +441,21 @@ def from_json(data: Any) -> Salvaged:
             kept[name] = _target_from_json(entry)
         except BadField as exc:
             dropped.append(f'target "{one_line(name)[:200]}": {exc}')
-    try:
-        updated = _optional_time(data.get("updated_at"))
-    except BadField as exc:
-        updated = None
-        dropped.append(f"updated_at: {exc}")
-    return Salvaged(State(targets=kept, updated_at=updated, trial=trial), tuple(dropped))
+    top: dict[str, Any] = {}
+    for name, reader in _TOP_READERS.items():
+        try:
+            top[name] = reader(data.get(name))
+        except BadField as exc:
+            dropped.append(f"{name}: {exc}")
+    return Salvaged(State(targets=kept, trial=trial, **top), tuple(dropped))
+
+
+# How each top-level field but `targets` and `trial` is read; a bad one is left out alone.
+_TOP_READERS: dict[str, Callable[[Any], Any]] = {
+    "updated_at": _optional_time,
+    "pressure": _episode,
+    "systemd_unreachable_since": _optional_time,
+}
 
 
 def dumps(state: State) -> str:
@@ -572,7 +610,7 @@ class StateStore:
         """Write the state atomically: a temp file, fsync, rename, fsync the directory."""
         self._ensure_directory()
         try:
-            owner = self._directory_owner()
+            owner = self.directory_owner()
             write_atomically(self.path, dumps(state).encode(), owner=owner[0], group=owner[1])
             remove_stale_temp_files(self.path)
         except OSError as exc:
@@ -622,7 +660,7 @@ class StateStore:
         times = [t for t in (state.updated_at, beat) if t is not None]
         return max(times) if times else None
 
-    def _directory_owner(self) -> tuple[int | None, int | None]:
+    def directory_owner(self) -> tuple[int | None, int | None]:
         """As root, new files go to the state directory's owner (the `prober` user of
         StateDirectory=), so a manual root run leaves nothing the timer cannot use."""
         if os.geteuid() != 0:
@@ -631,7 +669,7 @@ class StateStore:
         return owner.st_uid, owner.st_gid
 
     def _give_to_directory_owner(self, fd: int) -> None:
-        uid, gid = self._directory_owner()
+        uid, gid = self.directory_owner()
         if uid is None or gid is None:
             return
         st = os.fstat(fd)

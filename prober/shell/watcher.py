@@ -36,12 +36,14 @@ from prober.core.config import Config, Target
 from prober.core.errors import ProberError, StateError
 from prober.core.keys import format_duration
 from prober.core.policy import Action, Decision, Outcome, RestartOutcome
+from prober.core.record import RANGES, Entry, Kind
 from prober.core.runs import ConfigReload, RunReport, Skipped, Snapshot, Status
 from prober.core.tracker import State, TargetState
 from prober.outputs.report import run_summary
 from prober.probes.probing import Probing
 from prober.shell.check import run_once
 from prober.shell.locked import Held, locked_run
+from prober.shell.record import CachedRecord, RecordFile, command_entries
 from prober.shell.sdnotify import notify, notify_socket, watchdog_interval
 from prober.shell.state import StateStore
 
@@ -103,6 +105,8 @@ class Watcher:
         self._listen = listen
         self._server: WebServer | None = None
         self.report: RunReport | None = None
+        self._reloads: list[Entry] = []  # for the outage record, with the next run's events
+        self._record = self._page_record()
 
     @property
     def interval(self) -> float:
@@ -118,7 +122,12 @@ class Watcher:
 
     def snapshot(self) -> Snapshot:
         """What the outputs render: the config, the state and the last run, now."""
-        return Snapshot(self.config, self.state, self.report, time.time(), self.reload)
+        return Snapshot(self.config, self.state, self.report, time.time(), self.reload,
+                        record=self._record.entries)
+
+    def _page_record(self) -> CachedRecord:
+        """The outage record the page's timelines are drawn from, as long as its longest."""
+        return CachedRecord(RecordFile.beside(self._store.path, self.config), max(RANGES.values()))
 
     def stop(self) -> None:
         """End the run in flight (its probes stop) or the pause, and then the loop."""
@@ -250,9 +259,14 @@ class Watcher:
             self._record_asked(state, asked)
             raise
         new_state = tracker.trim_history(new_state, config.history)
+        if self._reloads:
+            report = replace(report, events=(*self._reloads, *report.events))
+            self._reloads = []
         after = tracker.essential(new_state)
+        host = (new_state.pressure, new_state.systemd_unreachable_since)
         report = held.save(report, new_state, writes=self._writes,
-                           changed=signature is None or after != before)
+                           changed=signature is None or after != before
+                           or host != (state.pressure, state.systemd_unreachable_since))
         if self._writes and report.state_error is None:
             signature = self._store.signature()
         self._known = _Known(new_state, signature, after)
@@ -262,13 +276,20 @@ class Watcher:
         """Record restarts asked of systemd by a run cancelled before it learnt their outcome."""
         if not asked:
             return
+        before = state
         for target, at in asked:
             decision = Decision(target.name, Action.RESTART, "", target.unit)
             outcome = RestartOutcome(Outcome.UNKNOWN, "restart requested; prober stopped before "
                                      "it learnt how it went", at)
             applied = policy.apply_restart(target, state.get(target.name), decision, outcome)
             state = state.with_target(target.name, applied.state)
+        entries = [Entry(at, target.name, Kind.RESTART_ASKED, "restart asked of the actuator",
+                         target.unit or "") for target, at in asked]
         try:
+            if not self._dry_run:
+                RecordFile.beside(self._store.path, self.config).append(
+                    [*entries, *command_entries(self.config, before, state)], time.time(),
+                    self._store.directory_owner())
             self._store.save(state)
         except StateError as exc:
             log.error("%s", exc)
@@ -340,10 +361,13 @@ class Watcher:
         except ProberError as exc:
             log.error("reload: keeping the previous config: %s", exc)
             self.reload = replace(self.reload, successful=False, error=str(exc))
+            self._reloads.append(Entry(time.time(), "", Kind.CONFIG_REJECTED,
+                                       f"keeping the previous config: {exc}"))
             notify(f"READY=1\nSTATUS=reload failed, running the previous config: {exc}")
             return
         listened = self.listen
         self.config = config
+        self._record = self._page_record()
         self.reload = ConfigReload(successful=True, last_success_at=time.time())
         if self.listen != listened:
             await self._relisten()
@@ -352,6 +376,8 @@ class Watcher:
             self._known = replace(self._known, state=state)
         log.info("reload: %s, %d targets, every %s", config.path, len(config.targets),
                  format_duration(self.interval))
+        self._reloads.append(Entry(time.time(), "", Kind.CONFIG_RELOADED,
+                                   f"{config.path}: {len(config.targets)} targets"))
         notify(f"READY=1\nSTATUS=reloaded {config.path}: {len(config.targets)} targets")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from prober.shell.state import STATE_VERSION
 from tests.support import debpkg
 from tests.support.e2e import (
     answers,
@@ -283,7 +284,7 @@ def frozen_caddy_is_restarted(box: Sandbox, stack: Stack) -> list[dict[str, Any]
 def upgrade_keeps_the_state_and_the_timer(box: Sandbox) -> None:
     """Upgrade to a rebuilt package of a higher version, over the state file of the last
     release (version 1, tests/testdata/state-v1.json): the timer still runs, and its first run
-    rewrites the state as version 3, the history of each configured target kept."""
+    rewrites the state as the current version, the history of each configured target kept."""
     v1 = json.loads(V1_STATE.read_text())
     staged = inside(box, STATE + ".v1")
     staged.write_bytes(V1_STATE.read_bytes())
@@ -296,7 +297,7 @@ def upgrade_keeps_the_state_and_the_timer(box: Sandbox) -> None:
     assert unit_state(box, "prober.timer") == "active"
     after = saved_state(inside(box, STATE), lambda saved: saved["updated_at"] > upgraded + 1, 20,
                         "a run after the upgrade")
-    assert (after["version"], after["trial"]) == (3, False)
+    assert (after["version"], after["trial"]) == (STATE_VERSION, False)
     for name in ("caddy", "streaming"):  # the others are not in the config: pruned
         kept = after["targets"][name]["history"]
         assert all(entry in kept for entry in v1["targets"][name]["history"]), name

@@ -1147,12 +1147,17 @@ Figure = Callable[[Bench, argparse.Namespace], None]  # (the bench, the command 
 
 
 def _elsewhere(module: str, function: str) -> Figure:
-    """A figure measured by a module of its own, imported only when it is chosen."""
+    """A figure measured by a module of its own (tools/<module>.py), imported only when it is
+    chosen; ELSEWHERE lists them for the test that each one imports."""
     def measure(bench: Bench, args: argparse.Namespace) -> None:
         import importlib
 
-        getattr(importlib.import_module(module), function)(bench)
+        getattr(importlib.import_module(f"tools.{module}"), function)(bench)
+    ELSEWHERE.append((f"tools.{module}", function))
     return measure
+
+
+ELSEWHERE: list[tuple[str, str]] = []  # (module, function) of every figure _elsewhere
 
 
 def _against(bench: Bench, args: argparse.Namespace) -> None:
@@ -1167,17 +1172,17 @@ FIGURES: dict[str, Figure] = {
     "healthy": lambda bench, args: figure_healthy(bench),
     "textfile": lambda bench, args: figure_textfile(bench),
     "many": lambda bench, args: figure_many(bench),
-    "thousand": _elsewhere("tests.bench_thousand", "figure_thousand"),
-    "watch": _elsewhere("tests.bench_watch", "figure_watch_cost"),
-    "page": _elsewhere("tests.bench_page", "figure_page"),
-    "hostile": _elsewhere("tests.bench_hostile", "figure_hostile"),
+    "thousand": _elsewhere("bench_thousand", "figure_thousand"),
+    "watch": _elsewhere("bench_watch", "figure_watch_cost"),
+    "page": _elsewhere("bench_page", "figure_page"),
+    "hostile": _elsewhere("bench_hostile", "figure_hostile"),
     "systemd": lambda bench, args: figures_systemd(bench, not args.no_sandbox),
     "pressure": lambda bench, args: figures_pressure(bench, not args.no_sandbox),
     "deb": lambda bench, args: figure_deb(bench),
-    "state": _elsewhere("tests.bench_state", "figure_state"),
-    "confirm": _elsewhere("tests.bench_confirm", "figure_confirm"),
-    "container": _elsewhere("tools.bench_container", "figure_container"),
-    "record": _elsewhere("tools.bench_record", "figure_record"),
+    "state": _elsewhere("bench_state", "figure_state"),
+    "confirm": _elsewhere("bench_confirm", "figure_confirm"),
+    "container": _elsewhere("bench_container", "figure_container"),
+    "record": _elsewhere("bench_record", "figure_record"),
     "against": _against,  # only with --against REV
 }
 

@@ -174,6 +174,35 @@ def test_its_keys_are_checked(tmp_path: Path, broken: Server, extra: str,
     assert message in str(caught.value)
 
 
+def _toy_needs_no_signal(target: Target) -> str | None:
+    if target.policy.signal_before_restart:
+        return "signal_before_restart: a toy has no process to signal\n(it is a toy)"
+    return None
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+def test_its_check_refuses_a_target_at_load(
+        tmp_path: Path, broken: Server, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Its own check of a target's keys together runs when the config loads: what it says is
+    one line naming the file and the target, and exit 3; its other targets and systemd's are
+    not asked."""
+    systemd = prober.actuators.ACTUATORS[0]
+    monkeypatch.setattr(prober.actuators, "ACTUATORS",
+                        (systemd, replace(TOY, check=_toy_needs_no_signal)))
+    fine = write_config(tmp_path, config_of(broken).replace(
+        'unit = "caddy"', 'unit = "caddy"\nsignal_before_restart = "SIGQUIT"'))
+    assert run(["validate", "--config", str(fine)]) == 0
+    capsys.readouterr()
+    path = write_config(tmp_path, config_of(broken, 'signal_before_restart = "SIGQUIT"'))
+    assert run([command, "--config", str(path), "--state", str(tmp_path / "state.json")]
+               if command == "check" else [command, "--config", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'prober: error: {path}: target "web": signal_before_restart: a toy has '
+                   "no process to signal\\n(it is a toy)"], err
+    assert TOYS.restarted == []
+
+
 def test_check_restarts_through_it_at_the_threshold(
         tmp_path: Path, broken: Server, capsys: pytest.CaptureFixture[str]) -> None:
     """Down at the threshold, the target is restarted through its own actuator, and only it;

@@ -86,6 +86,11 @@ def judges_nothing(target: Target) -> bool:
     return False
 
 
+def fits_any(target: Target) -> str | None:
+    """An actuator for which every policy key means what it says."""
+    return None
+
+
 @dataclass(frozen=True)
 class ActuatorKind:
     """One actuator, as registered in prober/actuators/__init__.py."""
@@ -102,6 +107,9 @@ class ActuatorKind:
     # Whether its manager's own health check (`Facts.failing`) counts as a failure of the
     # target, asked of its facts every run (a target's `container_health = true`).
     judges: Callable[[Target], bool] = judges_nothing
+    # Why a target's keys, its own and the policy's together, cannot work with this actuator
+    # ("stop_timeout: ..."), or None; asked once per target when the config loads. Pure.
+    check: Callable[[Target], str | None] = fits_any
 
     @property
     def selector(self) -> str:
@@ -119,6 +127,13 @@ def actuator_of(target: Target) -> ActuatorKind:
     actuators = registered()
     return next((a for a in actuators if a.name == target.actuator), actuators[0])
 
+
+RestartKey = tuple[str, str]
+
+
+def restart_key(target: Target) -> RestartKey:
+    """What one restart restarts: a unit and a container of one name are two things."""
+    return target.actuator, target.unit or ""
 
 
 def restarted_as(target: Target) -> dict[str, str | None]:

@@ -237,6 +237,22 @@ def test_the_polkit_rule_is_systemds_alone(tmp_path: Path, broken: Server) -> No
     assert "toy-web" not in prober.actuators.ACTUATORS[0].grants(config, "prober")
 
 
+def test_polkit_rule_prints_what_each_actuator_grants(
+        tmp_path: Path, broken: Server, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`prober polkit-rule` prints the registered actuators' grants, systemd's and the toy's,
+    and tells on stderr what access an actuator needs that no rule gives."""
+    toy = replace(TOY, grants=lambda config, user: f"// {user} may restart toys\n",
+                  access=lambda config, user: f"{user} needs the toy socket")
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (prober.actuators.ACTUATORS[0], toy))
+    path = write_config(tmp_path, config_of(broken))
+    assert run(["polkit-rule", "--config", str(path), "--user-name", "watcher"]) == 0
+    out, err = capsys.readouterr()
+    assert '"caddy.service"' in out and "toy-web" not in out
+    assert out.endswith("});\n\n// watcher may restart toys\n")
+    assert err == "prober: watcher needs the toy socket\n"
+
+
 class _SystemdStandIn(ToyActuator):
     """systemd, as far as a run can tell: its restarts recorded apart from the toy's."""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prober.core.actuator import ActuatorKind, Facts, RestartResult, Running
-from prober.core.config import Target
+from prober.core.config import Config, Target
 from prober.core.errors import ActuatorFault
 from prober.core.keys import Key, Shape, boolean, duration, format_duration, typed
 from prober.core.text import one_line, os_reason, reason
@@ -102,6 +102,16 @@ def fits(target: Target) -> str | None:
     return (f"stop_timeout: {format_duration(stop)} is not below restart_timeout "
             f"{format_duration(budget)}, which bounds the whole restart, stop and start "
             "(lower stop_timeout or raise restart_timeout)")
+
+
+def _access(config: Config, user: str) -> str:
+    """The sockets prober's user must be able to read and write, as no polkit rule grants."""
+    sockets = sorted({_socket_of(t) for t in config.targets if t.actuator == ACTUATOR.name})
+    if not sockets:
+        return ""
+    return (f"containers are restarted through {', '.join(sockets)}: {user} needs read and "
+            "write access to it, a socket proxy's (recommended) or the engine's own through the "
+            "docker group (docs/operating.md, Containers)")
 
 
 # --- what the engine says -----------------------------------------------------------------------
@@ -462,4 +472,5 @@ TOP_KEYS = (
 )
 
 ACTUATOR = ActuatorKind(name="docker", keys=KEYS, make=ContainerActuator,
-                        top_keys=TOP_KEYS, judges=judges_health, check=fits)
+                        top_keys=TOP_KEYS, judges=judges_health, check=fits,
+                        access=_access)

@@ -81,6 +81,11 @@ def no_grants(config: Config, user: str) -> str:
     return ""
 
 
+def no_access(config: Config, user: str) -> str:
+    """The access of an actuator that needs nothing but its grant."""
+    return ""
+
+
 def judges_nothing(target: Target) -> bool:
     """An actuator whose manager has no health check of its own to count."""
     return False
@@ -101,6 +106,9 @@ class ActuatorKind:
     # What prober's user must be granted to restart the config's targets of this actuator, as
     # the text of a rule (systemd's polkit rule), or "" for nothing.
     grants: Callable[[Config, str], str] = no_grants
+    # What else prober's user needs to restart the config's targets of this actuator, that no
+    # rule gives (a container engine's socket), in one line, or "" for nothing.
+    access: Callable[[Config, str], str] = no_access
     # Top-level keys of its own (where its manager listens), read once and handed to each of its
     # targets with its other keys, in `Target.actuation`.
     top_keys: tuple[Key, ...] = ()

@@ -159,3 +159,22 @@ def test_a_mixed_config_grants_its_units_and_names_the_socket(config: Path,
     printed = prober("polkit-rule", config=config)
     assert printed.stdout == rule.read_text()
     assert printed.stderr == f"prober: {SOCKET_ACCESS}\n"
+
+
+LOADED = """\
+import contextlib, io, sys
+from prober.shell.cli import run
+with contextlib.redirect_stdout(io.StringIO()):
+    code = run(sys.argv[1:])
+print(code, "prober.actuators.polkit" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("command", "loaded"), [("validate", "False"), ("polkit-rule", "True")])
+def test_the_polkit_module_loads_only_for_the_rule(config: Path, command: str,
+                                                   loaded: str) -> None:
+    """Loading a config of units (as every run does) leaves the polkit module unloaded: only
+    the rule needs it."""
+    done = subprocess.run([sys.executable, "-c", LOADED, command, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["0", loaded], done.stderr

@@ -174,6 +174,35 @@ def test_its_keys_are_checked(tmp_path: Path, broken: Server, extra: str,
     assert message in str(caught.value)
 
 
+def _toy_needs_no_signal(target: Target) -> str | None:
+    if target.policy.signal_before_restart:
+        return "signal_before_restart: a toy has no process to signal\n(it is a toy)"
+    return None
+
+
+@pytest.mark.parametrize("command", ["validate", "check"])
+def test_its_check_refuses_a_target_at_load(
+        tmp_path: Path, broken: Server, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Its own check of a target's keys together runs when the config loads: what it says is
+    one line naming the file and the target, and exit 3; its other targets and systemd's are
+    not asked."""
+    systemd = prober.actuators.ACTUATORS[0]
+    monkeypatch.setattr(prober.actuators, "ACTUATORS",
+                        (systemd, replace(TOY, check=_toy_needs_no_signal)))
+    fine = write_config(tmp_path, config_of(broken).replace(
+        'unit = "caddy"', 'unit = "caddy"\nsignal_before_restart = "SIGQUIT"'))
+    assert run(["validate", "--config", str(fine)]) == 0
+    capsys.readouterr()
+    path = write_config(tmp_path, config_of(broken, 'signal_before_restart = "SIGQUIT"'))
+    assert run([command, "--config", str(path), "--state", str(tmp_path / "state.json")]
+               if command == "check" else [command, "--config", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'prober: error: {path}: target "web": signal_before_restart: a toy has '
+                   "no process to signal\\n(it is a toy)"], err
+    assert TOYS.restarted == []
+
+
 def test_check_restarts_through_it_at_the_threshold(
         tmp_path: Path, broken: Server, capsys: pytest.CaptureFixture[str]) -> None:
     """Down at the threshold, the target is restarted through its own actuator, and only it;
@@ -208,6 +237,22 @@ def test_the_polkit_rule_is_systemds_alone(tmp_path: Path, broken: Server) -> No
     assert "toy-web" not in prober.actuators.ACTUATORS[0].grants(config, "prober")
 
 
+def test_polkit_rule_prints_what_each_actuator_grants(
+        tmp_path: Path, broken: Server, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`prober polkit-rule` prints the registered actuators' grants, systemd's and the toy's,
+    and tells on stderr what access an actuator needs that no rule gives."""
+    toy = replace(TOY, grants=lambda config, user: f"// {user} may restart toys\n",
+                  access=lambda config, user: f"{user} needs the toy socket")
+    monkeypatch.setattr(prober.actuators, "ACTUATORS", (prober.actuators.ACTUATORS[0], toy))
+    path = write_config(tmp_path, config_of(broken))
+    assert run(["polkit-rule", "--config", str(path), "--user-name", "watcher"]) == 0
+    out, err = capsys.readouterr()
+    assert '"caddy.service"' in out and "toy-web" not in out
+    assert out.endswith("});\n\n// watcher may restart toys\n")
+    assert err == "prober: watcher needs the toy socket\n"
+
+
 class _SystemdStandIn(ToyActuator):
     """systemd, as far as a run can tell: its restarts recorded apart from the toy's."""
 
@@ -229,8 +274,10 @@ def test_a_unit_and_a_toy_of_one_name_are_restarted_apart(
     monkeypatch.setattr(_SystemdStandIn, "restarted", [])
     with serve(answer(500)) as toy, serve(answer(500)) as unit:
         TOYS.servers["caddy.service"], TOYS.servers["systemd"] = toy, unit
+        # pressure_threshold 0: on a host whose PSI happens to be high, one of two restarts
+        # would wait a run (one_restart_under_pressure); these two are told apart.
         text = ('[defaults]\nfailure_threshold = 1\nstartup_grace = "0s"\n'
-                'confirm_interval = "0s"\nverify_timeout = "2s"\n\n'
+                'confirm_interval = "0s"\nverify_timeout = "2s"\npressure_threshold = 0\n\n'
                 f'[[target]]\nname = "toy"\nurl = "{toy.url("/")}"\ntoy = "caddy.service"\n\n'
                 f'[[target]]\nname = "unit"\nurl = "{unit.url("/")}"\nunit = "caddy"\n')
         _, targets = check(write_config(tmp_path, text), tmp_path, capsys)

@@ -6,9 +6,11 @@ Each test names its own containers and removes them; the engine is one per modul
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -265,6 +267,41 @@ def _proxy_block() -> str:
     blocks = re.findall(r"```nginx\n(.*?)```", text, re.DOTALL)
     (block,) = [b for b in blocks if "listen unix:" in b]
     return textwrap.dedent(block)
+
+
+def _proxy_drop_in() -> str:
+    """docs/operating.md's drop-in of nginx's that hands the proxy's socket to prober's group."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "operating.md").read_text()
+    blocks = re.findall(r"```ini\n(.*?)```", text, re.DOTALL)
+    (block,) = [b for b in blocks if "/nginx.service.d/" in b]
+    return textwrap.dedent(block)
+
+
+def test_the_docs_proxy_drop_in_is_valid_systemd_and_hands_the_socket_over(
+        tmp_path: Path) -> None:
+    """The drop-in, on a unit of nginx's name, passes `systemd-analyze verify` without a word;
+    its ExecStartPost's command, run on a stand-in for the socket, leaves it the group's to read
+    and write."""
+    systemd_analyze = need_program("/usr/bin/systemd-analyze", "systemd")
+    drop_in = _proxy_drop_in()
+    (tmp_path / "nginx.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (tmp_path / "nginx.service.d").mkdir()
+    (tmp_path / "nginx.service.d" / "prober-docker.conf").write_text(drop_in)
+    done = subprocess.run([systemd_analyze, "verify", str(tmp_path / "nginx.service")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+    (command,) = [line.removeprefix("ExecStartPost=") for line in drop_in.splitlines()
+                  if line.startswith("ExecStartPost=")]
+    argv = shlex.split(command)
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3, argv
+    socket = tmp_path / "docker.sock"
+    socket.touch(mode=0o600)
+    group = grp.getgrnam("daemon") if os.geteuid() == 0 else grp.getgrgid(os.getegid())
+    script = argv[2].replace("/run/prober-docker/docker.sock", str(socket)) \
+        .replace("chgrp prober ", f"chgrp {group.gr_name} ")
+    subprocess.run(["/bin/sh", "-c", script], check=True, timeout=10)
+    assert (socket.stat().st_mode & 0o777, socket.stat().st_gid) == (0o660, group.gr_gid)
 
 
 def test_the_docs_socket_proxy_lets_prober_restart_and_nothing_more(

@@ -279,6 +279,30 @@ def test_one_restart_per_run_under_pressure(host: Pressure | None, culprit: str 
 
 
 @pytest.mark.parametrize(
+    ("restarts", "expected"),
+    [
+        ([{"unit": "caddy"}, {"container": "caddy.service"}], ["restart", "wait"]),
+        ([{"container": "caddy.service"}, {"unit": "caddy"}], ["restart", "wait"]),
+        ([{"unit": "caddy"}, {"unit": "caddy.service"}], ["restart", "restart"]),
+        ([{"container": "web-1"}, {"container": "web-1"}], ["restart", "restart"]),
+    ],
+    ids=["unit-then-container", "container-then-unit", "one-unit", "one-container"],
+)
+def test_one_restart_under_pressure_tells_a_unit_from_a_container_of_its_name(
+        restarts: list[dict[str, str]], expected: list[str]) -> None:
+    """What one restart restarts is told apart by actuator and name: a unit and a container
+    both called caddy.service are two restarts, one of them waiting while the host starves;
+    two targets of one unit (or one container) share its one restart."""
+    tables = [{"name": f"t{n}", "url": "http://127.0.0.1:1/", **restart}
+              for n, restart in enumerate(restarts)]
+    targets = parse_config({"target": tables}).targets
+    decisions = [_restart(t.name, t.unit or "") for t in targets]
+    limited = policy.one_restart_under_pressure(targets, decisions, HOST_STARVING.pressure,
+                                                None)
+    assert [d.action.value for d in limited] == expected
+
+
+@pytest.mark.parametrize(
     ("reading", "threshold", "worth"),
     [(9.9, 10, False), (10.0, 10, True), (9.9, 0, False), (10.0, 0, True), (30, 50, False)],
 )

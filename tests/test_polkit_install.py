@@ -109,3 +109,72 @@ def test_install_into_a_missing_folder_is_one_line(config: Path, tmp_path: Path)
     assert done.returncode == 3
     assert done.stderr == (f"prober: error: {rule}: cannot write the polkit rule: "
                            "no such file or directory\n")
+
+
+CONTAINERS = """\
+docker_host = "unix:///run/prober-docker/docker.sock"
+
+[[target]]
+name = "streaming"
+url = "http://127.0.0.1:3/"
+container = "mastodon-streaming-1"
+"""
+SOCKET_ACCESS = ("containers are restarted through /run/prober-docker/docker.sock: prober "
+                 "needs read and write access to it, a socket proxy's (recommended) or the "
+                 "engine's own through the docker group (docs/operating.md, Containers)")
+
+
+def test_a_container_only_config_needs_no_rule_but_the_socket(config: Path,
+                                                             tmp_path: Path) -> None:
+    """Containers are restarted through the engine's socket, which no polkit rule grants: no
+    rule is printed (nothing a `>` into rules.d could break), the old one goes on --install,
+    and both say which access is needed instead."""
+    rule = tmp_path / "50-prober.rules"
+    prober("polkit-rule", "--install", str(rule), config=config)
+    config.write_text(CONTAINERS)
+    printed = prober("polkit-rule", config=config)
+    assert (printed.returncode, printed.stdout) == (0, "")
+    assert printed.stderr.splitlines() == [
+        f"prober: no polkit rule needed, as no target of {config} is restarted through systemd",
+        f"prober: {SOCKET_ACCESS}"]
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert not rule.exists()
+    assert done.stdout.splitlines() == [
+        f"{rule}: removed the rule: no polkit rule needed, as no target of {config} is "
+        "restarted through systemd", SOCKET_ACCESS]
+
+
+def test_a_mixed_config_grants_its_units_and_names_the_socket(config: Path,
+                                                             tmp_path: Path) -> None:
+    """Units and containers: the rule lists the units alone; the socket is named beside it."""
+    config.write_text(CONTAINERS + CONFIG)
+    rule = tmp_path / "50-prober.rules"
+    done = prober("polkit-rule", "--install", str(rule), config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{rule}: written; prober may restart caddy.service, mastodon-web.service",
+        SOCKET_ACCESS]
+    assert "mastodon-streaming-1" not in rule.read_text()
+    printed = prober("polkit-rule", config=config)
+    assert printed.stdout == rule.read_text()
+    assert printed.stderr == f"prober: {SOCKET_ACCESS}\n"
+
+
+LOADED = """\
+import contextlib, io, sys
+from prober.shell.cli import run
+with contextlib.redirect_stdout(io.StringIO()):
+    code = run(sys.argv[1:])
+print(code, "prober.actuators.polkit" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("command", "loaded"), [("validate", "False"), ("polkit-rule", "True")])
+def test_the_polkit_module_loads_only_for_the_rule(config: Path, command: str,
+                                                   loaded: str) -> None:
+    """Loading a config of units (as every run does) leaves the polkit module unloaded: only
+    the rule needs it."""
+    done = subprocess.run([sys.executable, "-c", LOADED, command, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.split() == ["0", loaded], done.stderr

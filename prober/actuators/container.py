@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prober.core.actuator import ActuatorKind, Facts, RestartResult, Running
-from prober.core.config import Target
+from prober.core.config import Config, Target
 from prober.core.errors import ActuatorFault
 from prober.core.keys import Key, Shape, boolean, duration, format_duration, typed
 from prober.core.text import one_line, os_reason, reason
@@ -45,6 +45,7 @@ CALL_TIMEOUT = 5.0  # one API round trip but a restart; an engine answers in mil
 MAX_ANSWER = 1 << 20  # an inspect answer with many labels and env entries stays far below
 SIGNAL_WAIT = 1.0  # after signal_before_restart, time for a core dump or thread dump to start
 VERIFY_POLL = 0.1
+DEFAULT_STOP_TIMEOUT = 10.0  # Docker's own default `t`
 PROC = "/proc"
 _CGROUP_LIMIT = 64 << 10
 
@@ -85,6 +86,32 @@ def _setting(target: Target, name: str, default: Any) -> Any:
 
 def judges_health(target: Target) -> bool:
     return bool(_setting(target, "container_health", False))
+
+
+def _stop_timeout(target: Target) -> float:
+    return float(_setting(target, "stop_timeout", DEFAULT_STOP_TIMEOUT))
+
+
+def fits(target: Target) -> str | None:
+    """A restart's stop must leave room for its start within restart_timeout: a container
+    that ignores SIGTERM would otherwise still be stopping when prober stops waiting, and no
+    restart of it could ever be verified."""
+    stop, budget = _stop_timeout(target), target.policy.restart_timeout
+    if stop < budget:
+        return None
+    return (f"stop_timeout: {format_duration(stop)} is not below restart_timeout "
+            f"{format_duration(budget)}, which bounds the whole restart, stop and start "
+            "(lower stop_timeout or raise restart_timeout)")
+
+
+def _access(config: Config, user: str) -> str:
+    """The sockets prober's user must be able to read and write, as no polkit rule grants."""
+    sockets = sorted({_socket_of(t) for t in config.targets if t.actuator == ACTUATOR.name})
+    if not sockets:
+        return ""
+    return (f"containers are restarted through {', '.join(sockets)}: {user} needs read and "
+            "write access to it, a socket proxy's (recommended) or the engine's own through the "
+            "docker group (docs/operating.md, Containers)")
 
 
 # --- what the engine says -----------------------------------------------------------------------
@@ -368,7 +395,7 @@ class ContainerActuator:
         before = await engine.inspect(name)
         if target.policy.signal_before_restart:
             await self._signal(engine, before, target.policy.signal_before_restart)
-        stop = float(_setting(target, "stop_timeout", 10.0))
+        stop = _stop_timeout(target)
         budget = target.policy.restart_timeout
         left = max(1.0, budget - (time.monotonic() - started))
         try:
@@ -433,7 +460,8 @@ KEYS = (
         "the container's own HEALTHCHECK counts: Docker's `unhealthy` is a failure of the "
         "target", default="false", in_defaults=True),
     Key("stop_timeout", Shape.DURATION, duration(0.0),
-        "a restart's stop waits this long after SIGTERM before SIGKILL (Docker's `t`)",
+        "a restart's stop waits this long after SIGTERM before SIGKILL (Docker's `t`); "
+        "below `restart_timeout`",
         default="10s", in_defaults=True),
 )
 
@@ -444,4 +472,5 @@ TOP_KEYS = (
 )
 
 ACTUATOR = ActuatorKind(name="docker", keys=KEYS, make=ContainerActuator,
-                        top_keys=TOP_KEYS, judges=judges_health)
+                        top_keys=TOP_KEYS, judges=judges_health, check=fits,
+                        access=_access)

@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import replace
 
-from prober.actuators import polkit
 from prober.core.actuator import ActuatorKind, Facts, RestartResult
 from prober.core.config import Config, Target
 from prober.core.errors import SystemdError
@@ -139,7 +138,11 @@ class SystemdActuator(SystemdReader):
 
 
 def _grants(config: Config, user: str) -> str:
-    return polkit.polkit_rule(config, user)
+    """The polkit rule for the config's units, or "" when systemd restarts none of its
+    targets (the polkit module is loaded only then: a healthy run never needs it)."""
+    from prober.actuators import polkit
+
+    return polkit.polkit_rule(config, user) if polkit.restartable_units(config) else ""
 
 
 KEYS = (

@@ -81,9 +81,19 @@ def no_grants(config: Config, user: str) -> str:
     return ""
 
 
+def no_access(config: Config, user: str) -> str:
+    """The access of an actuator that needs nothing but its grant."""
+    return ""
+
+
 def judges_nothing(target: Target) -> bool:
     """An actuator whose manager has no health check of its own to count."""
     return False
+
+
+def fits_any(target: Target) -> str | None:
+    """An actuator for which every policy key means what it says."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,18 @@ class ActuatorKind:
     # What prober's user must be granted to restart the config's targets of this actuator, as
     # the text of a rule (systemd's polkit rule), or "" for nothing.
     grants: Callable[[Config, str], str] = no_grants
+    # What else prober's user needs to restart the config's targets of this actuator, that no
+    # rule gives (a container engine's socket), in one line, or "" for nothing.
+    access: Callable[[Config, str], str] = no_access
     # Top-level keys of its own (where its manager listens), read once and handed to each of its
     # targets with its other keys, in `Target.actuation`.
     top_keys: tuple[Key, ...] = ()
     # Whether its manager's own health check (`Facts.failing`) counts as a failure of the
     # target, asked of its facts every run (a target's `container_health = true`).
     judges: Callable[[Target], bool] = judges_nothing
+    # Why a target's keys, its own and the policy's together, cannot work with this actuator
+    # ("stop_timeout: ..."), or None; asked once per target when the config loads. Pure.
+    check: Callable[[Target], str | None] = fits_any
 
     @property
     def selector(self) -> str:
@@ -119,6 +135,13 @@ def actuator_of(target: Target) -> ActuatorKind:
     actuators = registered()
     return next((a for a in actuators if a.name == target.actuator), actuators[0])
 
+
+RestartKey = tuple[str, str]
+
+
+def restart_key(target: Target) -> RestartKey:
+    """What one restart restarts: a unit and a container of one name are two things."""
+    return target.actuator, target.unit or ""
 
 
 def restarted_as(target: Target) -> dict[str, str | None]:

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -46,7 +46,7 @@ from prober.core.keys import (
     url,
 )
 from prober.core.kinds import Invalid, KeyClash, ProbeKind, ProbeSpec, registered
-from prober.core.text import did_you_mean
+from prober.core.text import did_you_mean, one_line
 
 DEFAULT_CONFIG_PATH = "/etc/prober/prober.toml"
 DEFAULT_INTERVAL = 30.0
@@ -307,14 +307,19 @@ TOP_KEYS = (
 ACTUATORS = "prober.actuators"  # the package whose ACTUATORS are the registered actuators
 
 
+def _fits(target: Target) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Restarter:
-    """What the config needs of a registered actuator: its name, and its keys, the first of
-    them its selector (see prober/core/actuator.py)."""
+    """What the config needs of a registered actuator: its name, its keys, the first of them
+    its selector, and its check of a target's keys together (see prober/core/actuator.py)."""
 
     name: str
     keys: tuple[Key, ...]
     top_keys: tuple[Key, ...] = ()
+    check: Callable[[Target], str | None] = _fits
 
     @property
     def selector(self) -> str:
@@ -324,7 +329,7 @@ class Restarter:
 def registered_actuators() -> tuple[Restarter, ...]:
     """The registered actuators' keys, looked up by the registry's name."""
     actuators: tuple[Any, ...] = importlib.import_module(ACTUATORS).ACTUATORS
-    return tuple(Restarter(actuator.name, actuator.keys, actuator.top_keys)
+    return tuple(Restarter(actuator.name, actuator.keys, actuator.top_keys, actuator.check)
                  for actuator in actuators)
 
 
@@ -485,8 +490,18 @@ def _parse_target(data: Mapping[str, Any], defaults: _Defaults, where: Where) ->
     policy = _parse_policy(data, defaults.policy, where)
     _check_target_policy(policy, where)
     links = {key.name: where.read(data, key) for key in TARGET_KEYS[1:] if key.name in data}
-    return Target(name=name, probe=spec, policy=policy, **links,
-                  **_restarter(data, defaults, where))
+    target = Target(name=name, probe=spec, policy=policy, **links,
+                    **_restarter(data, defaults, where))
+    _check_actuation(target, where)
+    return target
+
+
+def _check_actuation(target: Target, where: Where) -> None:
+    """What the target's actuator says of its keys together (a container's stop_timeout
+    against its restart_timeout)."""
+    for actuator in registered_actuators():
+        if actuator.name == target.actuator and (problem := actuator.check(target)):
+            raise where.error(None, one_line(problem))
 
 
 def _refuse_restarter(data: Mapping[str, Any], kind: ProbeKind[Any, Any], spec: Any,

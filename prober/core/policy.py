@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from prober.core.actuator import Facts, Running
+from prober.core.actuator import Facts, Running, restart_key
 from prober.core.config import DEFAULT_PRESSURE_THRESHOLD, Target
 from prober.core.keys import format_duration
 from prober.core.psi import Pressure, PressureReading
@@ -171,16 +171,18 @@ def _hold(target: Target, state: TargetState, facts: Facts, now: float,
 def one_restart_under_pressure(targets: Sequence[Target], decisions: Sequence[Decision],
                                host: Pressure | None, culprit: str | None
                                ) -> list[Decision]:
-    """At most one unit restarted per run while the host starves for memory: services booting
-    together (puma and sidekiq) deepen a memory outage. The unit holding the most memory goes
-    first, else the first in the config; the others wait, and say so."""
-    restarting = [d for d in decisions if d.action in (Action.RESTART, Action.WOULD_RESTART)]
-    if host is None or len({d.unit for d in restarting}) < 2:
-        return list(decisions)
+    """At most one unit (or container) restarted per run while the host starves for memory:
+    services booting together (puma and sidekiq) deepen a memory outage. The unit holding the
+    most memory goes first, else the first in the config; the others wait, and say so. What is
+    restarted is told apart by actuator and name: a unit and a container of one name are two."""
     by_name = {t.name: t for t in targets}
+    restarting = [d for d in decisions if d.action in (Action.RESTART, Action.WOULD_RESTART)]
+    if host is None or len({restart_key(by_name[d.name]) for d in restarting}) < 2:
+        return list(decisions)
     first = next((d for d in restarting if d.unit == culprit), restarting[0])
     def waits(decision: Decision) -> bool:
-        return decision in restarting and decision.unit != first.unit and \
+        return decision in restarting and \
+            restart_key(by_name[decision.name]) != restart_key(by_name[first.name]) and \
             starves(host, by_name[decision.name].policy.pressure_threshold)
 
     return [replace(d, action=Action.WAIT, reason=(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from prober.core import policy, tracker
-from prober.core.actuator import Actuator, Facts, actuator_of
+from prober.core.actuator import Actuator, Facts, RestartKey, actuator_of, restart_key
 from prober.core.config import Config, Target
 from prober.core.errors import ActuatorFault, ProberError
 from prober.core.keys import format_duration
@@ -176,14 +176,6 @@ async def _restart_and_verify(
     return RestartOutcome(Outcome.NOT_RECOVERED,
                           f"restarted ({restarted.detail}); still failing: {result.reason}",
                           clock(), result)
-
-
-RestartKey = tuple[str, str]
-
-
-def restart_key(target: Target) -> RestartKey:
-    """What one restart restarts: a unit and a container of one name are two things."""
-    return target.actuator, target.unit or ""
 
 
 async def _restart_units(

@@ -672,8 +672,11 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
     from prober.actuators import polkit
 
     if install_to is None:
-        click.echo(polkit.polkit_rule(_load(config_file, uses_files=False), user_name),
-                   nl=False)
+        config = _load(config_file, uses_files=False)
+        needs = _needs(config, user_name)
+        click.echo(needs.rule, nl=False)
+        for line in needs.lines(config.path):
+            click.echo(f"prober: {line}", err=True)
         return 0
     path = install_to or polkit.RULES_FILE
     source = config_path(config_file, os.environ)
@@ -687,10 +690,48 @@ def polkit_rule(config_file: str | None, user_name: str, install_to: str | None)
         if polkit.remove_rule(path):
             click.echo(f"{path}: removed the rule until the config loads", err=True)
         raise
-    polkit.install_rule(path, polkit.polkit_rule(config, user_name))
-    units = ", ".join(polkit.restartable_units(config)) or "nothing (no target has a unit)"
-    click.echo(f"{path}: written; {user_name} may restart {units}")
+    needs = _needs(config, user_name)
+    if needs.rule:
+        polkit.install_rule(path, needs.rule)
+        click.echo(f"{path}: written; {user_name} may restart {', '.join(needs.granted)}")
+    else:
+        gone = "removed the rule" if polkit.remove_rule(path) else "no rule"
+        click.echo(f"{path}: {gone}: {needs.no_rule(source)}")
+    for line in needs.access:
+        click.echo(line)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Needs:
+    """What prober's user must be granted for a config, as its actuators say
+    (`ActuatorKind.grants` and `access`)."""
+
+    rule: str  # the rule's text (systemd's polkit rule), "" when none is needed
+    granted: tuple[str, ...]  # what the rule lets it restart
+    granting: tuple[str, ...]  # the actuators that grant through a rule ("systemd")
+    access: tuple[str, ...]  # what no rule grants (a container engine's socket), one line each
+
+    def no_rule(self, path: str) -> str:
+        through = " or ".join(self.granting) or "an actuator that needs one"
+        return f"no polkit rule needed, as no target of {path} is restarted through {through}"
+
+    def lines(self, path: str) -> list[str]:
+        """What to tell beside the printed rule."""
+        return [*([] if self.rule else [self.no_rule(path)]), *self.access]
+
+
+def _needs(config: Config, user: str) -> _Needs:
+    from prober.core.actuator import actuator_of, no_grants, registered
+
+    kinds = registered()
+    rules = {kind.name: rule for kind in kinds if (rule := kind.grants(config, user))}
+    granted = sorted({t.unit for t in config.targets
+                      if t.unit and actuator_of(t).name in rules})
+    return _Needs(
+        rule="\n".join(rules.values()), granted=tuple(granted),
+        granting=tuple(kind.name for kind in kinds if kind.grants is not no_grants),
+        access=tuple(line for kind in kinds if (line := kind.access(config, user))))
 
 
 @cli.command()

@@ -74,19 +74,24 @@ class Held:
         failed write is the report's state error, not the run's end."""
         if not writes:
             return report
+        unrecorded = None
         if (report.changes or report.restarts_asked or report.events) and not self.dry_run:
-            self._record(report, state)
+            unrecorded = self._record(report, state)
         try:
             if changed:
                 self.store.save(replace(state, trial=self.dry_run))
             self.store.touch_heartbeat()
         except StateError as exc:
-            return replace(report, state_error=f"{exc}; this run's results are not remembered")
+            # A full or read-only directory fails both: one line says so, not two.
+            lost = "results and events are" if unrecorded else "results are"
+            return replace(report, state_error=f"{exc}; this run's {lost} not remembered")
+        if unrecorded:
+            log.error("%s; this run's events are not in the record", unrecorded)
         return report
 
-    def _record(self, report: RunReport, state: State) -> None:
-        """Append what the run recorded to the outage record, before the state is saved; a
-        record that cannot be written is logged, and the run goes on."""
+    def _record(self, report: RunReport, state: State) -> str | None:
+        """Append what the run recorded to the outage record, before the state is saved; why
+        the record could not be written, or None. The run goes on either way."""
         from prober.shell.record import RecordFile, run_entries, seed
 
         record = RecordFile.beside(self.store.path, self.config)
@@ -96,7 +101,8 @@ class Held:
         try:
             record.append(entries, report.ended_at, self.store.directory_owner())
         except StateError as exc:
-            log.error("%s; this run's events are not in the record", exc)
+            return str(exc)
+        return None
 
 
 async def locked_run(

@@ -26,8 +26,9 @@ from tests.support.sandbox import Sandbox, Stack
 pytestmark = pytest.mark.e2e
 
 OUTAGE = r"^- {}: (\S+) \((\d\d:\d\d:\d\d)-(\d\d:\d\d:\d\d)\)"
-# netdata as the unit_health kind watches it; its outage ends once its OOM kills are older
-# than its window, so that the report gives that outage's length too.
+# netdata as the unit_health kind watches it: down only after a few kills, so that its reason
+# counts them; its outage ends once they are older than its window, so that the report gives
+# that outage's length too.
 NETDATA = """\
 [[target]]
 name = "netdata"
@@ -50,8 +51,8 @@ def test_report_tells_the_2018_night_in_order_with_its_length_and_culprit(
     box.write_unit(f"{stack.caddy_unit}.d/delegate.conf", "[Service]\nDelegate=yes\n")
     box.systemctl("restart", stack.caddy_unit)
     box.wait_port(stack.caddy_port)
-    # Restarted after 2s, as the real one was after minutes: on v1 an OOM kill is told only
-    # from a run that reads the unit between the kill and the restart.
+    # Restarted after a pause, as the real one was: on v1 an OOM kill is told only from a run
+    # that reads the unit between the kill and the restart.
     netdata = write_oom_loop(box, memory_max_mib=48, restart_sec=2)
     installed = start_prober(box, stack, "timer", targets=NETDATA)
     harness.grow(rate_mib=8, max_mib=120, oom_score_adj=0)  # the worker and its `convert`

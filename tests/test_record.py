@@ -35,13 +35,13 @@ from prober.core.record import (
     systemd_step,
 )
 from prober.core.text import utc
-from prober.core.tracker import Change, Event, TargetState, Transition
+from prober.core.tracker import Change, Event, State, TargetState, Transition
 from prober.outputs.mail import body
 from prober.outputs.notify import payloads
 from prober.outputs.page import render, window_of
 from prober.outputs.timeline import postmortem
 from prober.outputs.web import route
-from prober.shell.record import RecordFile, record_path
+from prober.shell.record import RecordFile, record_path, seed
 from prober.shell.state import StateStore
 from prober.shell.watcher import Watcher
 from tests.support import snapshots
@@ -218,6 +218,18 @@ def test_a_notification_carries_the_journal_since_the_outage_began() -> None:
     began = utc(NOW - 90)
     assert [p["journal"] for p in sent] == [f'journalctl -u web.service --since "{began}"', None]
     assert f'  journalctl -u web.service --since "{began}"' in body(sent, "h").splitlines()
+
+
+def test_a_watched_units_outage_is_recorded_with_its_unit_and_its_journal() -> None:
+    """A unit_health target's entries name the unit it watches, so that the report's Logs
+    give that unit's journal from just before the outage, as for a unit prober restarts."""
+    config = parse_config({"target": [{"name": "netdata", "unit_health": "netdata"}]},
+                          path="t")
+    history = (Transition(NOW, Event.DOWN, "netdata.service was OOM-killed 3 times in 1m"),)
+    entries = seed(State(targets={"netdata": TargetState(history=history)}), config, NOW + 1)
+    assert [(e.kind, e.unit) for e in entries] == [(Kind.DOWN, "netdata.service")]
+    logs = postmortem(entries, NOW - 60, NOW + 60).split("## Logs", 1)[1]
+    assert f'journalctl -u netdata.service --since "{utc(NOW - 60)}"' in logs
 
 
 def test_status_shows_a_down_targets_journal_line(prober: Prober) -> None:

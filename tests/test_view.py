@@ -16,7 +16,7 @@ from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass, ProbeResult
 from prober.core.runs import RunReport, Snapshot, TargetReport
 from prober.core.text import utc
-from prober.core.tracker import Event, Health, State, TargetState, Transition
+from prober.core.tracker import Change, Event, Health, State, TargetState, Transition
 from prober.core.view import Budget, Pause, TargetView, views
 from prober.outputs import web
 from tests.support import snapshots
@@ -190,3 +190,39 @@ def test_a_failing_containers_next_step_is_its_engine_log() -> None:
     assert view.journal is None  # status, its JSON and the notifications offer no journalctl
     assert next_step(_view(DOWN), None) == \
         f'journalctl -u mastodon-web.service --since "{utc(NOW - 300)}"'
+
+
+@pytest.mark.parametrize(("keys", "unit"), [
+    ({"url": "http://127.0.0.1:3000/health", "unit": "mastodon-web"}, "mastodon-web.service"),
+    ({"unit_health": "netdata"}, "netdata.service"),
+    ({"unit_health": "systemd-journald.service"}, "systemd-journald.service"),
+    ({"url": "http://127.0.0.1:3000/health", "container": "mastodon-web-1"}, None),
+    ({"url": "http://127.0.0.1:3000/health"}, None),
+], ids=["restarted unit", "watched unit", "watched, never restartable", "container",
+        "monitored only"])
+def test_a_failing_targets_journal_is_the_unit_that_restarts_it_or_that_it_watches(
+        keys: dict[str, str], unit: str | None) -> None:
+    """The journal line (status, its JSON, the page's next step) names the unit that restarts
+    the target, else the unit a unit_health target watches: netdata's journal is what tells
+    why it failed, though prober restarts nothing. A container and a bare URL have none."""
+    from prober.outputs.page import next_step
+
+    config = parse_config({"target": [{"name": "t", **keys}]})
+    (view,) = views(Snapshot(config, State(targets={"t": DOWN}, updated_at=NOW - 1), None, NOW))
+    journal = None if unit is None else f'journalctl -u {unit} --since "{utc(NOW - 300)}"'
+    assert view.journal == journal
+    if "container" not in keys:
+        assert next_step(view, None) == journal
+
+
+def test_a_watched_units_notification_carries_its_journal_and_restarts_nothing() -> None:
+    """A unit_health target's `down` carries its watched unit's journal line, while its
+    `unit` (what restarts it) stays None: prober restarts nothing of it."""
+    from prober.outputs.notify import payloads
+
+    config = parse_config({"target": [{"name": "netdata", "unit_health": "netdata"}]})
+    down = Transition(NOW, Event.DOWN, "netdata.service was OOM-killed 3 times in 1m")
+    (sent,) = payloads([Change("netdata", down)], config,
+                       states={"netdata": replace(DOWN, history=(down,))})
+    assert sent["unit"] is None and sent["container"] is None
+    assert sent["journal"] == f'journalctl -u netdata.service --since "{utc(NOW)}"'

@@ -89,6 +89,11 @@ def no_notice(spec: Any, result: ProbeResult, now: float) -> str | None:
     return None
 
 
+def watches_nothing(spec: Any) -> str | None:
+    """The watched unit of a kind that probes what answers, not a systemd unit."""
+    return None
+
+
 S = TypeVar("S")
 C = TypeVar("C", bound=Context)
 
@@ -116,6 +121,9 @@ class ProbeKind(Generic[S, C]):
     # Whether its targets may name what restarts them: False for a kind that watches what
     # something else restarts already (unit_health: systemd's Restart=).
     restartable: bool = True
+    # The systemd unit the kind itself watches, whose journal tells why a target failed when
+    # nothing restarts it (unit_health: its unit), or None.
+    watches: Callable[[S], str | None] = watches_nothing
 
 
 REGISTRY = "prober.probes"  # the package whose KINDS are the registered kinds

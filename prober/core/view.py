@@ -72,7 +72,7 @@ class TargetView:
 
     @property
     def journal(self) -> str | None:
-        """For a failing target, not paused, with a unit: the command that shows its unit's
+        """For a failing target, not paused, with a systemd unit: the command that shows its unit's
         journal from the start of the outage."""
         began = self.down_since or self.since
         unit = systemd_unit(self.target)
@@ -82,9 +82,10 @@ class TargetView:
 
 
 def systemd_unit(target: Target) -> str | None:
-    """The systemd unit that restarts the target and keeps its journal; None for a container
-    (its logs are the engine's) and for a target with nothing to restart."""
-    return restarted_as(target).get("unit")
+    """The systemd unit whose journal tells about the target: the one that restarts it, else
+    the one its kind watches (unit_health's); None for a container (its logs are the
+    engine's) and for a target with neither."""
+    return restarted_as(target).get("unit") or target.kind.watches(target.probe)
 
 
 def journal_command(unit: str, since: float) -> str:

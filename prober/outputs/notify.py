@@ -24,7 +24,7 @@ from prober.core.config import Config, Notify, NotifyEvent
 from prober.core.keys import one_line_secret
 from prober.core.record import outage_began
 from prober.core.tracker import Change, TargetState
-from prober.core.view import journal_command
+from prober.core.view import journal_command, systemd_unit
 from prober.io.configfiles import FileFault, NamedFile
 
 log = logging.getLogger("prober")
@@ -52,9 +52,10 @@ def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str
              **extra: Any) -> list[dict[str, Any]]:
     """The JSON payloads of the changes that are notification events; `causes` are this run's
     probe reasons by target, set beside the actions taken on them; with the targets' `states`,
-    a failing target's `journal`: the command that shows its unit's journal since the outage
-    began."""
+    a failing target's `journal`: the command that shows its unit's journal (the unit that
+    restarts it, or the one it watches) since the outage began."""
     names = {t.name: restarted_as(t) for t in config.targets}
+    journals = {t.name: systemd_unit(t) for t in config.targets}
     out = []
     for change in changes:
         event = _NOTIFIED.get(change.event.value)
@@ -62,13 +63,13 @@ def payloads(changes: Sequence[Change], config: Config, causes: Mapping[str, str
             entry = change.transition
             cause = (causes or {}).get(change.target) if event in _ACTIONS else None
             restarts = names.get(change.target, {})
-            unit = restarts.get("unit")
+            journaled = journals.get(change.target)
             journal = None
-            if unit and event is not NotifyEvent.RECOVERED and states is not None:
+            if journaled and event is not NotifyEvent.RECOVERED and states is not None:
                 history = states[change.target].history if change.target in states else ()
-                journal = journal_command(unit, outage_began(history, entry.at) or entry.at)
-            out.append(event_payload(event, change.target, unit, entry.reason, entry.at,
-                                     cause or None, container=restarts.get("container"),
+                journal = journal_command(journaled, outage_began(history, entry.at) or entry.at)
+            out.append(event_payload(event, change.target, restarts.get("unit"), entry.reason,
+                                     entry.at, cause or None, container=restarts.get("container"),
                                      journal=journal, **extra))
     return out
 

@@ -57,6 +57,10 @@ KEYS = (
 )
 
 
+def watched(spec: UnitHealthProbe) -> str:
+    return spec.unit_health
+
+
 def build(values: Mapping[str, Any]) -> UnitHealthProbe:
     return UnitHealthProbe(**values)
 
@@ -140,4 +144,5 @@ KIND: ProbeKind[UnitHealthProbe, UnitContext] = ProbeKind(
     context=UnitContext,
     argument=Argument("unit:UNIT", "unit:UNIT (a systemd service to watch)", argument),
     restartable=False,
+    watches=watched,
 )

@@ -117,13 +117,15 @@ unit = "{stack.backend_unit}"
 """
 
 
-def start_prober(box: Sandbox, stack: Stack, mode: str) -> Installed:
-    """The shipped units as an operator installs them; the timer every 1 s, or the watcher."""
+def start_prober(box: Sandbox, stack: Stack, mode: str, targets: str = "") -> Installed:
+    """The shipped units as an operator installs them; the timer every 1 s, or the watcher;
+    `targets`: more [[target]] tables for the config."""
+    text = f"{config(stack)}\n{targets}"
     if mode == "timer":
-        installed = install(box, config(stack), period="1s")
+        installed = install(box, text, period="1s")
         box.systemctl("start", "prober.timer")
     else:
-        installed = install(box, config(stack), watchdog=f"{WATCHDOG}s")
+        installed = install(box, text, watchdog=f"{WATCHDOG}s")
         # The watcher logs a run's summary at info only when something changed: -v logs every
         # run's, which these tests count and time.
         box.write_unit("prober-watch.service.d/verbose.conf",

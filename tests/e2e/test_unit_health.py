@@ -18,15 +18,12 @@ import pytest
 
 from tests.support.deploy import install
 from tests.support.e2e import booted_sandbox
-from tests.support.harness import HOGS
+from tests.support.harness import HOGS, NO_START_LIMIT, oom_kills, write_oom_loop
 from tests.support.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 
-# Every restart here is systemd's: a unit that died in a loop would hit the default start
-# limit and stay failed, which is another test.
 LOOP = "Restart=always\nRestartSec=1\n"
-NO_START_LIMIT = "StartLimitIntervalSec=0"
 
 
 @pytest.fixture
@@ -107,10 +104,7 @@ def test_a_unit_oom_killed_in_a_loop_is_reported_with_the_count_and_the_culprit(
     again and again: the target is down as OOM-killed, with how many times and its limit, and
     the run names the largest memory users though PSI reads calm. prober restarts nothing."""
     box = prober.box
-    box.write_service("netdata.service", [sys.executable, str(HOGS), "grow", "--rate", "64",
-                                          "--step", "8"],
-                      env={"PYTHONUNBUFFERED": "1"}, unit_extra=NO_START_LIMIT,
-                      service_extra=f"MemoryMax=48M\n{LOOP}")
+    write_oom_loop(box, memory_max_mib=48)
     prober.configure('[[target]]\nname = "netdata"\nunit_health = "netdata.service"\n')
     box.pin_psi(0.0)  # calm: the OOM kills alone make the run name the memory users
     box.systemctl("start", "netdata.service")
@@ -202,10 +196,7 @@ def test_the_shipped_hardened_unit_reads_what_systemd_and_the_kernel_know(
     filter): systemd's facts over D-Bus, the host's OOM count and the cgroup tree are all
     readable, so an OOM loop and a failed unit are judged as outside; nothing is restarted."""
     with booted_sandbox(sandbox_workdir, users=["prober"], memory=True) as box:
-        box.write_service("netdata.service", [sys.executable, str(HOGS), "grow", "--rate",
-                                              "64", "--step", "8"],
-                          env={"PYTHONUNBUFFERED": "1"}, unit_extra=NO_START_LIMIT,
-                          service_extra=f"MemoryMax=48M\n{LOOP}")
+        write_oom_loop(box, memory_max_mib=48)
         box.write_service("mastodon-web.service", [sys.executable, "-c", "exit(1)"])
         installed = install(box, '[defaults]\nfailure_threshold = 1\n\n'
                             '[[target]]\nname = "netdata"\nunit_health = "netdata"\n\n'
@@ -222,9 +213,3 @@ def test_the_shipped_hardened_unit_reads_what_systemd_and_the_kernel_know(
         assert targets["web"]["last_reason"].startswith(
             "mastodon-web.service is failed: it exited with status 1"), targets["web"]
         assert [t["restarts_total"] for t in targets.values()] == [0, 0]
-
-
-def oom_kills(reason: str) -> int:
-    """How many OOM kills a reason counts ("was OOM-killed 4 times in 40m"), 0 for none."""
-    found = re.search(r"OOM-killed (\d+) times", reason)
-    return int(found.group(1)) if found else 0

@@ -65,6 +65,9 @@ HOGS_SLICE = "system-hogs.slice"
 THRASHER = "thrasher.service"
 GROWER = "grower.service"
 MIB = 1024 * 1024
+# Every restart of a looping unit is systemd's: one that died in a loop would otherwise hit the
+# default start limit and stay failed, which is another case.
+NO_START_LIMIT = "StartLimitIntervalSec=0"
 _UNLIMITED = 1 << 62  # v1 reports "no limit" as a page-rounded LONG_MAX
 
 
@@ -355,3 +358,21 @@ def kernel_log_readable() -> bool:
 
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def write_oom_loop(box: Sandbox, unit: str = "netdata.service", memory_max_mib: int = 48,
+                   restart_sec: int = 1) -> str:
+    """Write (not start) netdata's stand-in as it was in 2018: it outgrows its `MemoryMax=`
+    at once, the kernel OOM-kills it, systemd restarts it `restart_sec` later, again and
+    again. Returns `unit`."""
+    box.write_service(unit, [sys.executable, str(HOGS), "grow", "--rate", "64", "--step", "8"],
+                      env={"PYTHONUNBUFFERED": "1"}, unit_extra=NO_START_LIMIT,
+                      service_extra=f"MemoryMax={memory_max_mib}M\nRestart=always\n"
+                      f"RestartSec={restart_sec}\n")
+    return unit
+
+
+def oom_kills(reason: str) -> int:
+    """How many OOM kills a reason counts ("was OOM-killed 4 times in 40m"), 0 for none."""
+    found = re.search(r"OOM-killed (\d+) times", reason)
+    return int(found.group(1)) if found else 0

@@ -309,7 +309,7 @@ def test_watch_service_serves_its_page_and_metrics(box: Sandbox) -> None:
                                      for path in ("/metrics", "/status.json", "/"))
         box.systemctl("stop", "prober-watch.service")
     assert metrics.status_code == status.status_code == page.status_code == 200
-    assert 'prober_probe_success{target="web",unit=""} 1.0' in metrics.text
+    assert 'prober_probe_success{container="",target="web",unit=""} 1.0' in metrics.text
     assert metrics.headers["content-type"].startswith("text/plain")
     assert [t["name"] for t in status.json()["targets"]] == ["web"]
     assert status.json()["targets"][0]["health"] == "healthy"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from prober.core.config import parse_config
+from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.record import (
     LINE_MAX,
@@ -389,6 +390,28 @@ def test_a_fifo_in_the_records_place_is_never_read(tmp_path: Path) -> None:
     os.mkfifo(record.path)
     with pytest.raises(Exception, match="not a regular file"):
         record.read()
+
+
+def test_a_symlink_in_the_records_place_is_never_followed(prober: Prober,
+                                                          tmp_path: Path) -> None:
+    """A symlink planted where the record goes (by whoever owns the state's directory) is
+    refused: a run that records events leaves the file it points at as it was, and says so in
+    one line; the run goes on and its state is kept."""
+    outside = tmp_path / "ld.so.preload"
+    outside.write_bytes(b"untouched\n")
+    prober.state.parent.mkdir()
+    record_path(prober.state).symlink_to(outside)
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"',
+                         defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+    run = prober("check")
+    assert run.code == 2, run
+    assert outside.read_bytes() == b"untouched\n"
+    errors = [line for line in run.err.splitlines() if "record" in line]
+    assert len(errors) == 1 and "not a regular file" in errors[0], run.err
+    assert prober.state.exists()
+    with pytest.raises(StateError, match="not a regular file"):
+        RecordFile(record_path(prober.state), 30 * DAY, 1 << 20).read()
 
 
 # --- the commands --------------------------------------------------------------------------

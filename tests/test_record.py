@@ -528,6 +528,44 @@ def test_a_restart_asked_by_a_stopped_watcher_is_in_the_record(tmp_path: Path) -
     assert "stopped" in found[-1].reason
 
 
+def test_a_record_that_cannot_be_written_leaves_pause_and_resume_working(prober: Prober,
+                                                                         web: Server) -> None:
+    """A directory in the record's place: `pause` and `resume` still do their work, each
+    saying in one line that the record could not be written."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    record_path(prober.state).mkdir(parents=True)
+    paused = prober("pause", "web")
+    assert paused.code == 0, paused
+    assert paused.err.count("\n") == 1 and "cannot write the record" in paused.err, paused.err
+    assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None
+    resumed = prober("resume", "web")
+    assert resumed.code == 0 and "cannot write the record" in resumed.err, resumed
+    assert prober("status", "--json").json()["targets"][0]["paused_until"] is None
+
+
+def test_a_stopped_watcher_saves_the_restart_it_asked_without_its_record(tmp_path: Path) -> None:
+    """Stopped while systemd has a restart to do, with a directory in the record's place:
+    the restart asked is saved in the state all the same."""
+    config = tmp_path / "prober.toml"
+    store = StateStore(str(tmp_path / "state.json"))
+    record_path(store.path).mkdir()
+    with serve(answer(500, b"broken")) as broken:
+        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+        async def stop_once_asked() -> None:
+            task = asyncio.ensure_future(watcher.run())
+            while not actuator.asked:
+                await asyncio.sleep(0.01)
+            watcher.stop()
+            await asyncio.wait_for(task, 2)
+
+        asyncio.run(stop_once_asked())
+    saved = store.load(1 << 20).get("web")
+    assert saved is not None and saved.restarts, saved
+
+
 @pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])
 def test_a_bad_since_is_one_line_and_exit_3(prober: Prober, value: str) -> None:
     """A --since that is not a duration is one error line, exit 3, for status and report."""

@@ -293,6 +293,24 @@ def test_the_watchers_page_reads_the_record_again_only_when_it_changed(tmp_path:
     assert "a minute ago" in render(watcher.snapshot(), hostname="h", window=RANGES["1h"])
 
 
+@pytest.mark.parametrize("place", ["none", "a directory"])
+def test_the_watchers_page_draws_from_the_state_while_there_is_no_record(
+        tmp_path: Path, web: Server, place: str) -> None:
+    """No record to read (none written yet, as after an upgrade or under `watch --dry-run`, or
+    one that cannot be read): the page's timelines are drawn from the state's histories."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "web"\nurl = "{web.url("/health")}"')
+    store = StateStore(str(tmp_path / "state.json"))
+    if place == "a directory":
+        record_path(store.path).mkdir()
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+    now = time.time()
+    down = Transition(now - 600, Event.DOWN, "an outage ten minutes ago")
+    state = State(targets={"web": TargetState(history=(down,))})
+    page = render(replace(watcher.snapshot(), state=state), hostname="h", window=RANGES["1h"])
+    assert "an outage ten minutes ago" in page
+
+
 def test_a_hostile_range_query_is_served_the_default_view() -> None:
     """The real route: a query of junk answers the page (24 h), never an error."""
     found = route("GET", "/?range=%ff%00" + "&x" * 2000)

@@ -235,27 +235,30 @@ def seed(state: State, config: Config, until: float) -> list[Entry]:
 
 class CachedRecord:
     """The record as the watcher's page reads it: its last `keep` seconds, read again only
-    when the file changed (a writer's append or rename), never more than its read cap."""
+    when the file changed (a writer's append or rename), never more than its read cap; None
+    when there is no record to read (none written yet, a dry run's, one that cannot be read),
+    for the page to draw from the state's histories instead."""
 
     def __init__(self, record: RecordFile, keep: float) -> None:
         self.record = record
         self.keep = keep
         self._signature: tuple[int, int, int] | None = None
-        self._entries: tuple[Entry, ...] = ()
+        self._entries: tuple[Entry, ...] | None = None
 
-    def entries(self) -> tuple[Entry, ...]:
+    def entries(self) -> tuple[Entry, ...] | None:
         try:
             st = os.stat(self.record.path)
         except OSError:
-            return ()
+            return None
         signature = (st.st_ino, st.st_mtime_ns, st.st_size)
         if signature != self._signature:
             try:
                 found = self.record.read().entries
             except StateError as exc:
                 log.warning("%s; the page's timelines are drawn from the state", exc)
-                found = ()
-            newest = found[-1].at if found else 0.0
-            self._entries = tuple(e for e in found if e.at >= newest - self.keep)
+                self._entries = None
+            else:
+                newest = found[-1].at if found else 0.0
+                self._entries = tuple(e for e in found if e.at >= newest - self.keep)
             self._signature = signature
         return self._entries

@@ -33,6 +33,7 @@ from prober.core.record import (
     parse_line,
     pressure_peaks,
     pressure_step,
+    systemd_reached,
     systemd_step,
 )
 from prober.core.text import utc
@@ -202,6 +203,33 @@ def test_systemd_unreachable_and_reachable_again_once_each(
         since, entries = systemd_step(since, unreachable, reached, NOW + second)
         out += [(e.kind.value, e.duration) for e in entries]
     assert out == expected
+
+
+@pytest.mark.parametrize(("runs", "reachable_at"), [
+    ([(True, False, False, False, True), (False, True, False, False, True)], [1.0]),
+    ([(True, False, False, False, True), (False, False, False, False, False)], [1.0]),
+    ([(True, False, False, False, True), (False, False, False, False, True),
+      (False, False, False, False, False)], [2.0]),
+    ([(True, False, False, False, True), (False, False, True, False, True)], [1.0]),
+    ([(True, False, False, False, True), (False, False, True, True, True),
+      (False, True, False, False, True)], [2.0]),
+    ([(True, False, False, False, True), (True, True, True, False, False)], []),
+], ids=["asked-and-answered", "recovered", "blamed-then-recovered", "unit-health-read",
+        "unit-health-fault-is-not-reached", "unreachable-again"])
+def test_systemd_answers_again_when_asked_read_or_no_longer_needed(
+        runs: list[tuple[bool, bool, bool, bool, bool]], reachable_at: list[float]) -> None:
+    """An unreachable episode ends at the first run in which systemd answered about a systemd
+    target's unit, or a unit_health probe read its unit and none failed to, or no target
+    fails any more (nothing needs systemd); a run still failing without asking it ends
+    nothing. Each run: (unreachable, asked, read, faulted, failing)."""
+    since = None
+    ended: list[float] = []
+    for second, (unreachable, asked, read, faulted, failing) in enumerate(runs):
+        reached = systemd_reached(asked=asked, read=read, faulted=faulted, failing=failing)
+        since, entries = systemd_step(since, "no bus" if unreachable else None, reached,
+                                      NOW + second)
+        ended += [e.at - NOW for e in entries if e.kind is Kind.SYSTEMD_REACHABLE]
+    assert ended == reachable_at
 
 
 # --- the journal line -------------------------------------------------------------------
@@ -474,9 +502,24 @@ def test_systemd_unreachable_is_recorded_once_while_a_target_is_down(prober: Pro
                          defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
     assert [prober("check").code for _ in range(3)] == [2, 2, 2]
     events = prober("status", "--since", "1h", "--json").json()["events"]
-    host = [e for e in events if e["target"] == ""]
+    host = [e for e in events if e["event"].startswith("systemd-")]  # not the host's pressure
     assert [e["event"] for e in host] == ["systemd-unreachable"], events
     assert "web.service" in host[0]["reason"]
+
+
+def test_systemd_answering_again_is_recorded_when_the_target_recovers(prober: Prober) -> None:
+    """systemd unreachable while a target is down (no bus here); the target recovers with
+    nothing asking systemd: its answering again is recorded then, with how long it did not,
+    and the state forgets the episode."""
+    with serve(flaky(2)) as server:
+        prober.write(_config(f'name = "web"\nurl = "{server.url("/health")}"\n'
+                             'unit = "web.service"',
+                             defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+        assert [prober("check").code for _ in range(3)] == [2, 2, 0]
+    events = prober("status", "--since", "1h", "--json").json()["events"]
+    systemd = [e["event"] for e in events if e["event"].startswith("systemd-")]
+    assert systemd == ["systemd-unreachable", "systemd-reachable"], events
+    assert json.loads(prober.state.read_text())["systemd_unreachable_since"] is None
 
 
 def test_the_watchers_reloads_are_recorded_with_its_next_run(tmp_path: Path,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from prober.core.config import parse_config
+from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.record import (
     LINE_MAX,
@@ -32,6 +33,7 @@ from prober.core.record import (
     parse_line,
     pressure_peaks,
     pressure_step,
+    systemd_reached,
     systemd_step,
 )
 from prober.core.text import utc
@@ -203,6 +205,33 @@ def test_systemd_unreachable_and_reachable_again_once_each(
     assert out == expected
 
 
+@pytest.mark.parametrize(("runs", "reachable_at"), [
+    ([(True, False, False, False, True), (False, True, False, False, True)], [1.0]),
+    ([(True, False, False, False, True), (False, False, False, False, False)], [1.0]),
+    ([(True, False, False, False, True), (False, False, False, False, True),
+      (False, False, False, False, False)], [2.0]),
+    ([(True, False, False, False, True), (False, False, True, False, True)], [1.0]),
+    ([(True, False, False, False, True), (False, False, True, True, True),
+      (False, True, False, False, True)], [2.0]),
+    ([(True, False, False, False, True), (True, True, True, False, False)], []),
+], ids=["asked-and-answered", "recovered", "blamed-then-recovered", "unit-health-read",
+        "unit-health-fault-is-not-reached", "unreachable-again"])
+def test_systemd_answers_again_when_asked_read_or_no_longer_needed(
+        runs: list[tuple[bool, bool, bool, bool, bool]], reachable_at: list[float]) -> None:
+    """An unreachable episode ends at the first run in which systemd answered about a systemd
+    target's unit, or a unit_health probe read its unit and none failed to, or no target
+    fails any more (nothing needs systemd); a run still failing without asking it ends
+    nothing. Each run: (unreachable, asked, read, faulted, failing)."""
+    since = None
+    ended: list[float] = []
+    for second, (unreachable, asked, read, faulted, failing) in enumerate(runs):
+        reached = systemd_reached(asked=asked, read=read, faulted=faulted, failing=failing)
+        since, entries = systemd_step(since, "no bus" if unreachable else None, reached,
+                                      NOW + second)
+        ended += [e.at - NOW for e in entries if e.kind is Kind.SYSTEMD_REACHABLE]
+    assert ended == reachable_at
+
+
 # --- the journal line -------------------------------------------------------------------
 
 
@@ -290,6 +319,24 @@ def test_the_watchers_page_reads_the_record_again_only_when_it_changed(tmp_path:
     assert first.record is not None and first.record() is first.record()  # cached
     record.append([Entry(now - 60, "web", Kind.DOWN, "a minute ago")], now)
     assert "a minute ago" in render(watcher.snapshot(), hostname="h", window=RANGES["1h"])
+
+
+@pytest.mark.parametrize("place", ["none", "a directory"])
+def test_the_watchers_page_draws_from_the_state_while_there_is_no_record(
+        tmp_path: Path, web: Server, place: str) -> None:
+    """No record to read (none written yet, as after an upgrade or under `watch --dry-run`, or
+    one that cannot be read): the page's timelines are drawn from the state's histories."""
+    config = tmp_path / "prober.toml"
+    write_config(config, f'name = "web"\nurl = "{web.url("/health")}"')
+    store = StateStore(str(tmp_path / "state.json"))
+    if place == "a directory":
+        record_path(store.path).mkdir()
+    watcher = Watcher(lambda: loader(config), store, None, interval=0.01)
+    now = time.time()
+    down = Transition(now - 600, Event.DOWN, "an outage ten minutes ago")
+    state = State(targets={"web": TargetState(history=(down,))})
+    page = render(replace(watcher.snapshot(), state=state), hostname="h", window=RANGES["1h"])
+    assert "an outage ten minutes ago" in page
 
 
 def test_a_hostile_range_query_is_served_the_default_view() -> None:
@@ -391,6 +438,28 @@ def test_a_fifo_in_the_records_place_is_never_read(tmp_path: Path) -> None:
         record.read()
 
 
+def test_a_symlink_in_the_records_place_is_never_followed(prober: Prober,
+                                                          tmp_path: Path) -> None:
+    """A symlink planted where the record goes (by whoever owns the state's directory) is
+    refused: a run that records events leaves the file it points at as it was, and says so in
+    one line; the run goes on and its state is kept."""
+    outside = tmp_path / "ld.so.preload"
+    outside.write_bytes(b"untouched\n")
+    prober.state.parent.mkdir()
+    record_path(prober.state).symlink_to(outside)
+    port = refused_port()
+    prober.write(_config(f'name = "web"\nurl = "http://127.0.0.1:{port}/"',
+                         defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+    run = prober("check")
+    assert run.code == 2, run
+    assert outside.read_bytes() == b"untouched\n"
+    errors = [line for line in run.err.splitlines() if "record" in line]
+    assert len(errors) == 1 and "not a regular file" in errors[0], run.err
+    assert prober.state.exists()
+    with pytest.raises(StateError, match="not a regular file"):
+        RecordFile(record_path(prober.state), 30 * DAY, 1 << 20).read()
+
+
 # --- the commands --------------------------------------------------------------------------
 
 
@@ -433,9 +502,24 @@ def test_systemd_unreachable_is_recorded_once_while_a_target_is_down(prober: Pro
                          defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
     assert [prober("check").code for _ in range(3)] == [2, 2, 2]
     events = prober("status", "--since", "1h", "--json").json()["events"]
-    host = [e for e in events if e["target"] == ""]
+    host = [e for e in events if e["event"].startswith("systemd-")]  # not the host's pressure
     assert [e["event"] for e in host] == ["systemd-unreachable"], events
     assert "web.service" in host[0]["reason"]
+
+
+def test_systemd_answering_again_is_recorded_when_the_target_recovers(prober: Prober) -> None:
+    """systemd unreachable while a target is down (no bus here); the target recovers with
+    nothing asking systemd: its answering again is recorded then, with how long it did not,
+    and the state forgets the episode."""
+    with serve(flaky(2)) as server:
+        prober.write(_config(f'name = "web"\nurl = "{server.url("/health")}"\n'
+                             'unit = "web.service"',
+                             defaults='failure_threshold = 1\nconfirm_interval = "0s"'))
+        assert [prober("check").code for _ in range(3)] == [2, 2, 0]
+    events = prober("status", "--since", "1h", "--json").json()["events"]
+    systemd = [e["event"] for e in events if e["event"].startswith("systemd-")]
+    assert systemd == ["systemd-unreachable", "systemd-reachable"], events
+    assert json.loads(prober.state.read_text())["systemd_unreachable_since"] is None
 
 
 def test_the_watchers_reloads_are_recorded_with_its_next_run(tmp_path: Path,
@@ -503,6 +587,44 @@ def test_a_restart_asked_by_a_stopped_watcher_is_in_the_record(tmp_path: Path) -
     assert [(e.kind, e.unit) for e in found][-2:] == \
         [(Kind.RESTART_ASKED, "web.service"), (Kind.RESTART, "web.service")], found
     assert "stopped" in found[-1].reason
+
+
+def test_a_record_that_cannot_be_written_leaves_pause_and_resume_working(prober: Prober,
+                                                                         web: Server) -> None:
+    """A directory in the record's place: `pause` and `resume` still do their work, each
+    saying in one line that the record could not be written."""
+    prober.write(_config(f'name = "web"\nurl = "{web.url("/health")}"'))
+    record_path(prober.state).mkdir(parents=True)
+    paused = prober("pause", "web")
+    assert paused.code == 0, paused
+    assert paused.err.count("\n") == 1 and "cannot write the record" in paused.err, paused.err
+    assert prober("status", "--json").json()["targets"][0]["paused_until"] is not None
+    resumed = prober("resume", "web")
+    assert resumed.code == 0 and "cannot write the record" in resumed.err, resumed
+    assert prober("status", "--json").json()["targets"][0]["paused_until"] is None
+
+
+def test_a_stopped_watcher_saves_the_restart_it_asked_without_its_record(tmp_path: Path) -> None:
+    """Stopped while systemd has a restart to do, with a directory in the record's place:
+    the restart asked is saved in the state all the same."""
+    config = tmp_path / "prober.toml"
+    store = StateStore(str(tmp_path / "state.json"))
+    record_path(store.path).mkdir()
+    with serve(answer(500, b"broken")) as broken:
+        write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
+        actuator = HangingActuator()
+        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+        async def stop_once_asked() -> None:
+            task = asyncio.ensure_future(watcher.run())
+            while not actuator.asked:
+                await asyncio.sleep(0.01)
+            watcher.stop()
+            await asyncio.wait_for(task, 2)
+
+        asyncio.run(stop_once_asked())
+    saved = store.load(1 << 20).get("web")
+    assert saved is not None and saved.restarts, saved
 
 
 @pytest.mark.parametrize("value", ["bogus", "-5m", "11y", "1h; rm -rf /"])

@@ -253,11 +253,18 @@ def pressure_step(episode: PressureEpisode | None, psi: float | None, threshold:
     return episode, []
 
 
+def systemd_reached(*, asked: bool, read: bool, faulted: bool, failing: bool) -> bool:
+    """Whether a run in which systemd was not found unreachable shows it answers again: it
+    answered about a systemd target's unit (`asked`); or a unit_health probe read its unit
+    (`read`) and none failed to (`faulted`); or nothing needed it, no target failing."""
+    return asked or (read and not faulted) or not failing
+
+
 def systemd_step(since: float | None, unreachable: str | None, reached: bool,
                  now: float) -> tuple[float | None, list[Entry]]:
     """Since when systemd could not be asked, after this run (`unreachable`: why it could not,
-    this run; `reached`: it answered about some unit), and what to record: once when it stops
-    answering, once when it answers again, with how long it did not."""
+    this run; `reached`: it answers, as `systemd_reached` tells), and what to record: once
+    when it stops answering, once when it answers again, with how long it did not."""
     if unreachable is not None and since is None:
         return now, [Entry(now, "", Kind.SYSTEMD_UNREACHABLE, unreachable)]
     if since is not None and unreachable is None and reached:

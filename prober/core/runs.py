@@ -157,7 +157,8 @@ class Snapshot:
     report: RunReport | None
     now: float
     reload: ConfigReload | None = None  # the watcher's; a one-shot run has no reload
-    record: Callable[[], Sequence[Entry]] | None = None  # the outage record, read on demand
+    # The outage record, read on demand; it gives None while there is none to read.
+    record: Callable[[], Sequence[Entry] | None] | None = None
 
     @classmethod
     def after_run(cls, config: Config, report: RunReport, now: float) -> Snapshot:

@@ -284,7 +284,8 @@ async def run_once(
             outcome=None if restarted is None else restarted.detail, notice=notice,
             blamed_on=verdict.blamed_on,
         ))
-    state, events = _host_events(config, state, memory, decisions, now)
+    state, events = _host_events(config, state, memory, _SystemdRun(targets, folded.verdicts,
+                                                                     decisions), now)
     state, changes = tracker.with_top_memory(state, changes, memory.top)
     if memory.top:
         log.warning("memory pressure while targets fail: %s; the largest memory users: %s",
@@ -306,13 +307,40 @@ async def run_once(
 _ASKED = (Action.RESTART, Action.RESTART_FAILED, Action.WAIT, Action.UNIT_NOT_ACTIVE)
 
 
-def _host_events(config: Config, state: State, memory: MemoryPicture,
-                 decisions: Sequence[Decision], now: float) -> tuple[State, tuple[Entry, ...]]:
+@dataclass(frozen=True)
+class _SystemdRun:
+    """What a run's targets, their verdicts and decisions tell of systemd; only targets that
+    systemd restarts ask it about their units (a container's engine is not systemd)."""
+
+    targets: Sequence[Target]
+    verdicts: Sequence[Verdict]
+    decisions: Sequence[Decision]
+
+    def _asked(self) -> list[Decision]:
+        return [d for t, d in zip(self.targets, self.decisions, strict=True)
+                if t.unit is not None and actuator_of(t).name == "systemd"]
+
+    def unreachable(self) -> str | None:
+        return next((d.reason for d in self._asked() if d.action is Action.UNIT_UNKNOWN), None)
+
+    def reached(self) -> bool:
+        from prober.core.record import systemd_reached
+
+        read = [v.result for t, v in zip(self.targets, self.verdicts, strict=True)
+                if t.kind.name == "unit_health"]
+        return systemd_reached(asked=any(d.action in _ASKED for d in self._asked()),
+                               read=any(not r.prober_fault for r in read),
+                               faulted=any(r.prober_fault for r in read),
+                               failing=any(not v.result.ok for v in self.verdicts))
+
+
+def _host_events(config: Config, state: State, memory: MemoryPicture, systemd: _SystemdRun,
+                 now: float) -> tuple[State, tuple[Entry, ...]]:
     """The state's memory-pressure episode and systemd's reachability after this run, and
     what the outage record says of them."""
     threshold = config.default_policy.pressure_threshold
     psi = None if memory.host_pressure is None else memory.host_pressure.some_avg10
-    unreachable = next((d.reason for d in decisions if d.action is Action.UNIT_UNKNOWN), None)
+    unreachable = systemd.unreachable()
     if state.pressure is None and (psi is None or psi < threshold or threshold <= 0) and \
             state.systemd_unreachable_since is None and unreachable is None:
         return state, ()  # the healthy run's way: nothing to record, nothing imported for it
@@ -322,8 +350,8 @@ def _host_events(config: Config, state: State, memory: MemoryPicture,
     if record.pressure_peaks(state.pressure, psi, threshold) and not users:
         users = top_memory_now()
     episode, entries = record.pressure_step(state.pressure, psi, threshold, now, users)
-    reached = any(d.action in _ASKED for d in decisions)
-    since, more = record.systemd_step(state.systemd_unreachable_since, unreachable, reached, now)
+    since, more = record.systemd_step(state.systemd_unreachable_since, unreachable,
+                                      systemd.reached(), now)
     return (replace(state, pressure=episode, systemd_unreachable_since=since),
             (*entries, *more))
 

@@ -563,23 +563,32 @@ def _update_state(config_file: str | None, state_file: str | None, wait: str,
             state = tracker.prune(store.load(size_limit(config)), config.names)
             now = time.time()
             new = change(state, now)
-            _record_command(config, store, state, new, now)
+            unrecorded = _record_command(config, store, state, new, now)
             store.save(tracker.trim_history(new, config.history))
     except LockBusy:
         raise StateError(f"another prober run has held {store.lock_path} for "
                          f"{format_duration(patience)}", "is a run stuck? see `prober "
                          "status` and the journal") from None
+    if unrecorded is not None:
+        click.echo(f"prober: error: {unrecorded}; the command is done, not in the record",
+                   err=True)
 
 
 def _record_command(config: Config, store: StateStore, before: State, after: State,
-                    now: float) -> None:
+                    now: float) -> str | None:
+    """Append what the command recorded to the outage record, before the state is saved; why
+    the record could not be written, or None: the command is done either way."""
     from prober.shell.record import RecordFile, command_entries, seed
 
     record = RecordFile.beside(store.path, config)
     entries = command_entries(config, before, after)
     if entries and not record.exists():
         entries = [*seed(before, config, now + 1), *entries]
-    record.append(entries, now, store.directory_owner())
+    try:
+        record.append(entries, now, store.directory_owner())
+    except StateError as exc:
+        return str(exc)
+    return None
 
 
 @cli.command()

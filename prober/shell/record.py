@@ -92,9 +92,9 @@ class RecordFile:
 
     def _append(self, data: bytes, owner: tuple[int | None, int | None]) -> bool:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | \
-            os.O_NOCTTY
+            os.O_NOCTTY | os.O_NOFOLLOW
         created = not self.path.exists()
-        fd = os.open(self.path, flags, 0o644)
+        fd = _open(self.path, flags, 0o644)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -127,7 +127,7 @@ class RecordFile:
 
     def _first_entry(self) -> Entry | None:
         with contextlib.suppress(OSError, ValueError):
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            fd = _open(self.path, _READ_FLAGS)
             try:
                 if stat.S_ISREG(os.fstat(fd).st_mode):
                     return parse_line(os.pread(fd, _HEAD, 0).split(b"\n", 1)[0])
@@ -140,10 +140,13 @@ class RecordFile:
         lines skipped, each with a warning. An empty read when there is no file; StateError
         when it is not a regular file or cannot be read."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            fd = _open(self.path, _READ_FLAGS)
         except FileNotFoundError:
             return Read(())
         except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise StateError(f"{self.path}: not a regular file: prober keeps its record "
+                                 "only in a regular file", "remove it") from None
             raise StateError(f"{self.path}: cannot read the record: {os_reason(exc)}") from None
         try:
             st = os.fstat(fd)
@@ -179,6 +182,20 @@ class RecordFile:
             log.warning("record %s: %d damaged lines skipped in all", self.path, skipped)
         entries.sort(key=lambda e: e.at)
         return Read(tuple(entries), skipped, clipped)
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _open(path: Path, flags: int, mode: int = 0o644) -> int:
+    """`os.open`, never through a symlink: one planted by the state directory's owner would
+    have a root run write where it points."""
+    try:
+        return os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.EINVAL, "not a regular file") from None
+        raise
 
 
 def _read_from(fd: int, start: int, cap: int) -> bytes:
@@ -218,27 +235,30 @@ def seed(state: State, config: Config, until: float) -> list[Entry]:
 
 class CachedRecord:
     """The record as the watcher's page reads it: its last `keep` seconds, read again only
-    when the file changed (a writer's append or rename), never more than its read cap."""
+    when the file changed (a writer's append or rename), never more than its read cap; None
+    when there is no record to read (none written yet, a dry run's, one that cannot be read),
+    for the page to draw from the state's histories instead."""
 
     def __init__(self, record: RecordFile, keep: float) -> None:
         self.record = record
         self.keep = keep
         self._signature: tuple[int, int, int] | None = None
-        self._entries: tuple[Entry, ...] = ()
+        self._entries: tuple[Entry, ...] | None = None
 
-    def entries(self) -> tuple[Entry, ...]:
+    def entries(self) -> tuple[Entry, ...] | None:
         try:
             st = os.stat(self.record.path)
         except OSError:
-            return ()
+            return None
         signature = (st.st_ino, st.st_mtime_ns, st.st_size)
         if signature != self._signature:
             try:
                 found = self.record.read().entries
             except StateError as exc:
                 log.warning("%s; the page's timelines are drawn from the state", exc)
-                found = ()
-            newest = found[-1].at if found else 0.0
-            self._entries = tuple(e for e in found if e.at >= newest - self.keep)
+                self._entries = None
+            else:
+                newest = found[-1].at if found else 0.0
+                self._entries = tuple(e for e in found if e.at >= newest - self.keep)
             self._signature = signature
         return self._entries

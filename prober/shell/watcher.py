@@ -285,14 +285,21 @@ class Watcher:
             state = state.with_target(target.name, applied.state)
         entries = [Entry(at, target.name, Kind.RESTART_ASKED, "restart asked of the actuator",
                          target.unit or "") for target, at in asked]
-        try:
-            if not self._dry_run:
+        unrecorded = None
+        if not self._dry_run:
+            try:
                 RecordFile.beside(self._store.path, self.config).append(
                     [*entries, *command_entries(self.config, before, state)], time.time(),
                     self._store.directory_owner())
+            except StateError as exc:
+                unrecorded = exc
+        try:
             self._store.save(state)
         except StateError as exc:
-            log.error("%s", exc)
+            log.error("%s", exc)  # a full or read-only directory fails both: one line
+            return
+        if unrecorded is not None:
+            log.error("%s; the restarts asked are not in the record", unrecorded)
 
     async def _stateless_cycle(self, no_restart_reason: str) -> RunReport:
         _, report = await run_once(

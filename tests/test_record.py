@@ -48,8 +48,24 @@ from prober.shell.state import StateStore
 from prober.shell.watcher import Watcher
 from tests.support import snapshots
 from tests.support.servers import Server, answer, flaky, health, refused_port, serve
-from tests.test_cli import Prober, _config
-from tests.test_watcher import HangingActuator, in_one_loop, loader, write_config
+from tests.test_cli import Prober
+from tests.test_cli import _config as _cli_config
+from tests.test_watcher import HangingActuator, in_one_loop, loader
+from tests.test_watcher import write_config as _watcher_config
+
+# The runs below judge targets, not the host: with the host's memory PSI off, memory pressure
+# from whatever else this machine runs records no episode in their records.
+_CALM = "pressure_threshold = 0\n"
+
+
+def _config(*targets: str, defaults: str = "") -> str:
+    return _cli_config(*targets, defaults=_CALM + defaults)
+
+
+def write_config(path: Path, *targets: str, threshold: int = 1) -> None:
+    _watcher_config(path, *targets, threshold=threshold)
+    path.write_text(path.read_text().replace("[defaults]\n", "[defaults]\n" + _CALM, 1))
+
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

@@ -291,3 +291,54 @@ def test_a_restart_done_but_not_verified_is_a_failed_restart_not_a_fault() -> No
     assert not result.ok
     assert result.detail.startswith("restarted, then not verified: the engine at "), result
     assert b"/v1.40/containers/abc123/restart?t=10" in asked
+
+
+@pytest.mark.parametrize("body", [
+    b"<html><body>502 Bad Gateway</body></html>", b'{"Id": "abc123", "State": {"Stat', b"",
+    b"null", b"[]", b'{"Id": "abc123"}', b'{"Id": "abc123", "State": {"Status": 5}}',
+    b'{"Id": "abc123", "State": {"Status": ""}}', b'{"State": {"Status": "running"}}',
+    b'{"Id": "", "State": {"Status": "running"}}',
+    b'{"Id": "../../abc", "State": {"Status": "running"}}',
+    b'{"Id": 7, "State": {"Status": "running"}}',
+], ids=["html", "truncated", "empty", "null", "list", "no-state", "status-number",
+        "status-empty", "no-id", "empty-id", "id-path", "id-number"])
+def test_an_answer_that_is_not_a_container_is_a_prober_fault(body: bytes) -> None:
+    """A proxy's error page or a cut answer with HTTP 200 is the engine's problem: never read
+    as a stopped container blamed on it, never an empty id in a restart's path."""
+    with pytest.raises(ActuatorFault, match="answered the inspect of web with what is not a "
+                                            "container"):
+        asyncio.run(_inspect_through(_engine_saying(b'{"ApiVersion": "1.41"}', _http(body))))
+
+
+@pytest.mark.parametrize("status", ["exited", "created", "paused", "dead"])
+def test_a_container_stopped_since_its_facts_is_not_restarted(status: str) -> None:
+    """An admin's `docker stop` between the run's facts and its restart: Docker's restart
+    would start it; prober asks for none, and says so in a failed restart."""
+    inspected = json.dumps(_inspect(status, Pid=0)).encode()
+    asked: list[bytes] = []
+
+    def handler(head: bytes) -> bytes | None:
+        asked.append(head.split(b" ")[1])
+        if b" /v1.40/_ping " in head:
+            return _http(b"OK")
+        if b" /v1.40/version " in head:
+            return _http(b'{"ApiVersion": "1.41"}')
+        if b"/restart?t=" in head:
+            return _http(b"", "204 No Content")
+        return _http(inspected)
+
+    async def run() -> RestartResult:
+        async with fake_engine(handler) as path:
+            config = parse_config({"docker_host": path, "target": [
+                {"name": "web", "url": "http://127.0.0.1:1/", "container": "web"}]})
+            actuator = ContainerActuator()
+            try:
+                return await actuator.restart(config.targets[0])
+            finally:
+                await actuator.close()
+
+    result = asyncio.run(run())
+    assert result == RestartResult(False, f"container web is {status} (restart policy "
+                                          "unless-stopped): stopped since it was judged, not "
+                                          "restarted"), result
+    assert not [path for path in asked if b"/restart" in path], asked

@@ -17,6 +17,8 @@ from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.tracker import Event, Health, PressureEpisode, State, TargetState, Transition
 from prober.core.unit_seen import Happened, Incident, UnitSeen
+from prober.core.units import UnitReading, observe
+from prober.io.systemd import facts_from_properties
 from prober.shell.state import (
     _READERS,
     MIGRATIONS,
@@ -406,6 +408,22 @@ def test_a_bad_field_costs_only_its_own_target(tmp_path: Path, field: str, value
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f'target "bad": {field}: ' in warnings[0], warnings
     assert not (tmp_path / "state.json.corrupt").exists()
+
+
+def test_what_the_unit_health_kind_keeps_of_a_hostile_reading_reads_back() -> None:
+    """An exit time from systemd past what the state file holds (UINT64_MAX µs, after 2100) is
+    never kept, so the target's history and restart budget are not lost on the next load."""
+    now = 1_800_000_000.0
+    for exited in (4_102_444_801.0, facts_from_properties(
+            "netdata.service", {"ExecMainExitTimestamp": (1 << 64) - 1}).exec_main_exit):
+        reading = UnitReading("netdata.service", "loaded", "active", "running",
+                              result="exit-code", exit_code=1, exit_status=1, exited_at=exited)
+        first = observe(None, reading, now, 3600.0)
+        seen = observe(first, dataclasses.replace(reading, active_state="failed"), now + 60, 3600.0)
+        state = State(targets={"netdata": dataclasses.replace(_sample().targets["caddy"],
+                                                              unit_seen=seen)})
+        salvaged = from_json(json.loads(dumps(state)))
+        assert (salvaged.dropped, salvaged.state) == ((), state)
 
 
 def test_a_bad_entry_and_a_bad_time_of_the_file(tmp_path: Path) -> None:

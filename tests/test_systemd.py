@@ -60,6 +60,27 @@ def test_how_the_last_run_ended_from_dbus_and_from_systemctl_show() -> None:
                                  ).memory_max is None
 
 
+@pytest.mark.parametrize(("value", "seconds"), [
+    (0, None), (-1, None), ((1 << 64) - 1, None), (4_102_444_800_000_001, None), (True, None),
+    ("1700000000000000", None), (4_102_444_800_000_000, 4_102_444_800.0),
+    (1_700_000_000_500_000, 1_700_000_000.5),
+], ids=["none", "negative", "uint64-max", "after-2100", "bool", "text", "2100", "plain"])
+def test_an_exit_time_past_what_prober_keeps_is_none(value: object, seconds: float | None
+                                                     ) -> None:
+    """UINT64_MAX µs (the year 586524) or any time after 2100 is no time: kept, it would make
+    the state file's reader refuse the target's entry, and printing it raise."""
+    facts = facts_from_properties("x.service", {"ExecMainExitTimestamp": value,
+                                                "ActiveEnterTimestamp": value})
+    assert (facts.exec_main_exit, facts.active_enter) == (seconds, seconds)
+
+
+@pytest.mark.parametrize("shown", ["@18446744073709.551615", "@99999999999", "@inf", "@nan",
+                                   "@-5", "@x", "n/a", ""])
+def test_a_hostile_exit_time_from_systemctl_show_is_none(shown: str) -> None:
+    facts = facts_from_properties("x.service", _parse_show(f"ExecMainExitTimestamp={shown}\n"))
+    assert facts.exec_main_exit is None
+
+
 ACTIVE = UnitFacts("caddy.service", "loaded", "active", "running", active_enter=1000.0,
                    main_pid=42, start_limit_burst=5, start_limit_interval=10.0,
                    control_group="/system.slice/caddy.service")

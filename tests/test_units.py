@@ -36,8 +36,11 @@ def kinds(seen: UnitSeen) -> list[str]:
     (UnitSeen(3, 9), replace(RUNNING, oom_kills=1), ["oom-kill"]),
     # No counter to read (no memory controller, the cgroup is gone): the last one is kept.
     (UnitSeen(3, 2), replace(RUNNING, oom_kills=None), []),
-    # A crash seen between death and restart, on the first reading too, counted once.
-    (None, ABORTED, ["crash"]),
+    # A crash seen between death and restart, counted once; on the first reading it is the
+    # baseline, as the exit before prober watched of a unit that runs again is.
+    (None, ABORTED, []),
+    (None, replace(ABORTED, active_state="active", sub_state="running",
+                   result="exit-code", exit_code=1, exit_status=1, exited_at=NOW - 30 * 60), []),
     (UnitSeen(0, 0), ABORTED, ["restart", "crash"]),
     (UnitSeen(1, 0, NOW - 5), ABORTED, []),
     # v1: systemd says SIGKILL; the cgroup's counter says the kernel did it for memory.
@@ -55,15 +58,19 @@ def kinds(seen: UnitSeen) -> list[str]:
      ["restart", "restart", "restart", "oom-kill"]),
     (UnitSeen(1, 3, host_oom_kills=90), replace(OOM_V1, oom_kills=None, host_oom_kills=90),
      ["restart", "restart", "restart", "crash"]),
-    (None, replace(OOM_V1, oom_kills=None, host_oom_kills=93), ["crash"]),
+    (None, replace(OOM_V1, oom_kills=None, host_oom_kills=93), []),
     # A unit left failed is judged as failed, not counted as a crash (a start by hand heals it).
     (UnitSeen(3, 2), replace(ABORTED, active_state="failed", sub_state="failed", restarts=3), []),
     # An exit older than the window is not news.
-    (None, replace(ABORTED, exited_at=NOW - 2 * HOUR), []),
+    (UnitSeen(1, 0), replace(ABORTED, exited_at=NOW - 2 * HOUR), []),
+    # An exit from the future (a clock gone wrong) is no crash, now or ever after.
+    (UnitSeen(1, 0), replace(ABORTED, exited_at=NOW + 2 * HOUR), []),
+    (UnitSeen(1, 0), replace(ABORTED, exited_at=4_102_444_800.0), []),
 ], ids=["first", "same", "restarts", "oom", "started-by-hand", "fresh-cgroup", "no-counter",
-        "crash-first-seen", "crash", "crash-already-counted", "oom-v1", "oom-v2",
-        "oom-v2-counted", "sigkill", "v1-host-count", "v1-host-count-fewer",
-        "v1-host-count-same", "v1-first-reading", "failed", "old-exit"])
+        "crash-first-seen", "exit-before-watched", "crash", "crash-already-counted", "oom-v1",
+        "oom-v2", "oom-v2-counted", "sigkill", "v1-host-count", "v1-host-count-fewer",
+        "v1-host-count-same", "v1-first-reading", "failed", "old-exit", "future-exit",
+        "exit-in-2100"])
 def test_observe_counts_what_happened_since_the_last_reading(
         before: UnitSeen | None, reading: UnitReading, expected: list[str]) -> None:
     before = before and replace(before, unit=reading.unit)
@@ -77,6 +84,27 @@ def test_what_was_seen_of_another_unit_is_no_baseline() -> None:
     other = replace(RUNNING, unit="redis-server.service", restarts=9, oom_kills=7)
     assert observe(seen, other, NOW, HOUR).incidents == ()
     assert kinds(observe(seen, replace(RUNNING, restarts=5), NOW, HOUR)) == ["restart"] * 2
+
+
+@pytest.mark.parametrize(("reading", "failure"), [
+    (replace(RUNNING, result="exit-code", exit_code=1, exit_status=1, exited_at=NOW - 30 * 60),
+     None),
+    (replace(RUNNING, active_state="failed", sub_state="failed", result="exit-code",
+             exit_code=1, exit_status=1, exited_at=NOW - 30 * 60), FailureClass.UNIT),
+], ids=["ran-again", "failed-now"])
+def test_the_first_reading_judges_the_unit_as_it_is_now(
+        reading: UnitReading, failure: FailureClass | None) -> None:
+    """The bad exit before prober watched is not counted; a unit failed right now is."""
+    seen = observe(None, reading, NOW, HOUR)
+    assert seen.exited_at == reading.exited_at
+    assert judge(reading, seen, NOW, 0).failure is failure
+
+
+def test_an_exit_from_the_future_is_not_kept() -> None:
+    """Kept, it would be refused by the state file's reader; it is never counted."""
+    reading = replace(ABORTED, exited_at=NOW + 2 * HOUR)
+    seen = observe(UnitSeen(1, 0, unit=reading.unit), reading, NOW, HOUR)
+    assert (seen.exited_at, seen.incidents) == (None, ())
 
 
 def test_observe_forgets_what_is_older_than_the_window() -> None:

@@ -50,6 +50,7 @@ PROC = "/proc"
 _CGROUP_LIMIT = 64 << 10
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+_ID = re.compile(r"[0-9a-f]{1,128}")
 
 # The endpoints prober uses, for a socket proxy's allow list (docs/operating.md lists them).
 ENDPOINTS = ("GET /_ping", "GET /version", "GET /containers/{name}/json",
@@ -332,11 +333,22 @@ class Engine:
         if answer.status != 200:
             raise ActuatorFault(f"the engine at {self.path} could not inspect {name}: "
                                 f"HTTP {answer.status}{_message(answer.body)}")
+        if not _is_container(answer.body):
+            raise ActuatorFault(f"the engine at {self.path} answered the inspect of {name} "
+                                "with what is not a container")
         return facts_from_inspect(name, answer.body)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._client.aclose()
+
+
+def _is_container(body: object) -> bool:
+    """An inspect answer with a state and an id: not a proxy's error page, not cut short."""
+    data = _table(body)
+    status, found = _table(data.get("State")).get("Status"), data.get("Id")
+    return isinstance(status, str) and bool(status) and isinstance(found, str) \
+        and _ID.fullmatch(found) is not None
 
 
 def _api_tuple(text: str) -> tuple[int, ...]:
@@ -393,6 +405,9 @@ class ContainerActuator:
         engine = self._engine(target)
         started = time.monotonic()
         before = await engine.inspect(name)
+        if before.neutral(judged=False).running is Running.STOPPED:  # an admin's stop since
+            return RestartResult(False, f"{before.describe()}: stopped since it was judged, "
+                                        "not restarted", before.pid)
         if target.policy.signal_before_restart:
             await self._signal(engine, before, target.policy.signal_before_restart)
         stop = _stop_timeout(target)

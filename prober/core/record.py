@@ -19,14 +19,14 @@ from typing import Any
 
 from prober.core.keys import format_duration
 from prober.core.psi import MemoryUser
-from prober.core.text import one_line, utc
+from prober.core.text import LATEST_TIME, one_line, utc
 from prober.core.tracker import Change, Event, PressureEpisode, TargetState, Transition
 
 RECORD_VERSION = 1
 LINE_MAX = 8 << 10  # the longest line prober writes is far shorter; a longer one is damage
 TEXT_MAX = 1000  # a reason, a name: clipped to this when read
 USERS_MAX = 10
-_LATEST = 4102444800.0  # 2100-01-01 UTC, as the state's times
+_LATEST = LATEST_TIME
 RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the page's views of the record
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 REASON_MAX = 200
 UTC_SECONDS = "%Y-%m-%d %H:%M:%S UTC"
+# 2100-01-01 UTC: the latest time prober takes from a source or keeps in its state file.
+LATEST_TIME = 4102444800.0
 _USERINFO = re.compile(r"(//)[^/@\s]*@")
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 

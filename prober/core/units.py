@@ -42,6 +42,7 @@ class UnitReading:
 
 
 _CLD_KILLED, _CLD_DUMPED = 2, 3
+_CLOCK_SLACK = 60.0  # systemd's clock and `now` are the host's, read a moment apart
 
 
 def signal_name(number: int) -> str:
@@ -86,11 +87,16 @@ def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
     where that counter went with the cgroup (v1 removes a unit's cgroup with its last process;
     v2 has systemd say `oom-kill` itself), when the host's count of OOM kills grew meanwhile:
     then each restart since the last reading that the host's count covers was one too. The
-    exit of a unit left failed is judged as that, not counted. What was seen of another unit
-    (the target's `unit_health` changed) is no baseline: this reading is a first one.
+    exit of a unit left failed is judged as that, not counted. The first reading (or the
+    first of another unit: the target's `unit_health` changed) is the baseline, its last exit
+    included: what happened before prober watched is not counted. An exit time later than
+    `now` is a clock gone wrong, and ignored.
     """
+    exited_at = reading.exited_at
+    if exited_at is not None and exited_at > now + _CLOCK_SLACK:
+        exited_at = None  # a clock gone wrong: an exit from the future is no incident
     if seen is None or seen.unit != reading.unit:
-        seen = UnitSeen(reading.restarts, reading.oom_kills or 0,
+        seen = UnitSeen(reading.restarts, reading.oom_kills or 0, exited_at,
                         host_oom_kills=reading.host_oom_kills)
     previous = seen
     restarts = _new_count(reading.restarts, previous.restarts)
@@ -101,10 +107,10 @@ def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
     if reading.host_oom_kills is not None and previous.host_oom_kills is not None:
         host_ooms = _new_count(reading.host_oom_kills, previous.host_oom_kills)
     added = [Incident(now, Happened.RESTART)] * min(restarts, MAX_INCIDENTS)
-    new_exit = reading.exited_at is not None and reading.exited_at != previous.exited_at \
-        and reading.exited_at >= now - window
+    new_exit = exited_at is not None and exited_at != previous.exited_at \
+        and exited_at >= now - window
     how = ending(reading) if new_exit else None
-    at = reading.exited_at if reading.exited_at is not None else now
+    at = exited_at if exited_at is not None else now
     killed = reading.exit_code == _CLD_KILLED and reading.exit_status == signal.SIGKILL
     if how is not None and (reading.result == "oom-kill" or (killed and (ooms or host_ooms))):
         ooms = max(ooms, 1, min(restarts, host_ooms))
@@ -114,7 +120,7 @@ def observe(seen: UnitSeen | None, reading: UnitReading, now: float,
     kept = tuple(i for i in (*previous.incidents, *added) if i.at >= now - window)
     return UnitSeen(reading.restarts,
                     previous.oom_kills if reading.oom_kills is None else reading.oom_kills,
-                    reading.exited_at if new_exit else previous.exited_at,
+                    exited_at if new_exit else previous.exited_at,
                     kept[-MAX_INCIDENTS:],
                     previous.host_oom_kills if reading.host_oom_kills is None
                     else reading.host_oom_kills, reading.unit)

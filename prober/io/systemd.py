@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prober.core.actuator import Facts, Running, StartLimit
 from prober.core.errors import SystemdError
 from prober.core.keys import format_duration
-from prober.core.text import os_reason, reason
+from prober.core.text import LATEST_TIME, os_reason, reason
 
 if TYPE_CHECKING:
     from dbus_next.aio.message_bus import MessageBus
@@ -307,7 +307,12 @@ def _close(bus: MessageBus) -> None:
 
 
 def _usec_to_epoch(value: object) -> float | None:
-    return None if not isinstance(value, int) or value == 0 else value / 1_000_000
+    """A timestamp in µs as epoch seconds; None for none (0), and for one past LATEST_TIME
+    (UINT64_MAX, a clock gone wrong) that no date or state file could hold."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    seconds = value / 1_000_000
+    return seconds if 0 < seconds <= LATEST_TIME else None
 
 
 def facts_from_properties(unit: str, props: Mapping[str, Any]) -> UnitFacts:
@@ -383,13 +388,21 @@ def _parse_show(text: str) -> dict[str, Any]:
     for line in text.splitlines():
         key, _, value = line.partition("=")
         if key in ("ActiveEnterTimestamp", "ExecMainExitTimestamp"):
-            props[key] = int(float(value[1:]) * 1_000_000) if value.startswith("@") else 0
+            props[key] = _show_usec(value)
         elif key in ("MainPID", "StartLimitBurst", "StartLimitIntervalUSec", "NRestarts",
                      "ExecMainCode", "ExecMainStatus"):
             props[key] = int(value) if value.isdigit() else 0
         else:
             props[key] = value
     return props
+
+
+def _show_usec(value: str) -> int:
+    """`@SECONDS` (`--timestamp=unix`) in µs; 0 for none, and for what is not a number."""
+    try:
+        return int(float(value[1:]) * 1_000_000) if value.startswith("@") else 0
+    except (ValueError, OverflowError):
+        return 0
 
 
 async def systemctl_facts(unit: str, kind: Bus) -> UnitFacts:

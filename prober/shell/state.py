@@ -45,7 +45,7 @@ from prober.core.config import Config
 from prober.core.errors import StateError
 from prober.core.psi import MemoryUser
 from prober.core.results import FailureClass
-from prober.core.text import one_line, os_reason
+from prober.core.text import LATEST_TIME, one_line, os_reason
 from prober.core.tracker import (
     HISTORY_LIMIT,
     Event,
@@ -166,7 +166,7 @@ def migrate(data: Document) -> Document:
 _TARGET_FIELDS = {f.name: f for f in dataclasses.fields(TargetState)}
 # 2100-01-01 UTC: past any time prober writes (a pause is at most MAX_DURATION long), and far
 # enough from datetime's year 9999 that such a time plus a cooldown still shows as a date.
-_LATEST = 4102444800.0
+_LATEST = LATEST_TIME
 _COUNT_LIMIT = 1 << 53  # exact as a float too: metrics and JSON readers see the same number
 _FAILURES = frozenset(FailureClass)
 

@@ -313,7 +313,7 @@ def test_an_answer_that_is_not_a_container_is_a_prober_fault(body: bytes) -> Non
 @pytest.mark.parametrize("status", ["exited", "created", "paused", "dead"])
 def test_a_container_stopped_since_its_facts_is_not_restarted(status: str) -> None:
     """An admin's `docker stop` between the run's facts and its restart: Docker's restart
-    would start it; prober asks for none, and says so in a failed restart."""
+    would start it; prober asks for none, and says it found the container stopped."""
     inspected = json.dumps(_inspect(status, Pid=0)).encode()
     asked: list[bytes] = []
 
@@ -340,5 +340,5 @@ def test_a_container_stopped_since_its_facts_is_not_restarted(status: str) -> No
     result = asyncio.run(run())
     assert result == RestartResult(False, f"container web is {status} (restart policy "
                                           "unless-stopped): stopped since it was judged, not "
-                                          "restarted"), result
+                                          "restarted", stopped=True), result
     assert not [path for path in asked if b"/restart" in path], asked

@@ -161,6 +161,18 @@ def test_apply_restart(outcome: Outcome, unhelpful: int, health: Health,
     assert (after.down_since is None) == (outcome is Outcome.RECOVERED)
 
 
+def test_a_restart_that_found_its_target_stopped_is_not_counted() -> None:
+    """An admin's stop between the run's facts and its restart (the actuator found it stopped
+    and left it so) is no restart and no failed one: nothing counted, the run says the target
+    is not active, as it would had it seen the stop in time."""
+    before = _state(unhelpful_restarts=2, restarts=(NOW - 100,), down_since=NOW - 60)
+    applied = policy.apply_restart(_target(), before, RESTARTING, policy.RestartOutcome(
+        Outcome.STOPPED, "container web is exited: stopped since it was judged", NOW))
+    assert applied.state == before and applied.changes == ()
+    assert applied.decision.action is Action.UNIT_NOT_ACTIVE
+    assert "never started by prober" in applied.decision.reason
+
+
 def test_giving_up_is_recorded_once() -> None:
     """The given-up transition is recorded the first time only."""
     decision = policy.Decision("caddy", Action.GIVEN_UP, "given up: 3 restarts")

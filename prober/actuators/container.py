@@ -407,7 +407,7 @@ class ContainerActuator:
         before = await engine.inspect(name)
         if before.neutral(judged=False).running is Running.STOPPED:  # an admin's stop since
             return RestartResult(False, f"{before.describe()}: stopped since it was judged, "
-                                        "not restarted", before.pid)
+                                        "not restarted", before.pid, stopped=True)
         if target.policy.signal_before_restart:
             await self._signal(engine, before, target.policy.signal_before_restart)
         stop = _stop_timeout(target)

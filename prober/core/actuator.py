@@ -64,6 +64,7 @@ class RestartResult:
     detail: str  # one line: "job done in 0.2s", "job failed", "via systemctl: ..."
     main_pid_before: int = 0
     main_pid_after: int = 0
+    stopped: bool = False  # found stopped when the restart came (an admin's stop): left so
 
 
 class Actuator(Protocol):

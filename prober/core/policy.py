@@ -259,6 +259,7 @@ class Outcome(StrEnum):
     JOB_FAILED = "job-failed"  # systemd's job ended in failed/timeout/canceled, or no answer
     UNKNOWN = "unknown"  # asked for, and the prober stopped before it learnt how it went
     PROBER_FAULT = "prober-fault"  # the actuator could not be used, prober's own fault
+    STOPPED = "stopped"  # stopped since it was judged (an admin's stop): left stopped
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,10 @@ def apply_restart(target: Target, state: TargetState, decision: Decision,
         return _applied(target, state, state, replace(
             decision, action=Action.PROBER_FAULT,
             reason=f"prober's own fault, not the target's: {restarted.detail}; not counted"))
+    if restarted.outcome is Outcome.STOPPED:  # as if the run had seen it stopped: not counted
+        return _applied(target, state, state, replace(
+            decision, action=Action.UNIT_NOT_ACTIVE,
+            reason=f"{restarted.detail}; never started by prober"))
     window = max(target.policy.restart_window, 1.0)
     restarts = (*(at for at in state.restarts if now - at < window), now)
     if restarted.outcome is Outcome.UNKNOWN:

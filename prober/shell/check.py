@@ -161,6 +161,10 @@ async def _restart_and_verify(
     except ProberError as exc:
         log.error("target=%s unit=%s: restart refused: %s", target.name, target.unit, exc)
         return RestartOutcome(Outcome.JOB_FAILED, str(exc), clock())
+    if restarted.stopped:
+        log.warning("target=%s unit=%s: not restarted: %s", target.name, target.unit,
+                    restarted.detail)
+        return RestartOutcome(Outcome.STOPPED, restarted.detail, clock())
     if not restarted.ok:
         log.error("target=%s unit=%s: restart failed: %s", target.name, target.unit,
                   restarted.detail)

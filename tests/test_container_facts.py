@@ -257,10 +257,11 @@ def test_no_socket_is_a_prober_fault(tmp_path: Path) -> None:
         asyncio.run(absent())
 
 
-def test_a_restart_done_but_not_verified_is_a_failed_restart_not_a_fault() -> None:
-    """The engine restarted it, then lost it (compose recreating it at that moment): the
-    restart was done, so it counts, as a failed one; never a prober fault that counts nothing."""
-    inspected = json.dumps(_inspect()).encode()
+def _restart_through(inspect: Callable[[list[bytes]], bytes]) -> tuple[RestartResult,
+                                                                       list[bytes]]:
+    """The docker actuator's restart of container web against a fake engine that answers its
+    ping, its version and a restart, and each inspect with `inspect(the paths asked so far)`;
+    the result, and the paths it asked."""
     asked: list[bytes] = []
 
     def handler(head: bytes) -> bytes | None:
@@ -271,23 +272,31 @@ def test_a_restart_done_but_not_verified_is_a_failed_restart_not_a_fault() -> No
             return _http(b'{"ApiVersion": "1.41"}')
         if b"/restart?t=" in head:
             return _http(b"", "204 No Content")
-        seen = sum(1 for path in asked if path.endswith(b"/json"))
-        return _http(inspected) if seen == 1 else _http(b'{"message": "no such"}', "404 No")
-
-    async def restart(path: str) -> RestartResult:
-        config = parse_config({"docker_host": path, "target": [
-            {"name": "web", "url": "http://127.0.0.1:1/", "container": "web"}]})
-        actuator = ContainerActuator()
-        try:
-            return await actuator.restart(config.targets[0])
-        finally:
-            await actuator.close()
+        return inspect(asked)
 
     async def run() -> RestartResult:
         async with fake_engine(handler) as path:
-            return await restart(path)
+            config = parse_config({"docker_host": path, "target": [
+                {"name": "web", "url": "http://127.0.0.1:1/", "container": "web"}]})
+            actuator = ContainerActuator()
+            try:
+                return await actuator.restart(config.targets[0])
+            finally:
+                await actuator.close()
 
-    result = asyncio.run(run())
+    return asyncio.run(run()), asked
+
+
+def test_a_restart_done_but_not_verified_is_a_failed_restart_not_a_fault() -> None:
+    """The engine restarted it, then lost it (compose recreating it at that moment): the
+    restart was done, so it counts, as a failed one; never a prober fault that counts nothing."""
+    inspected = json.dumps(_inspect()).encode()
+
+    def inspect(asked: list[bytes]) -> bytes:
+        seen = sum(1 for path in asked if path.endswith(b"/json"))
+        return _http(inspected) if seen == 1 else _http(b'{"message": "no such"}', "404 No")
+
+    result, asked = _restart_through(inspect)
     assert not result.ok
     assert result.detail.startswith("restarted, then not verified: the engine at "), result
     assert b"/v1.40/containers/abc123/restart?t=10" in asked
@@ -314,30 +323,8 @@ def test_an_answer_that_is_not_a_container_is_a_prober_fault(body: bytes) -> Non
 def test_a_container_stopped_since_its_facts_is_not_restarted(status: str) -> None:
     """An admin's `docker stop` between the run's facts and its restart: Docker's restart
     would start it; prober asks for none, and says it found the container stopped."""
-    inspected = json.dumps(_inspect(status, Pid=0)).encode()
-    asked: list[bytes] = []
-
-    def handler(head: bytes) -> bytes | None:
-        asked.append(head.split(b" ")[1])
-        if b" /v1.40/_ping " in head:
-            return _http(b"OK")
-        if b" /v1.40/version " in head:
-            return _http(b'{"ApiVersion": "1.41"}')
-        if b"/restart?t=" in head:
-            return _http(b"", "204 No Content")
-        return _http(inspected)
-
-    async def run() -> RestartResult:
-        async with fake_engine(handler) as path:
-            config = parse_config({"docker_host": path, "target": [
-                {"name": "web", "url": "http://127.0.0.1:1/", "container": "web"}]})
-            actuator = ContainerActuator()
-            try:
-                return await actuator.restart(config.targets[0])
-            finally:
-                await actuator.close()
-
-    result = asyncio.run(run())
+    inspected = _http(json.dumps(_inspect(status, Pid=0)).encode())
+    result, asked = _restart_through(lambda asked: inspected)
     assert result == RestartResult(False, f"container web is {status} (restart policy "
                                           "unless-stopped): stopped since it was judged, not "
                                           "restarted", stopped=True), result

@@ -581,6 +581,21 @@ def test_a_new_record_starts_with_what_the_state_remembered(prober: Prober) -> N
     assert any(e.get("top_memory") for e in events), events
 
 
+def _stop_watcher_once_a_restart_is_asked(config: Path, store: StateStore) -> None:
+    """Run a watcher until it asks a restart that never ends (HangingActuator), then stop it."""
+    actuator = HangingActuator()
+    watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
+
+    async def stop_once_asked() -> None:
+        task = asyncio.ensure_future(watcher.run())
+        while not actuator.asked:
+            await asyncio.sleep(0.01)
+        watcher.stop()
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(stop_once_asked())
+
+
 def test_a_restart_asked_by_a_stopped_watcher_is_in_the_record(tmp_path: Path) -> None:
     """Stopped while systemd has a restart to do, the watcher records it as asked, in the
     record as in the state: restart-asked, then the restart whose outcome it never learnt."""
@@ -588,17 +603,7 @@ def test_a_restart_asked_by_a_stopped_watcher_is_in_the_record(tmp_path: Path) -
     with serve(answer(500, b"broken")) as broken:
         write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
         store = StateStore(str(tmp_path / "state.json"))
-        actuator = HangingActuator()
-        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
-
-        async def stop_once_asked() -> None:
-            task = asyncio.ensure_future(watcher.run())
-            while not actuator.asked:
-                await asyncio.sleep(0.01)
-            watcher.stop()
-            await asyncio.wait_for(task, 2)
-
-        asyncio.run(stop_once_asked())
+        _stop_watcher_once_a_restart_is_asked(config, store)
     found = RecordFile(record_path(store.path), 30 * DAY, 1 << 20).read().entries
     assert [(e.kind, e.unit) for e in found][-2:] == \
         [(Kind.RESTART_ASKED, "web.service"), (Kind.RESTART, "web.service")], found
@@ -628,17 +633,7 @@ def test_a_stopped_watcher_saves_the_restart_it_asked_without_its_record(tmp_pat
     record_path(store.path).mkdir()
     with serve(answer(500, b"broken")) as broken:
         write_config(config, f'name = "web"\nurl = "{broken.url("/")}"\nunit = "web"')
-        actuator = HangingActuator()
-        watcher = Watcher(lambda: loader(config), store, lambda: actuator, interval=0.01)
-
-        async def stop_once_asked() -> None:
-            task = asyncio.ensure_future(watcher.run())
-            while not actuator.asked:
-                await asyncio.sleep(0.01)
-            watcher.stop()
-            await asyncio.wait_for(task, 2)
-
-        asyncio.run(stop_once_asked())
+        _stop_watcher_once_a_restart_is_asked(config, store)
     saved = store.load(1 << 20).get("web")
     assert saved is not None and saved.restarts, saved
 

@@ -40,6 +40,9 @@ BROKE = re.compile(r"^- netdata: netdata\.service was OOM-killed (\d+) times in 
                    r"\(MemoryMax=48MiB\); systemd restarts it each time$", re.MULTILINE)
 
 
+# Each step below has a wait of its own that says what did not happen; together they outlast
+# the suite's cap for one test, which would end a slow but healthy replay with no such word.
+@pytest.mark.timeout(450)
 def test_report_tells_the_2018_night_in_order_with_its_length_and_culprit(
         box: Sandbox, stack: Stack, harness: MemoryPressure) -> None:  # noqa: F811
     """A worker unit's child grows anonymous memory; netdata's stand-in, OOM-killed at its
